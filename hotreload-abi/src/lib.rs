@@ -1,0 +1,140 @@
+//! The types a hotreload host and a hot-reloadable module must agree on.
+//!
+//! Everything here crosses the boundary between two separately compiled binaries, so every
+//! type is `#[repr(C)]` and, where its shape can be checked at load time, derives
+//! [`abi_stable::StableAbi`]. The crate holds no logic beyond what both sides need; a change to
+//! any type in it is a change of [`ABI_VERSION`].
+//!
+//! A module exports one [`ModuleDescriptor`] under the symbol that [`descriptor_symbol`] names.
+//! The host reads the descriptor's fixed prefix (magic and ABI version) before it trusts
+//! anything else in it, then checks the export table's layout with abi_stable.
+
+use std::ffi::c_void;
+
+use abi_stable::StableAbi;
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use abi_stable::type_layout::TypeLayout;
+use serde::{Deserialize, Serialize};
+
+/// Version of the contract between host and module defined by this crate.
+///
+/// Raised whenever a type in this crate, the calling convention of the export table, or the
+/// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
+/// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
+pub const ABI_VERSION: u32 = 1;
+
+/// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
+pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
+
+/// Prefix of the exported descriptor symbol; the module name follows it.
+pub const DESCRIPTOR_SYMBOL_PREFIX: &str = "hotreload_module__";
+
+/// The symbol under which the module called `module_name` exports its [`ModuleDescriptor`].
+///
+/// The name is unique per module so that two modules loaded into one process never collide,
+/// and so that a build of another module placed at this module's path is recognised as such.
+pub fn descriptor_symbol(module_name: &str) -> String {
+    format!("{DESCRIPTOR_SYMBOL_PREFIX}{module_name}")
+}
+
+/// What a module exports so that a host can find, verify and use it.
+///
+/// The first two fields never move: a host reads `magic` and `abi_version` first and stops
+/// there if they are not what it expects, because the remainder of the layout is only known
+/// for the ABI version it was compiled with.
+#[repr(C)]
+pub struct ModuleDescriptor {
+    /// Always [`DESCRIPTOR_MAGIC`].
+    pub magic: [u8; 8],
+    /// The [`ABI_VERSION`] the module was built against.
+    pub abi_version: u32,
+    /// The API version given in `#[hot_module(version = N)]`.
+    pub api_version: u32,
+    /// The version of the state schema, recorded in every state envelope the module writes.
+    pub state_version: u32,
+    /// The module's name (by default the state type's name in snake case).
+    pub module_name: RStr<'static>,
+    /// The name of the crate the module was built from.
+    pub crate_name: RStr<'static>,
+    /// The `StableAbi` layout of the export table.
+    ///
+    /// The layout lives inside the module's image: it must not be kept past the lifetime of
+    /// the loaded library, whatever its `'static` says.
+    pub table_layout: &'static TypeLayout,
+    /// Points to the export table, a `#[repr(C)]` struct whose layout is `table_layout`.
+    pub table: *const c_void,
+}
+
+/// The part of [`ModuleDescriptor`] that every ABI version shares: read it first.
+#[repr(C)]
+pub struct DescriptorPrefix {
+    /// Always [`DESCRIPTOR_MAGIC`].
+    pub magic: [u8; 8],
+    /// The [`ABI_VERSION`] the module was built against.
+    pub abi_version: u32,
+}
+
+// SAFETY: the descriptor is immutable after construction; `table` points to a `static` export
+// table of `extern "C"` function pointers, which any thread may read.
+unsafe impl Sync for ModuleDescriptor {}
+
+/// An owned, type-erased pointer to a module's state (a `Box<T>` made by the module).
+///
+/// Only the module that created it knows `T`; the host passes it back to the same module's
+/// entries and never dereferences it.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatePtr(pub *mut c_void);
+
+// SAFETY: a `StatePtr` is a plain address. Access to what it points to is synchronised by the
+// host (shared calls under a read lock, mutating calls and reloads under a write lock), and the
+// generated module code requires the state type to be `Send + Sync`.
+unsafe impl Send for StatePtr {}
+// SAFETY: see the `Send` impl above.
+unsafe impl Sync for StatePtr {}
+
+/// Why an entry of the export table did not return a value.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum EntryError {
+    /// The module code panicked; the panic was caught inside the module. Holds the message.
+    Panicked(RString),
+    /// The entry failed without panicking (for example, state that cannot be decoded).
+    Failed(RString),
+}
+
+/// The return type of every fallible export-table entry.
+pub type EntryResult<T> = RResult<T, EntryError>;
+
+/// The entries every export table starts with: they create, destroy, save and restore the
+/// module's state. Generated export tables hold this struct as their first field, so a host
+/// can reach these entries without knowing the module's methods.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct LifecycleEntries {
+    /// Makes a fresh state (`T::default()`).
+    pub construct: extern "C" fn() -> EntryResult<StatePtr>,
+    /// Drops a state made by this module.
+    pub destroy: extern "C" fn(state: StatePtr) -> EntryResult<()>,
+    /// Encodes the state as a MessagePack [`StateEnvelope`].
+    pub save: extern "C" fn(state: StatePtr) -> EntryResult<RVec<u8>>,
+    /// Decodes a [`StateEnvelope`] into a new state.
+    pub restore: extern "C" fn(envelope: RSlice<'_, u8>) -> EntryResult<StatePtr>,
+}
+
+/// The envelope around a module's serialized state.
+///
+/// Encoded with MessagePack by the module that saves, decoded by the module that restores.
+/// It records who wrote the payload so that a restore can refuse state that is not its own.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct StateEnvelope {
+    /// The module name of the writer.
+    pub module: String,
+    /// The writer's state schema version.
+    pub state_version: u32,
+    /// The API version of the writer.
+    pub api_version: u32,
+    /// The state itself, MessagePack with named fields.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+}

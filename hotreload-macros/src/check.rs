@@ -1,0 +1,213 @@
+//! The rules a `#[hot_module]` impl block must follow, and the error collector they report to.
+//!
+//! Every rule reports into [`Errors`] instead of stopping, so a user sees all problems of one
+//! expansion at once, each spanned on the offending tokens.
+
+use std::fmt::Display;
+
+use quote::ToTokens;
+use syn::{FnArg, GenericArgument, ImplItemFn, ItemImpl, PathArguments, ReturnType, Type};
+
+/// All the errors of one expansion, reported together.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, err: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(err),
+            None => self.0 = Some(err),
+        }
+    }
+
+    pub(crate) fn spanned(&mut self, tokens: impl ToTokens, message: impl Display) {
+        self.push(syn::Error::new_spanned(tokens, message));
+    }
+
+    pub(crate) fn into_result(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// Checks the impl block itself: inherent, not generic, on a plain named type.
+pub(crate) fn impl_block(item: &ItemImpl, errors: &mut Errors) {
+    if let Some((_, path, _)) = &item.trait_ {
+        errors.spanned(
+            path,
+            "#[hot_module] goes on an inherent impl block (`impl State { ... }`), not a trait impl",
+        );
+    }
+    if let Some(unsafety) = &item.unsafety {
+        errors.spanned(unsafety, "a hot module impl block cannot be `unsafe`");
+    }
+    if !item.generics.params.is_empty() {
+        errors.spanned(
+            &item.generics,
+            "a hot module cannot be generic: the loaded library must export one concrete type",
+        );
+    }
+    if let Some(where_clause) = &item.generics.where_clause {
+        errors.spanned(where_clause, "a hot module impl block cannot have a `where` clause");
+    }
+    match &*item.self_ty {
+        Type::Path(path) if path.qself.is_none() && path.path.segments.len() == 1 => {
+            let segment = &path.path.segments[0];
+            if !segment.arguments.is_none() {
+                errors.spanned(
+                    &segment.arguments,
+                    "a hot module's state type cannot have generic or lifetime arguments",
+                );
+            }
+        }
+        other => errors.spanned(
+            other,
+            "#[hot_module] needs the state type by its plain name, like `impl GameLogic { ... }`",
+        ),
+    }
+}
+
+/// Checks one exported method's signature. Returns false when it cannot be exported.
+pub(crate) fn method(func: &ImplItemFn, errors: &mut Errors) -> bool {
+    let sig = &func.sig;
+    let mut ok = true;
+    let mut fail = |tokens: &dyn ToTokens, message: &str| {
+        errors.spanned(tokens, message);
+        ok = false;
+    };
+    if let Some(t) = &sig.asyncness {
+        fail(t, "a hot method cannot be `async`: futures cannot cross a reload");
+    }
+    if let Some(t) = &sig.unsafety {
+        fail(t, "a hot method cannot be `unsafe fn`: the host calls it through a safe wrapper");
+    }
+    if let Some(t) = &sig.abi {
+        fail(t, "a hot method cannot declare an ABI: #[hot_module] generates the `extern \"C\"` entry");
+    }
+    if let Some(t) = &sig.variadic {
+        fail(t, "a hot method cannot be variadic");
+    }
+    if !sig.generics.params.is_empty() {
+        fail(
+            &sig.generics.params,
+            "a hot method cannot be generic: each exported entry needs one concrete signature",
+        );
+    }
+    if let Some(t) = &sig.generics.where_clause {
+        fail(t, "a hot method cannot have a `where` clause");
+    }
+    if sig.ident.to_string().starts_with("__") {
+        fail(&sig.ident, "hot method names starting with `__` are reserved for hotreload");
+    }
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                let by_ref = receiver.reference.is_some() && receiver.colon_token.is_none();
+                if !by_ref {
+                    fail(
+                        receiver,
+                        "a hot method takes `&self`, `&mut self` or no receiver; the module \
+                         keeps its state, so it cannot be taken by value",
+                    );
+                }
+            }
+            FnArg::Typed(typed) => {
+                if let Some(problem) = argument_type(&typed.ty) {
+                    fail(&typed.ty, &problem);
+                }
+            }
+        }
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        if let Some(problem) = return_type(ty) {
+            fail(ty, &problem);
+        }
+    }
+    ok
+}
+
+/// Why an argument type cannot cross the boundary, if it certainly cannot.
+///
+/// Types not named here are checked by the compiler against `StableAbi` in the generated
+/// code; this list catches the common standard types early with a suggestion.
+fn argument_type(ty: &Type) -> Option<String> {
+    match ty {
+        Type::ImplTrait(_) => Some(
+            "`impl Trait` cannot cross the hot-reload boundary; use a concrete FFI-safe type"
+                .into(),
+        ),
+        Type::TraitObject(_) => Some(
+            "trait objects cannot cross the hot-reload boundary; use a concrete FFI-safe type"
+                .into(),
+        ),
+        Type::Reference(reference) => Some(match &*reference.elem {
+            Type::Path(p) if p.path.is_ident("str") => {
+                "`&str` is not FFI-safe; use `abi_stable::std_types::RStr<'_>`".into()
+            }
+            Type::Slice(_) => "`&[T]` is not FFI-safe; use `abi_stable::std_types::RSlice<'_, T>`"
+                .into(),
+            _ => "a hot method cannot take a reference; pass an owned FFI-safe value, \
+                  `RStr<'_>` or `RSlice<'_, T>`"
+                .into(),
+        }),
+        Type::Tuple(tuple) if !tuple.elems.is_empty() => Some(
+            "tuples are not FFI-safe; use `abi_stable::std_types::Tuple2` (and so on) or a \
+             `#[derive(StableAbi)]` struct"
+                .into(),
+        ),
+        Type::Paren(inner) => argument_type(&inner.elem),
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            let suggestion = match last.ident.to_string().as_str() {
+                "String" => "RString",
+                "Vec" => "RVec<T>",
+                "Box" => "RBox<T>",
+                "Option" => "ROption<T>",
+                "Result" => "RResult<T, E>",
+                "HashMap" => "RHashMap<K, V>",
+                "Arc" => "RArc<T>",
+                "Cow" => "RCow<'_, T>",
+                _ => return nested_arguments(&last.arguments),
+            };
+            let name = &last.ident;
+            Some(format!(
+                "`{name}` is not FFI-safe; use `abi_stable::std_types::{suggestion}`"
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Checks the generic arguments of an FFI-safe container (`RVec<String>` is still wrong).
+fn nested_arguments(arguments: &PathArguments) -> Option<String> {
+    let PathArguments::AngleBracketed(angle) = arguments else {
+        return None;
+    };
+    angle.args.iter().find_map(|arg| match arg {
+        GenericArgument::Type(ty) => argument_type(ty),
+        _ => None,
+    })
+}
+
+/// Why a return type cannot cross the boundary, if it certainly cannot.
+fn return_type(ty: &Type) -> Option<String> {
+    if let Type::Reference(_) = ty {
+        return Some(
+            "a hot method cannot return a reference: it would point into state or code that a \
+             reload replaces; return an owned value"
+                .into(),
+        );
+    }
+    if has_lifetime(ty) {
+        return Some(
+            "a hot method cannot return a borrowed type: it would outlive the version that \
+             lent it; return an owned value"
+                .into(),
+        );
+    }
+    argument_type(ty)
+}
+
+fn has_lifetime(ty: &Type) -> bool {
+    let tokens = ty.to_token_stream();
+    tokens.into_iter().any(|tt| matches!(tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == '\''))
+}

@@ -1,0 +1,255 @@
+//! The runtime's one error type.
+
+use std::fmt;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the runtime, one variant per cause.
+///
+/// Every variant names the module; those that concern a build name its path and the load
+/// number (`load #N`, counted from 1 per module) it would have had or had. Whatever the
+/// variant, a failed reload changed nothing: the version that was serving keeps serving, with
+/// its state.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HotError {
+    /// No artifact exists where the module was expected.
+    #[error("module `{module}`: no artifact at {}", path.display())]
+    ArtifactNotFound {
+        /// The module.
+        module: String,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+
+    /// The artifact could not be read.
+    #[error("module `{module}`: cannot read {}: {source}", path.display())]
+    ReadArtifact {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// The artifact is not a complete shared object for this machine (empty, truncated,
+    /// random bytes, an executable, another architecture...). It was never opened.
+    #[error("module `{module}`: {} is not a loadable shared library: {reason}", path.display())]
+    NotALibrary {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The shadow directory or a shadow copy could not be written.
+    #[error("module `{module}`: cannot write shadow copy {}: {source}", path.display())]
+    Shadow {
+        /// The module.
+        module: String,
+        /// The shadow path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+
+    /// The dynamic loader refused the shadow copy (for example, an unresolved symbol).
+    #[error("module `{module}`: cannot load {} (load #{generation}): {message}", path.display())]
+    Open {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// The load number it would have had.
+        generation: u64,
+        /// The loader's message.
+        message: String,
+    },
+
+    /// The library exports no descriptor for this module: it is not a hotreload module, or it
+    /// is a build of another module.
+    #[error(
+        "module `{module}`: {} exports no `{symbol}`; it is not a build of this module",
+        path.display()
+    )]
+    NoDescriptor {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// The symbol looked for.
+        symbol: String,
+    },
+
+    /// The build was loaded but does not fit the host; nothing running was touched.
+    #[error("{module} rejected: {reason}")]
+    Rejected {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// The load number it would have had.
+        generation: u64,
+        /// What differs, in one line.
+        reason: Rejection,
+        /// A full account (abi_stable's layout report), when there is one.
+        detail: Option<String>,
+    },
+
+    /// The new version could not build its initial state.
+    #[error("module `{module}`: load #{generation} ({}) could not construct its state: {fault}", path.display())]
+    Construct {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// The load number it would have had.
+        generation: u64,
+        /// What the module reported.
+        fault: ModuleFault,
+    },
+
+    /// The running version could not save its state; it keeps running.
+    #[error("module `{module}`: load #{generation} could not save its state: {fault}")]
+    Save {
+        /// The module.
+        module: String,
+        /// The running version's load number.
+        generation: u64,
+        /// What the module reported.
+        fault: ModuleFault,
+    },
+
+    /// The new version could not restore the running version's state; it was discarded.
+    #[error(
+        "module `{module}`: load #{generation} ({}) could not restore the state of load #{from_generation}: {fault}",
+        path.display()
+    )]
+    Restore {
+        /// The module.
+        module: String,
+        /// The new build.
+        path: PathBuf,
+        /// The load number the new version would have had.
+        generation: u64,
+        /// The running version's load number.
+        from_generation: u64,
+        /// What the module reported.
+        fault: ModuleFault,
+    },
+
+    /// A method call did not return a value. The module stays loaded and usable.
+    #[error("{module} (load #{generation}, API v{api_version}): method `{method}` {fault}")]
+    Call {
+        /// The module.
+        module: String,
+        /// The method.
+        method: &'static str,
+        /// The version that ran the call.
+        generation: u64,
+        /// Its API version.
+        api_version: u32,
+        /// What the module reported.
+        fault: ModuleFault,
+    },
+
+    /// No module of that name is registered.
+    #[error("no module named `{module}` is registered")]
+    UnknownModule {
+        /// The name asked for.
+        module: String,
+    },
+
+    /// A module of that name is registered already.
+    #[error("a module named `{module}` is registered already")]
+    AlreadyRegistered {
+        /// The name.
+        module: String,
+    },
+
+    /// The reloader's private shadow directory could not be created.
+    #[error("cannot create the shadow directory: {source}")]
+    ShadowDir {
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// What a module reported from an entry that did not return a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleFault {
+    /// The module panicked; the panic was caught inside the module.
+    Panicked(String),
+    /// The module returned an error.
+    Failed(String),
+}
+
+impl fmt::Display for ModuleFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModuleFault::Panicked(message) => write!(f, "panicked: {message}"),
+            ModuleFault::Failed(message) => write!(f, "failed: {message}"),
+        }
+    }
+}
+
+impl From<hotreload_abi::EntryError> for ModuleFault {
+    fn from(err: hotreload_abi::EntryError) -> Self {
+        match err {
+            hotreload_abi::EntryError::Panicked(m) => ModuleFault::Panicked(m.into_string()),
+            hotreload_abi::EntryError::Failed(m) => ModuleFault::Failed(m.into_string()),
+        }
+    }
+}
+
+/// Why a loaded build was refused, in one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// The descriptor symbol does not point to a descriptor.
+    #[error("the descriptor has no hotreload magic number")]
+    BadMagic,
+    /// Built against another version of the host/module contract.
+    #[error("framework ABI version {found}, host has {expected}")]
+    AbiVersion {
+        /// The host's.
+        expected: u32,
+        /// The module's.
+        found: u32,
+    },
+    /// The descriptor names another module.
+    #[error("module name `{found}`, expected `{expected}`")]
+    ModuleName {
+        /// The host's.
+        expected: String,
+        /// The module's.
+        found: String,
+    },
+    /// The export table's layout differs from the host's; the message names the first item.
+    #[error("{0}")]
+    Layout(String),
+    /// The API version is not one the host accepts.
+    #[error("API version {found}, host accepts {}", ApiVersions(accepted))]
+    ApiVersion {
+        /// The module's.
+        found: u32,
+        /// What the host accepts.
+        accepted: RangeInclusive<u32>,
+    },
+}
+
+struct ApiVersions<'a>(&'a RangeInclusive<u32>);
+
+impl fmt::Display for ApiVersions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (lo, hi) = (self.0.start(), self.0.end());
+        if lo == hi {
+            write!(f, "{lo}")
+        } else {
+            write!(f, "{lo} to {hi}")
+        }
+    }
+}

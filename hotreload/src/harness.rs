@@ -1,0 +1,313 @@
+//! A harness for testing reloads of your own modules: build edited variants of a module crate
+//! with cargo, as a developer editing the source would, and get the library of each.
+//!
+//! Every variant is a copy of the crate with textual edits, renamed so that all variants are
+//! members of one scratch workspace and build in one `cargo build` into one target directory:
+//! the dependencies compile once for all of them.
+//!
+//! ```no_run
+//! use hotreload::harness::VariantBuilder;
+//!
+//! let built = VariantBuilder::new("examples/game-logic", "target/variants")
+//!     .variant("double", |v| v.edit("src/lib.rs", "* 1", "* 2"))
+//!     .build()?;
+//! let library = built.library("double");
+//! # Ok::<(), hotreload::harness::HarnessError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// What can go wrong while building variants.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HarnessError {
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The crate's manifest could not be understood.
+    #[error("{}: {message}", path.display())]
+    Manifest {
+        /// The manifest.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An edit's search text is not in the file, so the variant would equal the original.
+    #[error("variant `{variant}`: `{needle}` does not occur in {file}")]
+    EditNotApplied {
+        /// The variant.
+        variant: String,
+        /// The file edited.
+        file: String,
+        /// The text searched for.
+        needle: String,
+    },
+    /// cargo failed; holds its output.
+    #[error("cargo build of the variants failed:\n{output}")]
+    Build {
+        /// What cargo printed.
+        output: String,
+    },
+}
+
+/// One variant: a name and the edits that make it from the original crate.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    name: String,
+    edits: Vec<(String, String, String)>,
+}
+
+impl Variant {
+    /// Replaces every occurrence of `from` by `to` in `file` (relative to the crate's root).
+    /// The build fails if `from` does not occur.
+    pub fn edit(mut self, file: &str, from: &str, to: &str) -> Self {
+        self.edits.push((file.to_owned(), from.to_owned(), to.to_owned()));
+        self
+    }
+}
+
+/// Builds variants of one module crate.
+#[derive(Debug, Clone)]
+pub struct VariantBuilder {
+    crate_dir: PathBuf,
+    work_dir: PathBuf,
+    target_dir: Option<PathBuf>,
+    lockfile: Option<PathBuf>,
+    release: bool,
+    variants: Vec<Variant>,
+}
+
+/// The libraries of built variants.
+#[derive(Debug, Clone)]
+pub struct BuiltVariants {
+    libraries: BTreeMap<String, PathBuf>,
+}
+
+impl BuiltVariants {
+    /// The library of variant `name`.
+    ///
+    /// # Panics
+    /// If no variant of that name was built.
+    pub fn library(&self, name: &str) -> &Path {
+        self.libraries
+            .get(name)
+            .unwrap_or_else(|| panic!("no variant named `{name}` was built"))
+    }
+}
+
+impl VariantBuilder {
+    /// Variants of the crate in `crate_dir`, written and built under `work_dir`.
+    pub fn new(crate_dir: impl Into<PathBuf>, work_dir: impl Into<PathBuf>) -> Self {
+        VariantBuilder {
+            crate_dir: crate_dir.into(),
+            work_dir: work_dir.into(),
+            target_dir: None,
+            lockfile: None,
+            release: false,
+            variants: Vec::new(),
+        }
+    }
+
+    /// Builds into this target directory (by default `<work_dir>/target`). Use one of its
+    /// own, not the one of the cargo command running you: that one is locked while you run.
+    pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.target_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses this `Cargo.lock`, so the variants get the same dependency versions as the host.
+    pub fn lockfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.lockfile = Some(path.into());
+        self
+    }
+
+    /// Builds with the release profile.
+    pub fn release(mut self, release: bool) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// Adds a variant named `name` (a-z, 0-9, `_`) made by `edits` from the original crate.
+    pub fn variant(mut self, name: &str, edits: impl FnOnce(Variant) -> Variant) -> Self {
+        let variant = Variant {
+            name: name.to_owned(),
+            edits: Vec::new(),
+        };
+        self.variants.push(edits(variant));
+        self
+    }
+
+    /// Writes every variant and builds them all with one `cargo build`.
+    pub fn build(self) -> Result<BuiltVariants, HarnessError> {
+        let manifest_path = self.crate_dir.join("Cargo.toml");
+        let manifest = read(&manifest_path)?;
+        let mut manifest: toml::Table =
+            manifest.parse().map_err(|e: toml::de::Error| HarnessError::Manifest {
+                path: manifest_path.clone(),
+                message: e.to_string(),
+            })?;
+        let crate_dir = fs::canonicalize(&self.crate_dir).map_err(io_err(&self.crate_dir))?;
+        absolutize_path_dependencies(&mut manifest, &crate_dir);
+        let package = manifest
+            .get("package")
+            .and_then(|p| p.get("name"))
+            .and_then(|n| n.as_str())
+            .ok_or_else(|| HarnessError::Manifest {
+                path: manifest_path.clone(),
+                message: "no package name".into(),
+            })?
+            .to_owned();
+
+        fs::create_dir_all(&self.work_dir).map_err(io_err(&self.work_dir))?;
+        let mut members = Vec::new();
+        let mut libraries = BTreeMap::new();
+        for variant in &self.variants {
+            let dir = self.work_dir.join(&variant.name);
+            let lib_name = format!("{}_{}", package.replace('-', "_"), variant.name);
+            let mut manifest = manifest.clone();
+            rename(&mut manifest, &format!("{package}-{}", variant.name), &lib_name);
+            copy_sources(&crate_dir, &dir)?;
+            write_if_changed(&dir.join("Cargo.toml"), &toml::to_string(&manifest).unwrap_or_default())?;
+            for (file, from, to) in &variant.edits {
+                let path = dir.join(file);
+                let text = read(&path)?;
+                if !text.contains(from.as_str()) {
+                    return Err(HarnessError::EditNotApplied {
+                        variant: variant.name.clone(),
+                        file: file.clone(),
+                        needle: from.clone(),
+                    });
+                }
+                write_if_changed(&path, &text.replace(from.as_str(), to))?;
+            }
+            members.push(format!("{:?}", variant.name));
+            libraries.insert(variant.name.clone(), crate::library_file_name(&lib_name));
+        }
+        let workspace = format!(
+            "# Written by hotreload::harness: variants of {}\n[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
+            crate_dir.display(),
+            members.join(", ")
+        );
+        write_if_changed(&self.work_dir.join("Cargo.toml"), &workspace)?;
+        if let Some(lockfile) = &self.lockfile {
+            let lock = read(lockfile)?;
+            write_if_changed(&self.work_dir.join("Cargo.lock"), &lock)?;
+        }
+
+        let target_dir = self
+            .target_dir
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("target"));
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .arg("build")
+            .arg("--workspace")
+            .arg("--manifest-path")
+            .arg(self.work_dir.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET_DIR");
+        if self.release {
+            command.arg("--release");
+        }
+        tracing::info!(?command, "building module variants");
+        let output = command.output().map_err(io_err(&self.work_dir))?;
+        if !output.status.success() {
+            return Err(HarnessError::Build {
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            });
+        }
+        let profile = target_dir.join(if self.release { "release" } else { "debug" });
+        let libraries = libraries
+            .into_iter()
+            .map(|(name, file)| (name, profile.join(file)))
+            .collect();
+        Ok(BuiltVariants { libraries })
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
+    move |source| HarnessError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn read(path: &Path) -> Result<String, HarnessError> {
+    fs::read_to_string(path).map_err(io_err(path))
+}
+
+/// Writes only when the content differs, so cargo does not rebuild what did not change.
+fn write_if_changed(path: &Path, content: &str) -> Result<(), HarnessError> {
+    if fs::read_to_string(path).is_ok_and(|old| old == content) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    fs::write(path, content).map_err(io_err(path))
+}
+
+/// Copies `src/` (and `build.rs`, if any) of the crate.
+fn copy_sources(crate_dir: &Path, dest: &Path) -> Result<(), HarnessError> {
+    fn copy_dir(from: &Path, to: &Path) -> Result<(), HarnessError> {
+        for entry in fs::read_dir(from).map_err(io_err(from))? {
+            let entry = entry.map_err(io_err(from))?;
+            let path = entry.path();
+            let target = to.join(entry.file_name());
+            if path.is_dir() {
+                copy_dir(&path, &target)?;
+            } else {
+                write_if_changed(&target, &read(&path)?)?;
+            }
+        }
+        Ok(())
+    }
+    copy_dir(&crate_dir.join("src"), &dest.join("src"))?;
+    let build_script = crate_dir.join("build.rs");
+    if build_script.exists() {
+        write_if_changed(&dest.join("build.rs"), &read(&build_script)?)?;
+    }
+    Ok(())
+}
+
+fn rename(manifest: &mut toml::Table, package: &str, lib: &str) {
+    if let Some(toml::Value::Table(p)) = manifest.get_mut("package") {
+        p.insert("name".into(), package.into());
+        p.insert("publish".into(), false.into());
+        p.remove("workspace");
+    }
+    let lib_table = manifest
+        .entry("lib")
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(l) = lib_table {
+        l.insert("name".into(), lib.into());
+    }
+}
+
+/// Rewrites `path = "../x"` dependencies relative to the original crate's directory.
+fn absolutize_path_dependencies(manifest: &mut toml::Table, crate_dir: &Path) {
+    for section in ["dependencies", "build-dependencies", "dev-dependencies"] {
+        let Some(toml::Value::Table(deps)) = manifest.get_mut(section) else {
+            continue;
+        };
+        for dep in deps.values_mut() {
+            if let toml::Value::Table(dep) = dep {
+                if let Some(toml::Value::String(path)) = dep.get_mut("path") {
+                    let absolute = crate_dir.join(&*path);
+                    *path = absolute.to_string_lossy().into_owned();
+                }
+            }
+        }
+    }
+}

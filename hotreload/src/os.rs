@@ -1,0 +1,12 @@
+//! Platform-specific pieces behind a portable API: opening a library, and asking whether an
+//! image is still mapped. Linux (glibc) is where this is built and tested.
+
+#[cfg(unix)]
+mod unix;
+#[cfg(unix)]
+pub(crate) use unix::{is_mapped, open_library};
+
+#[cfg(not(unix))]
+mod other;
+#[cfg(not(unix))]
+pub(crate) use other::{is_mapped, open_library};

@@ -1,0 +1,154 @@
+//! The reload transaction, one file per step:
+//!
+//! 1. [`stage`]: read the artifact, check it is a complete shared library for this machine,
+//!    write it to a unique shadow path.
+//! 2. [`open`]: dlopen the shadow copy (symbols resolved now, local visibility) and find the
+//!    module's descriptor.
+//! 3. [`verify`]: framework ABI, module name, export-table layout, API version: before anything
+//!    running is touched.
+//! 4. [`prepare`]: save the running state, restore it into the new version.
+//! 5. [`commit`]: publish the new version atomically.
+//! 6. [`retire`]: destroy the old state with the old code, close the old library, and record
+//!    whether the OS really unmapped it.
+//!
+//! Steps 1 to 3 run while callers keep using the running version; steps 4 and 5 hold the
+//! module's write lock. A failure at any step drops what the transaction built (closing the
+//! new library and deleting its shadow copy) and leaves the running version as it was.
+
+pub(crate) mod commit;
+pub(crate) mod open;
+pub(crate) mod prepare;
+pub(crate) mod retire;
+pub(crate) mod stage;
+pub(crate) mod verify;
+
+use std::time::{Duration, Instant};
+
+use crate::error::HotError;
+use crate::module::{Live, ModuleCore, ModuleSpec};
+use crate::{ShadowDir, VersionInfo};
+
+pub(crate) use open::LoadedVersion;
+
+/// Time spent in each step of one transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StepTimings {
+    /// Reading, checking and copying the artifact.
+    pub stage: Duration,
+    /// dlopen and descriptor lookup.
+    pub open: Duration,
+    /// ABI, name, layout and API version checks.
+    pub verify: Duration,
+    /// Saving the old state and restoring it into the new version (callers wait).
+    pub prepare: Duration,
+    /// Publishing the new version (callers wait).
+    pub commit: Duration,
+    /// Destroying the old state and closing the old library (callers do not wait).
+    pub retire: Duration,
+}
+
+impl StepTimings {
+    /// The whole transaction.
+    pub fn total(&self) -> Duration {
+        self.stage + self.open + self.verify + self.prepare + self.commit + self.retire
+    }
+
+    /// How long calls were held back: prepare and commit.
+    pub fn pause(&self) -> Duration {
+        self.prepare + self.commit
+    }
+}
+
+/// What a successful reload did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ReloadReport {
+    /// The version that served before.
+    pub from: VersionInfo,
+    /// The version that serves now.
+    pub to: VersionInfo,
+    /// Time per step.
+    pub timings: StepTimings,
+    /// Whether the OS kept the previous version's library mapped after it was closed
+    /// (`Some(true)` on glibc when it registered thread-local destructors; `None` where the
+    /// platform cannot tell).
+    pub previous_still_mapped: Option<bool>,
+}
+
+/// Times one step inside its own tracing span.
+fn step<R>(name: &'static str, slot: &mut Duration, f: impl FnOnce() -> R) -> R {
+    let _span = tracing::debug_span!("step", step = name).entered();
+    let start = Instant::now();
+    let out = f();
+    *slot = start.elapsed();
+    out
+}
+
+/// Steps 1 to 3: a verified new version, not yet live.
+fn load_verified(
+    spec: &ModuleSpec,
+    shadow: &ShadowDir,
+    generation: u64,
+    timings: &mut StepTimings,
+) -> Result<LoadedVersion, HotError> {
+    let staged = step("stage", &mut timings.stage, || {
+        stage::stage(spec, shadow, generation)
+    })?;
+    let opened = step("open", &mut timings.open, || open::open(spec, staged, generation))?;
+    step("verify", &mut timings.verify, || verify::verify(spec, opened))
+}
+
+/// The first load of a module: steps 1 to 3, then a fresh state.
+pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live, HotError> {
+    let generation = 1;
+    let _span = tracing::info_span!("load", module = %spec.name, generation).entered();
+    let mut timings = StepTimings::default();
+    let version = load_verified(spec, shadow, generation, &mut timings)?;
+    let state = step("prepare", &mut timings.prepare, || {
+        prepare::construct(&version)
+    })?;
+    tracing::info!(
+        artifact = %version.info.artifact.display(),
+        api_version = version.info.api_version,
+        ?timings,
+        "module loaded"
+    );
+    Ok(Live { version, state })
+}
+
+/// A whole reload of `core`'s artifact.
+pub(crate) fn reload(core: &ModuleCore) -> Result<ReloadReport, HotError> {
+    let mut book = core.book();
+    let generation = book.next_generation;
+    book.next_generation += 1;
+    let _span = tracing::info_span!("reload", module = %core.spec.name, generation).entered();
+    let mut timings = StepTimings::default();
+    let result = load_verified(&core.spec, &core.shadow, generation, &mut timings)
+        .and_then(|version| commit::commit(core, version, &mut timings));
+    let (old, to) = match result {
+        Ok(done) => done,
+        Err(err) => {
+            tracing::warn!("reload refused, the running version keeps serving: {err}");
+            return Err(err);
+        }
+    };
+    let from = old.version.info.clone();
+    let retired = step("retire", &mut timings.retire, || retire::retire(old));
+    let previous_still_mapped = retired.still_mapped;
+    book.retired.push(retired);
+    tracing::info!(
+        from = from.generation,
+        to = to.generation,
+        pause_us = timings.pause().as_micros() as u64,
+        total_us = timings.total().as_micros() as u64,
+        "module reloaded"
+    );
+    Ok(ReloadReport {
+        from,
+        to,
+        timings,
+        previous_still_mapped,
+    })
+}
+

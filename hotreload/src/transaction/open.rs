@@ -1,0 +1,96 @@
+//! Step 2: dlopen the shadow copy and find the module's descriptor.
+
+use std::ffi::c_void;
+
+use hotreload_abi::{LifecycleEntries, ModuleDescriptor, descriptor_symbol};
+
+use super::stage::ShadowFile;
+use crate::VersionInfo;
+use crate::error::HotError;
+use crate::module::ModuleSpec;
+use crate::os;
+
+/// A library opened from a shadow copy, not yet verified.
+pub(crate) struct OpenedLibrary {
+    /// Points into the library's image: valid while `library` is open. Nothing but its
+    /// fixed prefix may be read before [`verify`](super::verify) has checked that prefix.
+    pub descriptor: *const ModuleDescriptor,
+    pub generation: u64,
+    library: libloading::Library,
+    shadow: ShadowFile,
+}
+
+/// A verified version: its table's layout matches the host's.
+///
+/// Fields drop in order: the library is closed before its shadow file is deleted.
+pub(crate) struct LoadedVersion {
+    pub info: VersionInfo,
+    /// The export table, a static in the library's image.
+    pub table: *const c_void,
+    /// The lifecycle entries, copied out of the table.
+    pub lifecycle: LifecycleEntries,
+    /// Held so that the library stays open as long as the version exists.
+    _library: libloading::Library,
+    /// Held so that the shadow copy is deleted after the library is closed.
+    _shadow: ShadowFile,
+}
+
+// SAFETY: `table` points to an immutable static in the library's image (a table of
+// `extern "C"` function pointers), which any thread may read while the library is open, and
+// the `LoadedVersion` owns the library.
+unsafe impl Send for LoadedVersion {}
+// SAFETY: see the `Send` impl; nothing in a `LoadedVersion` is mutated through `&self`.
+unsafe impl Sync for LoadedVersion {}
+
+impl OpenedLibrary {
+    /// Called by verification once the descriptor and table are known to be sound.
+    pub(crate) fn into_verified(
+        self,
+        info: VersionInfo,
+        table: *const c_void,
+        lifecycle: LifecycleEntries,
+    ) -> LoadedVersion {
+        LoadedVersion {
+            info,
+            table,
+            lifecycle,
+            _library: self.library,
+            _shadow: self.shadow,
+        }
+    }
+
+    pub(crate) fn shadow(&self) -> &ShadowFile {
+        &self.shadow
+    }
+}
+
+pub(crate) fn open(
+    spec: &ModuleSpec,
+    shadow: ShadowFile,
+    generation: u64,
+) -> Result<OpenedLibrary, HotError> {
+    let library = os::open_library(&shadow.path).map_err(|err| HotError::Open {
+        module: spec.name.clone(),
+        path: shadow.artifact.clone(),
+        generation,
+        message: err.to_string(),
+    })?;
+    let symbol = descriptor_symbol(&spec.name);
+    // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a
+    // pointer type here and nothing is read through it until verification has checked the
+    // descriptor's fixed prefix.
+    let descriptor = unsafe { library.get::<*const ModuleDescriptor>(symbol.as_bytes()) }
+        .map(|sym| *sym)
+        .map_err(|_| HotError::NoDescriptor {
+            module: spec.name.clone(),
+            path: shadow.artifact.clone(),
+            symbol: symbol.clone(),
+        })?;
+    tracing::debug!(symbol, "descriptor found");
+    Ok(OpenedLibrary {
+        descriptor,
+        generation,
+        library,
+        shadow,
+    })
+}

@@ -1,0 +1,157 @@
+//! Step 1: copy a complete artifact to a unique shadow path.
+//!
+//! The artifact is read into memory once; those very bytes are checked and written to the
+//! shadow copy, so a writer that is still busy with the artifact cannot make us open
+//! something other than what was checked. The build output itself is never opened: a
+//! library mapped from a file that the next build rewrites would fault (SIGBUS) on the next
+//! page it touches.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use object::{Object, ObjectKind, ObjectSegment};
+
+use crate::ShadowDir;
+use crate::error::HotError;
+use crate::module::ModuleSpec;
+
+/// A shadow copy, deleted when dropped (after the library opened from it is closed).
+#[derive(Debug)]
+pub(crate) struct ShadowFile {
+    pub path: PathBuf,
+    pub artifact: PathBuf,
+    pub len: u64,
+}
+
+impl Drop for ShadowFile {
+    fn drop(&mut self) {
+        // A library the OS keeps mapped stays valid after its file is unlinked.
+        if let Err(err) = fs::remove_file(&self.path) {
+            tracing::debug!(path = %self.path.display(), "cannot delete shadow copy: {err}");
+        }
+    }
+}
+
+pub(crate) fn stage(
+    spec: &ModuleSpec,
+    shadow: &ShadowDir,
+    generation: u64,
+) -> Result<ShadowFile, HotError> {
+    let artifact = &spec.artifact;
+    let bytes = fs::read(artifact).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => HotError::ArtifactNotFound {
+            module: spec.name.clone(),
+            path: artifact.clone(),
+        },
+        _ => HotError::ReadArtifact {
+            module: spec.name.clone(),
+            path: artifact.clone(),
+            source,
+        },
+    })?;
+    check_library(&bytes).map_err(|reason| HotError::NotALibrary {
+        module: spec.name.clone(),
+        path: artifact.clone(),
+        reason,
+    })?;
+    let file_name = artifact
+        .file_name()
+        .map_or_else(|| "module".into(), |n| n.to_string_lossy().into_owned());
+    let path = shadow
+        .path()
+        .join(format!("{}-{generation}-{file_name}", spec.name));
+    write_new(&path, &bytes).map_err(|source| HotError::Shadow {
+        module: spec.name.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    tracing::debug!(shadow = %path.display(), len = bytes.len(), "staged");
+    Ok(ShadowFile {
+        path,
+        artifact: artifact.clone(),
+        len: bytes.len() as u64,
+    })
+}
+
+/// Writes a new file that only the owner can read, write or execute.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o700);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)
+}
+
+/// Checks that `bytes` are a whole shared library for this machine, without loading it.
+pub(crate) fn check_library(bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Err("the file is empty".into());
+    }
+    let file = object::File::parse(bytes).map_err(|e| format!("not an object file ({e})"))?;
+    if file.kind() != ObjectKind::Dynamic {
+        return Err(format!(
+            "it is an object of kind {:?}, not a shared library",
+            file.kind()
+        ));
+    }
+    let expected = host_architecture();
+    if file.architecture() != expected {
+        return Err(format!(
+            "it is built for {:?}, this host runs on {expected:?}",
+            file.architecture()
+        ));
+    }
+    // A truncated file can still have a valid header; every segment the loader would map
+    // must lie within it.
+    for segment in file.segments() {
+        let (offset, size) = segment.file_range();
+        if offset.saturating_add(size) > bytes.len() as u64 {
+            return Err(format!(
+                "it is truncated: a segment ends at byte {}, the file has {}",
+                offset.saturating_add(size),
+                bytes.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn host_architecture() -> object::Architecture {
+    use object::Architecture as A;
+    if cfg!(target_arch = "x86_64") {
+        A::X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        A::Aarch64
+    } else if cfg!(target_arch = "x86") {
+        A::I386
+    } else if cfg!(target_arch = "arm") {
+        A::Arm
+    } else if cfg!(target_arch = "riscv64") {
+        A::Riscv64
+    } else {
+        A::Unknown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_library;
+
+    #[test]
+    fn empty_and_random_files_are_refused() {
+        assert_eq!(check_library(&[]).unwrap_err(), "the file is empty");
+        let random: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        assert!(check_library(&random).unwrap_err().starts_with("not an object file"));
+    }
+
+    #[test]
+    fn the_running_test_binary_is_not_a_library() {
+        let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let err = check_library(&exe).unwrap_err();
+        assert!(err.contains("not a shared library"), "{err}");
+        let half = &exe[..exe.len() / 2];
+        assert!(check_library(half).is_err());
+    }
+}

@@ -1,0 +1,97 @@
+//! Step 3: decide whether an opened library may serve this module, before anything running
+//! is touched. Checks, in order: the descriptor's magic and framework ABI version (before any
+//! other field is read), the module name, the export table's layout, the API version.
+
+mod layout;
+
+use std::time::SystemTime;
+
+use abi_stable::abi_stability::abi_checking::{
+    CheckingGlobals, check_layout_compatibility_with_globals,
+};
+use hotreload_abi::{ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, LifecycleEntries};
+
+use super::open::{LoadedVersion, OpenedLibrary};
+use crate::VersionInfo;
+use crate::error::{HotError, Rejection};
+use crate::module::ModuleSpec;
+
+pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedVersion, HotError> {
+    let reject = |reason: Rejection, detail: Option<String>| HotError::Rejected {
+        module: spec.name.clone(),
+        path: opened.shadow().artifact.clone(),
+        generation: opened.generation,
+        reason,
+        detail,
+    };
+
+    // SAFETY: `opened.descriptor` is the address of the exported descriptor symbol, in an
+    // image that stays mapped while `opened` lives. Every ABI version starts the descriptor
+    // with `DescriptorPrefix`, so reading the prefix is sound for any hotreload module.
+    let prefix = unsafe { &*opened.descriptor.cast::<DescriptorPrefix>() };
+    if prefix.magic != DESCRIPTOR_MAGIC {
+        return Err(reject(Rejection::BadMagic, None));
+    }
+    if prefix.abi_version != ABI_VERSION {
+        return Err(reject(
+            Rejection::AbiVersion {
+                expected: ABI_VERSION,
+                found: prefix.abi_version,
+            },
+            None,
+        ));
+    }
+    // SAFETY: the prefix says the module was built against this very ABI version, whose
+    // descriptor layout is `ModuleDescriptor`; the image stays mapped while `opened` lives.
+    let descriptor = unsafe { &*opened.descriptor };
+
+    let found_name = descriptor.module_name.as_str();
+    if found_name != spec.name {
+        return Err(reject(
+            Rejection::ModuleName {
+                expected: spec.name.clone(),
+                found: found_name.to_owned(),
+            },
+            None,
+        ));
+    }
+
+    // A private `CheckingGlobals` per check: the shared one caches layouts, and the module's
+    // layouts disappear when its version is unmapped. The error holds references into the
+    // module too; it is turned into text here and dropped.
+    let globals = CheckingGlobals::new();
+    if let Err(errors) =
+        check_layout_compatibility_with_globals(spec.expected_layout, descriptor.table_layout, &globals)
+    {
+        let summary = layout::summarize(&errors, spec.expected_layout, descriptor.table_layout);
+        let detail = errors.to_string();
+        return Err(reject(Rejection::Layout(summary), Some(detail)));
+    }
+
+    if !spec.accepted_api.contains(&descriptor.api_version) {
+        return Err(reject(
+            Rejection::ApiVersion {
+                found: descriptor.api_version,
+                accepted: spec.accepted_api.clone(),
+            },
+            None,
+        ));
+    }
+
+    // SAFETY: the layout check above proved the table starts with `LifecycleEntries` (the
+    // host's expected table does), and the table is a static in the mapped image.
+    let lifecycle = unsafe { *descriptor.table.cast::<LifecycleEntries>() };
+    let info = VersionInfo {
+        module: spec.name.clone(),
+        generation: opened.generation,
+        api_version: descriptor.api_version,
+        state_version: descriptor.state_version,
+        artifact: opened.shadow().artifact.clone(),
+        artifact_len: opened.shadow().len,
+        shadow: opened.shadow().path.clone(),
+        loaded_at: SystemTime::now(),
+    };
+    tracing::debug!(api_version = info.api_version, "verified");
+    let table = descriptor.table;
+    Ok(opened.into_verified(info, table, lifecycle))
+}

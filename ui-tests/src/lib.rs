@@ -1,0 +1,1 @@
+//! trybuild compile-fail tests for misuse of the hotreload macros; see `tests/ui.rs`.
