@@ -73,6 +73,12 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     let shims = module.methods.iter().map(|m| shim(self_ty, m));
     let proxy_methods = module.methods.iter().map(proxy_method);
     let type_asserts = module.methods.iter().flat_map(type_asserts);
+    let method_signatures = module.methods.iter().map(|m| {
+        let name = m.ident.to_string();
+        let takes_state = m.receiver != Receiver::None;
+        let params = m.args.iter().map(|a| a.label.to_string());
+        quote!(__hr::MethodSignature { name: #name, takes_state: #takes_state, params: &[#(#params),*] })
+    });
     let state_assert = quote_spanned! {self_ty.span()=>
         __hr::assert_hot_state::<#self_ty>();
     };
@@ -131,6 +137,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 const CRATE_NAME: &'static str = ::core::env!("CARGO_CRATE_NAME");
                 const API_VERSION: u32 = #api_version;
                 const STATE_VERSION: u32 = #state_version;
+                const METHODS: &'static [__hr::MethodSignature] = &[#(#method_signatures),*];
                 type Table = __HotTable;
                 type Proxy<'m> = __HotProxy<'m>;
 

@@ -18,6 +18,17 @@ pub use crate::error::HotError;
 pub use crate::module::{HotModule, Module};
 use crate::rehome::Rehome;
 
+/// An exported method as the host was compiled with it, to name parameters in errors.
+#[derive(Debug)]
+pub struct MethodSignature {
+    /// The method's name (also its export-table field).
+    pub name: &'static str,
+    /// Whether the entry's first parameter is the state (`&self` or `&mut self`).
+    pub takes_state: bool,
+    /// The user's parameter names, in order.
+    pub params: &'static [&'static str],
+}
+
 /// What a hot module's state type must be.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be the state of a hot module",

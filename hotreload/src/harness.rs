@@ -1,9 +1,8 @@
 //! A harness for testing reloads of your own modules: build edited variants of a module crate
 //! with cargo, as a developer editing the source would, and get the library of each.
 //!
-//! Every variant is a copy of the crate with textual edits, renamed so that all variants are
-//! members of one scratch workspace and build in one `cargo build` into one target directory:
-//! the dependencies compile once for all of them.
+//! Every variant is a copy of the crate with textual edits, in a scratch workspace of its
+//! own; all variants build into one target directory, so the dependencies compile once.
 //!
 //! ```no_run
 //! use hotreload::harness::VariantBuilder;
@@ -145,7 +144,7 @@ impl VariantBuilder {
         self
     }
 
-    /// Writes every variant and builds them all with one `cargo build`.
+    /// Writes every variant and builds each with `cargo build`, one after another.
     pub fn build(self) -> Result<BuiltVariants, HarnessError> {
         let manifest_path = self.crate_dir.join("Cargo.toml");
         let manifest = read(&manifest_path)?;
@@ -167,15 +166,36 @@ impl VariantBuilder {
             .to_owned();
 
         fs::create_dir_all(&self.work_dir).map_err(io_err(&self.work_dir))?;
-        let mut members = Vec::new();
+        let target_dir = match &self.target_dir {
+            Some(dir) => dir.clone(),
+            None => self.work_dir.join("target"),
+        };
+        let lock = self.lockfile.as_deref().map(read).transpose()?;
+        let lib_name = lib_name(&manifest, &package);
+        let profile = target_dir.join(if self.release { "release" } else { "debug" });
         let mut libraries = BTreeMap::new();
         for variant in &self.variants {
             let dir = self.work_dir.join(&variant.name);
-            let lib_name = format!("{}_{}", package.replace('-', "_"), variant.name);
             let mut manifest = manifest.clone();
-            rename(&mut manifest, &format!("{package}-{}", variant.name), &lib_name);
+            // Each variant is a workspace of its own: the package keeps its name (abi_stable
+            // records it in every type layout), and workspace members cannot share a name.
+            manifest.insert("workspace".into(), toml::Value::Table(toml::Table::new()));
+            // The library gets a name of its own: cargo does not copy a fresh library to the
+            // profile directory again, so one shared file name would hand out stale builds.
+            let variant_lib = format!("{lib_name}_{}", variant.name);
+            set_lib_name(&mut manifest, &variant_lib);
+            let file_name = crate::library_file_name(&variant_lib);
             copy_sources(&crate_dir, &dir)?;
-            write_if_changed(&dir.join("Cargo.toml"), &toml::to_string(&manifest).unwrap_or_default())?;
+            let manifest_text = format!(
+                "# Written by hotreload::harness: variant `{}` of {}\n{}",
+                variant.name,
+                crate_dir.display(),
+                toml::to_string(&manifest).unwrap_or_default()
+            );
+            write_if_changed(&dir.join("Cargo.toml"), &manifest_text)?;
+            if let Some(lock) = &lock {
+                write_if_changed(&dir.join("Cargo.lock"), lock)?;
+            }
             for (file, from, to) in &variant.edits {
                 let path = dir.join(file);
                 let text = read(&path)?;
@@ -188,52 +208,53 @@ impl VariantBuilder {
                 }
                 write_if_changed(&path, &text.replace(from.as_str(), to))?;
             }
-            members.push(format!("{:?}", variant.name));
-            libraries.insert(variant.name.clone(), crate::library_file_name(&lib_name));
+            // One target directory for all variants, so the dependencies build once; the
+            // library is copied out before the next variant overwrites it.
+            self.cargo_build(&dir.join("Cargo.toml"), &target_dir)?;
+            let out = self.work_dir.join("libraries").join(&variant.name);
+            fs::create_dir_all(&out).map_err(io_err(&out))?;
+            let built = profile.join(&file_name);
+            let copy = out.join(crate::library_file_name(&lib_name));
+            fs::copy(&built, &copy).map_err(io_err(&built))?;
+            libraries.insert(variant.name.clone(), copy);
         }
-        let workspace = format!(
-            "# Written by hotreload::harness: variants of {}\n[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
-            crate_dir.display(),
-            members.join(", ")
-        );
-        write_if_changed(&self.work_dir.join("Cargo.toml"), &workspace)?;
-        if let Some(lockfile) = &self.lockfile {
-            let lock = read(lockfile)?;
-            write_if_changed(&self.work_dir.join("Cargo.lock"), &lock)?;
-        }
+        Ok(BuiltVariants { libraries })
+    }
 
-        let target_dir = self
-            .target_dir
-            .clone()
-            .unwrap_or_else(|| self.work_dir.join("target"));
+    fn cargo_build(&self, manifest: &Path, target_dir: &Path) -> Result<(), HarnessError> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut command = Command::new(cargo);
         command
             .arg("build")
-            .arg("--workspace")
+            .arg("--lib")
             .arg("--manifest-path")
-            .arg(self.work_dir.join("Cargo.toml"))
+            .arg(manifest)
             .arg("--target-dir")
-            .arg(&target_dir)
+            .arg(target_dir)
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_BUILD_TARGET_DIR");
         if self.release {
             command.arg("--release");
         }
-        tracing::info!(?command, "building module variants");
-        let output = command.output().map_err(io_err(&self.work_dir))?;
-        if !output.status.success() {
-            return Err(HarnessError::Build {
+        tracing::info!(?command, "building a module variant");
+        let output = command.output().map_err(io_err(manifest))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Build {
                 output: String::from_utf8_lossy(&output.stderr).into_owned(),
-            });
+            })
         }
-        let profile = target_dir.join(if self.release { "release" } else { "debug" });
-        let libraries = libraries
-            .into_iter()
-            .map(|(name, file)| (name, profile.join(file)))
-            .collect();
-        Ok(BuiltVariants { libraries })
     }
+}
+
+/// The library's name: `[lib] name`, or the package name with `-` made `_`.
+fn lib_name(manifest: &toml::Table, package: &str) -> String {
+    manifest
+        .get("lib")
+        .and_then(|lib| lib.get("name"))
+        .and_then(|name| name.as_str())
+        .map_or_else(|| package.replace('-', "_"), str::to_owned)
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
@@ -281,17 +302,12 @@ fn copy_sources(crate_dir: &Path, dest: &Path) -> Result<(), HarnessError> {
     Ok(())
 }
 
-fn rename(manifest: &mut toml::Table, package: &str, lib: &str) {
-    if let Some(toml::Value::Table(p)) = manifest.get_mut("package") {
-        p.insert("name".into(), package.into());
-        p.insert("publish".into(), false.into());
-        p.remove("workspace");
-    }
-    let lib_table = manifest
+fn set_lib_name(manifest: &mut toml::Table, name: &str) {
+    let lib = manifest
         .entry("lib")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-    if let toml::Value::Table(l) = lib_table {
-        l.insert("name".into(), lib.into());
+    if let toml::Value::Table(lib) = lib {
+        lib.insert("name".into(), name.into());
     }
 }
 
@@ -301,7 +317,7 @@ fn absolutize_path_dependencies(manifest: &mut toml::Table, crate_dir: &Path) {
         let Some(toml::Value::Table(deps)) = manifest.get_mut(section) else {
             continue;
         };
-        for dep in deps.values_mut() {
+        for (_, dep) in deps.iter_mut() {
             if let toml::Value::Table(dep) = dep {
                 if let Some(toml::Value::String(path)) = dep.get_mut("path") {
                     let absolute = crate_dir.join(&*path);

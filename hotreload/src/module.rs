@@ -36,6 +36,9 @@ pub trait HotModule: Sized + 'static {
     const API_VERSION: u32;
     /// `#[hot_module(state_version = N)]`, 1 by default.
     const STATE_VERSION: u32;
+    /// The exported methods' names and parameters, to explain layout differences.
+    #[doc(hidden)]
+    const METHODS: &'static [crate::__private::MethodSignature];
     /// The export table, whose layout every loaded build must match.
     #[doc(hidden)]
     type Table: StableAbi + 'static;
@@ -51,6 +54,7 @@ pub(crate) struct ModuleSpec {
     pub name: String,
     pub artifact: PathBuf,
     pub expected_layout: &'static TypeLayout,
+    pub methods: &'static [crate::__private::MethodSignature],
     pub accepted_api: RangeInclusive<u32>,
 }
 

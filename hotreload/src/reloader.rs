@@ -102,6 +102,7 @@ impl HotReloader {
                 .artifact
                 .unwrap_or_else(|| locate::default_artifact(T::CRATE_NAME)),
             expected_layout: <T::Table as StableAbi>::LAYOUT,
+            methods: T::METHODS,
             accepted_api: options
                 .accepted_api
                 .unwrap_or(T::API_VERSION..=T::API_VERSION),

@@ -1,1 +1,121 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: the fixture variants, built once per run with
+//! cargo, and a sandbox per test holding the artifact path a module is registered at.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use counter::Counter;
+use hotreload::harness::{BuiltVariants, VariantBuilder};
+use hotreload::{HotReloader, Module, ModuleOptions};
+
+/// The variants of `tests/fixtures/counter` the tests load, with the edits that make them.
+fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
+    const LIB: &str = "src/lib.rs";
+    builder
+        .variant("v1", |v| v)
+        .variant("v2", |v| {
+            v.edit(LIB, "n * 1; // FACTOR", "n * 2; // FACTOR")
+                .edit(LIB, "1 // TAG", "2 // TAG")
+        })
+        .variant("v2_field", |v| {
+            v.edit(LIB, "// FIELDS", "#[serde(default = \"seven\")]\n    bonus: i64,")
+                .edit(LIB, "-1, // EXTRA", "self.bonus, // EXTRA")
+                .edit(LIB, "1 // TAG", "3 // TAG")
+                .edit(LIB, "#[derive(Debug, Default, Serialize", "fn seven() -> i64 {\n    7\n}\n\n#[derive(Debug, Default, Serialize")
+        })
+        .variant("bad_signature", |v| {
+            v.edit(
+                LIB,
+                "pub fn add(&mut self, n: i64) -> i64 {",
+                "pub fn add(&mut self, n: f64) -> i64 {\n        let n = n as i64;",
+            )
+        })
+        .variant("return_changed", |v| {
+            v.edit(LIB, "pub fn calls(&self) -> u64 {\n        self.calls", "pub fn calls(&self) -> u32 {\n        self.calls as u32")
+        })
+        .variant("method_renamed", |v| v.edit(LIB, "pub fn calls(&self)", "pub fn call_count(&self)"))
+        .variant("api_v2", |v| v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 2)]"))
+        .variant("restore_error", |v| v.edit(LIB, "// FIELDS", "required: u8,"))
+        .variant("restore_panic", |v| {
+            v.edit(LIB, "// CALLS_ATTR", "#[serde(deserialize_with = \"explode_on_restore\")]")
+                .edit(
+                    LIB,
+                    "#[derive(Debug, Default, Serialize",
+                    "fn explode_on_restore<'de, D: serde::Deserializer<'de>>(_: D) -> Result<u64, D::Error> {\n    panic!(\"restore exploded on purpose\")\n}\n\n#[derive(Debug, Default, Serialize",
+                )
+        })
+}
+
+/// The fixture variants, built once per test process into `<target_tmpdir>/fixtures`.
+///
+/// Test binaries run one after another under `cargo test`; the second finds the build fresh.
+pub fn variants(target_tmpdir: &str) -> &'static BuiltVariants {
+    static BUILT: OnceLock<BuiltVariants> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let work = Path::new(target_tmpdir).join("fixtures");
+        let builder = VariantBuilder::new(root.join("fixtures/counter"), &work)
+            .lockfile(root.join("../Cargo.lock"))
+            .target_dir(work.join("target"));
+        counter_variants(builder)
+            .build()
+            .unwrap_or_else(|err| panic!("building the fixture variants failed: {err}"))
+    })
+}
+
+/// `variants(env!("CARGO_TARGET_TMPDIR"))`, from an integration test.
+#[macro_export]
+macro_rules! variants {
+    () => {
+        $crate::variants(env!("CARGO_TARGET_TMPDIR"))
+    };
+}
+
+/// A private directory holding the path a module is registered at, and what was put there.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    variants: &'static BuiltVariants,
+}
+
+impl Sandbox {
+    pub fn new(variants: &'static BuiltVariants) -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temporary directory"),
+            variants,
+        }
+    }
+
+    /// Where the module's artifact lives, as a build would put it.
+    pub fn artifact(&self) -> PathBuf {
+        self.dir.path().join("libcounter.so")
+    }
+
+    /// Puts a variant's library at the artifact path the way linkers do: write a new file,
+    /// then rename it over the old one.
+    pub fn install(&self, variant: &str) {
+        let bytes = std::fs::read(self.variants.library(variant)).expect("variant library");
+        self.install_bytes(&bytes);
+    }
+
+    /// Puts arbitrary bytes at the artifact path (write, then rename).
+    pub fn install_bytes(&self, bytes: &[u8]) {
+        let tmp = self.dir.path().join(".libcounter.so.tmp");
+        std::fs::write(&tmp, bytes).expect("write artifact");
+        std::fs::rename(&tmp, self.artifact()).expect("rename artifact");
+    }
+
+    /// The bytes of a built variant.
+    pub fn variant_bytes(&self, variant: &str) -> Vec<u8> {
+        std::fs::read(self.variants.library(variant)).expect("variant library")
+    }
+
+    /// A reloader with the counter registered from this sandbox, starting at `variant`.
+    pub fn register(&self, variant: &str) -> (HotReloader, Module<Counter>) {
+        self.install(variant);
+        let reloader = HotReloader::new();
+        let module = reloader
+            .register_with::<Counter>(ModuleOptions::new().artifact(self.artifact()))
+            .unwrap_or_else(|err| panic!("registering the counter failed: {err}"));
+        (reloader, module)
+    }
+}

@@ -130,6 +130,14 @@ pub(crate) fn reload(core: &ModuleCore) -> Result<ReloadReport, HotError> {
         Ok(done) => done,
         Err(err) => {
             tracing::warn!("reload refused, the running version keeps serving: {err}");
+            let refused = stage::shadow_path(&core.spec, &core.shadow, generation);
+            if crate::os::is_mapped(&refused) == Some(true) {
+                tracing::warn!(
+                    shadow = %refused.display(),
+                    "the refused build was closed but the OS keeps it mapped (it registered \
+                     thread-local destructors, as a panic does)"
+                );
+            }
             return Err(err);
         }
     };

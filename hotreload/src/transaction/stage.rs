@@ -55,12 +55,7 @@ pub(crate) fn stage(
         path: artifact.clone(),
         reason,
     })?;
-    let file_name = artifact
-        .file_name()
-        .map_or_else(|| "module".into(), |n| n.to_string_lossy().into_owned());
-    let path = shadow
-        .path()
-        .join(format!("{}-{generation}-{file_name}", spec.name));
+    let path = shadow_path(spec, shadow, generation);
     write_new(&path, &bytes).map_err(|source| HotError::Shadow {
         module: spec.name.clone(),
         path: path.clone(),
@@ -72,6 +67,17 @@ pub(crate) fn stage(
         artifact: artifact.clone(),
         len: bytes.len() as u64,
     })
+}
+
+/// `<shadow dir>/<module>-<generation>-<artifact file name>`: unique per version.
+pub(crate) fn shadow_path(spec: &ModuleSpec, shadow: &ShadowDir, generation: u64) -> PathBuf {
+    let file_name = spec
+        .artifact
+        .file_name()
+        .map_or_else(|| "module".into(), |n| n.to_string_lossy().into_owned());
+    shadow
+        .path()
+        .join(format!("{}-{generation}-{file_name}", spec.name))
 }
 
 /// Writes a new file that only the owner can read, write or execute.

@@ -63,7 +63,7 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
     if let Err(errors) =
         check_layout_compatibility_with_globals(spec.expected_layout, descriptor.table_layout, &globals)
     {
-        let summary = layout::summarize(&errors, spec.expected_layout, descriptor.table_layout);
+        let summary = layout::summarize(&errors, spec.expected_layout, descriptor.table_layout, spec.methods);
         let detail = errors.to_string();
         return Err(reject(Rejection::Layout(summary), Some(detail)));
     }

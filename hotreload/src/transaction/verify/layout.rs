@@ -4,10 +4,10 @@
 use abi_stable::abi_stability::abi_checking::{AbiInstability, AbiInstabilityErrors};
 use abi_stable::type_layout::{TLFieldOrFunction, TypeLayout};
 
+use crate::__private::MethodSignature;
+
 /// The table field that holds the lifecycle entries, named by `#[hot_module]`.
 const LIFECYCLE_FIELD: &str = "__lifecycle";
-/// The state parameter every method entry with a receiver starts with.
-const STATE_PARAM: &str = "__state";
 /// abi_stable's name for a function's return value in a layout.
 const RETURNS: &str = "__returns";
 
@@ -16,6 +16,7 @@ pub(crate) fn summarize(
     errors: &AbiInstabilityErrors,
     expected: &'static TypeLayout,
     found: &'static TypeLayout,
+    methods: &[MethodSignature],
 ) -> String {
     if let Some(line) = method_set_difference(expected, found) {
         return line;
@@ -23,7 +24,7 @@ pub(crate) fn summarize(
     let Some(first) = errors.errors.iter().find(|e| !e.errs.is_empty()) else {
         return "the export table's layout differs".into();
     };
-    let location = location(first.stack_trace.iter().map(|ef| &ef.expected));
+    let location = location(first.stack_trace.iter().map(|ef| &ef.expected), methods);
     let what = describe(&first.errs);
     if location.is_empty() {
         format!("export table: {what}")
@@ -60,45 +61,66 @@ fn method_set_difference(expected: &'static TypeLayout, found: &'static TypeLayo
 }
 
 /// "method 'tick', parameter 1 ('dt')", from the path abi_stable took to the difference.
-fn location<'a>(trace: impl Iterator<Item = &'a TLFieldOrFunction>) -> String {
+///
+/// abi_stable names function-pointer parameters `param_<i>`, counting the state parameter;
+/// the host's [`MethodSignature`]s give them back the user's numbering and names.
+fn location<'a>(
+    trace: impl Iterator<Item = &'a TLFieldOrFunction>,
+    methods: &[MethodSignature],
+) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut function_params: Option<Vec<&'static str>> = None;
+    let mut method: Option<&MethodSignature> = None;
+    let mut in_function = false;
     let mut inside_return = false;
     for (depth, step) in trace.enumerate() {
         match step {
-            TLFieldOrFunction::Field(field) if depth == 0 => parts.push(if field.name() == LIFECYCLE_FIELD {
-                "lifecycle entries".into()
-            } else {
-                format!("method '{}'", field.name())
-            }),
-            TLFieldOrFunction::Function(function) => {
-                let params: Vec<&'static str> = function.param_names.as_str().split(';').collect();
-                function_params = Some(params);
+            TLFieldOrFunction::Field(field) if depth == 0 => {
+                let name = field.name();
+                method = methods.iter().find(|m| m.name == name);
+                parts.push(if name == LIFECYCLE_FIELD {
+                    "lifecycle entries".into()
+                } else {
+                    format!("method '{name}'")
+                });
             }
-            TLFieldOrFunction::Field(field) => match function_params.take() {
-                Some(params) => {
-                    let name = field.name();
-                    if name == RETURNS {
-                        inside_return = true;
-                        parts.push("return type".into());
-                    } else {
-                        let user_params: Vec<_> =
-                            params.into_iter().filter(|p| *p != STATE_PARAM).collect();
-                        let position = user_params.iter().position(|p| *p == name);
-                        parts.push(match position {
-                            Some(i) => format!("parameter {} ('{name}')", i + 1),
-                            None => format!("parameter '{name}'"),
-                        });
-                    }
+            TLFieldOrFunction::Function(_) => in_function = true,
+            TLFieldOrFunction::Field(field) if in_function => {
+                in_function = false;
+                let name = field.name();
+                if name == RETURNS {
+                    inside_return = true;
+                    parts.push("return type".into());
+                } else {
+                    parts.push(parameter(name, method));
                 }
-                // Every method returns `EntryResult<R>`: the step into its `ROk` payload is
-                // the framework's, not the user's.
-                None if inside_return => inside_return = false,
-                None => parts.push(format!("field '{}'", field.name())),
-            },
+            }
+            // Every method returns `EntryResult<R>`: the step into its `ROk` payload is the
+            // framework's, not the user's.
+            TLFieldOrFunction::Field(_) if inside_return => inside_return = false,
+            TLFieldOrFunction::Field(field) => parts.push(format!("field '{}'", field.name())),
         }
     }
     parts.join(", ")
+}
+
+/// "parameter 1 ('dt')" for abi_stable's `param_1` of a method taking the state.
+fn parameter(abi_name: &str, method: Option<&MethodSignature>) -> String {
+    let index = abi_name
+        .strip_prefix("param_")
+        .and_then(|i| i.parse::<usize>().ok());
+    match (index, method) {
+        (Some(index), Some(method)) => {
+            let user_index = if method.takes_state { index.checked_sub(1) } else { Some(index) };
+            match user_index {
+                None => "the state parameter".into(),
+                Some(i) => match method.params.get(i) {
+                    Some(name) => format!("parameter {} ('{name}')", i + 1),
+                    None => format!("parameter {}", i + 1),
+                },
+            }
+        }
+        _ => format!("parameter '{abi_name}'"),
+    }
 }
 
 /// The first shallow difference, as "expected X, found Y".

@@ -1,0 +1,233 @@
+//! Builds that must be refused: each gives a typed error naming what is wrong, and the running
+//! version keeps serving with its state unchanged.
+
+use abi_stable::std_types::RString;
+use hotreload::{HotError, ModuleFault, ModuleOptions, Rejection, hot_fn};
+use hotreload_tests::{Sandbox, variants};
+
+/// A registered v1 counter with some state, and a check that it is untouched.
+struct Running {
+    sandbox: Sandbox,
+    reloader: hotreload::HotReloader,
+    module: hotreload::Module<counter::Counter>,
+    before: counter::Snapshot,
+}
+
+impl Running {
+    fn start() -> Self {
+        let sandbox = Sandbox::new(variants!());
+        let (reloader, module) = sandbox.register("v1");
+        for n in [11, 22, 33] {
+            hot_fn!(module.add(n)).unwrap();
+        }
+        hot_fn!(module.set_label(RString::from("still here"))).unwrap();
+        let before = hot_fn!(module.snapshot()).unwrap();
+        Running {
+            sandbox,
+            reloader,
+            module,
+            before,
+        }
+    }
+
+    /// Installs `variant`, reloads, and returns the error the reload must give.
+    fn reload_variant(&self, variant: &str) -> HotError {
+        self.sandbox.install(variant);
+        self.reload_err()
+    }
+
+    fn reload_err(&self) -> HotError {
+        match self.reloader.reload_module("counter") {
+            Ok(report) => panic!("the reload should have been refused, got {report:?}"),
+            Err(err) => err,
+        }
+    }
+
+    /// v1 is serving, with the state it had, and nothing of the refused build is left.
+    fn assert_unchanged(&self) {
+        self.assert_unchanged_but(false);
+    }
+
+    /// As `assert_unchanged`, for a refused build whose code ran a panic: glibc keeps a
+    /// library mapped after `dlclose` once it registered a thread-local destructor, which
+    /// the panic machinery does. The image must be closed and its file deleted all the same.
+    fn assert_unchanged_after_module_panic(&self) {
+        self.assert_unchanged_but(true);
+    }
+
+    fn assert_unchanged_but(&self, refused_build_ran_a_panic: bool) {
+        let m = &self.module;
+        assert_eq!(m.version().generation, 1, "still the first load");
+        assert_eq!(hot_fn!(m.build_tag()).unwrap(), 1);
+        assert_eq!(hot_fn!(m.snapshot()).unwrap(), self.before, "state unchanged");
+        let shadow_dir = m.version().shadow.parent().unwrap().to_path_buf();
+        let files: Vec<_> = std::fs::read_dir(&shadow_dir).unwrap().collect();
+        assert_eq!(files.len(), 1, "the refused build's shadow copy is deleted: {files:?}");
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        let shadow_dir = shadow_dir.to_str().unwrap();
+        let mapped: std::collections::BTreeSet<_> = maps
+            .lines()
+            .filter(|l| l.contains(shadow_dir))
+            .filter_map(|l| l.find('/').map(|i| &l[i..]))
+            .collect();
+        let live = m.version().shadow;
+        let expected = if refused_build_ran_a_panic {
+            let refused = live.with_file_name("counter-2-libcounter.so");
+            vec![live.display().to_string(), format!("{} (deleted)", refused.display())]
+        } else {
+            vec![live.display().to_string()]
+        };
+        assert_eq!(mapped.into_iter().collect::<Vec<_>>(), expected, "mapped shadow copies");
+        assert!(self.reloader.retired_versions("counter").unwrap().is_empty());
+    }
+}
+
+fn rejection(err: &HotError) -> &Rejection {
+    match err {
+        HotError::Rejected { reason, module, .. } => {
+            assert_eq!(module, "counter");
+            reason
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_changed_parameter_type_is_named_in_one_line() {
+    let running = Running::start();
+    let err = running.reload_variant("bad_signature");
+    assert!(matches!(rejection(&err), Rejection::Layout(_)));
+    assert_eq!(
+        err.to_string(),
+        "counter rejected: method 'add', parameter 1 ('n'): expected i64, found f64"
+    );
+    let HotError::Rejected { detail, .. } = &err else { unreachable!() };
+    assert!(detail.as_deref().is_some_and(|d| d.lines().count() > 5), "the full report is kept apart");
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_changed_return_type_is_named_in_one_line() {
+    let running = Running::start();
+    let err = running.reload_variant("return_changed");
+    assert_eq!(
+        err.to_string(),
+        "counter rejected: method 'calls', return type: expected u64, found u32"
+    );
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_renamed_method_is_named_in_one_line() {
+    let running = Running::start();
+    let err = running.reload_variant("method_renamed");
+    assert_eq!(err.to_string(), "counter rejected: method 'calls' is missing");
+    running.assert_unchanged();
+}
+
+#[test]
+fn another_api_version_is_refused_unless_the_host_accepts_it() {
+    let running = Running::start();
+    let err = running.reload_variant("api_v2");
+    assert_eq!(
+        rejection(&err),
+        &Rejection::ApiVersion {
+            found: 2,
+            accepted: 1..=1
+        }
+    );
+    assert_eq!(err.to_string(), "counter rejected: API version 2, host accepts 1");
+    running.assert_unchanged();
+
+    // A host that accepts a range takes it.
+    let reloader = hotreload::HotReloader::new();
+    let module = reloader
+        .register_with::<counter::Counter>(
+            ModuleOptions::new()
+                .artifact(running.sandbox.artifact())
+                .accept_api_versions(1..=2),
+        )
+        .expect("API v2 is accepted");
+    assert_eq!(module.version().api_version, 2);
+}
+
+#[test]
+fn state_that_cannot_be_decoded_is_refused() {
+    let running = Running::start();
+    let err = running.reload_variant("restore_error");
+    match &err {
+        HotError::Restore {
+            generation,
+            from_generation,
+            fault: ModuleFault::Failed(message),
+            ..
+        } => {
+            assert_eq!((*generation, *from_generation), (2, 1));
+            assert!(message.contains("missing field `required`"), "{message}");
+            assert!(message.contains("schema v1"), "{message}");
+        }
+        other => panic!("expected a restore failure, got {other:?}"),
+    }
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_restore_that_panics_is_refused() {
+    let running = Running::start();
+    let err = running.reload_variant("restore_panic");
+    match &err {
+        HotError::Restore {
+            fault: ModuleFault::Panicked(message),
+            ..
+        } => assert_eq!(message, "restore exploded on purpose"),
+        other => panic!("expected a restore panic, got {other:?}"),
+    }
+    running.assert_unchanged_after_module_panic();
+}
+
+#[test]
+fn random_bytes_are_not_a_library() {
+    let running = Running::start();
+    let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
+    let random: Vec<u8> = (0..64 * 1024)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    running.sandbox.install_bytes(&random);
+    let err = running.reload_err();
+    assert!(matches!(err, HotError::NotALibrary { .. }), "{err:?}");
+    assert!(err.to_string().contains("not an object file"), "{err}");
+    running.assert_unchanged();
+}
+
+#[test]
+fn the_first_half_of_a_valid_build_is_not_a_library() {
+    let running = Running::start();
+    let whole = running.sandbox.variant_bytes("v2");
+    running.sandbox.install_bytes(&whole[..whole.len() / 2]);
+    let err = running.reload_err();
+    assert!(matches!(err, HotError::NotALibrary { .. }), "{err:?}");
+    running.assert_unchanged();
+}
+
+#[test]
+fn an_empty_file_is_not_a_library() {
+    let running = Running::start();
+    running.sandbox.install_bytes(&[]);
+    let err = running.reload_err();
+    assert!(err.to_string().ends_with("the file is empty"), "{err}");
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_missing_artifact_is_reported() {
+    let running = Running::start();
+    std::fs::remove_file(running.sandbox.artifact()).unwrap();
+    let err = running.reload_err();
+    assert!(matches!(err, HotError::ArtifactNotFound { .. }), "{err:?}");
+    running.assert_unchanged();
+}

@@ -1,0 +1,116 @@
+//! Reloading real builds of the counter fixture: new behaviour, state carried over exactly.
+
+use abi_stable::std_types::RString;
+use counter::Snapshot;
+use hotreload::{HotError, ModuleFault, hot_fn};
+use hotreload_tests::{Sandbox, variants};
+
+/// Gives the counter a state in which every field has a distinctive value.
+fn fill(module: &hotreload::Module<counter::Counter>) -> Snapshot {
+    for n in [5, -3, 1_000_000_007, 42] {
+        hot_fn!(module.add(n)).unwrap();
+    }
+    hot_fn!(module.set_label(RString::from("snø ☃ label"))).unwrap();
+    hot_fn!(module.snapshot()).unwrap()
+}
+
+#[test]
+fn new_behaviour_is_observed_and_every_state_value_is_kept() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    let before = fill(&module);
+    assert_eq!(before.total, 5 - 3 + 1_000_000_007 + 42);
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+
+    sandbox.install("v2");
+    let report = reloader.reload_module("counter").expect("v2 loads");
+    assert_eq!((report.from.generation, report.to.generation), (1, 2));
+    assert_eq!(module.version().generation, 2);
+
+    assert_eq!(hot_fn!(module.snapshot()).unwrap(), before, "state carried over exactly");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+    assert_eq!(hot_fn!(module.add(10)).unwrap(), before.total + 20, "v2 doubles");
+    assert_eq!(
+        hot_fn!(module.greet(RString::from("Zoë"))).unwrap().as_str(),
+        "hello Zoë from build 2"
+    );
+
+    // And back: the state written by v2 restores into v1.
+    sandbox.install("v1");
+    reloader.reload_module("counter").expect("v1 loads again");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+    assert_eq!(hot_fn!(module.add(1)).unwrap(), before.total + 21);
+    assert_eq!(hot_fn!(module.calls()).unwrap(), before.calls + 2);
+}
+
+#[test]
+fn an_added_field_with_a_serde_default_starts_at_its_default() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    let before = fill(&module);
+    assert_eq!(before.extra, -1);
+
+    sandbox.install("v2_field");
+    reloader.reload_module("counter").expect("v2_field loads");
+    let after = hot_fn!(module.snapshot()).unwrap();
+    assert_eq!(after.extra, 7, "the new field holds its serde default");
+    assert_eq!(Snapshot { extra: -1, ..after }, before, "old values kept");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 3);
+}
+
+#[test]
+fn a_panicking_method_returns_an_error_and_the_next_call_works() {
+    let sandbox = Sandbox::new(variants!());
+    let (_reloader, module) = sandbox.register("v1");
+    let before = fill(&module);
+
+    let err = hot_fn!(module.explode(RString::from("kaboom"))).unwrap_err();
+    match &err {
+        HotError::Call {
+            module,
+            method,
+            generation,
+            fault: ModuleFault::Panicked(message),
+            ..
+        } => {
+            assert_eq!((module.as_str(), *method, *generation), ("counter", "explode", 1));
+            assert_eq!(message, "kaboom");
+        }
+        other => panic!("expected a call error, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        "counter (load #1, API v1): method `explode` panicked: kaboom"
+    );
+    assert_eq!(hot_fn!(module.snapshot()).unwrap(), before);
+    assert_eq!(hot_fn!(module.add(1)).unwrap(), before.total + 1);
+}
+
+#[test]
+fn the_replaced_version_is_closed_and_its_shadow_copy_deleted() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    let first = module.version();
+    assert!(first.shadow.exists());
+    assert_ne!(first.shadow, sandbox.artifact(), "the build output is never opened in place");
+
+    sandbox.install("v2");
+    let report = reloader.reload_module("counter").unwrap();
+    assert!(!first.shadow.exists(), "the old shadow copy is deleted");
+    let retired = reloader.retired_versions("counter").unwrap();
+    assert_eq!(retired.len(), 1);
+    assert_eq!(retired[0].info.generation, 1);
+    assert_eq!(retired[0].still_mapped, report.previous_still_mapped);
+    assert!(report.previous_still_mapped.is_some(), "Linux can tell");
+
+    let shadow_dir = module.version().shadow.parent().unwrap().to_path_buf();
+    let files = std::fs::read_dir(&shadow_dir).unwrap().count();
+    assert_eq!(files, 1, "only the live version's shadow copy remains");
+}
+
+#[test]
+fn reloading_an_unknown_module_is_an_error() {
+    let reloader = hotreload::HotReloader::new();
+    let err = reloader.reload_module("nope").unwrap_err();
+    assert!(matches!(err, HotError::UnknownModule { .. }), "{err:?}");
+}
