@@ -38,13 +38,17 @@ impl Args {
                 return args;
             }
         };
+        let mut version_given = false;
         for meta in metas {
             let Some(ident) = meta.path.get_ident() else {
                 errors.spanned(&meta.path, format!("unknown argument; {KNOWN}"));
                 continue;
             };
             match ident.to_string().as_str() {
-                "version" => set_once(&mut args.version, int_value(&meta, errors), &meta, errors),
+                "version" => {
+                    version_given = true;
+                    set_once(&mut args.version, int_value(&meta, errors), &meta, errors)
+                }
                 "state_version" => {
                     set_once(&mut args.state_version, int_value(&meta, errors), &meta, errors)
                 }
@@ -52,7 +56,7 @@ impl Args {
                 other => errors.spanned(ident, format!("unknown argument `{other}`; {KNOWN}")),
             }
         }
-        if args.version.is_none() {
+        if !version_given {
             errors.push(syn::Error::new(
                 Span::call_site(),
                 "missing `version`: write `#[hot_module(version = 1)]`",

@@ -79,9 +79,6 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         let params = m.args.iter().map(|a| a.label.to_string());
         quote!(__hr::MethodSignature { name: #name, takes_state: #takes_state, params: &[#(#params),*] })
     });
-    let state_assert = quote_spanned! {self_ty.span()=>
-        __hr::assert_hot_state::<#self_ty>();
-    };
 
     // SAFETY (of the `unsafe` in the shims below): the host only passes back a `StatePtr`
     // that this module's `construct` or `restore` produced for this very type, and the host
@@ -102,7 +99,6 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             use ::hotreload::__private as __hr;
 
             const _: fn() = || {
-                #state_assert
                 #(#type_asserts)*
             };
 

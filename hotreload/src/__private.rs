@@ -59,9 +59,6 @@ pub trait HotReturn {}
 
 impl<T: StableAbi + Rehome> HotReturn for T {}
 
-/// Compile-time check that `T` can be a module's state.
-pub const fn assert_hot_state<T: HotState>() {}
-
 /// Compile-time check that `T` can be an argument.
 pub const fn assert_hot_arg<T: HotArg>() {}
 
@@ -110,7 +107,7 @@ pub unsafe fn state_mut<'a, T>(state: StatePtr) -> &'a mut T {
 }
 
 /// The lifecycle entries of the module whose state type is `T`.
-pub const fn lifecycle_entries<T: HotModule + HotState>() -> LifecycleEntries {
+pub const fn lifecycle_entries<T: HotModule>() -> LifecycleEntries {
     LifecycleEntries {
         construct: construct::<T>,
         destroy: destroy::<T>,
@@ -135,7 +132,7 @@ extern "C" fn destroy<T: HotState>(state: StatePtr) -> EntryResult<()> {
     })
 }
 
-extern "C" fn save<T: HotModule + HotState>(state: StatePtr) -> EntryResult<RVec<u8>> {
+extern "C" fn save<T: HotModule>(state: StatePtr) -> EntryResult<RVec<u8>> {
     let saved = contain(|| {
         // SAFETY: the host holds its write lock while saving, so no call mutates the state.
         let state = unsafe { state_ref::<T>(state) };
@@ -153,7 +150,7 @@ extern "C" fn save<T: HotModule + HotState>(state: StatePtr) -> EntryResult<RVec
     flatten(saved).map(RVec::from)
 }
 
-extern "C" fn restore<T: HotModule + HotState>(bytes: RSlice<'_, u8>) -> EntryResult<StatePtr> {
+extern "C" fn restore<T: HotModule>(bytes: RSlice<'_, u8>) -> EntryResult<StatePtr> {
     let restored = contain(|| {
         let envelope: StateEnvelope = rmp_serde::from_slice(bytes.as_slice())
             .map_err(|e| format!("the state envelope cannot be decoded: {e}"))?;

@@ -27,7 +27,11 @@ use crate::transaction::retire::RetiredVersion;
 use crate::{ShadowDir, VersionInfo};
 
 /// Implemented by `#[hot_module]` for a module's state type; the host names modules by it.
-pub trait HotModule: Sized + 'static {
+///
+/// The state must be `Default + Serialize + DeserializeOwned + Send + Sync + 'static`: it is
+/// made with `Default` on the first load, carried across reloads with serde, and used from
+/// any host thread.
+pub trait HotModule: crate::__private::HotState {
     /// The module name (by default the state type's name in snake case).
     const MODULE_NAME: &'static str;
     /// The crate the module is built from; its library is `lib<CRATE_NAME>.so`.

@@ -1,0 +1,20 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Game {
+    score: i64,
+}
+
+#[hotreload::hot_module(version = 1)]
+impl Game {
+    pub fn tick(&mut self, dt: f32) -> i64 {
+        self.score += dt as i64;
+        self.score
+    }
+}
+
+fn call(game: &hotreload::Module<Game>) {
+    let _ = hotreload::hot_fn!(game.tick(0.016, 2));
+}
+
+fn main() {}

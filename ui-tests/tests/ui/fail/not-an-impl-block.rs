@@ -1,0 +1,11 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Game {
+    score: i64,
+}
+
+#[hotreload::hot_module(version = 1)]
+pub fn tick() {}
+
+fn main() {}

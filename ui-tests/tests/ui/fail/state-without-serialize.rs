@@ -1,0 +1,13 @@
+#[derive(Default)]
+pub struct Game {
+    score: i64,
+}
+
+#[hotreload::hot_module(version = 1)]
+impl Game {
+    pub fn score(&self) -> i64 {
+        self.score
+    }
+}
+
+fn main() {}
