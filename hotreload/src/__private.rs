@@ -5,7 +5,9 @@
 //! is compiled into the module's own library, with the module's own copy of `std`.
 
 use std::any::Any;
+use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 
 pub use abi_stable::StableAbi;
 pub use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
@@ -67,11 +69,77 @@ pub const fn assert_hot_return<T: HotReturn>() {}
 
 /// Runs module code, turning a panic into [`EntryError::Panicked`] so that it never unwinds
 /// across the `extern "C"` boundary (where it would abort the process).
+///
+/// The message carries the panic's location. Contained panics are not printed: the host gets
+/// them as errors. Panics outside entries (in threads the module spawns) still reach the
+/// hook that was installed before.
 pub fn contain<R>(f: impl FnOnce() -> R) -> EntryResult<R> {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    QUIET_HOOK.call_once(install_quiet_hook);
+    CONTAINED.with(|depth| depth.set(depth.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(f));
+    CONTAINED.with(|depth| depth.set(depth.get() - 1));
+    match result {
         Ok(value) => RResult::ROk(value),
-        Err(payload) => RResult::RErr(EntryError::Panicked(panic_message(&*payload).into())),
+        Err(payload) => {
+            let mut message = panic_message(&*payload);
+            if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
+                message.push_str(&format!(" (at {site})"));
+            }
+            RResult::RErr(EntryError::Panicked(message.into()))
+        }
     }
+}
+
+static QUIET_HOOK: Once = Once::new();
+
+// Both thread-locals are `const`-initialised and hold no `Drop` type, so they register no
+// thread-local destructor: a destructor would keep the module mapped after it is unloaded.
+std::thread_local! {
+    /// How many `contain` calls are running on this thread.
+    static CONTAINED: Cell<u32> = const { Cell::new(0) };
+    /// Where the last contained panic on this thread happened.
+    static LAST_PANIC_SITE: Cell<Option<PanicSite>> = const { Cell::new(None) };
+}
+
+/// `file:line:column`, in a fixed buffer (no allocation to free at thread exit).
+#[derive(Clone, Copy)]
+struct PanicSite {
+    file: [u8; 160],
+    len: usize,
+    line: u32,
+    column: u32,
+}
+
+impl std::fmt::Display for PanicSite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = String::from_utf8_lossy(&self.file[..self.len]);
+        write!(f, "{file}:{}:{}", self.line, self.column)
+    }
+}
+
+/// Installs, once per module image, a panic hook that records where contained panics happen
+/// instead of printing them, and hands every other panic to the hook it replaces.
+fn install_quiet_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if CONTAINED.with(Cell::get) == 0 {
+            return previous(info);
+        }
+        let site = info.location().map(|location| {
+            let bytes = location.file().as_bytes();
+            let start = bytes.len().saturating_sub(160);
+            let mut file = [0u8; 160];
+            let len = bytes.len() - start;
+            file[..len].copy_from_slice(&bytes[start..]);
+            PanicSite {
+                file,
+                len,
+                line: location.line(),
+                column: location.column(),
+            }
+        });
+        LAST_PANIC_SITE.with(|last| last.set(site));
+    }));
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {

@@ -1,1 +1,169 @@
-fn main() {}
+//! The hotreload demo: a game loop that keeps running while its logic is swapped.
+//!
+//! It builds the `game-logic` module and three edited copies of it, as a developer editing
+//! the source would, then runs the game and, between frames:
+//! 1. swaps in a build with a new scoring rule: the score and every entity carry over;
+//! 2. offers a build whose `tick` takes an `f64`: refused, with the reason in one line;
+//! 3. offers a build that panics while restoring the state: refused, nothing lost;
+//! 4. calls a method that panics: an error, and the next call works.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use game_logic::GameLogic;
+use hotreload::harness::{BuiltVariants, VariantBuilder};
+use hotreload::{HotReloader, Module, ModuleOptions, hot_fn};
+
+const LIB: &str = "src/lib.rs";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .init();
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
+    let work = root.join("target/hotreload-demo");
+    println!("== Building game-logic and three edited copies (the first run compiles dependencies)");
+    let started = Instant::now();
+    let builds = build_variants(&root, &work)?;
+    println!("   built in {:.1?}", started.elapsed());
+
+    // The path the host watches, as `target/debug/libgame_logic.so` would be.
+    let artifact = work.join("live").join(hotreload::library_file_name("game_logic"));
+    install(&builds, "original", &artifact)?;
+
+    let reloader = HotReloader::new();
+    let game: Module<GameLogic> =
+        reloader.register_with(ModuleOptions::new().artifact(&artifact))?;
+    println!("\n== Loaded {} (load #{})", game.name(), game.version().generation);
+    println!("   rules: {}", hot_fn!(game.rules())?);
+    for speed in [1.0, 2.5, 4.0] {
+        hot_fn!(game.spawn(speed))?;
+    }
+    frames(&game, 3)?;
+
+    println!("\n== A build with a new scoring rule replaces the running one");
+    install(&builds, "ten_points", &artifact)?;
+    let report = reloader.reload_module("game_logic")?;
+    let t = report.timings;
+    println!(
+        "   reloaded load #{} -> #{} in {:.2?}: stage {:.2?}, open {:.2?}, verify {:.2?}, \
+         prepare {:.2?}, commit {:.2?}; callers paused {:.2?}",
+        report.from.generation,
+        report.to.generation,
+        t.total(),
+        t.stage,
+        t.open,
+        t.verify,
+        t.prepare,
+        t.commit,
+        t.pause()
+    );
+    match report.previous_still_mapped {
+        Some(false) => println!("   the previous build is closed and unmapped"),
+        Some(true) => println!(
+            "   the previous build is closed, but the OS keeps it mapped (it registered \
+             thread-local destructors)"
+        ),
+        None => {}
+    }
+    println!("   rules: {}", hot_fn!(game.rules())?);
+    println!("   state carried over: {:?}", hot_fn!(game.summary())?);
+    frames(&game, 3)?;
+
+    println!("\n== A build whose `tick` takes an f64 instead of an f32");
+    install(&builds, "f64_tick", &artifact)?;
+    match reloader.reload_module("game_logic") {
+        Ok(_) => return Err("the incompatible build was accepted".into()),
+        Err(err) => println!("   refused: {err}"),
+    }
+    println!("   still running load #{}: {:?}", game.version().generation, hot_fn!(game.summary())?);
+    frames(&game, 2)?;
+
+    println!("\n== A build that panics while restoring the state");
+    install(&builds, "restore_panics", &artifact)?;
+    match reloader.reload_module("game_logic") {
+        Ok(_) => return Err("the panicking build was accepted".into()),
+        Err(err) => println!("   refused: {err}"),
+    }
+    println!("   still running load #{}: {:?}", game.version().generation, hot_fn!(game.summary())?);
+    frames(&game, 2)?;
+
+    println!("\n== A method that panics (entity 99 does not exist)");
+    match hot_fn!(game.position(99)) {
+        Ok(x) => return Err(format!("expected a panic, got {x}").into()),
+        Err(err) => println!("   error returned to the host: {err}"),
+    }
+    println!("   the next call works: entity 1 is at x = {:.2}", hot_fn!(game.position(1))?);
+    frames(&game, 1)?;
+
+    let summary = hot_fn!(game.summary())?;
+    println!(
+        "\n== Done: {} ticks, score {}, {} entities; one process throughout, now on load #{}",
+        summary.tick,
+        summary.score,
+        summary.entities,
+        game.version().generation
+    );
+    Ok(())
+}
+
+fn frames(game: &Module<GameLogic>, count: u32) -> Result<(), hotreload::HotError> {
+    for _ in 0..count {
+        let score = hot_fn!(game.tick(0.5))?;
+        let summary = hot_fn!(game.summary())?;
+        println!(
+            "   tick {:>2}: score {:>4}, rightmost entity at x = {:.2}",
+            summary.tick, score, summary.rightmost
+        );
+    }
+    Ok(())
+}
+
+/// The original module and three edits of it.
+fn build_variants(root: &Path, work: &Path) -> Result<BuiltVariants, hotreload::harness::HarnessError> {
+    VariantBuilder::new(root.join("examples/game-logic"), work.join("variants"))
+        .lockfile(root.join("Cargo.lock"))
+        .target_dir(work.join("target"))
+        .variant("original", |v| v)
+        .variant("ten_points", |v| {
+            v.edit(
+                LIB,
+                "self.score += self.entities.len() as i64; // SCORING RULE",
+                "self.score += 10 * self.entities.len() as i64; // SCORING RULE",
+            )
+            .edit(LIB, "one point per entity per tick", "ten points per entity per tick")
+        })
+        .variant("f64_tick", |v| {
+            v.edit(
+                LIB,
+                "pub fn tick(&mut self, dt: f32) -> i64 {",
+                "pub fn tick(&mut self, dt: f64) -> i64 {\n        let dt = dt as f32;",
+            )
+        })
+        .variant("restore_panics", |v| {
+            v.edit(
+                LIB,
+                "pub struct GameLogic {\n    ticks: u64,",
+                "pub struct GameLogic {\n    #[serde(deserialize_with = \"refuse\")]\n    ticks: u64,",
+            )
+            .edit(
+                LIB,
+                "#[hot_module(version = 1)]",
+                "fn refuse<'de, D: serde::Deserializer<'de>>(_: D) -> Result<u64, D::Error> {\n    panic!(\"this build cannot read the saved tick count\")\n}\n\n#[hot_module(version = 1)]",
+            )
+        })
+        .build()
+}
+
+/// Puts a build at the artifact path as a linker would: write beside it, then rename over it.
+fn install(builds: &BuiltVariants, variant: &str, artifact: &PathBuf) -> std::io::Result<()> {
+    let dir = artifact.parent().expect("artifact has a directory");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(".incoming");
+    std::fs::copy(builds.library(variant), &tmp)?;
+    std::fs::rename(&tmp, artifact)
+}

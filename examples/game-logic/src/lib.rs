@@ -67,6 +67,11 @@ impl GameLogic {
         }
     }
 
+    /// Where entity `id` is. Panics for an unknown id (the demo shows what that does).
+    pub fn position(&self, id: u32) -> f32 {
+        self.entities[id as usize - 1].x
+    }
+
     /// Which rules this build plays by.
     pub fn rules() -> abi_stable::std_types::RString {
         "one point per entity per tick".into()
