@@ -53,7 +53,9 @@ impl<'a> Module<'a> {
         check::impl_block(item, errors);
         let mut methods = Vec::new();
         for impl_item in &item.items {
-            let ImplItem::Fn(func) = impl_item else { continue };
+            let ImplItem::Fn(func) = impl_item else {
+                continue;
+            };
             if !matches!(func.vis, Visibility::Public(_)) {
                 continue;
             }
@@ -125,7 +127,8 @@ pub(crate) fn snake_case(name: &str) -> String {
     let mut out = String::with_capacity(name.len() + 4);
     for (i, &c) in chars.iter().enumerate() {
         if c.is_ascii_uppercase() {
-            let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
             let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
             if i > 0 && (prev_lower || (prev_upper && next_lower)) && !out.ends_with('_') {

@@ -49,9 +49,12 @@ impl Args {
                     version_given = true;
                     set_once(&mut args.version, int_value(&meta, errors), &meta, errors)
                 }
-                "state_version" => {
-                    set_once(&mut args.state_version, int_value(&meta, errors), &meta, errors)
-                }
+                "state_version" => set_once(
+                    &mut args.state_version,
+                    int_value(&meta, errors),
+                    &meta,
+                    errors,
+                ),
                 "name" => set_once(&mut args.name, name_value(&meta, errors), &meta, errors),
                 other => errors.spanned(ident, format!("unknown argument `{other}`; {KNOWN}")),
             }
@@ -69,7 +72,11 @@ impl Args {
 fn set_once<T>(slot: &mut Option<T>, value: Option<T>, meta: &MetaNameValue, errors: &mut Errors) {
     let Some(value) = value else { return };
     if slot.is_some() {
-        let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+        let name = meta
+            .path
+            .get_ident()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         errors.spanned(&meta.path, format!("duplicate argument `{name}`"));
     } else {
         *slot = Some(value);
@@ -77,9 +84,15 @@ fn set_once<T>(slot: &mut Option<T>, value: Option<T>, meta: &MetaNameValue, err
 }
 
 fn int_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<LitInt> {
-    let name = meta.path.get_ident().map(ToString::to_string).unwrap_or_default();
+    let name = meta
+        .path
+        .get_ident()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     match &meta.value {
-        Expr::Lit(ExprLit { lit: Lit::Int(int), .. }) => match int.base10_parse::<u32>() {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(int), ..
+        }) => match int.base10_parse::<u32>() {
             Ok(_) => Some(int.clone()),
             Err(_) => {
                 errors.spanned(int, format!("`{name}` must fit in a u32"));
@@ -95,7 +108,9 @@ fn int_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<LitInt> {
 
 fn name_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<LitStr> {
     match &meta.value {
-        Expr::Lit(ExprLit { lit: Lit::Str(s), .. }) => {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => {
             let value = s.value();
             let valid = !value.is_empty()
                 && value

@@ -47,7 +47,10 @@ pub(crate) fn impl_block(item: &ItemImpl, errors: &mut Errors) {
         );
     }
     if let Some(where_clause) = &item.generics.where_clause {
-        errors.spanned(where_clause, "a hot module impl block cannot have a `where` clause");
+        errors.spanned(
+            where_clause,
+            "a hot module impl block cannot have a `where` clause",
+        );
     }
     match &*item.self_ty {
         Type::Path(path) if path.qself.is_none() && path.path.segments.len() == 1 => {
@@ -75,13 +78,22 @@ pub(crate) fn method(func: &ImplItemFn, errors: &mut Errors) -> bool {
         ok = false;
     };
     if let Some(t) = &sig.asyncness {
-        fail(t, "a hot method cannot be `async`: futures cannot cross a reload");
+        fail(
+            t,
+            "a hot method cannot be `async`: futures cannot cross a reload",
+        );
     }
     if let Some(t) = &sig.unsafety {
-        fail(t, "a hot method cannot be `unsafe fn`: the host calls it through a safe wrapper");
+        fail(
+            t,
+            "a hot method cannot be `unsafe fn`: the host calls it through a safe wrapper",
+        );
     }
     if let Some(t) = &sig.abi {
-        fail(t, "a hot method cannot declare an ABI: #[hot_module] generates the `extern \"C\"` entry");
+        fail(
+            t,
+            "a hot method cannot declare an ABI: #[hot_module] generates the `extern \"C\"` entry",
+        );
     }
     if let Some(t) = &sig.variadic {
         fail(t, "a hot method cannot be variadic");
@@ -96,7 +108,10 @@ pub(crate) fn method(func: &ImplItemFn, errors: &mut Errors) -> bool {
         fail(t, "a hot method cannot have a `where` clause");
     }
     if sig.ident.to_string().starts_with("__") {
-        fail(&sig.ident, "hot method names starting with `__` are reserved for hotreload");
+        fail(
+            &sig.ident,
+            "hot method names starting with `__` are reserved for hotreload",
+        );
     }
     for input in &sig.inputs {
         match input {
@@ -143,8 +158,9 @@ fn argument_type(ty: &Type) -> Option<String> {
             Type::Path(p) if p.path.is_ident("str") => {
                 "`&str` is not FFI-safe; use `abi_stable::std_types::RStr<'_>`".into()
             }
-            Type::Slice(_) => "`&[T]` is not FFI-safe; use `abi_stable::std_types::RSlice<'_, T>`"
-                .into(),
+            Type::Slice(_) => {
+                "`&[T]` is not FFI-safe; use `abi_stable::std_types::RSlice<'_, T>`".into()
+            }
             _ => "a hot method cannot take a reference; pass an owned FFI-safe value, \
                   `RStr<'_>` or `RSlice<'_, T>`"
                 .into(),
@@ -209,5 +225,7 @@ fn return_type(ty: &Type) -> Option<String> {
 
 fn has_lifetime(ty: &Type) -> bool {
     let tokens = ty.to_token_stream();
-    tokens.into_iter().any(|tt| matches!(tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == '\''))
+    tokens
+        .into_iter()
+        .any(|tt| matches!(tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == '\''))
 }

@@ -8,8 +8,8 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
 use syn::ItemImpl;
+use syn::spanned::Spanned;
 
 use crate::ast::{Method, Module, Receiver};
 use crate::attr::Args;

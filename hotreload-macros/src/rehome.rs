@@ -45,7 +45,11 @@ pub(crate) fn derive(mut input: DeriveInput) -> syn::Result<TokenStream> {
 fn fields(path: TokenStream, fields: &Fields) -> (TokenStream, TokenStream) {
     match fields {
         Fields::Named(named) => {
-            let names: Vec<_> = named.named.iter().filter_map(|f| f.ident.as_ref()).collect();
+            let names: Vec<_> = named
+                .named
+                .iter()
+                .filter_map(|f| f.ident.as_ref())
+                .collect();
             (
                 quote!(#path { #(#names),* }),
                 quote!(#path { #(#names: ::hotreload::Rehome::rehome(#names)),* }),

@@ -37,9 +37,15 @@ pub struct MethodSignature {
     label = "a hot module's state must be `Default + Serialize + DeserializeOwned + Send + Sync + 'static`",
     note = "derive `Default`, `serde::Serialize` and `serde::Deserialize` on `{Self}`"
 )]
-pub trait HotState: Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+pub trait HotState:
+    Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
 
-impl<T> HotState for T where T: Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {}
+impl<T> HotState for T where
+    T: Default + serde::Serialize + serde::de::DeserializeOwned + Send + Sync + 'static
+{
+}
 
 /// What an argument of a hot method must be.
 #[diagnostic::on_unimplemented(

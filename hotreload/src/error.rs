@@ -96,7 +96,7 @@ pub enum HotError {
         /// What differs, in one line.
         reason: Rejection,
         /// A full account (abi_stable's layout report), when there is one.
-        detail: Option<String>,
+        detail: Option<Box<str>>,
     },
 
     /// The new version could not build its initial state.
@@ -221,11 +221,9 @@ pub enum Rejection {
         found: u32,
     },
     /// The descriptor names another module.
-    #[error("module name `{found}`, expected `{expected}`")]
+    #[error("the library is module `{found}`")]
     ModuleName {
-        /// The host's.
-        expected: String,
-        /// The module's.
+        /// The module's name in the library.
         found: String,
     },
     /// The export table's layout differs from the host's; the message names the first item.

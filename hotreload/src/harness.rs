@@ -68,7 +68,8 @@ impl Variant {
     /// Replaces every occurrence of `from` by `to` in `file` (relative to the crate's root).
     /// The build fails if `from` does not occur.
     pub fn edit(mut self, file: &str, from: &str, to: &str) -> Self {
-        self.edits.push((file.to_owned(), from.to_owned(), to.to_owned()));
+        self.edits
+            .push((file.to_owned(), from.to_owned(), to.to_owned()));
         self
     }
 }
@@ -149,10 +150,12 @@ impl VariantBuilder {
         let manifest_path = self.crate_dir.join("Cargo.toml");
         let manifest = read(&manifest_path)?;
         let mut manifest: toml::Table =
-            manifest.parse().map_err(|e: toml::de::Error| HarnessError::Manifest {
-                path: manifest_path.clone(),
-                message: e.to_string(),
-            })?;
+            manifest
+                .parse()
+                .map_err(|e: toml::de::Error| HarnessError::Manifest {
+                    path: manifest_path.clone(),
+                    message: e.to_string(),
+                })?;
         let crate_dir = fs::canonicalize(&self.crate_dir).map_err(io_err(&self.crate_dir))?;
         absolutize_path_dependencies(&mut manifest, &crate_dir);
         let package = manifest

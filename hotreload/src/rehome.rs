@@ -31,7 +31,22 @@ macro_rules! rehome_plain {
 }
 
 rehome_plain!(
-    (), bool, u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64,
+    (),
+    bool,
+    u8,
+    u16,
+    u32,
+    u64,
+    u128,
+    usize,
+    i8,
+    i16,
+    i32,
+    i64,
+    i128,
+    isize,
+    f32,
+    f64,
     RStr<'static>,
 );
 
@@ -103,6 +118,11 @@ impl<A: Rehome, B: Rehome, C: Rehome> Rehome for Tuple3<A, B, C> {
 
 impl<A: Rehome, B: Rehome, C: Rehome, D: Rehome> Rehome for Tuple4<A, B, C, D> {
     fn rehome(self) -> Self {
-        Tuple4(self.0.rehome(), self.1.rehome(), self.2.rehome(), self.3.rehome())
+        Tuple4(
+            self.0.rehome(),
+            self.1.rehome(),
+            self.2.rehome(),
+            self.3.rehome(),
+        )
     }
 }

@@ -92,7 +92,10 @@ impl HotReloader {
     }
 
     /// Loads module `T` as `options` say and registers it under its name.
-    pub fn register_with<T: HotModule>(&self, options: ModuleOptions) -> Result<Module<T>, HotError> {
+    pub fn register_with<T: HotModule>(
+        &self,
+        options: ModuleOptions,
+    ) -> Result<Module<T>, HotError> {
         let name = T::MODULE_NAME.to_owned();
         if self.lock_modules().contains_key(&name) {
             return Err(HotError::AlreadyRegistered { module: name });

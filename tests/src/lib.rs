@@ -14,7 +14,7 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
     builder
         .variant("v1", |v| v)
         .variant("v2", |v| {
-            v.edit(LIB, "n * 1; // FACTOR", "n * 2; // FACTOR")
+            v.edit(LIB, "const FACTOR: i64 = 1;", "const FACTOR: i64 = 2;")
                 .edit(LIB, "1 // TAG", "2 // TAG")
         })
         .variant("v2_field", |v| {

@@ -50,10 +50,18 @@ impl Running {
         let m = &self.module;
         assert_eq!(m.version().generation, 1, "still the first load");
         assert_eq!(hot_fn!(m.build_tag()).unwrap(), 1);
-        assert_eq!(hot_fn!(m.snapshot()).unwrap(), self.before, "state unchanged");
+        assert_eq!(
+            hot_fn!(m.snapshot()).unwrap(),
+            self.before,
+            "state unchanged"
+        );
         let shadow_dir = m.version().shadow.parent().unwrap().to_path_buf();
         let files: Vec<_> = std::fs::read_dir(&shadow_dir).unwrap().collect();
-        assert_eq!(files.len(), 1, "the refused build's shadow copy is deleted: {files:?}");
+        assert_eq!(
+            files.len(),
+            1,
+            "the refused build's shadow copy is deleted: {files:?}"
+        );
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
         let shadow_dir = shadow_dir.to_str().unwrap();
         let mapped: std::collections::BTreeSet<_> = maps
@@ -62,8 +70,17 @@ impl Running {
             .filter_map(|l| l.find('/').map(|i| &l[i..]))
             .collect();
         let live = m.version().shadow.display().to_string();
-        assert_eq!(mapped.into_iter().collect::<Vec<_>>(), [live], "mapped shadow copies");
-        assert!(self.reloader.retired_versions("counter").unwrap().is_empty());
+        assert_eq!(
+            mapped.into_iter().collect::<Vec<_>>(),
+            [live],
+            "mapped shadow copies"
+        );
+        assert!(
+            self.reloader
+                .retired_versions("counter")
+                .unwrap()
+                .is_empty()
+        );
     }
 }
 
@@ -86,8 +103,13 @@ fn a_changed_parameter_type_is_named_in_one_line() {
         err.to_string(),
         "counter rejected: method 'add', parameter 1 ('n'): expected i64, found f64"
     );
-    let HotError::Rejected { detail, .. } = &err else { unreachable!() };
-    assert!(detail.as_deref().is_some_and(|d| d.lines().count() > 5), "the full report is kept apart");
+    let HotError::Rejected { detail, .. } = &err else {
+        unreachable!()
+    };
+    assert!(
+        detail.as_deref().is_some_and(|d| d.lines().count() > 5),
+        "the full report is kept apart"
+    );
     running.assert_unchanged();
 }
 
@@ -106,7 +128,10 @@ fn a_changed_return_type_is_named_in_one_line() {
 fn a_renamed_method_is_named_in_one_line() {
     let running = Running::start();
     let err = running.reload_variant("method_renamed");
-    assert_eq!(err.to_string(), "counter rejected: method 'calls' is missing");
+    assert_eq!(
+        err.to_string(),
+        "counter rejected: method 'calls' is missing"
+    );
     running.assert_unchanged();
 }
 
@@ -121,7 +146,10 @@ fn another_api_version_is_refused_unless_the_host_accepts_it() {
             accepted: 1..=1
         }
     );
-    assert_eq!(err.to_string(), "counter rejected: API version 2, host accepts 1");
+    assert_eq!(
+        err.to_string(),
+        "counter rejected: API version 2, host accepts 1"
+    );
     running.assert_unchanged();
 
     // A host that accepts a range takes it.
@@ -164,7 +192,10 @@ fn a_restore_that_panics_is_refused() {
         HotError::Restore {
             fault: ModuleFault::Panicked(message),
             ..
-        } => assert!(message.starts_with("restore exploded on purpose (at "), "{message}"),
+        } => assert!(
+            message.starts_with("restore exploded on purpose (at "),
+            "{message}"
+        ),
         other => panic!("expected a restore panic, got {other:?}"),
     }
     running.assert_unchanged();

@@ -27,11 +27,21 @@ fn new_behaviour_is_observed_and_every_state_value_is_kept() {
     assert_eq!((report.from.generation, report.to.generation), (1, 2));
     assert_eq!(module.version().generation, 2);
 
-    assert_eq!(hot_fn!(module.snapshot()).unwrap(), before, "state carried over exactly");
-    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
-    assert_eq!(hot_fn!(module.add(10)).unwrap(), before.total + 20, "v2 doubles");
     assert_eq!(
-        hot_fn!(module.greet(RString::from("Zoë"))).unwrap().as_str(),
+        hot_fn!(module.snapshot()).unwrap(),
+        before,
+        "state carried over exactly"
+    );
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+    assert_eq!(
+        hot_fn!(module.add(10)).unwrap(),
+        before.total + 20,
+        "v2 doubles"
+    );
+    assert_eq!(
+        hot_fn!(module.greet(RString::from("Zoë")))
+            .unwrap()
+            .as_str(),
         "hello Zoë from build 2"
     );
 
@@ -73,9 +83,15 @@ fn a_panicking_method_returns_an_error_and_the_next_call_works() {
             fault: ModuleFault::Panicked(message),
             ..
         } => {
-            assert_eq!((module.as_str(), *method, *generation), ("counter", "explode", 1));
+            assert_eq!(
+                (module.as_str(), *method, *generation),
+                ("counter", "explode", 1)
+            );
             assert!(message.starts_with("kaboom (at "), "{message}");
-            assert!(message.contains("lib.rs:"), "the panic's location: {message}");
+            assert!(
+                message.contains("lib.rs:"),
+                "the panic's location: {message}"
+            );
         }
         other => panic!("expected a call error, got {other:?}"),
     }
@@ -94,7 +110,11 @@ fn the_replaced_version_is_closed_and_its_shadow_copy_deleted() {
     let (reloader, module) = sandbox.register("v1");
     let first = module.version();
     assert!(first.shadow.exists());
-    assert_ne!(first.shadow, sandbox.artifact(), "the build output is never opened in place");
+    assert_ne!(
+        first.shadow,
+        sandbox.artifact(),
+        "the build output is never opened in place"
+    );
 
     sandbox.install("v2");
     let report = reloader.reload_module("counter").unwrap();

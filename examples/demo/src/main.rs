@@ -24,21 +24,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .init();
 
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()?;
     let work = root.join("target/hotreload-demo");
-    println!("== Building game-logic and three edited copies (the first run compiles dependencies)");
+    println!(
+        "== Building game-logic and three edited copies (the first run compiles dependencies)"
+    );
     let started = Instant::now();
     let builds = build_variants(&root, &work)?;
     println!("   built in {:.1?}", started.elapsed());
 
     // The path the host watches, as `target/debug/libgame_logic.so` would be.
-    let artifact = work.join("live").join(hotreload::library_file_name("game_logic"));
+    let artifact = work
+        .join("live")
+        .join(hotreload::library_file_name("game_logic"));
     install(&builds, "original", &artifact)?;
 
     let reloader = HotReloader::new();
     let game: Module<GameLogic> =
         reloader.register_with(ModuleOptions::new().artifact(&artifact))?;
-    println!("\n== Loaded {} (load #{})", game.name(), game.version().generation);
+    println!(
+        "\n== Loaded {} (load #{})",
+        game.name(),
+        game.version().generation
+    );
     println!("   rules: {}", hot_fn!(game.rules())?);
     for speed in [1.0, 2.5, 4.0] {
         hot_fn!(game.spawn(speed))?;
@@ -80,7 +90,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => return Err("the incompatible build was accepted".into()),
         Err(err) => println!("   refused: {err}"),
     }
-    println!("   still running load #{}: {:?}", game.version().generation, hot_fn!(game.summary())?);
+    println!(
+        "   still running load #{}: {:?}",
+        game.version().generation,
+        hot_fn!(game.summary())?
+    );
     frames(&game, 2)?;
 
     println!("\n== A build that panics while restoring the state");
@@ -89,7 +103,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(_) => return Err("the panicking build was accepted".into()),
         Err(err) => println!("   refused: {err}"),
     }
-    println!("   still running load #{}: {:?}", game.version().generation, hot_fn!(game.summary())?);
+    println!(
+        "   still running load #{}: {:?}",
+        game.version().generation,
+        hot_fn!(game.summary())?
+    );
     frames(&game, 2)?;
 
     println!("\n== A method that panics (entity 99 does not exist)");
@@ -97,7 +115,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(x) => return Err(format!("expected a panic, got {x}").into()),
         Err(err) => println!("   error returned to the host: {err}"),
     }
-    println!("   the next call works: entity 1 is at x = {:.2}", hot_fn!(game.position(1))?);
+    println!(
+        "   the next call works: entity 1 is at x = {:.2}",
+        hot_fn!(game.position(1))?
+    );
     frames(&game, 1)?;
 
     let summary = hot_fn!(game.summary())?;
@@ -124,7 +145,10 @@ fn frames(game: &Module<GameLogic>, count: u32) -> Result<(), hotreload::HotErro
 }
 
 /// The original module and three edits of it.
-fn build_variants(root: &Path, work: &Path) -> Result<BuiltVariants, hotreload::harness::HarnessError> {
+fn build_variants(
+    root: &Path,
+    work: &Path,
+) -> Result<BuiltVariants, hotreload::harness::HarnessError> {
     VariantBuilder::new(root.join("examples/game-logic"), work.join("variants"))
         .lockfile(root.join("Cargo.lock"))
         .target_dir(work.join("target"))

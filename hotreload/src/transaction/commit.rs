@@ -31,7 +31,13 @@ pub(crate) fn commit(
     let _commit_span = tracing::debug_span!("step", step = "commit").entered();
     let started = Instant::now();
     let info = new.info.clone();
-    let old = std::mem::replace(&mut *live, Live { version: new, state });
+    let old = std::mem::replace(
+        &mut *live,
+        Live {
+            version: new,
+            state,
+        },
+    );
     drop(live);
     timings.commit = started.elapsed();
     Ok((old, info))

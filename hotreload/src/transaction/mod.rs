@@ -95,8 +95,12 @@ fn load_verified(
     let staged = step("stage", &mut timings.stage, || {
         stage::stage(spec, shadow, generation)
     })?;
-    let opened = step("open", &mut timings.open, || open::open(spec, staged, generation))?;
-    step("verify", &mut timings.verify, || verify::verify(spec, opened))
+    let opened = step("open", &mut timings.open, || {
+        open::open(spec, staged, generation)
+    })?;
+    step("verify", &mut timings.verify, || {
+        verify::verify(spec, opened)
+    })
 }
 
 /// The first load of a module: steps 1 to 3, then a fresh state.
@@ -159,4 +163,3 @@ pub(crate) fn reload(core: &ModuleCore) -> Result<ReloadReport, HotError> {
         previous_still_mapped,
     })
 }
-

@@ -17,7 +17,7 @@ use crate::error::{HotError, Rejection};
 use crate::module::ModuleSpec;
 
 pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedVersion, HotError> {
-    let reject = |reason: Rejection, detail: Option<String>| HotError::Rejected {
+    let reject = |reason: Rejection, detail: Option<Box<str>>| HotError::Rejected {
         module: spec.name.clone(),
         path: opened.shadow().artifact.clone(),
         generation: opened.generation,
@@ -49,7 +49,6 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
     if found_name != spec.name {
         return Err(reject(
             Rejection::ModuleName {
-                expected: spec.name.clone(),
                 found: found_name.to_owned(),
             },
             None,
@@ -60,11 +59,18 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
     // layouts disappear when its version is unmapped. The error holds references into the
     // module too; it is turned into text here and dropped.
     let globals = CheckingGlobals::new();
-    if let Err(errors) =
-        check_layout_compatibility_with_globals(spec.expected_layout, descriptor.table_layout, &globals)
-    {
-        let summary = layout::summarize(&errors, spec.expected_layout, descriptor.table_layout, spec.methods);
-        let detail = errors.to_string();
+    if let Err(errors) = check_layout_compatibility_with_globals(
+        spec.expected_layout,
+        descriptor.table_layout,
+        &globals,
+    ) {
+        let summary = layout::summarize(
+            &errors,
+            spec.expected_layout,
+            descriptor.table_layout,
+            spec.methods,
+        );
+        let detail = errors.to_string().into_boxed_str();
         return Err(reject(Rejection::Layout(summary), Some(detail)));
     }
 

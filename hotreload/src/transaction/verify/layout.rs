@@ -41,7 +41,10 @@ fn field_names(layout: &'static TypeLayout) -> Vec<&'static str> {
 }
 
 /// Methods added, removed or moved: the most common change, said directly.
-fn method_set_difference(expected: &'static TypeLayout, found: &'static TypeLayout) -> Option<String> {
+fn method_set_difference(
+    expected: &'static TypeLayout,
+    found: &'static TypeLayout,
+) -> Option<String> {
     let host = field_names(expected);
     let module = field_names(found);
     if host == module {
@@ -110,7 +113,11 @@ fn parameter(abi_name: &str, method: Option<&MethodSignature>) -> String {
         .and_then(|i| i.parse::<usize>().ok());
     match (index, method) {
         (Some(index), Some(method)) => {
-            let user_index = if method.takes_state { index.checked_sub(1) } else { Some(index) };
+            let user_index = if method.takes_state {
+                index.checked_sub(1)
+            } else {
+                Some(index)
+            };
             match user_index {
                 None => "the state parameter".into(),
                 Some(i) => match method.params.get(i) {
@@ -135,10 +142,16 @@ fn describe(errs: &[AbiInstability]) -> String {
             format!("expected {:?}, found {:?}", ef.expected, ef.found)
         }
         Some(AbiInstability::Size(ef)) => {
-            format!("expected a size of {} bytes, found {}", ef.expected, ef.found)
+            format!(
+                "expected a size of {} bytes, found {}",
+                ef.expected, ef.found
+            )
         }
         Some(AbiInstability::Alignment(ef)) => {
-            format!("expected an alignment of {}, found {}", ef.expected, ef.found)
+            format!(
+                "expected an alignment of {}, found {}",
+                ef.expected, ef.found
+            )
         }
         Some(AbiInstability::FieldCountMismatch(ef)) => {
             format!("expected {} fields, found {}", ef.expected, ef.found)
