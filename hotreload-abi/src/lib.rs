@@ -67,6 +67,7 @@ pub struct ModuleDescriptor {
 
 /// The part of [`ModuleDescriptor`] that every ABI version shares: read it first.
 #[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DescriptorPrefix {
     /// Always [`DESCRIPTOR_MAGIC`].
     pub magic: [u8; 8],

@@ -12,8 +12,8 @@ use std::sync::Once;
 pub use abi_stable::StableAbi;
 pub use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 pub use hotreload_abi::{
-    ABI_VERSION, DESCRIPTOR_MAGIC, EntryError, EntryResult, LifecycleEntries, ModuleDescriptor,
-    StateEnvelope, StatePtr,
+    ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, LifecycleEntries,
+    ModuleDescriptor, StateEnvelope, StatePtr,
 };
 
 pub use crate::error::HotError;

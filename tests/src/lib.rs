@@ -35,6 +35,19 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
         })
         .variant("method_renamed", |v| v.edit(LIB, "pub fn calls(&self)", "pub fn call_count(&self)"))
         .variant("api_v2", |v| v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 2)]"))
+        .variant("other_module", |v| {
+            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"other\")]")
+        })
+        .variant("wrong_abi", |v| {
+            // The real module under another name, and a descriptor for `counter` that claims
+            // another framework ABI version.
+            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
+                .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: hotreload::__private::DescriptorPrefix = hotreload::__private::DescriptorPrefix {\n    magic: hotreload::__private::DESCRIPTOR_MAGIC,\n    abi_version: 999,\n};")
+        })
+        .variant("bad_magic", |v| {
+            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
+                .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: [u8; 64] = [0x5a; 64];")
+        })
         .variant("restore_error", |v| v.edit(LIB, "// FIELDS", "required: u8,"))
         .variant("restore_panic", |v| {
             v.edit(LIB, "// CALLS_ATTR", "#[serde(deserialize_with = \"explode_on_restore\")]")

@@ -247,3 +247,57 @@ fn a_missing_artifact_is_reported() {
     assert!(matches!(err, HotError::ArtifactNotFound { .. }), "{err:?}");
     running.assert_unchanged();
 }
+
+#[test]
+fn another_modules_build_is_refused() {
+    let running = Running::start();
+    let err = running.reload_variant("other_module");
+    match &err {
+        HotError::NoDescriptor { module, symbol, .. } => {
+            assert_eq!(
+                (module.as_str(), symbol.as_str()),
+                ("counter", "hotreload_module__counter")
+            );
+        }
+        other => panic!("expected a missing descriptor, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .ends_with("it is not a build of this module"),
+        "{err}"
+    );
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_build_against_another_framework_abi_is_refused_before_its_descriptor_is_read() {
+    let running = Running::start();
+    let err = running.reload_variant("wrong_abi");
+    assert_eq!(
+        rejection(&err),
+        &Rejection::AbiVersion {
+            expected: hotreload_abi_version(),
+            found: 999
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "counter rejected: framework ABI version 999, host has {}",
+            hotreload_abi_version()
+        )
+    );
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_symbol_that_is_not_a_descriptor_is_refused() {
+    let running = Running::start();
+    let err = running.reload_variant("bad_magic");
+    assert_eq!(rejection(&err), &Rejection::BadMagic);
+    running.assert_unchanged();
+}
+
+fn hotreload_abi_version() -> u32 {
+    hotreload::__private::ABI_VERSION
+}

@@ -10,7 +10,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use object::{Object, ObjectKind, ObjectSegment};
+use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol};
 
 use crate::ShadowDir;
 use crate::error::HotError;
@@ -55,6 +55,7 @@ pub(crate) fn stage(
         path: artifact.clone(),
         reason,
     })?;
+    check_descriptor_symbol(&bytes, spec)?;
     let path = shadow_path(spec, shadow, generation);
     write_new(&path, &bytes).map_err(|source| HotError::Shadow {
         module: spec.name.clone(),
@@ -124,6 +125,34 @@ pub(crate) fn check_library(bytes: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks, in the file's dynamic symbol table and before the library is ever opened (so none
+/// of its initialisers run), that it exports this module's descriptor symbol, and that the
+/// symbol is large enough to read the descriptor's fixed prefix from.
+fn check_descriptor_symbol(bytes: &[u8], spec: &ModuleSpec) -> Result<(), HotError> {
+    let symbol = hotreload_abi::descriptor_symbol(&spec.name);
+    // `check_library` parsed these bytes already; parsing again is cheap (headers only).
+    let found = object::File::parse(bytes).ok().and_then(|file| {
+        file.dynamic_symbols()
+            .find(|s| s.name_bytes().ok() == Some(symbol.as_bytes()) && s.is_definition())
+            .map(|s| s.size())
+    });
+    match found {
+        None => Err(HotError::NoDescriptor {
+            module: spec.name.clone(),
+            path: spec.artifact.clone(),
+            symbol,
+        }),
+        Some(size) if size < std::mem::size_of::<hotreload_abi::DescriptorPrefix>() as u64 => {
+            Err(HotError::NotALibrary {
+                module: spec.name.clone(),
+                path: spec.artifact.clone(),
+                reason: format!("its `{symbol}` is {size} bytes, too small to be a descriptor"),
+            })
+        }
+        Some(_) => Ok(()),
+    }
+}
+
 fn host_architecture() -> object::Architecture {
     use object::Architecture as A;
     if cfg!(target_arch = "x86_64") {
@@ -165,7 +194,10 @@ mod tests {
         let exe = std::fs::read(std::env::current_exe().unwrap()).unwrap();
         for len in [exe.len() / 2, exe.len() - 1, 64] {
             let err = check_library(&exe[..len]).unwrap_err();
-            assert!(err.contains("truncated") || err.starts_with("not an object file"), "{len}: {err}");
+            assert!(
+                err.contains("truncated") || err.starts_with("not an object file"),
+                "{len}: {err}"
+            );
         }
     }
 }

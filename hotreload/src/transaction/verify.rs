@@ -9,7 +9,9 @@ use std::time::SystemTime;
 use abi_stable::abi_stability::abi_checking::{
     CheckingGlobals, check_layout_compatibility_with_globals,
 };
-use hotreload_abi::{ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, LifecycleEntries};
+use hotreload_abi::{
+    ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, LifecycleEntries, ModuleDescriptor,
+};
 
 use super::open::{LoadedVersion, OpenedLibrary};
 use crate::VersionInfo;
@@ -26,9 +28,10 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
     };
 
     // SAFETY: `opened.descriptor` is the address of the exported descriptor symbol, in an
-    // image that stays mapped while `opened` lives. Every ABI version starts the descriptor
-    // with `DescriptorPrefix`, so reading the prefix is sound for any hotreload module.
-    let prefix = unsafe { &*opened.descriptor.cast::<DescriptorPrefix>() };
+    // image that stays mapped while `opened` lives, and staging checked in the file's symbol
+    // table that the symbol is at least as large as the prefix. The address may be
+    // misaligned if the symbol is not really a descriptor, hence the unaligned read.
+    let prefix = unsafe { std::ptr::read_unaligned(opened.descriptor.cast::<DescriptorPrefix>()) };
     if prefix.magic != DESCRIPTOR_MAGIC {
         return Err(reject(Rejection::BadMagic, None));
     }
@@ -41,8 +44,16 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
             None,
         ));
     }
+    if opened
+        .descriptor
+        .align_offset(align_of::<ModuleDescriptor>())
+        != 0
+    {
+        return Err(reject(Rejection::BadMagic, None));
+    }
     // SAFETY: the prefix says the module was built against this very ABI version, whose
-    // descriptor layout is `ModuleDescriptor`; the image stays mapped while `opened` lives.
+    // descriptor layout is `ModuleDescriptor`; the address is aligned for it (checked above);
+    // the image stays mapped while `opened` lives.
     let descriptor = unsafe { &*opened.descriptor };
 
     let found_name = descriptor.module_name.as_str();
