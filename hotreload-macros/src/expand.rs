@@ -251,3 +251,139 @@ fn type_asserts<'a>(method: &'a Method<'_>) -> impl Iterator<Item = TokenStream>
         .map(|ty| quote_spanned!(ty.span()=> __hr::assert_hot_return::<#ty>();));
     args.chain(ret)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::hot_module;
+    use proc_macro2::TokenStream;
+    use quote::{ToTokens, quote};
+
+    fn expand(args: TokenStream, item: &str) -> String {
+        let item: TokenStream = syn::parse_str(item).unwrap();
+        hot_module(args, item).to_string()
+    }
+
+    const GAME: &str = "impl GameLogic {
+        pub fn tick(&mut self, dt: f32) -> i64 { 0 }
+        pub fn score(&self) -> i64 { 0 }
+        pub fn rules() -> u32 { 1 }
+        fn helper(&self) {}
+    }";
+
+    #[test]
+    fn exports_the_descriptor_under_the_module_name() {
+        let out = expand(quote!(version = 3), GAME);
+        assert!(
+            out.contains("export_name = \"hotreload_module__game_logic\""),
+            "{out}"
+        );
+        assert!(out.contains("const API_VERSION : u32 = 3"), "{out}");
+        assert!(out.contains("const STATE_VERSION : u32 = 1"), "{out}");
+
+        let named = expand(quote!(version = 3, name = "arena", state_version = 4), GAME);
+        assert!(
+            named.contains("export_name = \"hotreload_module__arena\""),
+            "{named}"
+        );
+        assert!(named.contains("const STATE_VERSION : u32 = 4"), "{named}");
+    }
+
+    #[test]
+    fn the_table_has_the_lifecycle_first_then_each_public_method() {
+        let out: syn::File = syn::parse_str(&expand(quote!(version = 1), GAME)).unwrap();
+        // The user's impl block comes back unchanged, first.
+        assert_eq!(
+            out.items[0].to_token_stream().to_string(),
+            syn::parse_str::<syn::ItemImpl>(GAME)
+                .unwrap()
+                .to_token_stream()
+                .to_string()
+        );
+        let syn::Item::Const(scope) = &out.items[1] else {
+            panic!("expected the generated `const _` scope")
+        };
+        let syn::Expr::Block(block) = &*scope.expr else {
+            panic!("expected a block")
+        };
+        let table = block
+            .block
+            .stmts
+            .iter()
+            .find_map(|stmt| match stmt {
+                syn::Stmt::Item(syn::Item::Struct(s)) if s.ident == "__HotTable" => Some(s),
+                _ => None,
+            })
+            .expect("the export table");
+        let fields: Vec<String> = table
+            .fields
+            .iter()
+            .map(|f| f.ident.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(fields, ["__lifecycle", "tick", "score", "rules"]);
+        let tick = table
+            .fields
+            .iter()
+            .nth(1)
+            .unwrap()
+            .ty
+            .to_token_stream()
+            .to_string();
+        assert_eq!(
+            tick,
+            "extern \"C\" fn (__state : __hr :: StatePtr , dt : f32) -> __hr :: EntryResult < i64 >"
+        );
+        let rules = table
+            .fields
+            .iter()
+            .nth(3)
+            .unwrap()
+            .ty
+            .to_token_stream()
+            .to_string();
+        assert_eq!(rules, "extern \"C\" fn () -> __hr :: EntryResult < u32 >");
+    }
+
+    #[test]
+    fn mutating_methods_take_the_write_lock_and_others_the_read_lock() {
+        let out = expand(quote!(version = 1), GAME);
+        let proxy = &out[out.find("impl __HotProxy").unwrap()..];
+        let tick = proxy.find("pub fn tick").unwrap();
+        let score = proxy.find("pub fn score").unwrap();
+        assert!(proxy[tick..score].contains("call_exclusive"), "{proxy}");
+        assert!(proxy[score..].contains("call_shared"), "{proxy}");
+        assert!(!proxy[score..].contains("call_exclusive"), "{proxy}");
+        assert!(
+            !out.contains("__hot_entry_helper"),
+            "private methods are not exported"
+        );
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_beside_the_unchanged_item() {
+        let out = expand(
+            quote!(version = "1", colour = 2),
+            "impl Game { pub async fn a(&self) {} pub fn b(self) {} pub fn c(&self, s: String) {} }",
+        );
+        for message in [
+            "expected an integer, like `version = 1`",
+            "unknown argument `colour`",
+            "cannot be `async`",
+            "cannot be taken by value",
+            "`String` is not FFI-safe",
+        ] {
+            assert!(out.contains(message), "missing {message:?} in {out}");
+        }
+        assert!(out.contains("impl Game"), "the item is re-emitted: {out}");
+        assert!(!out.contains("__HotTable"), "nothing is generated on error");
+    }
+
+    #[test]
+    fn missing_version_and_non_impl_items_are_errors_not_panics() {
+        assert!(expand(quote!(), GAME).contains("missing `version`"));
+        let out = expand(quote!(version = 1), "fn not_an_impl() {}");
+        assert!(out.contains("goes on an inherent impl block"), "{out}");
+        assert!(out.contains("fn not_an_impl"), "{out}");
+        let out = expand(quote!(version = 99999999999), GAME);
+        assert!(out.contains("must fit in a u32"), "{out}");
+    }
+}
