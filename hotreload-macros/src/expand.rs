@@ -131,6 +131,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             impl __hr::HotModule for #self_ty {
                 const MODULE_NAME: &'static str = #name;
                 const CRATE_NAME: &'static str = ::core::env!("CARGO_CRATE_NAME");
+                const MANIFEST_DIR: &'static str = ::core::env!("CARGO_MANIFEST_DIR");
                 const API_VERSION: u32 = #api_version;
                 const STATE_VERSION: u32 = #state_version;
                 const METHODS: &'static [__hr::MethodSignature] = &[#(#method_signatures),*];

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Everything that can go wrong in the runtime, one variant per cause.
 ///
@@ -10,7 +11,7 @@ use std::path::PathBuf;
 /// number (`load #N`, counted from 1 per module) it would have had or had. Whatever the
 /// variant, a failed reload changed nothing: the version that was serving keeps serving, with
 /// its state.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum HotError {
     /// No artifact exists where the module was expected.
@@ -30,7 +31,7 @@ pub enum HotError {
         /// The artifact.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 
     /// The artifact is not a complete shared object for this machine (empty, truncated,
@@ -53,7 +54,7 @@ pub enum HotError {
         /// The shadow path.
         path: PathBuf,
         /// The I/O error.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 
     /// The dynamic loader refused the shadow copy (for example, an unresolved symbol).
@@ -156,6 +157,31 @@ pub enum HotError {
         fault: ModuleFault,
     },
 
+    /// The module is registered but no build of it has loaded yet.
+    #[error("module `{module}`: method `{method}` called before any build was loaded")]
+    NotLoaded {
+        /// The module.
+        module: String,
+        /// The method.
+        method: &'static str,
+    },
+
+    /// A `before_reload` hook refused the reload.
+    #[error("module `{module}`: reload vetoed: {reason}")]
+    Vetoed {
+        /// The module.
+        module: String,
+        /// The hook's reason.
+        reason: String,
+    },
+
+    /// The file watcher could not be started.
+    #[error("cannot watch for new builds: {message}")]
+    Watch {
+        /// What the OS or notify said.
+        message: String,
+    },
+
     /// No module of that name is registered.
     #[error("no module named `{module}` is registered")]
     UnknownModule {
@@ -174,7 +200,7 @@ pub enum HotError {
     #[error("cannot create the shadow directory: {source}")]
     ShadowDir {
         /// The I/O error.
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
 }
 

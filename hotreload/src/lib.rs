@@ -73,7 +73,9 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod build;
 mod error;
+mod events;
 #[cfg(feature = "harness")]
 pub mod harness;
 mod locate;
@@ -82,6 +84,7 @@ mod os;
 mod rehome;
 mod reloader;
 mod transaction;
+mod watch;
 
 #[doc(hidden)]
 pub mod __private;
@@ -90,12 +93,14 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 pub use error::{HotError, ModuleFault, Rejection};
+pub use events::{Event, ReloadRequest};
 pub use locate::library_file_name;
 pub use module::{HotModule, Module};
 pub use rehome::Rehome;
 pub use reloader::{HotReloader, ModuleOptions};
 pub use transaction::retire::RetiredVersion;
 pub use transaction::{ReloadReport, StepTimings};
+pub use watch::{Apply, WatchOptions};
 
 pub use hotreload_macros::{Rehome, hot_fn, hot_module};
 
@@ -115,6 +120,8 @@ pub struct VersionInfo {
     pub artifact: PathBuf,
     /// The artifact's size in bytes.
     pub artifact_len: u64,
+    /// The SHA-256 of the artifact's bytes as loaded, in hex.
+    pub sha256: String,
     /// The private shadow copy it was opened from.
     pub shadow: PathBuf,
     /// When it was verified.
@@ -131,7 +138,9 @@ impl ShadowDir {
             .prefix("hotreload-")
             .tempdir()
             .map(ShadowDir)
-            .map_err(|source| HotError::ShadowDir { source })
+            .map_err(|source| HotError::ShadowDir {
+                source: source.into(),
+            })
     }
 
     pub(crate) fn path(&self) -> &Path {

@@ -36,6 +36,8 @@ pub trait HotModule: crate::__private::HotState {
     const MODULE_NAME: &'static str;
     /// The crate the module is built from; its library is `lib<CRATE_NAME>.so`.
     const CRATE_NAME: &'static str;
+    /// Where that crate's sources were when the host was compiled (for building it).
+    const MANIFEST_DIR: &'static str;
     /// `#[hot_module(version = N)]`.
     const API_VERSION: u32;
     /// `#[hot_module(state_version = N)]`, 1 by default.
@@ -60,6 +62,8 @@ pub(crate) struct ModuleSpec {
     pub expected_layout: &'static TypeLayout,
     pub methods: &'static [crate::__private::MethodSignature],
     pub accepted_api: RangeInclusive<u32>,
+    /// The manifest of the crate to rebuild when its sources change, if the host asked.
+    pub build_manifest: Option<PathBuf>,
 }
 
 /// The version serving calls, and its state.
@@ -93,13 +97,14 @@ pub(crate) struct Book {
 pub(crate) struct ModuleCore {
     pub spec: ModuleSpec,
     pub shadow: Arc<ShadowDir>,
-    live: RwLock<Live>,
+    /// `None` until a first build has loaded (a module registered before it was built).
+    live: RwLock<Option<Live>>,
     book: Mutex<Book>,
 }
 
 impl ModuleCore {
-    pub(crate) fn new(spec: ModuleSpec, shadow: Arc<ShadowDir>, live: Live) -> Self {
-        let next_generation = live.version.info.generation + 1;
+    pub(crate) fn new(spec: ModuleSpec, shadow: Arc<ShadowDir>, live: Option<Live>) -> Self {
+        let next_generation = live.as_ref().map_or(1, |l| l.version.info.generation + 1);
         ModuleCore {
             spec,
             shadow,
@@ -113,12 +118,17 @@ impl ModuleCore {
 
     // A poisoned lock only means a host-side panic (in `Rehome`, say) while it was held;
     // `Live` is replaced in one assignment, so it is never left half-updated.
-    pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Live> {
+    pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Option<Live>> {
         self.live.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn write_live(&self) -> RwLockWriteGuard<'_, Live> {
+    pub(crate) fn write_live(&self) -> RwLockWriteGuard<'_, Option<Live>> {
         self.live.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The version serving calls, if one is loaded.
+    pub(crate) fn version(&self) -> Option<VersionInfo> {
+        self.read_live().as_ref().map(|live| live.version.info.clone())
     }
 
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
@@ -148,7 +158,7 @@ impl<T> std::fmt::Debug for Module<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Module")
             .field("name", &self.core.spec.name)
-            .field("version", &self.core.read_live().version.info)
+            .field("version", &self.core.version())
             .finish()
     }
 }
@@ -166,9 +176,9 @@ impl<T: HotModule> Module<T> {
         &self.core.spec.name
     }
 
-    /// The version serving calls now.
-    pub fn version(&self) -> VersionInfo {
-        self.core.read_live().version.info.clone()
+    /// The version serving calls now; `None` before the module's first build has loaded.
+    pub fn version(&self) -> Option<VersionInfo> {
+        self.core.version()
     }
 
     #[doc(hidden)]
@@ -187,8 +197,7 @@ impl<T: HotModule> Module<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let live = self.core.read_live();
-        Self::run(&live, method, call)
+        Self::run(self.core.read_live().as_ref(), &self.core.spec.name, method, call)
     }
 
     /// Runs `call` on the live version's table with the module's lock held for writing.
@@ -201,16 +210,22 @@ impl<T: HotModule> Module<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let live = self.core.write_live();
-        Self::run(&live, method, call)
+        Self::run(self.core.write_live().as_ref(), &self.core.spec.name, method, call)
     }
 
     #[inline(always)]
     fn run<R: Rehome>(
-        live: &Live,
+        live: Option<&Live>,
+        module: &str,
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
+        let Some(live) = live else {
+            return Err(HotError::NotLoaded {
+                module: module.to_owned(),
+                method,
+            });
+        };
         // SAFETY: this module was registered with `T::Table`'s layout as the expected layout,
         // and no version is made live before verification found its table's layout compatible
         // with it; the table is a static in the version's image, which stays mapped while the

@@ -1,27 +1,34 @@
-//! The reloader: registers modules and runs reload transactions on request.
+//! The reloader: registers modules, runs reload transactions (on request, at the host's safe
+//! points, or from the watcher), and tells the host what happened.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use abi_stable::StableAbi;
 
 use crate::error::HotError;
+use crate::events::{Event, EventBus, Hooks, ReloadRequest};
 use crate::module::{HotModule, Module, ModuleCore, ModuleSpec};
 use crate::transaction::{self, ReloadReport, retire::RetiredVersion};
+use crate::watch::{self, WatchOptions, Watcher};
 use crate::{ShadowDir, VersionInfo, locate};
 
-/// How to register a module: where its library is and which API versions to accept.
+/// How to register a module: where its library is, which API versions to accept, whether it
+/// may be missing at first, and whether the reloader builds it.
 #[derive(Debug, Clone, Default)]
 pub struct ModuleOptions {
     artifact: Option<PathBuf>,
     accepted_api: Option<RangeInclusive<u32>>,
+    wait_for_artifact: bool,
+    build: Option<Option<PathBuf>>,
 }
 
 impl ModuleOptions {
     /// The defaults: the library beside the host's executable, exactly the API version the
-    /// host was compiled with.
+    /// host was compiled with, an error if the library does not exist, no building.
     pub fn new() -> Self {
         Self::default()
     }
@@ -40,9 +47,32 @@ impl ModuleOptions {
         self.accepted_api = Some(versions);
         self
     }
+
+    /// Registers the module even if its library does not exist yet; it loads when a complete
+    /// library appears (with watching) or at the first `reload_module`. Until then calls
+    /// return [`HotError::NotLoaded`].
+    pub fn wait_for_artifact(mut self) -> Self {
+        self.wait_for_artifact = true;
+        self
+    }
+
+    /// While watching, rebuilds the module with `cargo build` whenever the sources of its
+    /// crate or of its path dependencies change. The crate is the one the module was compiled
+    /// from; the profile is the host's (the name of the directory its library is in).
+    pub fn build_with_cargo(mut self) -> Self {
+        self.build = Some(None);
+        self
+    }
+
+    /// As [`build_with_cargo`](Self::build_with_cargo), for the crate whose manifest is at
+    /// `manifest` (a copy of the module crate elsewhere, say).
+    pub fn build_with_cargo_manifest(mut self, manifest: impl Into<PathBuf>) -> Self {
+        self.build = Some(Some(manifest.into()));
+        self
+    }
 }
 
-/// Loads hot modules and reloads them on request.
+/// Loads hot modules and reloads them: on request, at the host's safe points, or by itself.
 ///
 /// ```no_run
 /// # use hotreload::{HotReloader, hot_fn};
@@ -56,33 +86,63 @@ impl ModuleOptions {
 /// println!("now running load #{}", report.to.generation);
 /// # Ok(()) }
 /// ```
-#[derive(Default)]
 pub struct HotReloader {
+    shared: Arc<Shared>,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+/// What the reloader, its watcher thread and the host's calls share.
+#[derive(Default)]
+pub(crate) struct Shared {
     shadow: OnceLock<Arc<ShadowDir>>,
     modules: Mutex<BTreeMap<String, Arc<ModuleCore>>>,
+    pub(crate) events: EventBus,
+    pub(crate) hooks: Hooks,
+    /// Modules with a complete new build, waiting for `poll()`.
+    pending: Mutex<BTreeSet<String>>,
+}
+
+/// Whether a reload is one the host asked for or one the watcher started; the watcher skips
+/// an artifact identical to the version already serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Trigger {
+    Requested,
+    ArtifactChanged,
+}
+
+impl Default for HotReloader {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl std::fmt::Debug for HotReloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HotReloader")
-            .field("shadow", &self.shadow.get().map(|s| s.path().to_path_buf()))
+            .field(
+                "shadow",
+                &self.shared.shadow.get().map(|s| s.path().to_path_buf()),
+            )
             .field("modules", &self.module_names())
+            .field("watching", &self.is_watching())
             .finish()
+    }
+}
+
+impl Drop for HotReloader {
+    fn drop(&mut self) {
+        // Stops and joins the watcher thread before the modules can go away.
+        self.stop_watching();
     }
 }
 
 impl HotReloader {
     /// A reloader with no modules. Its private shadow directory is made at first use.
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    fn shadow(&self) -> Result<Arc<ShadowDir>, HotError> {
-        if let Some(shadow) = self.shadow.get() {
-            return Ok(Arc::clone(shadow));
+        HotReloader {
+            shared: Arc::new(Shared::default()),
+            watcher: Mutex::new(None),
         }
-        let made = Arc::new(ShadowDir::create()?);
-        Ok(Arc::clone(self.shadow.get_or_init(|| made)))
     }
 
     /// Loads module `T` from the Cargo target directory of the host's profile
@@ -97,55 +157,178 @@ impl HotReloader {
         options: ModuleOptions,
     ) -> Result<Module<T>, HotError> {
         let name = T::MODULE_NAME.to_owned();
-        if self.lock_modules().contains_key(&name) {
+        if self.shared.lock_modules().contains_key(&name) {
             return Err(HotError::AlreadyRegistered { module: name });
         }
         let spec = ModuleSpec {
-            artifact: options
-                .artifact
-                .unwrap_or_else(|| locate::default_artifact(T::CRATE_NAME)),
+            artifact: absolute(
+                options
+                    .artifact
+                    .unwrap_or_else(|| locate::default_artifact(T::CRATE_NAME)),
+            ),
             expected_layout: <T::Table as StableAbi>::LAYOUT,
             methods: T::METHODS,
             accepted_api: options
                 .accepted_api
                 .unwrap_or(T::API_VERSION..=T::API_VERSION),
+            build_manifest: options.build.map(|manifest| {
+                manifest.unwrap_or_else(|| PathBuf::from(T::MANIFEST_DIR).join("Cargo.toml"))
+            }),
             name: name.clone(),
         };
-        let shadow = self.shadow()?;
-        let live = transaction::load_initial(&spec, &shadow)?;
+        let shadow = self.shared.shadow()?;
+        let live = match transaction::load_initial(&spec, &shadow) {
+            Ok(live) => Some(live),
+            Err(HotError::ArtifactNotFound { .. }) if options.wait_for_artifact => {
+                self.shared.events.emit(Event::ArtifactMissing {
+                    module: name.clone(),
+                    path: spec.artifact.clone(),
+                });
+                None
+            }
+            Err(err) => return Err(err),
+        };
         let core = Arc::new(ModuleCore::new(spec, shadow, live));
-        let mut modules = self.lock_modules();
-        if modules.contains_key(&name) {
-            return Err(HotError::AlreadyRegistered { module: name });
+        {
+            let mut modules = self.shared.lock_modules();
+            if modules.contains_key(&name) {
+                return Err(HotError::AlreadyRegistered { module: name });
+            }
+            modules.insert(name, Arc::clone(&core));
         }
-        modules.insert(name, Arc::clone(&core));
+        if let Some(watcher) = self.lock_watcher().as_ref() {
+            watcher.modules_changed();
+        }
         Ok(Module::from_core(core))
     }
 
-    /// Reloads module `name` from its artifact: one whole transaction (stage, open, verify,
-    /// prepare, commit, retire). On error the running version keeps serving, state intact.
+    /// Reloads module `name` from its artifact now, on this thread: one whole transaction
+    /// (stage, open, verify, prepare, commit, retire). On error the running version keeps
+    /// serving, state intact.
     pub fn reload_module(&self, name: &str) -> Result<ReloadReport, HotError> {
-        let core = self.core(name)?;
-        transaction::reload(&core)
+        let core = self.shared.core(name)?;
+        self.shared.reload(&core, None, Trigger::Requested)
+    }
+
+    /// Applies, on this thread, the reloads the watcher found ready since the last call (in
+    /// [`Apply::OnPoll`](crate::Apply::OnPoll) mode). Call it where no call into the modules
+    /// is in progress, between two frames of a game loop say. Returns each module's outcome.
+    pub fn poll(&self) -> Vec<(String, Result<ReloadReport, HotError>)> {
+        let pending = std::mem::take(
+            &mut *self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        pending
+            .into_iter()
+            .filter_map(|name| {
+                let core = self.shared.core(&name).ok()?;
+                let outcome = self.shared.reload(&core, None, Trigger::ArtifactChanged);
+                Some((name, outcome))
+            })
+            .collect()
+    }
+
+    /// Watches every registered module's artifact (and, for modules registered with
+    /// [`ModuleOptions::build_with_cargo`], their sources) and reloads on a background thread
+    /// when a complete new build appears.
+    pub fn start_watching(&self) -> Result<(), HotError> {
+        self.start_watching_with(WatchOptions::new())
+    }
+
+    /// Watches as `options` say. Calling it again replaces the running watcher.
+    pub fn start_watching_with(&self, options: WatchOptions) -> Result<(), HotError> {
+        self.stop_watching();
+        let watcher = watch::start(Arc::downgrade(&self.shared), options)?;
+        *self.lock_watcher() = Some(watcher);
+        Ok(())
+    }
+
+    /// Stops the watcher thread, if one runs, and waits for it to finish.
+    pub fn stop_watching(&self) {
+        let watcher = self.lock_watcher().take();
+        drop(watcher);
+    }
+
+    /// Whether a watcher is running.
+    pub fn is_watching(&self) -> bool {
+        self.lock_watcher().is_some()
+    }
+
+    /// A channel that receives every event from now on.
+    pub fn subscribe(&self) -> Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    /// Calls `callback` with every event, on the thread where the event happens.
+    pub fn on_event(&self, callback: impl Fn(&Event) + Send + Sync + 'static) {
+        self.shared.events.on_event(Box::new(callback));
+    }
+
+    /// Runs `hook` before every reload; an `Err(reason)` vetoes the reload
+    /// ([`HotError::Vetoed`]), and the running version keeps serving.
+    pub fn before_reload(
+        &self,
+        hook: impl Fn(&ReloadRequest<'_>) -> Result<(), String> + Send + Sync + 'static,
+    ) {
+        self.shared.hooks.add_before(Box::new(hook));
+    }
+
+    /// Runs `hook` after every reload, with its outcome.
+    pub fn after_reload(
+        &self,
+        hook: impl Fn(&str, &Result<ReloadReport, HotError>) + Send + Sync + 'static,
+    ) {
+        self.shared.hooks.add_after(Box::new(hook));
     }
 
     /// The names of the registered modules, sorted.
     pub fn module_names(&self) -> Vec<String> {
-        self.lock_modules().keys().cloned().collect()
+        self.shared.lock_modules().keys().cloned().collect()
     }
 
-    /// The version of module `name` serving now.
-    pub fn current_version(&self, name: &str) -> Result<VersionInfo, HotError> {
-        Ok(self.core(name)?.read_live().version.info.clone())
+    /// The version of module `name` serving now (`None` before its first build loaded).
+    pub fn current_version(&self, name: &str) -> Result<Option<VersionInfo>, HotError> {
+        Ok(self.shared.core(name)?.version())
     }
 
     /// The versions of module `name` that were replaced, oldest first, with whether the OS
     /// kept each one mapped.
     pub fn retired_versions(&self, name: &str) -> Result<Vec<RetiredVersion>, HotError> {
-        Ok(self.core(name)?.book().retired.clone())
+        Ok(self.shared.core(name)?.book().retired.clone())
     }
 
-    fn core(&self, name: &str) -> Result<Arc<ModuleCore>, HotError> {
+    fn lock_watcher(&self) -> MutexGuard<'_, Option<Watcher>> {
+        self.watcher.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Watch events name absolute paths: so must the artifact path.
+fn absolute(path: PathBuf) -> PathBuf {
+    std::path::absolute(&path).unwrap_or(path)
+}
+
+impl Shared {
+    fn shadow(&self) -> Result<Arc<ShadowDir>, HotError> {
+        if let Some(shadow) = self.shadow.get() {
+            return Ok(Arc::clone(shadow));
+        }
+        let made = Arc::new(ShadowDir::create()?);
+        Ok(Arc::clone(self.shadow.get_or_init(|| made)))
+    }
+
+    pub(crate) fn lock_modules(&self) -> MutexGuard<'_, BTreeMap<String, Arc<ModuleCore>>> {
+        self.modules.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every registered module, in name order.
+    pub(crate) fn modules(&self) -> Vec<Arc<ModuleCore>> {
+        self.lock_modules().values().cloned().collect()
+    }
+
+    pub(crate) fn core(&self, name: &str) -> Result<Arc<ModuleCore>, HotError> {
         self.lock_modules()
             .get(name)
             .cloned()
@@ -154,7 +337,62 @@ impl HotReloader {
             })
     }
 
-    fn lock_modules(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<ModuleCore>>> {
-        self.modules.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Queues a reload for the host's next `poll()`.
+    pub(crate) fn mark_pending(&self, name: &str) {
+        let newly = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_owned());
+        if newly {
+            self.events.emit(Event::ReloadPending {
+                module: name.to_owned(),
+            });
+        }
+    }
+
+    /// One reload with its hooks and events around it.
+    pub(crate) fn reload(
+        &self,
+        core: &ModuleCore,
+        bytes: Option<crate::transaction::stage::ArtifactBytes>,
+        trigger: Trigger,
+    ) -> Result<ReloadReport, HotError> {
+        let module = core.spec.name.clone();
+        let current = core.version();
+        let request = ReloadRequest {
+            module: &module,
+            artifact: &core.spec.artifact,
+            current: current.as_ref(),
+        };
+        let outcome = match self.hooks.before(&request) {
+            Err(reason) => Err(HotError::Vetoed {
+                module: module.clone(),
+                reason,
+            }),
+            Ok(()) => {
+                self.events.emit(Event::ReloadStarted {
+                    module: module.clone(),
+                    current,
+                });
+                tracing::debug!(?trigger, "reload");
+                transaction::reload(core, bytes)
+            }
+        };
+        self.events.emit(match &outcome {
+            Ok(report) => Event::Reloaded {
+                module: module.clone(),
+                from: report.from.clone(),
+                to: report.to.clone(),
+                timings: report.timings,
+            },
+            Err(error) => Event::ReloadFailed {
+                module: module.clone(),
+                reason: error.to_string(),
+                error: error.clone(),
+            },
+        });
+        self.hooks.after(&module, &outcome);
+        outcome
     }
 }

@@ -79,7 +79,7 @@ fn calls_from_four_threads_survive_fifty_reloads() {
         tags[1] > 0 && tags[2] > 0,
         "callers ran in both builds: {tags:?}"
     );
-    assert_eq!(module.version().generation, 1 + RELOADS as u64);
+    assert_eq!(module.version().unwrap().generation, 1 + RELOADS as u64);
     pauses.sort();
     println!(
         "{calls} calls, {RELOADS} reloads; callers paused per reload: median {:?}, max {:?}",

@@ -48,14 +48,14 @@ impl Running {
     /// thread-local destructor, so even a build that panicked really goes away).
     fn assert_unchanged(&self) {
         let m = &self.module;
-        assert_eq!(m.version().generation, 1, "still the first load");
+        assert_eq!(m.version().unwrap().generation, 1, "still the first load");
         assert_eq!(hot_fn!(m.build_tag()).unwrap(), 1);
         assert_eq!(
             hot_fn!(m.snapshot()).unwrap(),
             self.before,
             "state unchanged"
         );
-        let shadow_dir = m.version().shadow.parent().unwrap().to_path_buf();
+        let shadow_dir = m.version().unwrap().shadow.parent().unwrap().to_path_buf();
         let files: Vec<_> = std::fs::read_dir(&shadow_dir).unwrap().collect();
         assert_eq!(
             files.len(),
@@ -69,7 +69,7 @@ impl Running {
             .filter(|l| l.contains(shadow_dir))
             .filter_map(|l| l.find('/').map(|i| &l[i..]))
             .collect();
-        let live = m.version().shadow.display().to_string();
+        let live = m.version().unwrap().shadow.display().to_string();
         assert_eq!(
             mapped.into_iter().collect::<Vec<_>>(),
             [live],
@@ -161,7 +161,7 @@ fn another_api_version_is_refused_unless_the_host_accepts_it() {
                 .accept_api_versions(1..=2),
         )
         .expect("API v2 is accepted");
-    assert_eq!(module.version().api_version, 2);
+    assert_eq!(module.version().unwrap().api_version, 2);
 }
 
 #[test]

@@ -47,7 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\n== Loaded {} (load #{})",
         game.name(),
-        game.version().generation
+        game.version().map_or(0, |v| v.generation)
     );
     println!("   rules: {}", hot_fn!(game.rules())?);
     for speed in [1.0, 2.5, 4.0] {
@@ -62,7 +62,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "   reloaded load #{} -> #{} in {:.2?}: stage {:.2?}, open {:.2?}, verify {:.2?}, \
          prepare {:.2?}, commit {:.2?}; callers paused {:.2?}",
-        report.from.generation,
+        report.from.as_ref().map_or(0, |v| v.generation),
         report.to.generation,
         t.total(),
         t.stage,
@@ -92,7 +92,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "   still running load #{}: {:?}",
-        game.version().generation,
+        game.version().map_or(0, |v| v.generation),
         hot_fn!(game.summary())?
     );
     frames(&game, 2)?;
@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "   still running load #{}: {:?}",
-        game.version().generation,
+        game.version().map_or(0, |v| v.generation),
         hot_fn!(game.summary())?
     );
     frames(&game, 2)?;
@@ -127,7 +127,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         summary.tick,
         summary.score,
         summary.entities,
-        game.version().generation
+        game.version().map_or(0, |v| v.generation)
     );
     Ok(())
 }

@@ -10,34 +10,36 @@ use crate::VersionInfo;
 use crate::error::HotError;
 use crate::module::{Live, ModuleCore};
 
-/// Swaps `new` in with the running state carried over; returns the old [`Live`] to retire
-/// and the new version's description. On error nothing changed and `new` is dropped (its
-/// library closed, its shadow copy deleted).
+/// Swaps `new` in with the running state carried over (or a fresh state, when no version was
+/// loaded); returns the old [`Live`] to retire and the new version's description. On error
+/// nothing changed and `new` is dropped (its library closed, its shadow copy deleted).
 pub(crate) fn commit(
     core: &ModuleCore,
     new: LoadedVersion,
     timings: &mut StepTimings,
-) -> Result<(Live, VersionInfo), HotError> {
+) -> Result<(Option<Live>, VersionInfo), HotError> {
     // Waits for every call in progress to return; new calls wait here until the swap.
     let mut live = core.write_live();
 
     let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
     let started = Instant::now();
-    let envelope = prepare::save(&live)?;
-    let state = prepare::restore(&new, &envelope, live.version.info.generation)?;
+    let state = match live.as_ref() {
+        Some(running) => {
+            let envelope = prepare::save(running)?;
+            prepare::restore(&new, &envelope, running.version.info.generation)?
+        }
+        None => prepare::construct(&new)?,
+    };
     timings.prepare = started.elapsed();
     drop(prepare_span);
 
     let _commit_span = tracing::debug_span!("step", step = "commit").entered();
     let started = Instant::now();
     let info = new.info.clone();
-    let old = std::mem::replace(
-        &mut *live,
-        Live {
-            version: new,
-            state,
-        },
-    );
+    let old = live.replace(Live {
+        version: new,
+        state,
+    });
     drop(live);
     timings.commit = started.elapsed();
     Ok((old, info))

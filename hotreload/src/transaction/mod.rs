@@ -64,8 +64,9 @@ impl StepTimings {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ReloadReport {
-    /// The version that served before.
-    pub from: VersionInfo,
+    /// The version that served before (`None` for the first load of a module registered
+    /// before it was built).
+    pub from: Option<VersionInfo>,
     /// The version that serves now.
     pub to: VersionInfo,
     /// Time per step.
@@ -90,10 +91,11 @@ fn load_verified(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
+    bytes: Option<stage::ArtifactBytes>,
     timings: &mut StepTimings,
 ) -> Result<LoadedVersion, HotError> {
     let staged = step("stage", &mut timings.stage, || {
-        stage::stage(spec, shadow, generation)
+        stage::stage(spec, shadow, generation, bytes)
     })?;
     let opened = step("open", &mut timings.open, || {
         open::open(spec, staged, generation)
@@ -103,12 +105,12 @@ fn load_verified(
     })
 }
 
-/// The first load of a module: steps 1 to 3, then a fresh state.
+/// The first load of a module, at registration: steps 1 to 3, then a fresh state.
 pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live, HotError> {
     let generation = 1;
     let _span = tracing::info_span!("load", module = %spec.name, generation).entered();
     let mut timings = StepTimings::default();
-    let version = load_verified(spec, shadow, generation, &mut timings)?;
+    let version = load_verified(spec, shadow, generation, None, &mut timings)?;
     let state = step("prepare", &mut timings.prepare, || {
         prepare::construct(&version)
     })?;
@@ -121,14 +123,14 @@ pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live
     Ok(Live { version, state })
 }
 
-/// A whole reload of `core`'s artifact.
-pub(crate) fn reload(core: &ModuleCore) -> Result<ReloadReport, HotError> {
+/// A whole reload of `core`'s artifact (its current bytes, or `bytes` already read from it).
+pub(crate) fn reload(core: &ModuleCore, bytes: Option<stage::ArtifactBytes>) -> Result<ReloadReport, HotError> {
     let mut book = core.book();
     let generation = book.next_generation;
     book.next_generation += 1;
     let _span = tracing::info_span!("reload", module = %core.spec.name, generation).entered();
     let mut timings = StepTimings::default();
-    let result = load_verified(&core.spec, &core.shadow, generation, &mut timings)
+    let result = load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings)
         .and_then(|version| commit::commit(core, version, &mut timings));
     let (old, to) = match result {
         Ok(done) => done,
@@ -145,12 +147,12 @@ pub(crate) fn reload(core: &ModuleCore) -> Result<ReloadReport, HotError> {
             return Err(err);
         }
     };
-    let from = old.version.info.clone();
-    let retired = step("retire", &mut timings.retire, || retire::retire(old));
-    let previous_still_mapped = retired.still_mapped;
-    book.retired.push(retired);
+    let from = old.as_ref().map(|old| old.version.info.clone());
+    let retired = old.map(|old| step("retire", &mut timings.retire, || retire::retire(old)));
+    let previous_still_mapped = retired.as_ref().and_then(|r| r.still_mapped);
+    book.retired.extend(retired);
     tracing::info!(
-        from = from.generation,
+        from = from.as_ref().map(|f| f.generation),
         to = to.generation,
         pause_us = timings.pause().as_micros() as u64,
         total_us = timings.total().as_micros() as u64,

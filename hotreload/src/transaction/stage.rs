@@ -22,6 +22,8 @@ pub(crate) struct ShadowFile {
     pub path: PathBuf,
     pub artifact: PathBuf,
     pub len: u64,
+    /// SHA-256 of the bytes staged, in hex.
+    pub sha256: String,
 }
 
 impl Drop for ShadowFile {
@@ -33,23 +35,32 @@ impl Drop for ShadowFile {
     }
 }
 
+/// An artifact's bytes as read once, with their digest.
+pub(crate) struct ArtifactBytes {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+impl ArtifactBytes {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = sha256_hex(&bytes);
+        ArtifactBytes { bytes, sha256 }
+    }
+}
+
+/// Stages the artifact's current bytes, or `read` when the caller has just read and checked
+/// them (the watcher does, to tell a complete file from one still being written).
 pub(crate) fn stage(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
+    read: Option<ArtifactBytes>,
 ) -> Result<ShadowFile, HotError> {
     let artifact = &spec.artifact;
-    let bytes = fs::read(artifact).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => HotError::ArtifactNotFound {
-            module: spec.name.clone(),
-            path: artifact.clone(),
-        },
-        _ => HotError::ReadArtifact {
-            module: spec.name.clone(),
-            path: artifact.clone(),
-            source,
-        },
-    })?;
+    let ArtifactBytes { bytes, sha256 } = match read {
+        Some(read) => read,
+        None => ArtifactBytes::new(read_artifact(spec)?),
+    };
     check_library(&bytes).map_err(|reason| HotError::NotALibrary {
         module: spec.name.clone(),
         path: artifact.clone(),
@@ -60,13 +71,40 @@ pub(crate) fn stage(
     write_new(&path, &bytes).map_err(|source| HotError::Shadow {
         module: spec.name.clone(),
         path: path.clone(),
-        source,
+        source: source.into(),
     })?;
     tracing::debug!(shadow = %path.display(), len = bytes.len(), "staged");
     Ok(ShadowFile {
         path,
         artifact: artifact.clone(),
         len: bytes.len() as u64,
+        sha256,
+    })
+}
+
+/// The SHA-256 of `bytes`, in lower-case hex: how versions and artifacts are identified.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(bytes);
+    digest.iter().fold(String::with_capacity(64), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}
+
+/// The artifact's bytes, read once.
+pub(crate) fn read_artifact(spec: &ModuleSpec) -> Result<Vec<u8>, HotError> {
+    fs::read(&spec.artifact).map_err(|source| match source.kind() {
+        io::ErrorKind::NotFound => HotError::ArtifactNotFound {
+            module: spec.name.clone(),
+            path: spec.artifact.clone(),
+        },
+        _ => HotError::ReadArtifact {
+            module: spec.name.clone(),
+            path: spec.artifact.clone(),
+            source: source.into(),
+        },
     })
 }
 

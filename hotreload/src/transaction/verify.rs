@@ -105,6 +105,7 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
         state_version: descriptor.state_version,
         artifact: opened.shadow().artifact.clone(),
         artifact_len: opened.shadow().len,
+        sha256: opened.shadow().sha256.clone(),
         shadow: opened.shadow().path.clone(),
         loaded_at: SystemTime::now(),
     };

@@ -1,0 +1,267 @@
+//! What the runtime tells the host: an event stream, and hooks around each reload.
+//!
+//! Events are delivered on the thread where they happen: the caller's for `reload_module` and
+//! `poll`, the watcher thread for automatic reloads and builds. Channel subscribers never
+//! block that thread; callbacks run on it, so keep them short.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use crate::error::HotError;
+use crate::{ReloadReport, StepTimings, VersionInfo};
+
+/// Something that happened to a module.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// The watcher watches this module's artifact.
+    Watching {
+        /// The module.
+        module: String,
+        /// Its artifact.
+        path: PathBuf,
+    },
+    /// The artifact is not there (not built yet, deleted, renamed away, its directory gone).
+    /// The running version, if any, keeps serving; the module reloads when it reappears.
+    ArtifactMissing {
+        /// The module.
+        module: String,
+        /// Where the artifact should be.
+        path: PathBuf,
+    },
+    /// The artifact changed but is not a complete library yet; the watcher waits for the
+    /// writer to finish.
+    ArtifactIncomplete {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// A complete new artifact is waiting for the host's next `poll()`.
+    ReloadPending {
+        /// The module.
+        module: String,
+    },
+    /// A reload transaction began.
+    ReloadStarted {
+        /// The module.
+        module: String,
+        /// The version serving until it ends.
+        current: Option<VersionInfo>,
+    },
+    /// A new version serves.
+    Reloaded {
+        /// The module.
+        module: String,
+        /// The version that served before.
+        from: Option<VersionInfo>,
+        /// The version that serves now.
+        to: VersionInfo,
+        /// Time per step.
+        timings: StepTimings,
+    },
+    /// A reload was refused or failed; the running version keeps serving.
+    ReloadFailed {
+        /// The module.
+        module: String,
+        /// One line saying why.
+        reason: String,
+        /// The error itself.
+        error: HotError,
+    },
+    /// Cargo started building the module.
+    BuildStarted {
+        /// The module.
+        module: String,
+        /// The package built.
+        package: String,
+    },
+    /// Cargo built the module.
+    BuildFinished {
+        /// The module.
+        module: String,
+        /// The package built.
+        package: String,
+        /// How long the build took.
+        duration: Duration,
+    },
+    /// Cargo failed to build the module; the running version keeps serving.
+    BuildFailed {
+        /// The module.
+        module: String,
+        /// The package.
+        package: String,
+        /// The compiler's messages.
+        message: String,
+    },
+    /// The watcher hit an error of its own (from the OS or from `cargo metadata`).
+    WatchError {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl Event {
+    /// The module the event is about, if any.
+    pub fn module(&self) -> Option<&str> {
+        match self {
+            Event::Watching { module, .. }
+            | Event::ArtifactMissing { module, .. }
+            | Event::ArtifactIncomplete { module, .. }
+            | Event::ReloadPending { module }
+            | Event::ReloadStarted { module, .. }
+            | Event::Reloaded { module, .. }
+            | Event::ReloadFailed { module, .. }
+            | Event::BuildStarted { module, .. }
+            | Event::BuildFinished { module, .. }
+            | Event::BuildFailed { module, .. } => Some(module),
+            Event::WatchError { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Watching { module, path } => write!(f, "{module}: watching {}", path.display()),
+            Event::ArtifactMissing { module, path } => {
+                write!(f, "{module}: artifact missing at {}", path.display())
+            }
+            Event::ArtifactIncomplete { module, reason, .. } => {
+                write!(f, "{module}: artifact incomplete ({reason}), waiting")
+            }
+            Event::ReloadPending { module } => write!(f, "{module}: new build ready, reloads at the next poll"),
+            Event::ReloadStarted { module, .. } => write!(f, "{module}: reload started"),
+            Event::Reloaded {
+                module,
+                from,
+                to,
+                timings,
+            } => {
+                let from = from.as_ref().map_or("nothing".into(), |v| format!("load #{}", v.generation));
+                write!(
+                    f,
+                    "{module}: reloaded {from} -> load #{} in {:.2?} (callers paused {:.2?})",
+                    to.generation,
+                    timings.total(),
+                    timings.pause()
+                )
+            }
+            Event::ReloadFailed { reason, .. } => write!(f, "{reason}"),
+            Event::BuildStarted { module, package } => write!(f, "{module}: building {package}"),
+            Event::BuildFinished {
+                module, duration, ..
+            } => write!(f, "{module}: built in {duration:.2?}"),
+            Event::BuildFailed {
+                module, message, ..
+            } => write!(f, "{module}: build failed:\n{message}"),
+            Event::WatchError { message } => write!(f, "watcher: {message}"),
+        }
+    }
+}
+
+type Callback = Box<dyn Fn(&Event) + Send + Sync>;
+
+/// Everyone who listens.
+#[derive(Default)]
+pub(crate) struct EventBus {
+    channels: Mutex<Vec<Sender<Event>>>,
+    callbacks: RwLock<Vec<Callback>>,
+}
+
+impl EventBus {
+    pub(crate) fn subscribe(&self) -> Receiver<Event> {
+        let (tx, rx) = channel();
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(tx);
+        rx
+    }
+
+    pub(crate) fn on_event(&self, callback: Callback) {
+        self.callbacks
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(callback);
+    }
+
+    pub(crate) fn emit(&self, event: Event) {
+        tracing::debug!(%event, "event");
+        for callback in self
+            .callbacks
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            callback(&event);
+        }
+        // Receivers that were dropped are forgotten.
+        self.channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|tx| tx.send(event.clone()).is_ok());
+    }
+}
+
+/// What a `before_reload` hook is told.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ReloadRequest<'a> {
+    /// The module.
+    pub module: &'a str,
+    /// The artifact the new version would come from.
+    pub artifact: &'a Path,
+    /// The version serving now.
+    pub current: Option<&'a VersionInfo>,
+}
+
+type BeforeHook = Box<dyn Fn(&ReloadRequest<'_>) -> Result<(), String> + Send + Sync>;
+type AfterHook = Box<dyn Fn(&str, &Result<ReloadReport, HotError>) + Send + Sync>;
+
+/// The host's hooks around every reload, manual or automatic.
+#[derive(Default)]
+pub(crate) struct Hooks {
+    before: RwLock<Vec<BeforeHook>>,
+    after: RwLock<Vec<AfterHook>>,
+}
+
+impl Hooks {
+    pub(crate) fn add_before(&self, hook: BeforeHook) {
+        self.before
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hook);
+    }
+
+    pub(crate) fn add_after(&self, hook: AfterHook) {
+        self.after
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(hook);
+    }
+
+    /// The first veto, if any hook refuses.
+    pub(crate) fn before(&self, request: &ReloadRequest<'_>) -> Result<(), String> {
+        self.before
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .try_for_each(|hook| hook(request))
+    }
+
+    pub(crate) fn after(&self, module: &str, outcome: &Result<ReloadReport, HotError>) {
+        for hook in self
+            .after
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            hook(module, outcome);
+        }
+    }
+}

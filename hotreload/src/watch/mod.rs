@@ -1,0 +1,511 @@
+//! Watching artifacts (and sources) and starting reloads (and builds) when they change.
+//!
+//! One thread, `hotreload-watch`, receives the file events (inotify through `notify`) and the
+//! ends of builds. A trigger for an artifact (it was closed after writing, created or renamed
+//! into place) schedules a check a short settle time later, extended by every further event
+//! for it, so that one burst of a linker's or cargo's writes, renames and links gives one
+//! check. The check reads the artifact once; a file that is not a complete library yet (a
+//! writer paused halfway) is not loaded, and the next close or rename triggers again. A
+//! complete artifact identical to the version serving is ignored.
+//!
+//! Who runs what:
+//! - [`Apply::Background`]: the watcher thread runs the whole reload transaction; callers on
+//!   other threads wait only for prepare and commit.
+//! - [`Apply::OnPoll`]: the watcher thread only detects; the host's thread runs the
+//!   transaction inside `HotReloader::poll()`, at a point it chooses.
+//! - Builds run on a thread of their own each (`hotreload-build-<module>`); events and hook
+//!   callbacks are delivered on the thread that produced them.
+
+mod anchors;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Weak;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
+
+use crate::build::{BuildDone, Builds};
+use crate::error::HotError;
+use crate::events::Event;
+use crate::reloader::{Shared, Trigger};
+use crate::transaction::stage::{ArtifactBytes, check_library};
+
+/// Where reloads found by the watcher are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Apply {
+    /// At once, on the watcher thread.
+    #[default]
+    Background,
+    /// When the host calls `HotReloader::poll()`, on the host's thread.
+    OnPoll,
+}
+
+/// How the watcher behaves.
+#[derive(Debug, Clone)]
+pub struct WatchOptions {
+    apply: Apply,
+    settle: Duration,
+    build_settle: Duration,
+}
+
+impl Default for WatchOptions {
+    fn default() -> Self {
+        WatchOptions {
+            apply: Apply::Background,
+            settle: Duration::from_millis(2),
+            build_settle: Duration::from_millis(20),
+        }
+    }
+}
+
+impl WatchOptions {
+    /// Background reloads, a 2 ms settle time for artifacts and 20 ms for sources.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where reloads are applied.
+    pub fn apply(mut self, apply: Apply) -> Self {
+        self.apply = apply;
+        self
+    }
+
+    /// How long after an artifact's last event its check waits for further events of the
+    /// same burst. It only merges bursts: completeness is checked on the file itself.
+    pub fn settle(mut self, settle: Duration) -> Self {
+        self.settle = settle;
+        self
+    }
+
+    /// How long after a source file's last event a build waits (editors write in bursts too).
+    pub fn build_settle(mut self, settle: Duration) -> Self {
+        self.build_settle = settle;
+        self
+    }
+}
+
+/// Messages to the watcher thread.
+pub(crate) enum Msg {
+    Fs(notify::Result<notify::Event>),
+    Build(BuildDone),
+    Rescan,
+    Stop,
+}
+
+/// The running watcher; stopping it (dropping it) joins its thread.
+pub(crate) struct Watcher {
+    tx: Sender<Msg>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watcher {
+    /// Tells the watcher the set of modules changed.
+    pub(crate) fn modules_changed(&self) {
+        let _ = self.tx.send(Msg::Rescan);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Msg::Stop);
+        if let Some(thread) = self.thread.take() {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+pub(crate) fn start(shared: Weak<Shared>, options: WatchOptions) -> Result<Watcher, HotError> {
+    let (tx, rx) = channel();
+    let fs_tx = tx.clone();
+    let fs = notify::recommended_watcher(move |event| {
+        let _ = fs_tx.send(Msg::Fs(event));
+    })
+    .map_err(|e| HotError::Watch {
+        message: e.to_string(),
+    })?;
+    let (build_tx, build_rx) = channel();
+    let forward = tx.clone();
+    // Build results reach the loop through its one channel.
+    std::thread::Builder::new()
+        .name("hotreload-build-results".into())
+        .spawn(move || {
+            for done in build_rx {
+                if forward.send(Msg::Build(done)).is_err() {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| HotError::Watch {
+            message: e.to_string(),
+        })?;
+    let mut state = WatchLoop {
+        shared,
+        options,
+        fs,
+        anchors: anchors::Anchors::default(),
+        builds: Builds::default(),
+        build_tx,
+        due: BTreeMap::new(),
+        build_due: BTreeMap::new(),
+        missing: BTreeMap::new(),
+        attempted: BTreeMap::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name("hotreload-watch".into())
+        .spawn(move || state.run(rx))
+        .map_err(|e| HotError::Watch {
+            message: e.to_string(),
+        })?;
+    Ok(Watcher {
+        tx,
+        thread: Some(thread),
+    })
+}
+
+/// A pending check: when the burst began and when to check if nothing else comes.
+#[derive(Clone, Copy)]
+struct Due {
+    first: Instant,
+    at: Instant,
+}
+
+/// The longest a burst can delay a check.
+const MAX_SETTLE: Duration = Duration::from_millis(250);
+
+struct WatchLoop {
+    shared: Weak<Shared>,
+    options: WatchOptions,
+    fs: notify::RecommendedWatcher,
+    anchors: anchors::Anchors,
+    builds: Builds,
+    build_tx: Sender<BuildDone>,
+    /// Artifact checks waiting for their burst to settle.
+    due: BTreeMap<String, Due>,
+    /// Builds waiting for their burst of edits to settle.
+    build_due: BTreeMap<String, Due>,
+    /// Modules whose artifact was reported missing (reported once until it reappears).
+    missing: BTreeMap<String, ()>,
+    /// The digest of the last artifact each module tried to load, so that a refused build
+    /// is not retried until it changes.
+    attempted: BTreeMap<String, String>,
+}
+
+impl WatchLoop {
+    fn run(&mut self, rx: Receiver<Msg>) {
+        self.rescan();
+        loop {
+            let next = self
+                .due
+                .values()
+                .chain(self.build_due.values())
+                .map(|d| d.at)
+                .min();
+            let message = match next {
+                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match message {
+                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Msg::Fs(Ok(event))) => self.on_fs_event(event),
+                Ok(Msg::Fs(Err(err))) => self.emit(Event::WatchError {
+                    message: err.to_string(),
+                }),
+                Ok(Msg::Rescan) => self.rescan(),
+                Ok(Msg::Build(done)) => self.on_build_done(done),
+            }
+            if self.shared.strong_count() == 0 {
+                break;
+            }
+            self.run_due();
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.events.emit(event);
+        }
+    }
+
+    /// Brings watches in line with the registered modules.
+    fn rescan(&mut self) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        for core in shared.modules() {
+            let name = &core.spec.name;
+            if self.anchors.add(name, &core.spec.artifact) {
+                self.emit(Event::Watching {
+                    module: name.clone(),
+                    path: core.spec.artifact.clone(),
+                });
+                // A build that appeared before watching began, or while the module was
+                // registered without one.
+                self.schedule_now(name);
+            }
+            if let Some(manifest) = &core.spec.build_manifest {
+                if !self.builds.knows(name) {
+                    match self.builds.add(name, manifest, &core.spec.artifact) {
+                        Ok(roots) => {
+                            for (path, recursive) in roots.0 {
+                                let mode = if recursive {
+                                    RecursiveMode::Recursive
+                                } else {
+                                    RecursiveMode::NonRecursive
+                                };
+                                if let Err(err) = self.fs.watch(&path, mode) {
+                                    self.emit(Event::WatchError {
+                                        message: format!("{}: {err}", path.display()),
+                                    });
+                                }
+                            }
+                        }
+                        Err(message) => self.emit(Event::WatchError { message }),
+                    }
+                }
+            }
+        }
+        self.reanchor();
+    }
+
+    /// Watches, for every artifact, its directory or the deepest ancestor that exists.
+    fn reanchor(&mut self) {
+        let (add, remove) = self.anchors.plan();
+        for dir in remove {
+            let _ = self.fs.unwatch(&dir);
+            self.anchors.unwatched(&dir);
+        }
+        for dir in add {
+            match self.fs.watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => self.anchors.watched(dir),
+                Err(err) => self.emit(Event::WatchError {
+                    message: format!("{}: {err}", dir.display()),
+                }),
+            }
+        }
+        // Directories that came back may already hold an artifact.
+        for module in self.anchors.newly_reachable() {
+            self.schedule_now(&module);
+        }
+    }
+
+    fn on_fs_event(&mut self, event: notify::Event) {
+        let mut reanchor = false;
+        for (index, path) in event.paths.iter().enumerate() {
+            if let Some(module) = self.anchors.module_of(path) {
+                match artifact_change(&event.kind, index) {
+                    Change::Complete => self.schedule(&module),
+                    Change::Writing => self.extend(&module),
+                    Change::Gone => {
+                        self.due.remove(&module);
+                        self.report_missing(&module, path.clone());
+                    }
+                    Change::None => {}
+                }
+            } else if self.anchors.concerns(path) {
+                reanchor = true;
+            }
+            if is_edit(&event.kind) {
+                for module in self.builds.affected_by(path) {
+                    let now = Instant::now();
+                    let due = self.build_due.entry(module).or_insert(Due { first: now, at: now });
+                    due.at = (now + self.options.build_settle).min(due.first + MAX_SETTLE);
+                }
+            }
+        }
+        if reanchor {
+            self.reanchor();
+        }
+    }
+
+    fn schedule(&mut self, module: &str) {
+        let now = Instant::now();
+        let due = self
+            .due
+            .entry(module.to_owned())
+            .or_insert(Due { first: now, at: now });
+        due.at = (now + self.options.settle).min(due.first + MAX_SETTLE);
+    }
+
+    fn schedule_now(&mut self, module: &str) {
+        let now = Instant::now();
+        self.due
+            .insert(module.to_owned(), Due { first: now, at: now });
+    }
+
+    /// A write to an artifact whose check is pending pushes the check back.
+    fn extend(&mut self, module: &str) {
+        if self.due.contains_key(module) {
+            self.schedule(module);
+        }
+    }
+
+    fn run_due(&mut self) {
+        let now = Instant::now();
+        let ready: Vec<String> = self
+            .build_due
+            .iter()
+            .filter(|(_, d)| d.at <= now)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for module in ready {
+            self.build_due.remove(&module);
+            self.start_build(&module);
+        }
+        let ready: Vec<String> = self
+            .due
+            .iter()
+            .filter(|(_, d)| d.at <= now)
+            .map(|(m, _)| m.clone())
+            .collect();
+        for module in ready {
+            self.due.remove(&module);
+            self.check(&module);
+        }
+    }
+
+    fn start_build(&mut self, module: &str) {
+        if let Some(package) = self.builds.request(module, &self.build_tx) {
+            self.emit(Event::BuildStarted {
+                module: module.to_owned(),
+                package,
+            });
+        }
+    }
+
+    fn on_build_done(&mut self, done: BuildDone) {
+        let Some((package, again)) = self.builds.finished(&done.module) else {
+            return;
+        };
+        match done.result {
+            Ok(duration) => {
+                self.emit(Event::BuildFinished {
+                    module: done.module.clone(),
+                    package,
+                    duration,
+                });
+                // The artifact's own events trigger too; the check is idempotent.
+                self.schedule_now(&done.module);
+            }
+            Err(message) => self.emit(Event::BuildFailed {
+                module: done.module.clone(),
+                package,
+                message,
+            }),
+        }
+        if again {
+            self.start_build(&done.module);
+        }
+    }
+
+    fn report_missing(&mut self, module: &str, path: PathBuf) {
+        if path.exists() {
+            return;
+        }
+        if self.missing.insert(module.to_owned(), ()).is_none() {
+            self.emit(Event::ArtifactMissing {
+                module: module.to_owned(),
+                path,
+            });
+        }
+    }
+
+    /// Reads the artifact once and, if it is a complete library different from the version
+    /// serving (and from the last one refused), reloads it or queues it for `poll()`.
+    fn check(&mut self, module: &str) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let Ok(core) = shared.core(module) else {
+            return;
+        };
+        let path = core.spec.artifact.clone();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return self.report_missing(module, path);
+            }
+            Err(err) => {
+                return self.emit(Event::WatchError {
+                    message: format!("{}: {err}", path.display()),
+                });
+            }
+        };
+        self.missing.remove(module);
+        if let Err(reason) = check_library(&bytes) {
+            return self.emit(Event::ArtifactIncomplete {
+                module: module.to_owned(),
+                path,
+                reason,
+            });
+        }
+        let read = ArtifactBytes::new(bytes);
+        let serving = core.version().map(|v| v.sha256);
+        if serving.as_deref() == Some(read.sha256.as_str())
+            || self.attempted.get(module) == Some(&read.sha256)
+        {
+            tracing::debug!(module, "artifact unchanged");
+            return;
+        }
+        self.attempted.insert(module.to_owned(), read.sha256.clone());
+        match self.options.apply {
+            Apply::Background => {
+                // Events and hooks report the outcome.
+                let _ = shared.reload(&core, Some(read), Trigger::ArtifactChanged);
+            }
+            Apply::OnPoll => shared.mark_pending(module),
+        }
+    }
+}
+
+/// What an event says about an artifact.
+enum Change {
+    /// Closed after writing, created, or renamed into place: worth a check.
+    Complete,
+    /// Being written.
+    Writing,
+    /// Removed or renamed away.
+    Gone,
+    None,
+}
+
+fn artifact_change(kind: &EventKind, path_index: usize) -> Change {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Create(_) => {
+            Change::Complete
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Change::Complete,
+        // A rename within one watched directory: paths are [from, to].
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+            if path_index == 0 {
+                Change::Gone
+            } else {
+                Change::Complete
+            }
+        }
+        EventKind::Modify(ModifyKind::Name(RenameMode::From)) | EventKind::Remove(_) => {
+            Change::Gone
+        }
+        EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => Change::Writing,
+        _ => Change::None,
+    }
+}
+
+/// Whether an event on a source file is an edit worth building for (not a mere open or read;
+/// not a write still in progress: its close comes after).
+fn is_edit(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Create(_)
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_))
+    )
+}
