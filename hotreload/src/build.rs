@@ -67,7 +67,9 @@ impl Builds {
             .manifest_path(manifest)
             .exec()
             .map_err(|e| format!("cargo metadata for {}: {e}", manifest.display()))?;
-        let manifest = manifest.canonicalize().unwrap_or_else(|_| manifest.to_path_buf());
+        let manifest = manifest
+            .canonicalize()
+            .unwrap_or_else(|_| manifest.to_path_buf());
         let package = metadata
             .packages
             .iter()
@@ -82,7 +84,10 @@ impl Builds {
             let Some(pkg) = metadata.packages.iter().find(|p| &p.id == id) else {
                 continue;
             };
-            let dir = pkg.manifest_path.parent().map(|d| d.as_std_path().to_path_buf());
+            let dir = pkg
+                .manifest_path
+                .parent()
+                .map(|d| d.as_std_path().to_path_buf());
             let Some(dir) = dir else { continue };
             let mut add = |path: PathBuf, recursive: bool| {
                 new_roots.push((path.clone(), recursive));
@@ -128,8 +133,7 @@ impl Builds {
             .iter()
             .filter(|root| {
                 if root.recursive {
-                    path.strip_prefix(&root.path)
-                        .is_ok_and(is_source_change)
+                    path.strip_prefix(&root.path).is_ok_and(is_source_change)
                 } else {
                     path.parent() == Some(root.path.as_path())
                         && matches!(
@@ -264,9 +268,16 @@ fn run(command: &mut Command) -> Result<(), String> {
         .lines()
         .filter(|line| {
             let line = line.trim_start();
-            !["Compiling", "Checking", "Blocking", "Finished", "Building", "Locking"]
-                .iter()
-                .any(|progress| line.starts_with(progress))
+            ![
+                "Compiling",
+                "Checking",
+                "Blocking",
+                "Finished",
+                "Building",
+                "Locking",
+            ]
+            .iter()
+            .any(|progress| line.starts_with(progress))
         })
         .collect();
     Err(message.join("\n"))

@@ -15,6 +15,8 @@ use crate::{ReloadReport, StepTimings, VersionInfo};
 /// Something that happened to a module.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+// A few events a second at most: boxing the versions would cost readability, not memory.
+#[allow(clippy::large_enum_variant)]
 pub enum Event {
     /// The watcher watches this module's artifact.
     Watching {
@@ -134,7 +136,9 @@ impl std::fmt::Display for Event {
             Event::ArtifactIncomplete { module, reason, .. } => {
                 write!(f, "{module}: artifact incomplete ({reason}), waiting")
             }
-            Event::ReloadPending { module } => write!(f, "{module}: new build ready, reloads at the next poll"),
+            Event::ReloadPending { module } => {
+                write!(f, "{module}: new build ready, reloads at the next poll")
+            }
             Event::ReloadStarted { module, .. } => write!(f, "{module}: reload started"),
             Event::Reloaded {
                 module,
@@ -142,7 +146,9 @@ impl std::fmt::Display for Event {
                 to,
                 timings,
             } => {
-                let from = from.as_ref().map_or("nothing".into(), |v| format!("load #{}", v.generation));
+                let from = from
+                    .as_ref()
+                    .map_or("nothing".into(), |v| format!("load #{}", v.generation));
                 write!(
                     f,
                     "{module}: reloaded {from} -> load #{} in {:.2?} (callers paused {:.2?})",

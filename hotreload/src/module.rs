@@ -128,7 +128,9 @@ impl ModuleCore {
 
     /// The version serving calls, if one is loaded.
     pub(crate) fn version(&self) -> Option<VersionInfo> {
-        self.read_live().as_ref().map(|live| live.version.info.clone())
+        self.read_live()
+            .as_ref()
+            .map(|live| live.version.info.clone())
     }
 
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
@@ -197,7 +199,12 @@ impl<T: HotModule> Module<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        Self::run(self.core.read_live().as_ref(), &self.core.spec.name, method, call)
+        Self::run(
+            self.core.read_live().as_ref(),
+            &self.core.spec.name,
+            method,
+            call,
+        )
     }
 
     /// Runs `call` on the live version's table with the module's lock held for writing.
@@ -210,7 +217,12 @@ impl<T: HotModule> Module<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        Self::run(self.core.write_live().as_ref(), &self.core.spec.name, method, call)
+        Self::run(
+            self.core.write_live().as_ref(),
+            &self.core.spec.name,
+            method,
+            call,
+        )
     }
 
     #[inline(always)]

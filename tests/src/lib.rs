@@ -132,3 +132,42 @@ impl Sandbox {
         (reloader, module)
     }
 }
+
+/// Waits for the first event that satisfies `matches`; returns it with every event before it.
+///
+/// # Panics
+/// If no such event comes within `timeout` (the watcher would be broken).
+pub fn wait_for(
+    events: &std::sync::mpsc::Receiver<hotreload::Event>,
+    timeout: std::time::Duration,
+    what: &str,
+    matches: impl Fn(&hotreload::Event) -> bool,
+) -> Vec<hotreload::Event> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match events.recv_timeout(left) {
+            Ok(event) => {
+                let done = matches(&event);
+                seen.push(event);
+                if done {
+                    return seen;
+                }
+            }
+            Err(_) => panic!("no event {what} within {timeout:?}; events seen: {seen:#?}"),
+        }
+    }
+}
+
+impl Sandbox {
+    /// Where the module's artifact lives when it is in a subdirectory of the sandbox.
+    pub fn nested_artifact(&self) -> PathBuf {
+        self.dir.path().join("out/lib/libcounter.so")
+    }
+
+    /// The sandbox directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}

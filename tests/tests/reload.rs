@@ -24,7 +24,10 @@ fn new_behaviour_is_observed_and_every_state_value_is_kept() {
 
     sandbox.install("v2");
     let report = reloader.reload_module("counter").expect("v2 loads");
-    assert_eq!((report.from.unwrap().generation, report.to.generation), (1, 2));
+    assert_eq!(
+        (report.from.unwrap().generation, report.to.generation),
+        (1, 2)
+    );
     assert_eq!(module.version().unwrap().generation, 2);
 
     assert_eq!(
@@ -125,7 +128,13 @@ fn the_replaced_version_is_closed_and_its_shadow_copy_deleted() {
     assert_eq!(retired[0].still_mapped, report.previous_still_mapped);
     assert!(report.previous_still_mapped.is_some(), "Linux can tell");
 
-    let shadow_dir = module.version().unwrap().shadow.parent().unwrap().to_path_buf();
+    let shadow_dir = module
+        .version()
+        .unwrap()
+        .shadow
+        .parent()
+        .unwrap()
+        .to_path_buf();
     let files = std::fs::read_dir(&shadow_dir).unwrap().count();
     assert_eq!(files, 1, "only the live version's shadow copy remains");
 }

@@ -124,7 +124,10 @@ pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live
 }
 
 /// A whole reload of `core`'s artifact (its current bytes, or `bytes` already read from it).
-pub(crate) fn reload(core: &ModuleCore, bytes: Option<stage::ArtifactBytes>) -> Result<ReloadReport, HotError> {
+pub(crate) fn reload(
+    core: &ModuleCore,
+    bytes: Option<stage::ArtifactBytes>,
+) -> Result<ReloadReport, HotError> {
     let mut book = core.book();
     let generation = book.next_generation;
     book.next_generation += 1;

@@ -56,7 +56,8 @@ impl Anchors {
                 desired.insert(anchor);
             }
         }
-        self.newly = reachable.difference(&self.reachable).cloned().collect();
+        self.newly
+            .extend(reachable.difference(&self.reachable).cloned());
         self.reachable = reachable;
         let add = desired.difference(&self.watched).cloned().collect();
         let remove = self.watched.difference(&desired).cloned().collect();

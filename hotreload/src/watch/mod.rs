@@ -276,21 +276,39 @@ impl WatchLoop {
     }
 
     /// Watches, for every artifact, its directory or the deepest ancestor that exists.
+    ///
+    /// Planned again after each change of watches until nothing changes: a directory created
+    /// inside an anchor before the anchor's watch was in place sent no event, so it is looked
+    /// for once the watch is there (and a later one sends an event).
     fn reanchor(&mut self) {
-        let (add, remove) = self.anchors.plan();
-        for dir in remove {
-            let _ = self.fs.unwatch(&dir);
-            self.anchors.unwatched(&dir);
-        }
-        for dir in add {
-            match self.fs.watch(&dir, RecursiveMode::NonRecursive) {
-                Ok(()) => self.anchors.watched(dir),
-                Err(err) => self.emit(Event::WatchError {
-                    message: format!("{}: {err}", dir.display()),
-                }),
+        loop {
+            let (add, remove) = self.anchors.plan();
+            if add.is_empty() && remove.is_empty() {
+                break;
             }
+            for dir in remove {
+                let _ = self.fs.unwatch(&dir);
+                self.anchors.unwatched(&dir);
+            }
+            for dir in add {
+                match self.fs.watch(&dir, RecursiveMode::NonRecursive) {
+                    Ok(()) => self.anchors.watched(dir),
+                    Err(err) => {
+                        self.emit(Event::WatchError {
+                            message: format!("{}: {err}", dir.display()),
+                        });
+                        // Not watched: planning again would only fail again.
+                        self.schedule_all_reachable();
+                        return;
+                    }
+                }
+            }
+            self.schedule_all_reachable();
         }
-        // Directories that came back may already hold an artifact.
+    }
+
+    /// Directories that became watched may already hold an artifact.
+    fn schedule_all_reachable(&mut self) {
         for module in self.anchors.newly_reachable() {
             self.schedule_now(&module);
         }
@@ -315,7 +333,10 @@ impl WatchLoop {
             if is_edit(&event.kind) {
                 for module in self.builds.affected_by(path) {
                     let now = Instant::now();
-                    let due = self.build_due.entry(module).or_insert(Due { first: now, at: now });
+                    let due = self.build_due.entry(module).or_insert(Due {
+                        first: now,
+                        at: now,
+                    });
                     due.at = (now + self.options.build_settle).min(due.first + MAX_SETTLE);
                 }
             }
@@ -327,17 +348,22 @@ impl WatchLoop {
 
     fn schedule(&mut self, module: &str) {
         let now = Instant::now();
-        let due = self
-            .due
-            .entry(module.to_owned())
-            .or_insert(Due { first: now, at: now });
+        let due = self.due.entry(module.to_owned()).or_insert(Due {
+            first: now,
+            at: now,
+        });
         due.at = (now + self.options.settle).min(due.first + MAX_SETTLE);
     }
 
     fn schedule_now(&mut self, module: &str) {
         let now = Instant::now();
-        self.due
-            .insert(module.to_owned(), Due { first: now, at: now });
+        self.due.insert(
+            module.to_owned(),
+            Due {
+                first: now,
+                at: now,
+            },
+        );
     }
 
     /// A write to an artifact whose check is pending pushes the check back.
@@ -454,7 +480,8 @@ impl WatchLoop {
             tracing::debug!(module, "artifact unchanged");
             return;
         }
-        self.attempted.insert(module.to_owned(), read.sha256.clone());
+        self.attempted
+            .insert(module.to_owned(), read.sha256.clone());
         match self.options.apply {
             Apply::Background => {
                 // Events and hooks report the outcome.
