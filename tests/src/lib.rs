@@ -141,7 +141,7 @@ pub fn wait_for(
     events: &std::sync::mpsc::Receiver<hotreload::Event>,
     timeout: std::time::Duration,
     what: &str,
-    matches: impl Fn(&hotreload::Event) -> bool,
+    mut matches: impl FnMut(&hotreload::Event) -> bool,
 ) -> Vec<hotreload::Event> {
     let deadline = std::time::Instant::now() + timeout;
     let mut seen = Vec::new();
@@ -169,5 +169,90 @@ impl Sandbox {
     /// The sandbox directory.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// A copy of the fixture crates (`counter`, `greeter`, `shouter`, `shared`) as a workspace of
+/// its own, to edit and build; built into the fixtures' target directory, where the
+/// dependencies are compiled already.
+pub struct FixtureWorkspace {
+    pub root: PathBuf,
+    pub target_dir: PathBuf,
+}
+
+impl FixtureWorkspace {
+    /// Copies the crates to `<target_tmpdir>/workspace-copy` and builds them once.
+    pub fn create(target_tmpdir: &str) -> Self {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        let hotreload = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../hotreload")
+            .canonicalize()
+            .expect("hotreload crate");
+        let root = Path::new(target_tmpdir).join("workspace-copy");
+        let _ = std::fs::remove_dir_all(&root);
+        for krate in ["counter", "greeter", "shouter", "shared"] {
+            let src = fixtures.join(krate);
+            let dst = root.join(krate);
+            std::fs::create_dir_all(dst.join("src")).unwrap();
+            let manifest = std::fs::read_to_string(src.join("Cargo.toml")).unwrap();
+            let manifest = manifest.replace(
+                "path = \"../../../hotreload\"",
+                &format!("path = {:?}", hotreload.display().to_string()),
+            );
+            std::fs::write(dst.join("Cargo.toml"), manifest).unwrap();
+            std::fs::copy(src.join("src/lib.rs"), dst.join("src/lib.rs")).unwrap();
+        }
+        std::fs::write(
+            root.join("Cargo.toml"),
+            "[workspace]\nresolver = \"3\"\nmembers = [\"counter\", \"greeter\", \"shouter\", \"shared\"]\n",
+        )
+        .unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"),
+            root.join("Cargo.lock"),
+        )
+        .unwrap();
+        let workspace = FixtureWorkspace {
+            target_dir: Path::new(target_tmpdir).join("fixtures/target"),
+            root,
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = std::process::Command::new(cargo)
+            .args(["build", "--workspace", "--lib", "--manifest-path"])
+            .arg(workspace.root.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&workspace.target_dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("cargo");
+        assert!(
+            output.status.success(),
+            "building the fixture workspace failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        workspace
+    }
+
+    /// The library cargo builds for `krate`.
+    pub fn library(&self, krate: &str) -> PathBuf {
+        self.target_dir
+            .join("debug")
+            .join(hotreload::library_file_name(krate))
+    }
+
+    /// The manifest of `krate` in the copy.
+    pub fn manifest(&self, krate: &str) -> PathBuf {
+        self.root.join(krate).join("Cargo.toml")
+    }
+
+    /// Replaces `from` by `to` in `krate`'s `src/lib.rs`, as an editor saving the file would.
+    ///
+    /// # Panics
+    /// If `from` is not in the file: the edit would change nothing.
+    pub fn edit(&self, krate: &str, from: &str, to: &str) {
+        let path = self.root.join(krate).join("src/lib.rs");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "`{from}` is not in {}", path.display());
+        std::fs::write(&path, text.replace(from, to)).unwrap();
     }
 }

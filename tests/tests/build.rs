@@ -1,0 +1,205 @@
+//! The reloader building its modules: edit a source, see the new behaviour with the state
+//! kept; a syntax error keeps the old version; a shared dependency rebuilds its dependents
+//! and no other module. Real cargo builds of a copy of the fixture crates.
+
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use abi_stable::std_types::RString;
+use counter::Counter;
+use greeter::Greeter;
+use hotreload::{Event, HotReloader, Module, ModuleOptions, hot_fn};
+use hotreload_tests::{FixtureWorkspace, wait_for};
+use shouter::Shouter;
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
+
+struct Setup {
+    workspace: FixtureWorkspace,
+    reloader: HotReloader,
+    events: Receiver<Event>,
+    counter: Module<Counter>,
+    greeter: Module<Greeter>,
+    shouter: Module<Shouter>,
+}
+
+fn register<T: hotreload::HotModule>(
+    reloader: &HotReloader,
+    workspace: &FixtureWorkspace,
+    krate: &str,
+) -> Module<T> {
+    reloader
+        .register_with::<T>(
+            ModuleOptions::new()
+                .artifact(workspace.library(krate))
+                .build_with_cargo_manifest(workspace.manifest(krate)),
+        )
+        .unwrap_or_else(|err| panic!("registering {krate}: {err}"))
+}
+
+fn setup() -> Setup {
+    let workspace = FixtureWorkspace::create(env!("CARGO_TARGET_TMPDIR"));
+    let reloader = HotReloader::new();
+    let counter = register::<Counter>(&reloader, &workspace, "counter");
+    let greeter = register::<Greeter>(&reloader, &workspace, "greeter");
+    let shouter = register::<Shouter>(&reloader, &workspace, "shouter");
+    let events = reloader.subscribe();
+    reloader.start_watching().unwrap();
+    let mut watching = 0;
+    wait_for(&events, BUILD_TIMEOUT, "three watches", |e| {
+        watching += usize::from(matches!(e, Event::Watching { .. }));
+        watching == 3
+    });
+    Setup {
+        workspace,
+        reloader,
+        events,
+        counter,
+        greeter,
+        shouter,
+    }
+}
+
+fn builds_started(events: &[Event], module: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| matches!(e, Event::BuildStarted { module: m, .. } if m == module))
+        .count()
+}
+
+fn reloaded(module: &str) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Reloaded { module: m, .. } if m == module)
+}
+
+#[test]
+fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
+    let s = setup();
+    hot_fn!(s.counter.add(40)).unwrap();
+    hot_fn!(s.greeter.greet(RString::from("Ada"))).unwrap();
+
+    // 1. The module's own source: rebuilt, reloaded, state kept; nobody else built.
+    s.workspace.edit("counter", "1 // TAG", "2 // TAG");
+    // The artifact may be reloaded before cargo exits (cargo links it, then finishes up).
+    let (mut built, mut reloads) = (false, false);
+    let seen = wait_for(
+        &s.events,
+        BUILD_TIMEOUT,
+        "counter built and reloaded",
+        |e| {
+            built |= matches!(e, Event::BuildFinished { module, .. } if module == "counter");
+            reloads |= reloaded("counter")(e);
+            built && reloads
+        },
+    );
+    assert_eq!(builds_started(&seen, "counter"), 1, "{seen:#?}");
+    assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 2);
+    assert_eq!(
+        hot_fn!(s.counter.snapshot()).unwrap().total,
+        40,
+        "state kept"
+    );
+    assert_eq!(
+        builds_started(&seen, "greeter") + builds_started(&seen, "shouter"),
+        0
+    );
+
+    // 2. The shared dependency: both dependents rebuilt and reloaded, the counter not.
+    s.workspace.edit("shared", "\"hello\"", "\"bonjour\"");
+    let mut pending = 2;
+    let seen = wait_for(
+        &s.events,
+        BUILD_TIMEOUT,
+        "greeter and shouter reloaded",
+        |e| {
+            pending -= usize::from(reloaded("greeter")(e) || reloaded("shouter")(e));
+            pending == 0
+        },
+    );
+    assert_eq!(
+        builds_started(&seen, "counter"),
+        0,
+        "counter does not use shared: {seen:#?}"
+    );
+    assert_eq!(builds_started(&seen, "greeter"), 1);
+    assert_eq!(builds_started(&seen, "shouter"), 1);
+    assert_eq!(
+        hot_fn!(s.greeter.greet(RString::from("Ada")))
+            .unwrap()
+            .as_str(),
+        "bonjour Ada"
+    );
+    assert_eq!(
+        hot_fn!(s.greeter.greeted()).unwrap(),
+        2,
+        "greeter state kept"
+    );
+    assert_eq!(
+        hot_fn!(s.shouter.shout(RString::from("Ada")))
+            .unwrap()
+            .as_str(),
+        "BONJOUR, ADA!"
+    );
+    assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 2);
+
+    // 3. A syntax error: the build fails with the compiler's message; the old code serves.
+    s.workspace
+        .edit("counter", "pub fn calls(&self)", "pub fn calls(&self,");
+    let seen = wait_for(&s.events, BUILD_TIMEOUT, "build failed", |e| {
+        matches!(e, Event::BuildFailed { .. })
+    });
+    let Some(Event::BuildFailed {
+        module, message, ..
+    }) = seen.last()
+    else {
+        unreachable!()
+    };
+    assert_eq!(module, "counter");
+    assert!(
+        message.contains("error"),
+        "the compiler's message: {message}"
+    );
+    assert!(
+        message.contains("src/lib.rs"),
+        "it names the file: {message}"
+    );
+    assert_eq!(
+        hot_fn!(s.counter.build_tag()).unwrap(),
+        2,
+        "the old version serves"
+    );
+    assert_eq!(hot_fn!(s.counter.add(2)).unwrap(), 42);
+
+    // 4. Fixed, then edited again while that build runs: builds never overlap, and one more
+    //    follows the edit made during the build.
+    s.workspace
+        .edit("counter", "pub fn calls(&self,", "pub fn calls(&self)");
+    wait_for(
+        &s.events,
+        BUILD_TIMEOUT,
+        "build started",
+        |e| matches!(e, Event::BuildStarted { module, .. } if module == "counter"),
+    );
+    s.workspace.edit("counter", "2 // TAG", "4 // TAG");
+    let mut running = 1i32;
+    let mut max_running = 1;
+    let seen = wait_for(&s.events, BUILD_TIMEOUT, "counter at tag 4", |e| {
+        match e {
+            Event::BuildStarted { module, .. } if module == "counter" => running += 1,
+            Event::BuildFinished { module, .. } | Event::BuildFailed { module, .. }
+                if module == "counter" =>
+            {
+                running -= 1
+            }
+            _ => {}
+        }
+        max_running = max_running.max(running);
+        reloaded("counter")(e) && hot_fn!(s.counter.build_tag()).unwrap() == 4
+    });
+    assert_eq!(max_running, 1, "one build at a time: {seen:#?}");
+    assert_eq!(
+        hot_fn!(s.counter.snapshot()).unwrap().total,
+        42,
+        "state kept throughout"
+    );
+    drop(s.reloader);
+}
