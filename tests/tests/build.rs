@@ -45,11 +45,18 @@ fn setup() -> Setup {
     let shouter = register::<Shouter>(&reloader, &workspace, "shouter");
     let events = reloader.subscribe();
     reloader.start_watching().unwrap();
-    let mut watching = 0;
-    wait_for(&events, BUILD_TIMEOUT, "three watches", |e| {
-        watching += usize::from(matches!(e, Event::Watching { .. }));
-        watching == 3
+    // Watching begins with a build of each module (a no-op here: they are fresh).
+    let mut built = 0;
+    let seen = wait_for(&events, BUILD_TIMEOUT, "three initial builds", |e| {
+        built += usize::from(matches!(e, Event::BuildFinished { .. }));
+        built == 3
     });
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, Event::ReloadStarted { .. })),
+        "fresh artifacts are not reloaded: {seen:#?}"
+    );
     Setup {
         workspace,
         reloader,

@@ -8,7 +8,7 @@
 //! 4. calls a method that panics: an error, and the next call works.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use game_logic::GameLogic;
 use hotreload::harness::{BuiltVariants, VariantBuilder};
@@ -23,7 +23,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .unwrap_or_else(|_| "error".into()),
         )
         .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--watch") {
+        let seconds = args
+            .iter()
+            .position(|a| a == "--seconds")
+            .and_then(|i| args.get(i + 1))
+            .map(|s| s.parse::<u64>())
+            .transpose()?;
+        return watch(seconds);
+    }
+    scripted()
+}
 
+/// `--watch`: the game runs; editing `examples/game-logic/src/lib.rs` rebuilds and reloads
+/// the module while it does. `--seconds N` stops after N seconds.
+fn watch(seconds: Option<u64>) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let reloader = HotReloader::new();
+    reloader.on_event(move |event| println!("   [{:>6.2?}] {event}", started.elapsed()));
+    let game: Module<GameLogic> =
+        reloader.register_with(ModuleOptions::new().wait_for_artifact().build_with_cargo())?;
+    reloader.start_watching()?;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../game-logic/src/lib.rs")
+        .canonicalize()?;
+    println!("== Watching. Edit and save {}", source.display());
+    println!(
+        "   (the scoring rule in `tick`, say): the module rebuilds and reloads while the game runs."
+    );
+    let mut spawned = false;
+    loop {
+        if seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+            return Ok(());
+        }
+        if game.version().is_some() {
+            if !spawned {
+                for speed in [1.0, 2.5, 4.0] {
+                    hot_fn!(game.spawn(speed))?;
+                }
+                spawned = true;
+            }
+            let score = hot_fn!(game.tick(0.5))?;
+            let summary = hot_fn!(game.summary())?;
+            println!(
+                "   tick {:>3}: score {:>6} ({}) [load #{}]",
+                summary.tick,
+                score,
+                hot_fn!(game.rules())?,
+                game.version().map_or(0, |v| v.generation)
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1)); // the game's frame rate
+    }
+}
+
+/// The default: a scripted run that needs no editing.
+fn scripted() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()?;

@@ -72,6 +72,24 @@ impl Anchors {
         self.watched.remove(dir);
     }
 
+    pub(crate) fn is_watched(&self, dir: &Path) -> bool {
+        self.watched.contains(dir)
+    }
+
+    /// The modules whose artifact is in `dir` are no longer reachable (their directory's watch
+    /// is gone), so that they are checked again once it is watched anew.
+    pub(crate) fn forget_reachable(&mut self, dir: &Path) {
+        let modules: Vec<String> = self
+            .artifacts
+            .iter()
+            .filter(|(artifact, _)| artifact.parent() == Some(dir))
+            .map(|(_, module)| module.clone())
+            .collect();
+        for module in modules {
+            self.reachable.remove(&module);
+        }
+    }
+
     /// Modules whose directory became watchable in the last plan: their artifact may have
     /// appeared before the watch did.
     pub(crate) fn newly_reachable(&mut self) -> Vec<String> {

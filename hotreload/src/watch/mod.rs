@@ -239,13 +239,11 @@ impl WatchLoop {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
+        let mut added = Vec::new();
         for core in shared.modules() {
             let name = &core.spec.name;
             if self.anchors.add(name, &core.spec.artifact) {
-                self.emit(Event::Watching {
-                    module: name.clone(),
-                    path: core.spec.artifact.clone(),
-                });
+                added.push(core.clone());
                 // A build that appeared before watching began, or while the module was
                 // registered without one.
                 self.schedule_now(name);
@@ -254,6 +252,16 @@ impl WatchLoop {
                 if !self.builds.knows(name) {
                     match self.builds.add(name, manifest, &core.spec.artifact) {
                         Ok(roots) => {
+                            // Bring the artifact up to date with the sources now (cargo does
+                            // nothing when it is), so the host never runs a stale build.
+                            let now = Instant::now();
+                            self.build_due.insert(
+                                name.clone(),
+                                Due {
+                                    first: now,
+                                    at: now,
+                                },
+                            );
                             for (path, recursive) in roots.0 {
                                 let mode = if recursive {
                                     RecursiveMode::Recursive
@@ -273,6 +281,13 @@ impl WatchLoop {
             }
         }
         self.reanchor();
+        // Said once the watches are in place: from here on, no change is missed.
+        for core in added {
+            self.emit(Event::Watching {
+                module: core.spec.name.clone(),
+                path: core.spec.artifact.clone(),
+            });
+        }
     }
 
     /// Watches, for every artifact, its directory or the deepest ancestor that exists.
@@ -286,6 +301,7 @@ impl WatchLoop {
             if add.is_empty() && remove.is_empty() {
                 break;
             }
+            tracing::trace!(?add, ?remove, "re-anchoring");
             for dir in remove {
                 let _ = self.fs.unwatch(&dir);
                 self.anchors.unwatched(&dir);
@@ -293,11 +309,14 @@ impl WatchLoop {
             for dir in add {
                 match self.fs.watch(&dir, RecursiveMode::NonRecursive) {
                     Ok(()) => self.anchors.watched(dir),
+                    // Removed since it was planned: the next plan picks an ancestor.
+                    Err(_) if !dir.is_dir() => {}
                     Err(err) => {
                         self.emit(Event::WatchError {
                             message: format!("{}: {err}", dir.display()),
                         });
-                        // Not watched: planning again would only fail again.
+                        // Not watchable although it exists: planning again would only fail
+                        // again.
                         self.schedule_all_reachable();
                         return;
                     }
@@ -315,19 +334,30 @@ impl WatchLoop {
     }
 
     fn on_fs_event(&mut self, event: notify::Event) {
+        tracing::trace!(?event, "file event");
         let mut reanchor = false;
         for (index, path) in event.paths.iter().enumerate() {
             if let Some(module) = self.anchors.module_of(path) {
                 match artifact_change(&event.kind, index) {
                     Change::Complete => self.schedule(&module),
                     Change::Writing => self.extend(&module),
-                    Change::Gone => {
-                        self.due.remove(&module);
-                        self.report_missing(&module, path.clone());
-                    }
+                    // Cargo removes the old library and links the new one at once: look after
+                    // the burst, and say "missing" only if it is still gone.
+                    Change::Gone => self.schedule(&module),
                     Change::None => {}
                 }
             } else if self.anchors.concerns(path) {
+                if matches!(
+                    event.kind,
+                    EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
+                ) && self.anchors.is_watched(path)
+                {
+                    // The watch died with the directory; a directory of the same name may
+                    // exist again by now, and must be watched anew.
+                    let _ = self.fs.unwatch(path);
+                    self.anchors.unwatched(path);
+                    self.anchors.forget_reachable(path);
+                }
                 reanchor = true;
             }
             if is_edit(&event.kind) {
