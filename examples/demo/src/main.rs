@@ -140,31 +140,20 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
     println!("   state carried over: {:?}", hot_fn!(game.summary())?);
     frames(&game, 3)?;
 
-    println!("\n== A build whose `tick` takes an f64 instead of an f32");
-    install(&builds, "f64_tick", &artifact)?;
-    match reloader.reload_module("game_logic") {
-        Ok(_) => return Err("the incompatible build was accepted".into()),
-        Err(err) => println!("   refused: {err}"),
-    }
-    println!(
-        "   still running load #{}: {:?}",
-        game.version().map_or(0, |v| v.generation),
-        hot_fn!(game.summary())?
-    );
-    frames(&game, 2)?;
-
-    println!("\n== A build that panics while restoring the state");
-    install(&builds, "restore_panics", &artifact)?;
-    match reloader.reload_module("game_logic") {
-        Ok(_) => return Err("the panicking build was accepted".into()),
-        Err(err) => println!("   refused: {err}"),
-    }
-    println!(
-        "   still running load #{}: {:?}",
-        game.version().map_or(0, |v| v.generation),
-        hot_fn!(game.summary())?
-    );
-    frames(&game, 2)?;
+    let bad = Offer {
+        reloader: &reloader,
+        game: &game,
+        builds: &builds,
+        artifact: &artifact,
+    };
+    bad.refused(
+        "A build whose `tick` takes an f64 instead of an f32",
+        "f64_tick",
+    )?;
+    bad.refused(
+        "A build that panics while restoring the state",
+        "restore_panics",
+    )?;
 
     println!("\n== A method that panics (entity 99 does not exist)");
     match hot_fn!(game.position(99)) {
@@ -186,6 +175,34 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
         game.version().map_or(0, |v| v.generation)
     );
     Ok(())
+}
+
+/// Offers bad builds to the running game.
+struct Offer<'a> {
+    reloader: &'a HotReloader,
+    game: &'a Module<GameLogic>,
+    builds: &'a BuiltVariants,
+    artifact: &'a PathBuf,
+}
+
+impl Offer<'_> {
+    /// Installs `variant`, which must be refused, and shows the game going on.
+    fn refused(&self, heading: &str, variant: &str) -> Result<(), Box<dyn std::error::Error>> {
+        println!("\n== {heading}");
+        install(self.builds, variant, self.artifact)?;
+        match self.reloader.reload_module("game_logic") {
+            Ok(_) => return Err(format!("the build `{variant}` was accepted").into()),
+            Err(err) => println!("   refused: {err}"),
+        }
+        let game = self.game;
+        println!(
+            "   still running load #{}: {:?}",
+            game.version().map_or(0, |v| v.generation),
+            hot_fn!(game.summary())?
+        );
+        frames(game, 2)?;
+        Ok(())
+    }
 }
 
 fn frames(game: &Module<GameLogic>, count: u32) -> Result<(), hotreload::HotError> {

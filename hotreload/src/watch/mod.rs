@@ -405,24 +405,10 @@ impl WatchLoop {
 
     fn run_due(&mut self) {
         let now = Instant::now();
-        let ready: Vec<String> = self
-            .build_due
-            .iter()
-            .filter(|(_, d)| d.at <= now)
-            .map(|(m, _)| m.clone())
-            .collect();
-        for module in ready {
-            self.build_due.remove(&module);
+        for module in take_due(&mut self.build_due, now) {
             self.start_build(&module);
         }
-        let ready: Vec<String> = self
-            .due
-            .iter()
-            .filter(|(_, d)| d.at <= now)
-            .map(|(m, _)| m.clone())
-            .collect();
-        for module in ready {
-            self.due.remove(&module);
+        for module in take_due(&mut self.due, now) {
             self.check(&module);
         }
     }
@@ -520,6 +506,19 @@ impl WatchLoop {
             Apply::OnPoll => shared.mark_pending(module),
         }
     }
+}
+
+/// Removes and returns the modules whose time has come.
+fn take_due(due: &mut BTreeMap<String, Due>, now: Instant) -> Vec<String> {
+    let ready: Vec<String> = due
+        .iter()
+        .filter(|(_, d)| d.at <= now)
+        .map(|(module, _)| module.clone())
+        .collect();
+    for module in &ready {
+        due.remove(module);
+    }
+    ready
 }
 
 /// What an event says about an artifact.
