@@ -1,0 +1,64 @@
+//! The modules under test, built in release mode with the harness, and how to put a build
+//! where a reloader watches.
+
+use std::path::{Path, PathBuf};
+
+use hotreload::harness::VariantBuilder;
+
+pub struct Fixtures {
+    /// hotreload module builds 1 and 2 (they differ in what `build()` returns).
+    pub module: [PathBuf; 2],
+    /// hot-lib-reloader library builds 1 and 2.
+    pub hlr: [PathBuf; 2],
+    /// A scratch directory.
+    pub work: PathBuf,
+}
+
+impl Fixtures {
+    pub fn build(root: &Path, out: &Path) -> Result<Self, Box<dyn std::error::Error>> {
+        let variants = |krate: &str, file: &str| {
+            VariantBuilder::new(root.join(krate), out.join("variants").join(file))
+                .lockfile(root.join("Cargo.lock"))
+                .target_dir(out.join("target"))
+                .release(true)
+                .variant("b1", |v| v)
+                .variant("b2", |v| {
+                    v.edit(
+                        "src/lib.rs",
+                        "const BUILD: u64 = 1;",
+                        "const BUILD: u64 = 2;",
+                    )
+                })
+                .build()
+        };
+        let module = variants("bench/module", "module")?;
+        let hlr = variants("bench/hlr", "hlr")?;
+        let work = out.join("work");
+        std::fs::create_dir_all(&work)?;
+        Ok(Fixtures {
+            module: [module.library("b1").into(), module.library("b2").into()],
+            hlr: [hlr.library("b1").into(), hlr.library("b2").into()],
+            work,
+        })
+    }
+
+    pub fn module_len(&self) -> u64 {
+        std::fs::metadata(&self.module[0]).map_or(0, |m| m.len())
+    }
+
+    /// A fresh directory for one benchmark's artifact.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        let dir = self.work.join(name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch directory");
+        dir
+    }
+}
+
+/// Puts `from` at `to` as a linker does: write beside it, then rename over it. Returns when
+/// the rename has returned: the moment a complete new artifact is in place.
+pub fn install(from: &Path, to: &Path) -> std::io::Result<()> {
+    let beside = to.with_extension("incoming");
+    std::fs::copy(from, &beside)?;
+    std::fs::rename(&beside, to)
+}
