@@ -5,7 +5,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use bench_module::BenchState;
-use hotreload::{HotReloader, Module, ModuleOptions, hot_fn};
+use hotreload::{HotReloader, LocalModule, Module, ModuleOptions, hot_fn};
 
 use crate::Plan;
 use crate::fixtures::{Fixtures, install};
@@ -77,6 +77,13 @@ pub fn run(
     let module: Module<BenchState> =
         reloader.register_with(ModuleOptions::new().artifact(&artifact))?;
     let shared = ns_per_call(rounds, iters, |i| hot_fn!(module.add(i, 1)).unwrap());
+    let local_dir = fixtures.scratch("calls-local");
+    let local_artifact = local_dir.join(hotreload::library_file_name("bench_module"));
+    install(&fixtures.module[0], &local_artifact)?;
+    let local_reloader = HotReloader::new();
+    let local: LocalModule<BenchState> =
+        local_reloader.register_local_with(ModuleOptions::new().artifact(&local_artifact))?;
+    let local_ns = ns_per_call(rounds, iters, |i| hot_fn!(local.add(i, 1)).unwrap());
     let all_cores = ns_per_call_threads(cores, rounds, iters, || {
         let module = module.clone();
         move |i| hot_fn!(module.add(i, 1)).unwrap()
@@ -96,8 +103,8 @@ pub fn run(
         ),
         (
             "hot_fn",
-            "hot_fn! through a Module handle, 1 thread",
-            shared,
+            "hot_fn! through a LocalModule (one thread, no lock)",
+            local_ns,
         ),
         (
             "hot_fn_shared",

@@ -71,7 +71,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         quote!(#ident: #shim)
     });
     let shims = module.methods.iter().map(|m| shim(self_ty, m));
-    let proxy_methods = module.methods.iter().map(proxy_method);
+    let proxy_methods = module.methods.iter().map(|m| proxy_method(self_ty, m));
     let type_asserts = module.methods.iter().flat_map(type_asserts);
     let method_signatures = module.methods.iter().map(|m| {
         let name = m.ident.to_string();
@@ -136,17 +136,17 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 const STATE_VERSION: u32 = #state_version;
                 const METHODS: &'static [__hr::MethodSignature] = &[#(#method_signatures),*];
                 type Table = __HotTable;
-                type Proxy<'m> = __HotProxy<'m>;
+                type Proxy<'m, H: __hr::CallPath<Self> + 'm> = __HotProxy<'m, H>;
 
-                fn proxy(module: &__hr::Module<Self>) -> __HotProxy<'_> {
-                    __HotProxy(module)
+                fn proxy<H: __hr::CallPath<Self>>(handle: &H) -> __HotProxy<'_, H> {
+                    __HotProxy(handle)
                 }
             }
 
             /// Typed access to the loaded version, used by `hot_fn!`.
-            pub struct __HotProxy<'m>(&'m __hr::Module<#self_ty>);
+            pub struct __HotProxy<'m, H>(&'m H);
 
-            impl __HotProxy<'_> {
+            impl<H: __hr::CallPath<#self_ty>> __HotProxy<'_, H> {
                 #(#proxy_methods)*
             }
         };
@@ -210,7 +210,7 @@ fn shim(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
 }
 
 /// The proxy method `hot_fn!(module.tick(dt))` resolves to.
-fn proxy_method(method: &Method<'_>) -> TokenStream {
+fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
     let ident = method.ident;
     let method_name = ident.to_string();
     let output = output_type(method);
@@ -232,7 +232,7 @@ fn proxy_method(method: &Method<'_>) -> TokenStream {
         {
             // The entry matches the lock taken: `call_exclusive` for `&mut self` only.
             unsafe {
-                self.0.#call(#method_name, move |__table: &__HotTable, #state_binding: __hr::StatePtr| {
+                __hr::CallPath::<#self_ty>::#call(self.0, #method_name, move |__table: &__HotTable, #state_binding: __hr::StatePtr| {
                     (__table.#ident)(#state_arg #(#labels),*)
                 })
             }
@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn mutating_methods_take_the_write_lock_and_others_the_read_lock() {
         let out = expand(quote!(version = 1), GAME);
-        let proxy = &out[out.find("impl __HotProxy").unwrap()..];
+        let proxy = &out[out.find("> __HotProxy <").unwrap()..];
         let tick = proxy.find("pub fn tick").unwrap();
         let score = proxy.find("pub fn score").unwrap();
         assert!(proxy[tick..score].contains("call_exclusive"), "{proxy}");

@@ -16,8 +16,9 @@ pub use hotreload_abi::{
     ModuleDescriptor, StateEnvelope, StatePtr,
 };
 
+pub use crate::call::{CallPath, LocalModule, Module};
 pub use crate::error::HotError;
-pub use crate::module::{HotModule, Module};
+pub use crate::module::HotModule;
 use crate::rehome::Rehome;
 
 /// An exported method as the host was compiled with it, to name parameters in errors.

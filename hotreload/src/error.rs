@@ -182,6 +182,23 @@ pub enum HotError {
         message: String,
     },
 
+    /// A module registered as a `LocalModule` was asked to reload on another thread.
+    #[error(
+        "module `{module}` is bound to one thread; reload it there (`poll` or `reload_module`)"
+    )]
+    WrongThread {
+        /// The module.
+        module: String,
+    },
+
+    /// A reload was asked for from inside a call into the same module (module code calling
+    /// back into the host); it would unload the code that is running.
+    #[error("module `{module}`: cannot reload from inside one of its own calls")]
+    ReloadDuringCall {
+        /// The module.
+        module: String,
+    },
+
     /// No module of that name is registered.
     #[error("no module named `{module}` is registered")]
     UnknownModule {

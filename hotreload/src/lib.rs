@@ -74,6 +74,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod build;
+mod call;
 mod error;
 mod events;
 #[cfg(feature = "harness")]
@@ -92,10 +93,11 @@ pub mod __private;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use call::{CallPath, LocalModule, Module};
 pub use error::{HotError, ModuleFault, Rejection};
 pub use events::{Event, ReloadRequest};
 pub use locate::library_file_name;
-pub use module::{HotModule, Module};
+pub use module::HotModule;
 pub use rehome::Rehome;
 pub use reloader::{HotReloader, ModuleOptions};
 pub use transaction::retire::RetiredVersion;

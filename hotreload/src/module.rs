@@ -1,27 +1,36 @@
-//! A registered module: the live version and its state, and the call path into them.
+//! A registered module: its live version and state, and who may touch them when.
+//!
+//! # Who touches `live`
+//! The live version sits in an `UnsafeCell`, next to a read-write lock that orders access:
+//! - A shared [`Module`](crate::Module) handle holds the lock for each call's whole duration
+//!   (read for `&self` and associated functions, write for `&mut self`).
+//! - A reload replaces the live version under the write lock, which it gets only once every
+//!   call through a shared handle has returned.
+//! - A module registered for one thread ([`LocalModule`](crate::LocalModule)) has an owner
+//!   thread. Its handle cannot leave that thread, its calls take no lock, and it is reloaded
+//!   only on that thread and only between calls (`ReloadDuringCall` otherwise): so none of its
+//!   calls can overlap a replacement, and the lock is only taken by the reload itself and by
+//!   readers on other threads (version queries), which never write.
 //!
 //! # Why a version is never unmapped while in use
-//! Every call holds the module's lock for its whole duration (read for `&self` and
-//! associated functions, write for `&mut self`), and the table pointer and state it uses are
-//! read under that lock. A reload publishes the new version by replacing [`Live`] under the
-//! write lock, which it can only take once every call in progress has returned. After the
-//! replacement no call can reach the old version: its state is destroyed by its own code, every
-//! value a call returned was rebuilt by the host ([`Rehome`]) before the lock was released, and
-//! the layout read during verification was turned into text at once. Only then is the old
-//! library closed.
+//! After a replacement no call can reach the old version: no call was in progress (above), its
+//! state is destroyed by its own code, every value a call returned was rebuilt by the host
+//! ([`Rehome`](crate::Rehome)) before the call ended, and the layout read during verification
+//! was turned into text at once. Only then is the old library closed.
 
-use std::marker::PhantomData;
-use std::ops::RangeInclusive;
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut, RangeInclusive};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread::ThreadId;
 
 use abi_stable::StableAbi;
 use abi_stable::std_types::RResult;
 use abi_stable::type_layout::TypeLayout;
-use hotreload_abi::{EntryResult, StatePtr};
+use hotreload_abi::StatePtr;
 
 use crate::error::HotError;
-use crate::rehome::Rehome;
 use crate::transaction::LoadedVersion;
 use crate::transaction::retire::RetiredVersion;
 use crate::{ShadowDir, VersionInfo};
@@ -48,11 +57,11 @@ pub trait HotModule: crate::__private::HotState {
     /// The export table, whose layout every loaded build must match.
     #[doc(hidden)]
     type Table: StableAbi + 'static;
-    /// The typed call surface `hot_fn!` uses.
+    /// The typed call surface `hot_fn!` uses, over either kind of handle.
     #[doc(hidden)]
-    type Proxy<'m>;
+    type Proxy<'m, H: crate::call::CallPath<Self> + 'm>;
     #[doc(hidden)]
-    fn proxy(module: &Module<Self>) -> Self::Proxy<'_>;
+    fn proxy<H: crate::call::CallPath<Self>>(handle: &H) -> Self::Proxy<'_, H>;
 }
 
 /// What the host expects of a module: fixed at registration.
@@ -96,19 +105,72 @@ pub(crate) struct Book {
 /// The untyped part of a module, shared by its handles and the reloader.
 pub(crate) struct ModuleCore {
     pub spec: ModuleSpec,
-    pub shadow: Arc<ShadowDir>,
+    pub shadow: std::sync::Arc<ShadowDir>,
+    /// Orders access to `live` (see the module docs).
+    lock: RwLock<()>,
     /// `None` until a first build has loaded (a module registered before it was built).
-    live: RwLock<Option<Live>>,
+    live: UnsafeCell<Option<Live>>,
+    /// The thread a `LocalModule` is bound to, if this module was registered as one.
+    owner: Option<ThreadId>,
+    /// Calls in progress through the `LocalModule`; written and read on `owner` only.
+    local_calls: AtomicU32,
     book: Mutex<Book>,
 }
 
+// SAFETY: `live` is only reached through `read_live`/`write_live` (which hold `lock`) or, for
+// a module with an owner thread, by its `LocalModule` on that thread while no reload can run
+// (see the module docs); `Live` itself is `Send + Sync`.
+unsafe impl Sync for ModuleCore {}
+// SAFETY: see above; nothing in a `ModuleCore` is tied to the thread that made it.
+unsafe impl Send for ModuleCore {}
+
+/// Read access to the live version, under the module's lock.
+pub(crate) struct LiveRead<'a> {
+    _guard: RwLockReadGuard<'a, ()>,
+    live: &'a Option<Live>,
+}
+
+impl Deref for LiveRead<'_> {
+    type Target = Option<Live>;
+    fn deref(&self) -> &Option<Live> {
+        self.live
+    }
+}
+
+/// Write access to the live version, under the module's lock.
+pub(crate) struct LiveWrite<'a> {
+    _guard: RwLockWriteGuard<'a, ()>,
+    live: &'a mut Option<Live>,
+}
+
+impl Deref for LiveWrite<'_> {
+    type Target = Option<Live>;
+    fn deref(&self) -> &Option<Live> {
+        self.live
+    }
+}
+
+impl DerefMut for LiveWrite<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Live> {
+        self.live
+    }
+}
+
 impl ModuleCore {
-    pub(crate) fn new(spec: ModuleSpec, shadow: Arc<ShadowDir>, live: Option<Live>) -> Self {
+    pub(crate) fn new(
+        spec: ModuleSpec,
+        shadow: std::sync::Arc<ShadowDir>,
+        live: Option<Live>,
+        owner: Option<ThreadId>,
+    ) -> Self {
         let next_generation = live.as_ref().map_or(1, |l| l.version.info.generation + 1);
         ModuleCore {
             spec,
             shadow,
-            live: RwLock::new(live),
+            lock: RwLock::new(()),
+            live: UnsafeCell::new(live),
+            owner,
+            local_calls: AtomicU32::new(0),
             book: Mutex::new(Book {
                 next_generation,
                 retired: Vec::new(),
@@ -118,12 +180,70 @@ impl ModuleCore {
 
     // A poisoned lock only means a host-side panic (in `Rehome`, say) while it was held;
     // `Live` is replaced in one assignment, so it is never left half-updated.
-    pub(crate) fn read_live(&self) -> RwLockReadGuard<'_, Option<Live>> {
-        self.live.read().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn read_live(&self) -> LiveRead<'_> {
+        let guard = self.lock.read().unwrap_or_else(PoisonError::into_inner);
+        LiveRead {
+            _guard: guard,
+            // SAFETY: shared access under the read lock; the only writer without the lock
+            // does not exist (writes take the write lock, see the module docs).
+            live: unsafe { &*self.live.get() },
+        }
     }
 
-    pub(crate) fn write_live(&self) -> RwLockWriteGuard<'_, Option<Live>> {
-        self.live.write().unwrap_or_else(PoisonError::into_inner)
+    /// The caller must have checked [`may_reload_here`](Self::may_reload_here) when this is
+    /// for a reload.
+    pub(crate) fn write_live(&self) -> LiveWrite<'_> {
+        let guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        LiveWrite {
+            _guard: guard,
+            // SAFETY: the write lock excludes every shared-handle call and reader; a
+            // `LocalModule` call cannot be in progress, because writes for an owned module
+            // happen on its owner thread between its calls (`may_reload_here`).
+            live: unsafe { &mut *self.live.get() },
+        }
+    }
+
+    /// The live version as a `LocalModule` call sees it: no lock.
+    ///
+    /// # Safety
+    /// Only on the owner thread of a module that has one, and the reference must not outlive
+    /// the call (a reload may follow it).
+    pub(crate) unsafe fn live_unlocked(&self) -> &Option<Live> {
+        debug_assert_eq!(self.owner, Some(std::thread::current().id()));
+        // SAFETY: by the contract above, nothing writes `live` while this reference lives.
+        unsafe { &*self.live.get() }
+    }
+
+    /// Refuses a reload of an owned module from another thread, or from inside one of its
+    /// calls (module code calling back into the host).
+    pub(crate) fn may_reload_here(&self) -> Result<(), HotError> {
+        let Some(owner) = self.owner else {
+            return Ok(());
+        };
+        if owner != std::thread::current().id() {
+            return Err(HotError::WrongThread {
+                module: self.spec.name.clone(),
+            });
+        }
+        if self.local_calls.load(Ordering::Relaxed) > 0 {
+            return Err(HotError::ReloadDuringCall {
+                module: self.spec.name.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether this module reloads only on its owner thread.
+    pub(crate) fn has_owner(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// Counts a `LocalModule` call in progress until the returned guard drops.
+    pub(crate) fn enter_local_call(&self) -> LocalCall<'_> {
+        // Only the owner thread writes this counter: plain loads and stores suffice.
+        let depth = self.local_calls.load(Ordering::Relaxed);
+        self.local_calls.store(depth + 1, Ordering::Relaxed);
+        LocalCall { core: self, depth }
     }
 
     /// The version serving calls, if one is loaded.
@@ -138,121 +258,14 @@ impl ModuleCore {
     }
 }
 
-/// A handle to a registered module, typed by its state type. Cheap to clone; `Send + Sync`.
-///
-/// Call its methods with [`hot_fn!`](crate::hot_fn). Each call runs wholly in one version:
-/// the one loaded when the call began.
-pub struct Module<T> {
-    pub(crate) core: Arc<ModuleCore>,
-    _state: PhantomData<fn() -> T>,
+/// A `LocalModule` call in progress.
+pub(crate) struct LocalCall<'a> {
+    core: &'a ModuleCore,
+    depth: u32,
 }
 
-impl<T> Clone for Module<T> {
-    fn clone(&self) -> Self {
-        Module {
-            core: Arc::clone(&self.core),
-            _state: PhantomData,
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for Module<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Module")
-            .field("name", &self.core.spec.name)
-            .field("version", &self.core.version())
-            .finish()
-    }
-}
-
-impl<T: HotModule> Module<T> {
-    pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
-        Module {
-            core,
-            _state: PhantomData,
-        }
-    }
-
-    /// The module's name.
-    pub fn name(&self) -> &str {
-        &self.core.spec.name
-    }
-
-    /// The version serving calls now; `None` before the module's first build has loaded.
-    pub fn version(&self) -> Option<VersionInfo> {
-        self.core.version()
-    }
-
-    #[doc(hidden)]
-    pub fn __hot_proxy(&self) -> T::Proxy<'_> {
-        T::proxy(self)
-    }
-
-    /// Runs `call` on the live version's table with the module's lock held for reading.
-    ///
-    /// # Safety
-    /// `call` may only invoke entries that take the state by shared reference (or not at
-    /// all): two of these calls can run at once.
-    #[doc(hidden)]
-    pub unsafe fn call_shared<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        Self::run(
-            self.core.read_live().as_ref(),
-            &self.core.spec.name,
-            method,
-            call,
-        )
-    }
-
-    /// Runs `call` on the live version's table with the module's lock held for writing.
-    ///
-    /// # Safety
-    /// None beyond the entries' own contract: the write lock makes the call exclusive.
-    #[doc(hidden)]
-    pub unsafe fn call_exclusive<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        Self::run(
-            self.core.write_live().as_ref(),
-            &self.core.spec.name,
-            method,
-            call,
-        )
-    }
-
-    #[inline(always)]
-    fn run<R: Rehome>(
-        live: Option<&Live>,
-        module: &str,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        let Some(live) = live else {
-            return Err(HotError::NotLoaded {
-                module: module.to_owned(),
-                method,
-            });
-        };
-        // SAFETY: this module was registered with `T::Table`'s layout as the expected layout,
-        // and no version is made live before verification found its table's layout compatible
-        // with it; the table is a static in the version's image, which stays mapped while the
-        // caller holds the lock guarding `live`.
-        let table = unsafe { &*live.version.table.cast::<T::Table>() };
-        match call(table, live.state) {
-            // Rebuilt with the host's code while the version is still held (see module docs).
-            RResult::ROk(value) => Ok(value.rehome()),
-            RResult::RErr(err) => Err(HotError::Call {
-                module: live.version.info.module.clone(),
-                method,
-                generation: live.version.info.generation,
-                api_version: live.version.info.api_version,
-                fault: err.into(),
-            }),
-        }
+impl Drop for LocalCall<'_> {
+    fn drop(&mut self) {
+        self.core.local_calls.store(self.depth, Ordering::Relaxed);
     }
 }

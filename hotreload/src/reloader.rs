@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use abi_stable::StableAbi;
 
+use crate::call::{LocalModule, Module};
 use crate::error::HotError;
 use crate::events::{Event, EventBus, Hooks, ReloadRequest};
-use crate::module::{HotModule, Module, ModuleCore, ModuleSpec};
+use crate::module::{HotModule, ModuleCore, ModuleSpec};
 use crate::transaction::{self, ReloadReport, retire::RetiredVersion};
 use crate::watch::{self, WatchOptions, Watcher};
 use crate::{ShadowDir, VersionInfo, locate};
@@ -156,6 +157,34 @@ impl HotReloader {
         &self,
         options: ModuleOptions,
     ) -> Result<Module<T>, HotError> {
+        self.register_core::<T>(options, None)
+            .map(Module::from_core)
+    }
+
+    /// Loads module `T` for this thread alone: its [`LocalModule`] handle calls without any
+    /// lock (the fastest way to call), and the module reloads on this thread only, between
+    /// calls: in [`poll`](Self::poll) or [`reload_module`](Self::reload_module). The watcher,
+    /// whatever its [`Apply`](crate::Apply) mode, only queues this module's reloads for
+    /// `poll`.
+    pub fn register_local<T: HotModule>(&self) -> Result<LocalModule<T>, HotError> {
+        self.register_local_with::<T>(ModuleOptions::new())
+    }
+
+    /// [`register_local`](Self::register_local) with options.
+    pub fn register_local_with<T: HotModule>(
+        &self,
+        options: ModuleOptions,
+    ) -> Result<LocalModule<T>, HotError> {
+        let owner = std::thread::current().id();
+        self.register_core::<T>(options, Some(owner))
+            .map(LocalModule::from_core)
+    }
+
+    fn register_core<T: HotModule>(
+        &self,
+        options: ModuleOptions,
+        owner: Option<std::thread::ThreadId>,
+    ) -> Result<Arc<ModuleCore>, HotError> {
         let name = T::MODULE_NAME.to_owned();
         if self.shared.lock_modules().contains_key(&name) {
             return Err(HotError::AlreadyRegistered { module: name });
@@ -188,7 +217,7 @@ impl HotReloader {
             }
             Err(err) => return Err(err),
         };
-        let core = Arc::new(ModuleCore::new(spec, shadow, live));
+        let core = Arc::new(ModuleCore::new(spec, shadow, live, owner));
         {
             let mut modules = self.shared.lock_modules();
             if modules.contains_key(&name) {
@@ -199,7 +228,7 @@ impl HotReloader {
         if let Some(watcher) = self.lock_watcher().as_ref() {
             watcher.modules_changed();
         }
-        Ok(Module::from_core(core))
+        Ok(core)
     }
 
     /// Reloads module `name` from its artifact now, on this thread: one whole transaction
@@ -365,11 +394,16 @@ impl Shared {
             artifact: &core.spec.artifact,
             current: current.as_ref(),
         };
-        let outcome = match self.hooks.before(&request) {
-            Err(reason) => Err(HotError::Vetoed {
-                module: module.clone(),
-                reason,
-            }),
+        let allowed = core.may_reload_here().and_then(|()| {
+            self.hooks
+                .before(&request)
+                .map_err(|reason| HotError::Vetoed {
+                    module: module.clone(),
+                    reason,
+                })
+        });
+        let outcome = match allowed {
+            Err(refused) => Err(refused),
             Ok(()) => {
                 self.events.emit(Event::ReloadStarted {
                     module: module.clone(),

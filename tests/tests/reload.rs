@@ -145,3 +145,34 @@ fn reloading_an_unknown_module_is_an_error() {
     let err = reloader.reload_module("nope").unwrap_err();
     assert!(matches!(err, HotError::UnknownModule { .. }), "{err:?}");
 }
+
+#[test]
+fn a_local_module_calls_without_a_lock_and_reloads_on_its_thread_only() {
+    let sandbox = Sandbox::new(variants!());
+    sandbox.install("v1");
+    let reloader = std::sync::Arc::new(hotreload::HotReloader::new());
+    let module = reloader
+        .register_local_with::<counter::Counter>(
+            hotreload::ModuleOptions::new().artifact(sandbox.artifact()),
+        )
+        .unwrap();
+    assert_eq!(hot_fn!(module.add(7)).unwrap(), 7);
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+
+    sandbox.install("v2");
+    // Another thread may not reload it: its calls take no lock.
+    let elsewhere = std::sync::Arc::clone(&reloader);
+    let err = std::thread::spawn(move || elsewhere.reload_module("counter").unwrap_err())
+        .join()
+        .unwrap();
+    assert!(matches!(err, HotError::WrongThread { .. }), "{err:?}");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1, "untouched");
+
+    // Its own thread may, between calls.
+    reloader.reload_module("counter").unwrap();
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+    assert_eq!(hot_fn!(module.add(1)).unwrap(), 9, "state kept, v2 doubles");
+    let err = hot_fn!(module.explode(RString::from("local"))).unwrap_err();
+    assert!(matches!(err, HotError::Call { .. }), "{err:?}");
+    assert_eq!(hot_fn!(module.calls()).unwrap(), 2);
+}

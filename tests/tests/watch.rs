@@ -298,3 +298,27 @@ fn from_final_write_to_first_answer_of_the_new_version() {
         latencies[latencies.len() - 1]
     );
 }
+
+#[test]
+fn a_local_module_is_reloaded_only_at_its_poll_even_with_a_background_watcher() {
+    let sandbox = Sandbox::new(variants!());
+    sandbox.install("v1");
+    let reloader = HotReloader::new();
+    let module = reloader
+        .register_local_with::<Counter>(ModuleOptions::new().artifact(sandbox.artifact()))
+        .unwrap();
+    let events = reloader.subscribe();
+    reloader.start_watching().unwrap();
+    wait_for(&events, TIMEOUT, "watching", |e| {
+        matches!(e, Event::Watching { .. })
+    });
+    sandbox.install("v2");
+    let seen = wait_for(&events, TIMEOUT, "pending", |e| {
+        matches!(e, Event::ReloadPending { .. })
+    });
+    assert_eq!(reloads(&seen), 0);
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+    let outcomes = reloader.poll();
+    assert!(outcomes.iter().all(|(_, o)| o.is_ok()), "{outcomes:?}");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+}

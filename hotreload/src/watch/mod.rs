@@ -499,11 +499,12 @@ impl WatchLoop {
         self.attempted
             .insert(module.to_owned(), read.sha256.clone());
         match self.options.apply {
-            Apply::Background => {
+            // A module bound to one thread reloads there only: at its `poll()`.
+            Apply::Background if !core.has_owner() => {
                 // Events and hooks report the outcome.
                 let _ = shared.reload(&core, Some(read), Trigger::ArtifactChanged);
             }
-            Apply::OnPoll => shared.mark_pending(module),
+            Apply::Background | Apply::OnPoll => shared.mark_pending(module),
         }
     }
 }
