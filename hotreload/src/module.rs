@@ -22,7 +22,9 @@ use std::cell::UnsafeCell;
 use std::ops::{Deref, DerefMut, RangeInclusive};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use std::thread::ThreadId;
 
 use abi_stable::StableAbi;
@@ -106,8 +108,9 @@ pub(crate) struct Book {
 pub(crate) struct ModuleCore {
     pub spec: ModuleSpec,
     pub shadow: std::sync::Arc<ShadowDir>,
-    /// Orders access to `live` (see the module docs).
-    lock: RwLock<()>,
+    /// Orders access to `live` (see the module docs). Sharded: a reader locks only its own
+    /// thread's shard, so calls from several cores do not write one shared counter.
+    lock: ShardedLock<()>,
     /// `None` until a first build has loaded (a module registered before it was built).
     live: UnsafeCell<Option<Live>>,
     /// The thread a `LocalModule` is bound to, if this module was registered as one.
@@ -126,7 +129,7 @@ unsafe impl Send for ModuleCore {}
 
 /// Read access to the live version, under the module's lock.
 pub(crate) struct LiveRead<'a> {
-    _guard: RwLockReadGuard<'a, ()>,
+    _guard: ShardedLockReadGuard<'a, ()>,
     live: &'a Option<Live>,
 }
 
@@ -139,7 +142,7 @@ impl Deref for LiveRead<'_> {
 
 /// Write access to the live version, under the module's lock.
 pub(crate) struct LiveWrite<'a> {
-    _guard: RwLockWriteGuard<'a, ()>,
+    _guard: ShardedLockWriteGuard<'a, ()>,
     live: &'a mut Option<Live>,
 }
 
@@ -167,7 +170,7 @@ impl ModuleCore {
         ModuleCore {
             spec,
             shadow,
-            lock: RwLock::new(()),
+            lock: ShardedLock::new(()),
             live: UnsafeCell::new(live),
             owner,
             local_calls: AtomicU32::new(0),
