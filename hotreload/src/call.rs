@@ -131,8 +131,12 @@ impl<T: HotModule> CallPath<T> for Module<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let live = self.core.read_live();
-        run::<T, R>(live.as_ref(), &self.core, method, call)
+        let result = {
+            let live = self.core.read_live();
+            run::<T, R>(live.as_ref(), &self.core, method, call)
+        };
+        self.core.finish_call(&result);
+        result
     }
 
     unsafe fn call_exclusive<R: Rehome>(
@@ -140,8 +144,12 @@ impl<T: HotModule> CallPath<T> for Module<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let live = self.core.write_live();
-        run::<T, R>(live.as_ref(), &self.core, method, call)
+        let result = {
+            let live = self.core.write_live();
+            run::<T, R>(live.as_ref(), &self.core, method, call)
+        };
+        self.core.finish_call(&result);
+        result
     }
 }
 
@@ -152,12 +160,16 @@ impl<T: HotModule> LocalModule<T> {
         method: &'static str,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let _in_call = self.core.enter_local_call();
-        // SAFETY: a `LocalModule` exists only for a module with an owner thread, and it is
-        // neither `Send` nor `Sync`, so this runs on the owner thread; `live` is used only
-        // within this call, during which a reload is refused (`_in_call`).
-        let live = unsafe { self.core.live_unlocked() };
-        run::<T, R>(live.as_ref(), &self.core, method, call)
+        let result = {
+            let _in_call = self.core.enter_local_call();
+            // SAFETY: a `LocalModule` exists only for a module with an owner thread, and it is
+            // neither `Send` nor `Sync`, so this runs on the owner thread; `live` is used only
+            // within this block, during which a reload is refused (`_in_call`).
+            let live = unsafe { self.core.live_unlocked() };
+            run::<T, R>(live.as_ref(), &self.core, method, call)
+        };
+        self.core.finish_call(&result);
+        result
     }
 }
 

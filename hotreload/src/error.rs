@@ -199,6 +199,35 @@ pub enum HotError {
         module: String,
     },
 
+    /// A rollback was asked for, but no earlier version is kept.
+    #[error("module `{module}`: no earlier version to roll back to")]
+    NoHistory {
+        /// The module.
+        module: String,
+    },
+
+    /// The artifact may not be loaded: anyone could have written it.
+    #[error("module `{module}`: refusing {}: {reason}", path.display())]
+    UnsafeArtifact {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// Why, and how to fix it.
+        reason: String,
+    },
+
+    /// The artifact's digest is not one the host pinned.
+    #[error("module `{module}`: {} has SHA-256 {sha256}, which is not pinned", path.display())]
+    NotPinned {
+        /// The module.
+        module: String,
+        /// The artifact.
+        path: PathBuf,
+        /// Its digest.
+        sha256: String,
+    },
+
     /// No module of that name is registered.
     #[error("no module named `{module}` is registered")]
     UnknownModule {

@@ -75,6 +75,26 @@ pub enum Event {
         /// The error itself.
         error: HotError,
     },
+    /// The module went back to an older version.
+    RolledBack {
+        /// The module.
+        module: String,
+        /// The version rolled back from (now closed).
+        from: VersionInfo,
+        /// The version serving now.
+        to: VersionInfo,
+        /// Which state it was given.
+        state: crate::RollbackState,
+        /// Why: "requested", or the panic that ended a probation.
+        reason: String,
+    },
+    /// A version's probation ended without a panic (or the host marked it good).
+    ProbationEnded {
+        /// The module.
+        module: String,
+        /// The version now trusted.
+        generation: u64,
+    },
     /// Cargo started building the module.
     BuildStarted {
         /// The module.
@@ -118,6 +138,8 @@ impl Event {
             | Event::ReloadStarted { module, .. }
             | Event::Reloaded { module, .. }
             | Event::ReloadFailed { module, .. }
+            | Event::RolledBack { module, .. }
+            | Event::ProbationEnded { module, .. }
             | Event::BuildStarted { module, .. }
             | Event::BuildFinished { module, .. }
             | Event::BuildFailed { module, .. } => Some(module),
@@ -158,6 +180,25 @@ impl std::fmt::Display for Event {
                 )
             }
             Event::ReloadFailed { reason, .. } => write!(f, "{reason}"),
+            Event::RolledBack {
+                module,
+                from,
+                to,
+                state,
+                reason,
+            } => write!(
+                f,
+                "{module}: rolled back from load #{} to load #{} with the {} state ({reason})",
+                from.generation,
+                to.generation,
+                match state {
+                    crate::RollbackState::Current => "current",
+                    _ => "snapshot",
+                }
+            ),
+            Event::ProbationEnded { module, generation } => {
+                write!(f, "{module}: load #{generation} passed probation")
+            }
             Event::BuildStarted { module, package } => write!(f, "{module}: building {package}"),
             Event::BuildFinished {
                 module, duration, ..

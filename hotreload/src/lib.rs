@@ -99,8 +99,9 @@ pub use events::{Event, ReloadRequest};
 pub use locate::library_file_name;
 pub use module::HotModule;
 pub use rehome::Rehome;
-pub use reloader::{HotReloader, ModuleOptions};
+pub use reloader::{HotReloader, ModuleOptions, Probation};
 pub use transaction::retire::RetiredVersion;
+pub use transaction::rollback::{RollbackReport, RollbackState};
 pub use transaction::{ReloadReport, StepTimings};
 pub use watch::{Apply, WatchOptions};
 

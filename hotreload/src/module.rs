@@ -75,6 +75,12 @@ pub(crate) struct ModuleSpec {
     pub accepted_api: RangeInclusive<u32>,
     /// The manifest of the crate to rebuild when its sources change, if the host asked.
     pub build_manifest: Option<PathBuf>,
+    /// How many replaced versions stay loaded for rollback.
+    pub history: usize,
+    /// The only artifact digests accepted, if the host pinned them.
+    pub pinned: Option<Vec<String>>,
+    /// The probation policy after each reload, if any.
+    pub probation: Option<crate::Probation>,
 }
 
 /// The version serving calls, and its state.
@@ -83,10 +89,9 @@ pub(crate) struct Live {
     pub state: StatePtr,
 }
 
-impl Drop for Live {
-    fn drop(&mut self) {
-        // The state was made by this version's code and must be freed by it, before the
-        // version's library is closed (when `self.version` drops right after this).
+impl Live {
+    /// Frees the state with the code that made it; the version stays loaded.
+    pub(crate) fn into_version(self) -> LoadedVersion {
         if let RResult::RErr(err) = (self.version.lifecycle.destroy)(self.state) {
             tracing::warn!(
                 module = %self.version.info.module,
@@ -95,13 +100,34 @@ impl Drop for Live {
                 crate::error::ModuleFault::from(err)
             );
         }
+        self.version
     }
+}
+
+/// A replaced version kept loaded for rollback, with the state it had when it was replaced.
+pub(crate) struct Kept {
+    pub version: LoadedVersion,
+    /// The state envelope it saved when it was replaced.
+    pub snapshot: Vec<u8>,
+}
+
+/// What probation watches after a commit.
+pub(crate) struct ProbationState {
+    /// The version on probation.
+    pub generation: u64,
+    /// Calls left, if the window is a number of calls.
+    pub calls_left: Option<u64>,
+    /// When it ends, if the window is a duration.
+    pub until: Option<std::time::Instant>,
 }
 
 /// Bookkeeping that only a transaction touches; its mutex serialises transactions.
 pub(crate) struct Book {
     pub next_generation: u64,
+    /// Closed versions, oldest first.
     pub retired: Vec<RetiredVersion>,
+    /// Replaced versions still loaded, oldest first; at most `spec.history` of them.
+    pub history: std::collections::VecDeque<Kept>,
 }
 
 /// The untyped part of a module, shared by its handles and the reloader.
@@ -118,6 +144,21 @@ pub(crate) struct ModuleCore {
     /// Calls in progress through the `LocalModule`; written and read on `owner` only.
     local_calls: AtomicU32,
     book: Mutex<Book>,
+    /// The probation in progress, if any.
+    probation: Mutex<Option<ProbationState>>,
+    /// Whether `probation` is `Some`: read on every call, written only when it changes.
+    on_probation: std::sync::atomic::AtomicBool,
+    /// The reloader, for a rollback the call path starts (probation) and its events.
+    reloader: std::sync::Weak<crate::reloader::Shared>,
+}
+
+impl Drop for ModuleCore {
+    fn drop(&mut self) {
+        // The live state is freed by its own code before its library is closed.
+        if let Some(live) = self.live.get_mut().take() {
+            drop(live.into_version());
+        }
+    }
 }
 
 // SAFETY: `live` is only reached through `read_live`/`write_live` (which hold `lock`) or, for
@@ -165,6 +206,7 @@ impl ModuleCore {
         shadow: std::sync::Arc<ShadowDir>,
         live: Option<Live>,
         owner: Option<ThreadId>,
+        reloader: std::sync::Weak<crate::reloader::Shared>,
     ) -> Self {
         let next_generation = live.as_ref().map_or(1, |l| l.version.info.generation + 1);
         ModuleCore {
@@ -177,7 +219,11 @@ impl ModuleCore {
             book: Mutex::new(Book {
                 next_generation,
                 retired: Vec::new(),
+                history: std::collections::VecDeque::new(),
             }),
+            probation: Mutex::new(None),
+            on_probation: std::sync::atomic::AtomicBool::new(false),
+            reloader,
         }
     }
 
@@ -258,6 +304,82 @@ impl ModuleCore {
 
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts probation for the version just committed, if the module has a policy.
+    pub(crate) fn start_probation(&self, generation: u64) {
+        let Some(policy) = self.spec.probation else {
+            return;
+        };
+        let state = ProbationState {
+            generation,
+            calls_left: policy.calls,
+            until: policy.duration.map(|d| std::time::Instant::now() + d),
+        };
+        *self.lock_probation() = Some(state);
+        self.on_probation.store(true, Ordering::Release);
+    }
+
+    /// Ends probation: the version serving is good.
+    pub(crate) fn end_probation(&self) -> Option<u64> {
+        self.on_probation.store(false, Ordering::Release);
+        self.lock_probation().take().map(|p| p.generation)
+    }
+
+    /// After a call returned: counts it against the probation window. Returns the generation
+    /// to roll back from when the call panicked during probation. Costs one load when no
+    /// probation runs.
+    pub(crate) fn after_call(&self, panicked: bool) -> Option<u64> {
+        if !self.on_probation.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut probation = self.lock_probation();
+        let state = probation.as_mut()?;
+        if panicked {
+            return Some(state.generation);
+        }
+        let calls_done = state.calls_left.is_some_and(|left| left <= 1);
+        if let Some(left) = &mut state.calls_left {
+            *left = left.saturating_sub(1);
+        }
+        let time_done = state.until.is_some_and(|t| std::time::Instant::now() >= t);
+        if calls_done || time_done {
+            *probation = None;
+            self.on_probation.store(false, Ordering::Release);
+        }
+        None
+    }
+
+    /// After a call, outside every lock: counts it against probation, and rolls back if it
+    /// panicked during one.
+    pub(crate) fn finish_call<R>(&self, result: &Result<R, HotError>) {
+        let panicked = matches!(
+            result,
+            Err(HotError::Call {
+                fault: crate::error::ModuleFault::Panicked(_),
+                ..
+            })
+        );
+        let Some(generation) = self.after_call(panicked) else {
+            return;
+        };
+        let Some(reloader) = self.reloader.upgrade() else {
+            return;
+        };
+        let reason = match result {
+            Err(err) => format!("probation: {err}"),
+            Ok(_) => "probation".to_owned(),
+        };
+        // The snapshot taken at the reload: the new version's state is suspect.
+        if let Err(err) = reloader.rollback(self, true, Some(generation), &reason) {
+            tracing::error!("probation rollback failed: {err}");
+        }
+    }
+
+    fn lock_probation(&self) -> MutexGuard<'_, Option<ProbationState>> {
+        self.probation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

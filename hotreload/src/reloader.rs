@@ -13,18 +13,62 @@ use crate::call::{LocalModule, Module};
 use crate::error::HotError;
 use crate::events::{Event, EventBus, Hooks, ReloadRequest};
 use crate::module::{HotModule, ModuleCore, ModuleSpec};
+use crate::transaction::rollback::{self, RollbackReport};
 use crate::transaction::{self, ReloadReport, retire::RetiredVersion};
 use crate::watch::{self, WatchOptions, Watcher};
 use crate::{ShadowDir, VersionInfo, locate};
 
 /// How to register a module: where its library is, which API versions to accept, whether it
 /// may be missing at first, and whether the reloader builds it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ModuleOptions {
     artifact: Option<PathBuf>,
     accepted_api: Option<RangeInclusive<u32>>,
     wait_for_artifact: bool,
     build: Option<Option<PathBuf>>,
+    history: usize,
+    pinned: Option<Vec<String>>,
+    probation: Option<Probation>,
+}
+
+impl Default for ModuleOptions {
+    fn default() -> Self {
+        ModuleOptions {
+            artifact: None,
+            accepted_api: None,
+            wait_for_artifact: false,
+            build: None,
+            history: 3,
+            pinned: None,
+            probation: None,
+        }
+    }
+}
+
+/// A window after each reload during which a panic in the new version rolls the module back
+/// to the previous version, with the state it had at the reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probation {
+    pub(crate) calls: Option<u64>,
+    pub(crate) duration: Option<std::time::Duration>,
+}
+
+impl Probation {
+    /// For the first `calls` calls after the reload.
+    pub fn calls(calls: u64) -> Self {
+        Probation {
+            calls: Some(calls),
+            duration: None,
+        }
+    }
+
+    /// For `duration` after the reload.
+    pub fn duration(duration: std::time::Duration) -> Self {
+        Probation {
+            calls: None,
+            duration: Some(duration),
+        }
+    }
 }
 
 impl ModuleOptions {
@@ -62,6 +106,27 @@ impl ModuleOptions {
     /// from; the profile is the host's (the name of the directory its library is in).
     pub fn build_with_cargo(mut self) -> Self {
         self.build = Some(None);
+        self
+    }
+
+    /// Keeps the last `versions` replaced versions loaded for [`HotReloader::rollback`]
+    /// (3 by default; 0 closes each replaced version at once).
+    pub fn history(mut self, versions: usize) -> Self {
+        self.history = versions;
+        self
+    }
+
+    /// Accepts only artifacts whose SHA-256 (hex) is in `digests`, for production hosts;
+    /// anything else is refused with its digest in the error.
+    pub fn pin_sha256<S: Into<String>>(mut self, digests: impl IntoIterator<Item = S>) -> Self {
+        self.pinned = Some(digests.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Puts each new version on probation: a panic in it within the window rolls the module
+    /// back (see [`Probation`]). [`HotReloader::mark_good`] ends a probation early.
+    pub fn probation(mut self, probation: Probation) -> Self {
+        self.probation = Some(probation);
         self
     }
 
@@ -203,6 +268,9 @@ impl HotReloader {
             build_manifest: options.build.map(|manifest| {
                 manifest.unwrap_or_else(|| PathBuf::from(T::MANIFEST_DIR).join("Cargo.toml"))
             }),
+            history: options.history,
+            pinned: options.pinned,
+            probation: options.probation,
             name: name.clone(),
         };
         let shadow = self.shared.shadow()?;
@@ -217,7 +285,13 @@ impl HotReloader {
             }
             Err(err) => return Err(err),
         };
-        let core = Arc::new(ModuleCore::new(spec, shadow, live, owner));
+        let core = Arc::new(ModuleCore::new(
+            spec,
+            shadow,
+            live,
+            owner,
+            Arc::downgrade(&self.shared),
+        ));
         {
             let mut modules = self.shared.lock_modules();
             if modules.contains_key(&name) {
@@ -313,6 +387,41 @@ impl HotReloader {
         self.shared.hooks.add_after(Box::new(hook));
     }
 
+    /// Goes back to the previous version of module `name`, kept loaded (its artifact need not
+    /// exist any more), with the current state if that version can read it, otherwise with
+    /// the state it had when it was replaced. The version rolled back from is closed.
+    pub fn rollback(&self, name: &str) -> Result<RollbackReport, HotError> {
+        let core = self.shared.core(name)?;
+        self.shared
+            .rollback(&core, false, None, "requested")?
+            .ok_or_else(|| HotError::NoHistory {
+                module: name.to_owned(),
+            })
+    }
+
+    /// Ends the probation of module `name`'s current version: it is good.
+    pub fn mark_good(&self, name: &str) -> Result<(), HotError> {
+        let core = self.shared.core(name)?;
+        if let Some(generation) = core.end_probation() {
+            self.shared.events.emit(Event::ProbationEnded {
+                module: name.to_owned(),
+                generation,
+            });
+        }
+        Ok(())
+    }
+
+    /// The replaced versions of module `name` still loaded for rollback, oldest first.
+    pub fn history(&self, name: &str) -> Result<Vec<VersionInfo>, HotError> {
+        let core = self.shared.core(name)?;
+        let book = core.book();
+        Ok(book
+            .history
+            .iter()
+            .map(|k| k.version.info.clone())
+            .collect())
+    }
+
     /// The names of the registered modules, sorted.
     pub fn module_names(&self) -> Vec<String> {
         self.shared.lock_modules().keys().cloned().collect()
@@ -378,6 +487,33 @@ impl Shared {
                 module: name.to_owned(),
             });
         }
+    }
+
+    /// One rollback with its event.
+    pub(crate) fn rollback(
+        &self,
+        core: &ModuleCore,
+        snapshot_only: bool,
+        only_from: Option<u64>,
+        reason: &str,
+    ) -> Result<Option<RollbackReport>, HotError> {
+        let outcome = rollback::rollback(core, snapshot_only, only_from);
+        match &outcome {
+            Ok(Some(report)) => self.events.emit(Event::RolledBack {
+                module: core.spec.name.clone(),
+                from: report.from.clone(),
+                to: report.to.clone(),
+                state: report.state,
+                reason: reason.to_owned(),
+            }),
+            Ok(None) => {}
+            Err(error) => self.events.emit(Event::ReloadFailed {
+                module: core.spec.name.clone(),
+                reason: error.to_string(),
+                error: error.clone(),
+            }),
+        }
+        outcome
     }
 
     /// One reload with its hooks and events around it.

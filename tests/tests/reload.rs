@@ -108,9 +108,17 @@ fn a_panicking_method_returns_an_error_and_the_next_call_works() {
 }
 
 #[test]
-fn the_replaced_version_is_closed_and_its_shadow_copy_deleted() {
+fn versions_beyond_the_history_are_closed_and_their_shadow_copies_deleted() {
     let sandbox = Sandbox::new(variants!());
-    let (reloader, module) = sandbox.register("v1");
+    sandbox.install("v1");
+    let reloader = hotreload::HotReloader::new();
+    let module = reloader
+        .register_with::<counter::Counter>(
+            hotreload::ModuleOptions::new()
+                .artifact(sandbox.artifact())
+                .history(1),
+        )
+        .unwrap();
     let first = module.version().unwrap();
     assert!(first.shadow.exists());
     assert_ne!(
@@ -121,12 +129,32 @@ fn the_replaced_version_is_closed_and_its_shadow_copy_deleted() {
 
     sandbox.install("v2");
     let report = reloader.reload_module("counter").unwrap();
-    assert!(!first.shadow.exists(), "the old shadow copy is deleted");
-    let retired = reloader.retired_versions("counter").unwrap();
-    assert_eq!(retired.len(), 1);
-    assert_eq!(retired[0].info.generation, 1);
-    assert_eq!(retired[0].still_mapped, report.previous_still_mapped);
-    assert!(report.previous_still_mapped.is_some(), "Linux can tell");
+    assert!(report.closed.is_empty(), "load #1 is kept for rollback");
+    assert!(first.shadow.exists());
+    assert_eq!(reloader.history("counter").unwrap()[0].generation, 1);
+
+    sandbox.install("v1");
+    let report = reloader.reload_module("counter").unwrap();
+    assert_eq!(
+        report.closed.len(),
+        1,
+        "load #1 falls out of a history of one"
+    );
+    assert_eq!(report.closed[0].info.generation, 1);
+    assert_eq!(
+        report.closed[0].still_mapped,
+        Some(false),
+        "and the OS unmapped it"
+    );
+    assert!(!first.shadow.exists(), "its shadow copy is deleted");
+    assert_eq!(reloader.retired_versions("counter").unwrap().len(), 1);
+    let history: Vec<u64> = reloader
+        .history("counter")
+        .unwrap()
+        .iter()
+        .map(|v| v.generation)
+        .collect();
+    assert_eq!(history, [2]);
 
     let shadow_dir = module
         .version()
@@ -136,7 +164,10 @@ fn the_replaced_version_is_closed_and_its_shadow_copy_deleted() {
         .unwrap()
         .to_path_buf();
     let files = std::fs::read_dir(&shadow_dir).unwrap().count();
-    assert_eq!(files, 1, "only the live version's shadow copy remains");
+    assert_eq!(
+        files, 2,
+        "the live version's shadow copy and the kept one's"
+    );
 }
 
 #[test]

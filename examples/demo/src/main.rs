@@ -128,14 +128,14 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
         t.commit,
         t.pause()
     );
-    match report.previous_still_mapped {
-        Some(false) => println!("   the previous build is closed and unmapped"),
-        Some(true) => println!(
-            "   the previous build is closed, but the OS keeps it mapped (it registered \
-             thread-local destructors)"
-        ),
-        None => {}
-    }
+    println!(
+        "   the previous build stays loaded for rollback: {:?}",
+        reloader
+            .history("game_logic")?
+            .iter()
+            .map(|v| format!("load #{}", v.generation))
+            .collect::<Vec<_>>()
+    );
     println!("   rules: {}", hot_fn!(game.rules())?);
     println!("   state carried over: {:?}", hot_fn!(game.summary())?);
     frames(&game, 3)?;

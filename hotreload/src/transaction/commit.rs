@@ -11,24 +11,26 @@ use crate::error::HotError;
 use crate::module::{Live, ModuleCore};
 
 /// Swaps `new` in with the running state carried over (or a fresh state, when no version was
-/// loaded); returns the old [`Live`] to retire and the new version's description. On error
+/// loaded); returns the old [`Live`] to retire, its saved state and the new version's
+/// description. On error
 /// nothing changed and `new` is dropped (its library closed, its shadow copy deleted).
 pub(crate) fn commit(
     core: &ModuleCore,
     new: LoadedVersion,
     timings: &mut StepTimings,
-) -> Result<(Option<Live>, VersionInfo), HotError> {
+) -> Result<Committed, HotError> {
     // Waits for every call in progress to return; new calls wait here until the swap.
     let mut live = core.write_live();
 
     let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
     let started = Instant::now();
-    let state = match live.as_ref() {
+    let (state, snapshot) = match live.as_ref() {
         Some(running) => {
             let envelope = prepare::save(running)?;
-            prepare::restore(&new, &envelope, running.version.info.generation)?
+            let state = prepare::restore(&new, &envelope, running.version.info.generation)?;
+            (state, Some(envelope))
         }
-        None => prepare::construct(&new)?,
+        None => (prepare::construct(&new)?, None),
     };
     timings.prepare = started.elapsed();
     drop(prepare_span);
@@ -42,5 +44,19 @@ pub(crate) fn commit(
     });
     drop(live);
     timings.commit = started.elapsed();
-    Ok((old, info))
+    Ok(Committed {
+        old,
+        snapshot,
+        info,
+    })
+}
+
+/// What a commit replaced.
+pub(crate) struct Committed {
+    /// The version that served before, with its state (to retire).
+    pub old: Option<Live>,
+    /// The state it saved for the new version: kept for rollback.
+    pub snapshot: Option<Vec<u8>>,
+    /// The version serving now.
+    pub info: VersionInfo,
 }

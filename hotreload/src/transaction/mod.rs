@@ -8,8 +8,12 @@
 //!    running is touched.
 //! 4. [`prepare`]: save the running state, restore it into the new version.
 //! 5. [`commit`]: publish the new version atomically.
-//! 6. [`retire`]: destroy the old state with the old code, close the old library, and record
-//!    whether the OS really unmapped it.
+//! 6. [`retire`]: destroy the old state with the old code, keep the old version loaded for
+//!    rollback, close what falls out of the history, and record whether the OS really
+//!    unmapped it.
+//!
+//! [`rollback`] goes back to the newest kept version, with the current state if that version
+//! can read it, otherwise with the state it had when it was replaced.
 //!
 //! Steps 1 to 3 run while callers keep using the running version; steps 4 and 5 hold the
 //! module's write lock. A failure at any step drops what the transaction built (closing the
@@ -19,6 +23,7 @@ pub(crate) mod commit;
 pub(crate) mod open;
 pub(crate) mod prepare;
 pub(crate) mod retire;
+pub(crate) mod rollback;
 pub(crate) mod stage;
 pub(crate) mod verify;
 
@@ -27,6 +32,7 @@ use std::time::{Duration, Instant};
 use crate::error::HotError;
 use crate::module::{Live, ModuleCore, ModuleSpec};
 use crate::{ShadowDir, VersionInfo};
+use retire::RetiredVersion;
 
 pub(crate) use open::LoadedVersion;
 
@@ -71,10 +77,11 @@ pub struct ReloadReport {
     pub to: VersionInfo,
     /// Time per step.
     pub timings: StepTimings,
-    /// Whether the OS kept the previous version's library mapped after it was closed
-    /// (`Some(true)` on glibc when it registered thread-local destructors; `None` where the
-    /// platform cannot tell).
-    pub previous_still_mapped: Option<bool>,
+    /// The versions this reload closed: the previous one if the module keeps no history,
+    /// otherwise the oldest one it pushed out of the history. Each says whether the OS kept
+    /// it mapped after it was closed (glibc does when it registered thread-local
+    /// destructors).
+    pub closed: Vec<RetiredVersion>,
 }
 
 /// Times one step inside its own tracing span.
@@ -135,7 +142,7 @@ pub(crate) fn reload(
     let mut timings = StepTimings::default();
     let result = load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings)
         .and_then(|version| commit::commit(core, version, &mut timings));
-    let (old, to) = match result {
+    let committed = match result {
         Ok(done) => done,
         Err(err) => {
             tracing::warn!("reload refused, the running version keeps serving: {err}");
@@ -150,10 +157,17 @@ pub(crate) fn reload(
             return Err(err);
         }
     };
-    let from = old.as_ref().map(|old| old.version.info.clone());
-    let retired = old.map(|old| step("retire", &mut timings.retire, || retire::retire(old)));
-    let previous_still_mapped = retired.as_ref().and_then(|r| r.still_mapped);
-    book.retired.extend(retired);
+    let to = committed.info;
+    let from = committed.old.as_ref().map(|old| old.version.info.clone());
+    let closed = match committed.old {
+        Some(old) => step("retire", &mut timings.retire, || {
+            retire::retire(old, committed.snapshot, &mut book, core.spec.history)
+        }),
+        None => Vec::new(),
+    };
+    book.retired.extend(closed.iter().cloned());
+    drop(book);
+    core.start_probation(to.generation);
     tracing::info!(
         from = from.as_ref().map(|f| f.generation),
         to = to.generation,
@@ -165,6 +179,6 @@ pub(crate) fn reload(
         from,
         to,
         timings,
-        previous_still_mapped,
+        closed,
     })
 }

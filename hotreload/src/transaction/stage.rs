@@ -57,10 +57,20 @@ pub(crate) fn stage(
     read: Option<ArtifactBytes>,
 ) -> Result<ShadowFile, HotError> {
     let artifact = &spec.artifact;
+    check_permissions(spec, shadow)?;
     let ArtifactBytes { bytes, sha256 } = match read {
         Some(read) => read,
         None => ArtifactBytes::new(read_artifact(spec)?),
     };
+    if let Some(pinned) = &spec.pinned {
+        if !pinned.iter().any(|p| p.eq_ignore_ascii_case(&sha256)) {
+            return Err(HotError::NotPinned {
+                module: spec.name.clone(),
+                path: artifact.clone(),
+                sha256,
+            });
+        }
+    }
     check_library(&bytes).map_err(|reason| HotError::NotALibrary {
         module: spec.name.clone(),
         path: artifact.clone(),
@@ -93,6 +103,60 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
             let _ = write!(hex, "{byte:02x}");
             hex
         })
+}
+
+/// Refuses an artifact that another user could have written, as OpenSSH refuses loose key
+/// files: world-writable, owned by someone other than this process's user or root, or in a
+/// directory that others may write without the sticky bit.
+#[cfg(unix)]
+fn check_permissions(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<(), HotError> {
+    use std::os::unix::fs::MetadataExt;
+    let unsafe_artifact = |reason: String| HotError::UnsafeArtifact {
+        module: spec.name.clone(),
+        path: spec.artifact.clone(),
+        reason,
+    };
+    let path = &spec.artifact;
+    let Ok(file) = fs::metadata(path) else {
+        // Missing: reading it reports that.
+        return Ok(());
+    };
+    // The shadow directory was made by this process: its owner is this process's user.
+    let me = fs::metadata(shadow.path()).map(|m| m.uid()).unwrap_or(0);
+    if file.mode() & 0o002 != 0 {
+        return Err(unsafe_artifact(format!(
+            "it is writable by every user; fix with `chmod o-w {}`",
+            path.display()
+        )));
+    }
+    if file.uid() != me && file.uid() != 0 {
+        return Err(unsafe_artifact(format!(
+            "it belongs to user {}, not to this process's user ({me}) or root; fix with \
+             `chown {me} {}`",
+            file.uid(),
+            path.display()
+        )));
+    }
+    if let Some(dir) = path.parent() {
+        if let Ok(meta) = fs::metadata(dir) {
+            let others_write = meta.mode() & 0o002 != 0;
+            let sticky = meta.mode() & 0o1000 != 0;
+            if others_write && !sticky {
+                return Err(unsafe_artifact(format!(
+                    "its directory {} is writable by every user, without the sticky bit; fix \
+                     with `chmod o-w {}`",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn check_permissions(_spec: &ModuleSpec, _shadow: &ShadowDir) -> Result<(), HotError> {
+    Ok(())
 }
 
 /// The artifact's bytes, read once.

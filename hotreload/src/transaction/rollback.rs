@@ -1,0 +1,101 @@
+//! Going back to the previous version, kept loaded in the module's history (its artifact on
+//! disk is not needed). The state: the current one if the older version can read it,
+//! otherwise the snapshot that version saved when it was replaced. The version rolled back
+//! from is closed, not kept.
+
+use super::prepare;
+use super::retire;
+use crate::VersionInfo;
+use crate::error::HotError;
+use crate::module::{Live, ModuleCore};
+
+/// Which state a rollback gave the older version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RollbackState {
+    /// The state of the version rolled back from: the older version could read it.
+    Current,
+    /// The state the older version had when it was replaced.
+    Snapshot,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RollbackReport {
+    /// The version that served before the rollback (now closed).
+    pub from: VersionInfo,
+    /// The older version serving now.
+    pub to: VersionInfo,
+    /// The state it was given.
+    pub state: RollbackState,
+}
+
+/// Rolls `core` back to its newest kept version. `snapshot_only` skips trying the current
+/// state (probation: the new version's state is suspect). `only_from`, when given, is the
+/// generation that must still be live (a probation failure of a version already replaced
+/// does nothing).
+pub(crate) fn rollback(
+    core: &ModuleCore,
+    snapshot_only: bool,
+    only_from: Option<u64>,
+) -> Result<Option<RollbackReport>, HotError> {
+    core.may_reload_here()?;
+    let mut book = core.book();
+    let mut live = core.write_live();
+    let Some(running) = live.as_ref() else {
+        return Err(HotError::NoHistory {
+            module: core.spec.name.clone(),
+        });
+    };
+    if only_from.is_some_and(|g| g != running.version.info.generation) {
+        return Ok(None);
+    }
+    let Some(kept) = book.history.pop_back() else {
+        return Err(HotError::NoHistory {
+            module: core.spec.name.clone(),
+        });
+    };
+    let from_generation = running.version.info.generation;
+    let current = if snapshot_only {
+        None
+    } else {
+        prepare::save(running)
+            .and_then(|envelope| prepare::restore(&kept.version, &envelope, from_generation))
+            .ok()
+    };
+    let (state, used) = match current {
+        Some(state) => (state, RollbackState::Current),
+        None => match prepare::restore(&kept.version, &kept.snapshot, kept.version.info.generation)
+        {
+            Ok(state) => (state, RollbackState::Snapshot),
+            Err(err) => {
+                book.history.push_back(kept);
+                return Err(err);
+            }
+        },
+    };
+    let to = kept.version.info.clone();
+    let old = live.replace(Live {
+        version: kept.version,
+        state,
+    });
+    drop(live);
+    core.end_probation();
+    let Some(old) = old else {
+        unreachable!("a version was live above, under the same locks")
+    };
+    let from = old.version.info.clone();
+    book.retired.push(retire::close(old.into_version()));
+    tracing::info!(
+        from = from.generation,
+        to = to.generation,
+        ?used,
+        "rolled back"
+    );
+    Ok(Some(RollbackReport {
+        from,
+        to,
+        state: used,
+    }))
+}
