@@ -48,6 +48,17 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
             v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
                 .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: [u8; 64] = [0x5a; 64];")
         })
+        .variant("unresolved_symbol", |v| {
+            v.edit(
+                LIB,
+                "// EXTRA_ITEMS",
+                "unsafe extern \"C\" {\n    fn hotreload_symbol_that_no_library_defines() -> u64;\n}\n\n#[unsafe(no_mangle)]\npub extern \"C\" fn counter_needs_a_missing_symbol() -> u64 {\n    // SAFETY: never called; its presence makes the library need the symbol.\n    unsafe { hotreload_symbol_that_no_library_defines() }\n}",
+            )
+        })
+        .variant("ctor_panic", |v| {
+            v.edit(LIB, "#[derive(Debug, Default, Serialize, Deserialize)]\npub struct Counter {", "#[derive(Debug, Serialize, Deserialize)]\npub struct Counter {")
+                .edit(LIB, "// EXTRA_ITEMS", "impl Default for Counter {\n    fn default() -> Self {\n        panic!(\"the constructor fails on purpose\")\n    }\n}")
+        })
         .variant("restore_error", |v| v.edit(LIB, "// FIELDS", "required: u8,"))
         .variant("restore_panic", |v| {
             v.edit(LIB, "// CALLS_ATTR", "#[serde(deserialize_with = \"explode_on_restore\")]")
@@ -255,4 +266,13 @@ impl FixtureWorkspace {
         assert!(text.contains(from), "`{from}` is not in {}", path.display());
         std::fs::write(&path, text.replace(from, to)).unwrap();
     }
+}
+
+/// SHA-256 in lower-case hex, as the runtime reports digests.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

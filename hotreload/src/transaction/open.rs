@@ -64,6 +64,19 @@ impl OpenedLibrary {
     }
 }
 
+/// The loader's message with its causes: libloading keeps the dynamic loader's own words
+/// (which symbol is missing, say) in the source.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
 pub(crate) fn open(
     spec: &ModuleSpec,
     shadow: ShadowFile,
@@ -73,7 +86,7 @@ pub(crate) fn open(
         module: spec.name.clone(),
         path: shadow.artifact.clone(),
         generation,
-        message: err.to_string(),
+        message: error_chain(&err),
     })?;
     let symbol = descriptor_symbol(&spec.name);
     // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a

@@ -1,0 +1,140 @@
+//! Long runs: thousands of reloads under load, and what stays mapped. `#[ignore]`d in the
+//! default run (they take minutes); `.ci/run` runs them with `--ignored`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use counter::Counter;
+use hotreload::{HotReloader, Module, ModuleOptions, hot_fn};
+use hotreload_tests::{Sandbox, variants};
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+fn resident_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn mapped_under(module: &Module<Counter>) -> usize {
+    let shadow = module.version().unwrap().shadow;
+    let dir = shadow.parent().unwrap().to_str().unwrap().to_owned();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let files: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.find('/').map(|i| &l[i..]))
+        .filter(|p| p.starts_with(&dir))
+        .collect();
+    files.len()
+}
+
+const HISTORY: usize = 3;
+
+#[test]
+#[ignore = "minutes: run with --ignored (CI does)"]
+fn two_thousand_reloads_under_four_calling_threads() {
+    const RELOADS: usize = 2000;
+    let sandbox = Sandbox::new(variants!());
+    sandbox.install("v1");
+    let reloader = HotReloader::new();
+    let module = reloader
+        .register_with::<Counter>(
+            ModuleOptions::new()
+                .artifact(sandbox.artifact())
+                .history(HISTORY),
+        )
+        .unwrap();
+    let fds = open_fds();
+    let rss = resident_kb();
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let module = module.clone();
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let (mut calls, mut failed) = (0u64, 0u64);
+                while !stop.load(Ordering::Acquire) {
+                    match hot_fn!(module.bump()) {
+                        Ok(_) => calls += 1,
+                        Err(_) => failed += 1,
+                    }
+                }
+                (calls, failed)
+            })
+        })
+        .collect();
+    let builds = [sandbox.variant_bytes("v2"), sandbox.variant_bytes("v1")];
+    for i in 0..RELOADS {
+        sandbox.install_bytes(&builds[i % 2]);
+        reloader
+            .reload_module("counter")
+            .unwrap_or_else(|e| panic!("reload {i}: {e}"));
+    }
+    stop.store(true, Ordering::Release);
+    let (mut calls, mut failed) = (0, 0);
+    for caller in callers {
+        let (c, f) = caller.join().unwrap();
+        calls += c;
+        failed += f;
+    }
+    let counted = hot_fn!(module.calls()).unwrap();
+    let mapped = mapped_under(&module);
+    let growth = resident_kb() as i64 - rss as i64;
+    println!(
+        "soak: {RELOADS} reloads, {calls} calls, {failed} failed, counter {counted}, \
+         {mapped} shadow copies mapped (history {HISTORY}), resident {growth:+} kB, \
+         descriptors {} -> {}",
+        fds,
+        open_fds()
+    );
+    assert_eq!(failed, 0);
+    assert_eq!(counted, calls, "every call counted once");
+    assert_eq!(open_fds(), fds, "no descriptor leaked");
+    assert!(mapped <= HISTORY + 1, "{mapped} mapped");
+}
+
+#[test]
+#[ignore = "minutes: run with --ignored (CI does)"]
+fn reloads_of_a_module_with_thread_local_destructors_are_reported() {
+    const RELOADS: usize = 200;
+    let sandbox = Sandbox::new(variants!());
+    sandbox.install("v1");
+    let reloader = HotReloader::new();
+    let module = reloader
+        .register_with::<Counter>(
+            ModuleOptions::new()
+                .artifact(sandbox.artifact())
+                .history(HISTORY),
+        )
+        .unwrap();
+    hot_fn!(module.touch_thread_local()).unwrap();
+    let rss = resident_kb();
+    let builds = [sandbox.variant_bytes("v2"), sandbox.variant_bytes("v1")];
+    let mut reported = 0;
+    for i in 0..RELOADS {
+        sandbox.install_bytes(&builds[i % 2]);
+        let report = reloader.reload_module("counter").unwrap();
+        reported += report
+            .closed
+            .iter()
+            .filter(|c| c.still_mapped == Some(true))
+            .count();
+        hot_fn!(module.touch_thread_local()).unwrap();
+    }
+    let mapped = mapped_under(&module);
+    let growth = resident_kb() as i64 - rss as i64;
+    println!(
+        "thread-local destructors: {RELOADS} reloads, {mapped} shadow copies mapped, \
+         {reported} closed versions reported still mapped, resident {growth:+} kB \
+         ({:.0} kB per reload)",
+        growth as f64 / RELOADS as f64
+    );
+    // Every version closed so far stayed mapped, and the runtime said so each time.
+    assert_eq!(reported, RELOADS - HISTORY);
+    assert_eq!(mapped, RELOADS + 1);
+}
