@@ -142,9 +142,14 @@ pub(crate) fn method(func: &ImplItemFn, errors: &mut Errors) -> bool {
 
 /// Why an argument type cannot cross the boundary, if it certainly cannot.
 ///
-/// Types not named here are checked by the compiler against `StableAbi` in the generated
-/// code; this list catches the common standard types early with a suggestion.
+/// Ordinary types with an FFI-safe form (`String`, `&str`, `Vec<T>`, `&[T]`, `Option<T>`,
+/// `Result<T, E>`, `Box<T>`, tuples of 2 to 4) are converted (see `convert`); types not named
+/// here are checked by the compiler against `StableAbi` in the generated code. This list
+/// catches the common standard types that have no conversion, with a suggestion.
 fn argument_type(ty: &Type) -> Option<String> {
+    if let Some(problem) = crate::convert::unsupported(ty) {
+        return Some(problem);
+    }
     match ty {
         Type::ImplTrait(_) => Some(
             "`impl Trait` cannot cross the hot-reload boundary; use a concrete FFI-safe type"
@@ -154,34 +159,29 @@ fn argument_type(ty: &Type) -> Option<String> {
             "trait objects cannot cross the hot-reload boundary; use a concrete FFI-safe type"
                 .into(),
         ),
-        Type::Reference(reference) => Some(match &*reference.elem {
-            Type::Path(p) if p.path.is_ident("str") => {
-                "`&str` is not FFI-safe; use `abi_stable::std_types::RStr<'_>`".into()
-            }
-            Type::Slice(_) => {
-                "`&[T]` is not FFI-safe; use `abi_stable::std_types::RSlice<'_, T>`".into()
-            }
-            _ => "a hot method cannot take a reference; pass an owned FFI-safe value, \
-                  `RStr<'_>` or `RSlice<'_, T>`"
-                .into(),
-        }),
-        Type::Tuple(tuple) if !tuple.elems.is_empty() => Some(
-            "tuples are not FFI-safe; use `abi_stable::std_types::Tuple2` (and so on) or a \
+        Type::Reference(reference) => match &*reference.elem {
+            Type::Path(p) if p.path.is_ident("str") && reference.mutability.is_none() => None,
+            Type::Slice(_) if reference.mutability.is_none() => None,
+            _ => Some(
+                "a hot method cannot take a reference other than `&str` or `&[T]`; pass an \
+                 owned value"
+                    .into(),
+            ),
+        },
+        Type::Tuple(tuple) if tuple.elems.len() == 1 || tuple.elems.len() > 4 => Some(
+            "only tuples of 2 to 4 elements cross the hot-reload boundary; use a \
              `#[derive(StableAbi)]` struct"
                 .into(),
         ),
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(argument_type),
         Type::Paren(inner) => argument_type(&inner.elem),
         Type::Path(path) if path.qself.is_none() => {
             let last = path.path.segments.last()?;
             let suggestion = match last.ident.to_string().as_str() {
-                "String" => "RString",
-                "Vec" => "RVec<T>",
-                "Box" => "RBox<T>",
-                "Option" => "ROption<T>",
-                "Result" => "RResult<T, E>",
                 "HashMap" => "RHashMap<K, V>",
                 "Arc" => "RArc<T>",
                 "Cow" => "RCow<'_, T>",
+                "Rc" => "RArc<T> or an owned value",
                 _ => return nested_arguments(&last.arguments),
             };
             let name = &last.ident;

@@ -14,6 +14,7 @@ use syn::spanned::Spanned;
 use crate::ast::{Method, Module, Receiver};
 use crate::attr::Args;
 use crate::check::Errors;
+use crate::convert;
 
 /// Must match `hotreload_abi::DESCRIPTOR_SYMBOL_PREFIX`; the runtime's tests load a module by
 /// this symbol, so a mismatch cannot go unnoticed.
@@ -157,7 +158,16 @@ fn shim_name(method: &Method<'_>) -> syn::Ident {
     format_ident!("__hot_entry_{}", method.ident)
 }
 
-fn output_type(method: &Method<'_>) -> TokenStream {
+/// The return type as the export table carries it.
+fn ffi_output(method: &Method<'_>) -> TokenStream {
+    match method.output {
+        Some(ty) => convert::ffi_type(ty),
+        None => quote!(()),
+    }
+}
+
+/// The return type as the user wrote it.
+fn user_output(method: &Method<'_>) -> TokenStream {
     match method.output {
         Some(ty) => quote!(#ty),
         None => quote!(()),
@@ -167,10 +177,10 @@ fn output_type(method: &Method<'_>) -> TokenStream {
 /// `tick: extern "C" fn(__state: StatePtr, dt: f32) -> EntryResult<i64>`
 fn table_field(method: &Method<'_>) -> TokenStream {
     let ident = method.ident;
-    let output = output_type(method);
+    let output = ffi_output(method);
     let state = (method.receiver != Receiver::None).then(|| quote!(__state: __hr::StatePtr,));
     let params = method.args.iter().map(|a| {
-        let (label, ty) = (&a.label, a.ty);
+        let (label, ty) = (&a.label, convert::ffi_type(a.ty));
         quote!(#label: #ty)
     });
     quote! {
@@ -182,25 +192,46 @@ fn table_field(method: &Method<'_>) -> TokenStream {
 fn shim(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
     let ident = method.ident;
     let shim = shim_name(method);
-    let output = output_type(method);
+    let output = ffi_output(method);
     let labels: Vec<_> = method.args.iter().map(|a| &a.label).collect();
-    let types = method.args.iter().map(|a| a.ty);
+    let types = method.args.iter().map(|a| convert::ffi_type(a.ty));
+    // The module's side: FFI-safe arguments back to the user's types.
+    let unpack = method.args.iter().map(|a| {
+        let label = &a.label;
+        let value = convert::from_ffi(quote!(#label), a.ty);
+        quote!(let #label = #value;)
+    });
+    let pack = |call: TokenStream| match method.output {
+        Some(ty) => convert::to_ffi(quote!(#call), ty),
+        None => call,
+    };
     let (state_param, call) = match method.receiver {
-        Receiver::None => (quote!(), quote!(<#self_ty>::#ident(#(#labels),*))),
-        Receiver::Shared => (
-            quote!(__state: __hr::StatePtr,),
-            quote! {
-                let __this = unsafe { __hr::state_ref::<#self_ty>(__state) };
-                <#self_ty>::#ident(__this, #(#labels),*)
-            },
-        ),
-        Receiver::Exclusive => (
-            quote!(__state: __hr::StatePtr,),
-            quote! {
-                let __this = unsafe { __hr::state_mut::<#self_ty>(__state) };
-                <#self_ty>::#ident(__this, #(#labels),*)
-            },
-        ),
+        Receiver::None => {
+            let result = pack(quote!(<#self_ty>::#ident(#(#labels),*)));
+            (quote!(), quote!(#(#unpack)* #result))
+        }
+        Receiver::Shared => {
+            let result = pack(quote!(<#self_ty>::#ident(__this, #(#labels),*)));
+            (
+                quote!(__state: __hr::StatePtr,),
+                quote! {
+                    #(#unpack)*
+                    let __this = unsafe { __hr::state_ref::<#self_ty>(__state) };
+                    #result
+                },
+            )
+        }
+        Receiver::Exclusive => {
+            let result = pack(quote!(<#self_ty>::#ident(__this, #(#labels),*)));
+            (
+                quote!(__state: __hr::StatePtr,),
+                quote! {
+                    #(#unpack)*
+                    let __this = unsafe { __hr::state_mut::<#self_ty>(__state) };
+                    #result
+                },
+            )
+        }
     };
     quote! {
         extern "C" fn #shim(#state_param #(#labels: #types),*) -> __hr::EntryResult<#output> {
@@ -213,9 +244,22 @@ fn shim(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
 fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
     let ident = method.ident;
     let method_name = ident.to_string();
-    let output = output_type(method);
+    let output = user_output(method);
     let labels: Vec<_> = method.args.iter().map(|a| &a.label).collect();
     let types = method.args.iter().map(|a| a.ty);
+    // The host's side: the user's arguments to their FFI-safe forms, before the call.
+    let pack = method.args.iter().map(|a| {
+        let label = &a.label;
+        let value = convert::to_ffi(quote!(#label), a.ty);
+        quote!(let #label = #value;)
+    });
+    let unpack = match method.output {
+        Some(ty) if convert::needs_conversion(ty) => {
+            let back = convert::from_ffi(quote!(__r), ty);
+            quote!(.map(|__r| #back))
+        }
+        _ => quote!(),
+    };
     let (call, state_arg) = match method.receiver {
         Receiver::None => (quote!(call_shared), quote!()),
         Receiver::Shared => (quote!(call_shared), quote!(__state,)),
@@ -230,12 +274,14 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
         pub fn #ident(&self, #(#labels: #types),*)
             -> ::core::result::Result<#output, __hr::HotError>
         {
+            #(#pack)*
             // The entry matches the lock taken: `call_exclusive` for `&mut self` only.
             unsafe {
                 __hr::CallPath::<#self_ty>::#call(self.0, #method_name, move |__table: &__HotTable, #state_binding: __hr::StatePtr| {
                     (__table.#ident)(#state_arg #(#labels),*)
                 })
             }
+            #unpack
         }
     }
 }
@@ -244,12 +290,13 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
 /// the user's type so the error points there.
 fn type_asserts<'a>(method: &'a Method<'_>) -> impl Iterator<Item = TokenStream> + 'a {
     let args = method.args.iter().map(|a| {
-        let ty = a.ty;
-        quote_spanned!(ty.span()=> __hr::assert_hot_arg::<#ty>();)
+        let ffi = convert::ffi_type(a.ty);
+        quote_spanned!(a.ty.span()=> __hr::assert_hot_arg::<#ffi>();)
     });
-    let ret = method
-        .output
-        .map(|ty| quote_spanned!(ty.span()=> __hr::assert_hot_return::<#ty>();));
+    let ret = method.output.map(|ty| {
+        let ffi = convert::ffi_type(ty);
+        quote_spanned!(ty.span()=> __hr::assert_hot_return::<#ffi>();)
+    });
     args.chain(ret)
 }
 
@@ -363,14 +410,14 @@ mod tests {
     fn every_error_is_reported_at_once_beside_the_unchanged_item() {
         let out = expand(
             quote!(version = "1", colour = 2),
-            "impl Game { pub async fn a(&self) {} pub fn b(self) {} pub fn c(&self, s: String) {} }",
+            "impl Game { pub async fn a(&self) {} pub fn b(self) {} pub fn c(&self, s: HashMap<u8, u8>) {} }",
         );
         for message in [
             "expected an integer, like `version = 1`",
             "unknown argument `colour`",
             "cannot be `async`",
             "cannot be taken by value",
-            "`String` is not FFI-safe",
+            "`HashMap` is not FFI-safe",
         ] {
             assert!(out.contains(message), "missing {message:?} in {out}");
         }

@@ -5,6 +5,7 @@
 mod ast;
 mod attr;
 mod check;
+mod convert;
 mod expand;
 mod hot_fn;
 mod rehome;

@@ -10,7 +10,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
 pub use abi_stable::StableAbi;
-pub use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+pub use abi_stable::std_types::{
+    RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2, Tuple3, Tuple4,
+};
 pub use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, LifecycleEntries,
     ModuleDescriptor, StateEnvelope, StatePtr,

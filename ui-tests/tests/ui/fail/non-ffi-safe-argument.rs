@@ -7,7 +7,7 @@ pub struct Game {
 
 #[hotreload::hot_module(version = 1)]
 impl Game {
-    pub fn rename(&mut self, name: String) {
+    pub fn rename(&mut self, name: std::collections::HashMap<u8, String>) {
         let _ = name;
     }
 }

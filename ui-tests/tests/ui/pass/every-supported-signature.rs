@@ -64,6 +64,20 @@ impl World {
 
     pub fn nothing() {}
 
+    pub fn ordinary(
+        &mut self,
+        name: String,
+        tag: &str,
+        bytes: &[u8],
+        list: Vec<(u8, String)>,
+        maybe: Option<Result<Box<u64>, String>>,
+    ) -> (String, Vec<String>, Option<u64>) {
+        self.name = format!("{name}{tag}{}", bytes.len());
+        let names = list.into_iter().map(|(_, s)| s).collect();
+        let value = maybe.and_then(Result::ok).map(|b| *b);
+        (self.name.clone(), names, value)
+    }
+
     fn private_helper(&self) -> usize {
         self.points.len()
     }
@@ -79,6 +93,13 @@ fn host(world: &hotreload::Module<World>) -> Result<(), hotreload::HotError> {
     let _: Shape = hot_fn!(world.shape(RBox::new(Point { x: 0.0, y: 0.0 })))?;
     let _: u32 = hot_fn!(world.clear(true, 3))?;
     hot_fn!(world.nothing())?;
+    let (_name, _names, _value): (String, Vec<String>, Option<u64>) = hot_fn!(world.ordinary(
+        "earth".to_owned(),
+        "!",
+        &[1, 2, 3],
+        vec![(1, "a".to_owned())],
+        Some(Ok(Box::new(7)))
+    ))?;
     Ok(())
 }
 
