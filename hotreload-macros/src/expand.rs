@@ -137,17 +137,17 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 const STATE_VERSION: u32 = #state_version;
                 const METHODS: &'static [__hr::MethodSignature] = &[#(#method_signatures),*];
                 type Table = __HotTable;
-                type Proxy<'m, H: __hr::CallPath<Self> + 'm> = __HotProxy<'m, H>;
+                type Proxy<'m, H: __hr::CallPath<Self> + 'm> = HotMethods<'m, H>;
 
-                fn proxy<H: __hr::CallPath<Self>>(handle: &H) -> __HotProxy<'_, H> {
-                    __HotProxy(handle)
+                fn proxy<H: __hr::CallPath<Self>>(handle: &H) -> HotMethods<'_, H> {
+                    HotMethods(handle)
                 }
             }
 
             /// Typed access to the loaded version, used by `hot_fn!`.
-            pub struct __HotProxy<'m, H>(&'m H);
+            pub struct HotMethods<'m, H>(&'m H);
 
-            impl<H: __hr::CallPath<#self_ty>> __HotProxy<'_, H> {
+            impl<H: __hr::CallPath<#self_ty>> HotMethods<'_, H> {
                 #(#proxy_methods)*
             }
         };
@@ -394,7 +394,7 @@ mod tests {
     #[test]
     fn mutating_methods_take_the_write_lock_and_others_the_read_lock() {
         let out = expand(quote!(version = 1), GAME);
-        let proxy = &out[out.find("> __HotProxy <").unwrap()..];
+        let proxy = &out[out.find("> HotMethods <").unwrap()..];
         let tick = proxy.find("pub fn tick").unwrap();
         let score = proxy.find("pub fn score").unwrap();
         assert!(proxy[tick..score].contains("call_exclusive"), "{proxy}");

@@ -60,14 +60,24 @@
 //!   began; a reload waits for calls in progress, swaps, and lets the waiting calls through.
 //! - **Panics stay in the module**: a panicking method returns [`HotError::Call`]; the next
 //!   call works.
+//! - **Going back is always possible**: the last versions stay loaded for
+//!   [`HotReloader::rollback`], and a [`Probation`] rolls back by itself on a panic.
+//!
+//! Reloads happen on request ([`HotReloader::reload_module`]), at the host's safe points
+//! ([`HotReloader::poll`]) or by themselves ([`HotReloader::start_watching`]), optionally
+//! building the module with cargo first ([`ModuleOptions::build_with_cargo`]). Every step is
+//! reported as an [`Event`].
 //!
 //! # Known limits
 //! - Statics, `thread_local!`s and logging globals inside a module are the module's own and
 //!   start fresh with every version.
 //! - On glibc, a library that registered thread-local destructors stays mapped after it is
-//!   closed; [`ReloadReport::previous_still_mapped`] says when that happened.
+//!   closed; [`RetiredVersion::still_mapped`] (in [`ReloadReport::closed`]) says when that
+//!   happened.
 //! - A method must not call back into the host in a way that calls the same module again
-//!   while a reload is waiting: the call would wait for the reload, which waits for it.
+//!   through a shared [`Module`] while a reload is waiting: the call would wait for the
+//!   reload, which waits for it. (Through a [`LocalModule`], a reload from inside a call is
+//!   refused with [`HotError::ReloadDuringCall`].)
 //! - Built and tested on Linux (glibc, x86_64) only.
 
 #![warn(missing_docs)]
@@ -105,7 +115,142 @@ pub use transaction::rollback::{RollbackReport, RollbackState};
 pub use transaction::{ReloadReport, StepTimings};
 pub use watch::{Apply, WatchOptions};
 
-pub use hotreload_macros::{Rehome, hot_fn, hot_module};
+/// Turns an inherent impl block into a hot-reloadable module.
+///
+/// The state type is the impl's self type; it must be `Default + Serialize +
+/// DeserializeOwned + Send + Sync + 'static`. Every `pub fn` becomes an entry of the module's
+/// export table; other items stay ordinary Rust.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// pub struct Inventory {
+///     items: Vec<(String, u32)>,
+/// }
+///
+/// #[hotreload::hot_module(version = 2, name = "inventory", state_version = 1)]
+/// impl Inventory {
+///     /// `&mut self`: runs alone.
+///     pub fn add(&mut self, name: &str, count: u32) -> usize {
+///         self.items.push((name.to_owned(), count));
+///         self.items.len()
+///     }
+///
+///     /// `&self`: may run while other `&self` calls do.
+///     pub fn find(&self, name: String) -> Option<u32> {
+///         self.items.iter().find(|(n, _)| *n == name).map(|(_, c)| *c)
+///     }
+///
+///     /// No receiver: an associated function.
+///     pub fn limits() -> (u32, u32) {
+///         (1, 99)
+///     }
+///
+///     /// Not exported: not `pub`.
+///     fn total(&self) -> u32 {
+///         self.items.iter().map(|(_, c)| c).sum()
+///     }
+/// }
+/// ```
+///
+/// # Arguments
+/// - `version = N` (required): the API version. By default a host accepts only the version it
+///   was compiled with (`ModuleOptions::accept_api_versions` widens that).
+/// - `name = "..."`: the module name (`a-z`, `0-9`, `_`); by default the state type's name in
+///   snake case (`GameLogic` → `game_logic`). The descriptor is exported as
+///   `hotreload_module__<name>`, so two modules never collide.
+/// - `state_version = N`: the state schema version recorded in every saved state (1 by
+///   default).
+///
+/// # Types in signatures
+/// | you write | crosses as |
+/// |---|---|
+/// | primitives (`u8`…`u128`, `i8`…`i128`, `usize`, `isize`, `f32`, `f64`, `bool`), `()` | themselves |
+/// | `String`, `&str` | `RString`, `RStr<'_>` |
+/// | `Vec<T>`, `&[T]` (`T` crossing as itself) | `RVec<T>`, `RSlice<'_, T>` |
+/// | `Option<T>`, `Result<T, E>`, `Box<T>` | `ROption`, `RResult`, `RBox` |
+/// | tuples of 2 to 4 | `Tuple2` … `Tuple4` |
+/// | abi_stable's types, your `#[derive(StableAbi)]` types | themselves |
+///
+/// Conversions nest (`Option<Result<Vec<String>, String>>`) and move owned buffers rather
+/// than copy them where abi_stable allows. The export table is written with the forms on the
+/// right, so the layout check at load covers them. A type a method returns that is not
+/// converted must also implement [`Rehome`] (derive it).
+///
+/// # Errors you can meet
+/// Every misuse is reported together, each on its tokens, with the impl block kept so that
+/// completion keeps working. For example a generic method:
+///
+/// ```compile_fail
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Default, Serialize, Deserialize)] pub struct S;
+/// #[hotreload::hot_module(version = 1)]
+/// impl S {
+///     pub fn take<T: Into<u64>>(&self, value: T) {} // a hot method cannot be generic
+/// }
+/// ```
+///
+/// Likewise: a missing or non-integer `version`, an unknown or repeated argument, a generic
+/// or lifetime-generic impl, a `where` clause, a trait impl, `async`, `unsafe` or `extern`
+/// methods, variadics, `self` by value, `impl Trait` arguments, references other than `&str`
+/// and `&[T]`, returned references or borrowed types, `HashMap`/`Rc`/`Arc` (with the abi_stable
+/// type to use instead), and a state type that is not serde-serializable. `ui-tests/` holds
+/// one compile-fail case for each.
+#[doc(inline)]
+pub use hotreload_macros::hot_module;
+
+/// Calls a method of a hot module through the version loaded now, checked at compile time
+/// against the module crate's own signature: `hot_fn!(handle.method(args...))` returns
+/// `Result<R, HotError>`, where `R` is the method's return type.
+///
+/// `handle` is a [`Module`] or a [`LocalModule`] (or a reference to one). The call runs
+/// wholly in one version; a panic in it comes back as [`HotError::Call`].
+///
+/// ```no_run
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Default, Serialize, Deserialize)] pub struct Inventory { n: u32 }
+/// # #[hotreload::hot_module(version = 1)]
+/// # impl Inventory { pub fn add(&mut self, name: &str, count: u32) -> usize { 0 } }
+/// # fn main() -> Result<(), hotreload::HotError> {
+/// let reloader = hotreload::HotReloader::new();
+/// let inventory = reloader.register::<Inventory>()?;
+/// let len: usize = hotreload::hot_fn!(inventory.add("apple", 3))?;
+/// # Ok(()) }
+/// ```
+///
+/// A misspelt method, a wrong number of arguments or a wrong argument type is the compiler's
+/// ordinary error for that call, pointing at your tokens:
+///
+/// ```compile_fail,E0308
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Default, Serialize, Deserialize)] pub struct Inventory { n: u32 }
+/// # #[hotreload::hot_module(version = 1)]
+/// # impl Inventory { pub fn add(&mut self, name: &str, count: u32) -> usize { 0 } }
+/// # fn call(inventory: &hotreload::Module<Inventory>) {
+/// let len = hotreload::hot_fn!(inventory.add("apple", "three")); // expected `u32`
+/// # }
+/// ```
+#[doc(inline)]
+pub use hotreload_macros::hot_fn;
+
+/// Derives [`Rehome`](trait@Rehome) for a `#[derive(StableAbi)]` type returned by a hot
+/// method: the value is rebuilt field by field with the host's code before the version that
+/// made it can be unloaded.
+///
+/// ```
+/// use abi_stable::StableAbi;
+/// use abi_stable::std_types::RString;
+///
+/// #[repr(C)]
+/// #[derive(StableAbi, hotreload::Rehome)]
+/// pub struct Report {
+///     pub title: RString,
+///     pub score: i64,
+/// }
+/// ```
+#[doc(inline)]
+pub use hotreload_macros::Rehome;
 
 /// One loaded version of a module.
 #[derive(Debug, Clone, PartialEq, Eq)]
