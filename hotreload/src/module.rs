@@ -351,8 +351,17 @@ impl ModuleCore {
     }
 
     /// After a call, outside every lock: counts it against probation, and rolls back if it
-    /// panicked during one.
+    /// panicked during one. One relaxed load when no probation runs.
+    #[inline(always)]
     pub(crate) fn finish_call<R>(&self, result: &Result<R, HotError>) {
+        if self.on_probation.load(Ordering::Relaxed) {
+            self.finish_call_on_probation(result);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn finish_call_on_probation<R>(&self, result: &Result<R, HotError>) {
         let panicked = matches!(
             result,
             Err(HotError::Call {
