@@ -35,6 +35,8 @@ impl Fixtures {
         let hlr = variants("bench/hlr", "hlr")?;
         let work = out.join("work");
         std::fs::create_dir_all(&work)?;
+        // hot-lib-reloader's directory starts empty: it loads whatever it finds there first.
+        let _ = std::fs::remove_dir_all(crate::hlr::lib_dir());
         Ok(Fixtures {
             module: [module.library("b1").into(), module.library("b2").into()],
             hlr: [hlr.library("b1").into(), hlr.library("b2").into()],

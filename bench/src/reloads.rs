@@ -40,7 +40,9 @@ pub fn run(
             if in_place.elapsed() > PATIENCE {
                 return Err(format!("reload {round} never happened").into());
             }
-            std::hint::spin_loop();
+            // Both libraries are polled the same way: a call, then a yield, so that a reloader
+            // thread waiting for a lock (hot-lib-reloader's `try_write`) gets its chance.
+            std::thread::yield_now();
         }
         latencies.push(in_place.elapsed());
         loop {
@@ -79,7 +81,7 @@ fn hlr_latencies(
             if in_place.elapsed() > PATIENCE {
                 return Err(format!("hot-lib-reloader reload {round} never happened").into());
             }
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         latencies.push(in_place.elapsed().as_secs_f64() * 1e3);
         current = next as u64 + 1;

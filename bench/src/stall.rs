@@ -147,7 +147,7 @@ pub fn run(
         let next = if current == 1 { 1 } else { 0 };
         hlr::install_build(fixtures, Instance::Fast, next).unwrap();
         while Instance::Fast.build() != next as u64 + 1 {
-            std::hint::spin_loop();
+            std::thread::yield_now();
         }
         current = next as u64 + 1;
     });

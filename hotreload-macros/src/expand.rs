@@ -247,23 +247,34 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
     let output = user_output(method);
     let labels: Vec<_> = method.args.iter().map(|a| &a.label).collect();
     let types = method.args.iter().map(|a| a.ty);
-    // The host's side: the user's arguments to their FFI-safe forms, before the call.
+    // The arguments travel as one tuple to whichever path the handle takes.
+    let args = quote!((#(#labels,)*));
+    // Through the table: the user's arguments to their FFI-safe forms, and the result back.
     let pack = method.args.iter().map(|a| {
         let label = &a.label;
         let value = convert::to_ffi(quote!(#label), a.ty);
         quote!(let #label = #value;)
     });
-    let unpack = match method.output {
-        Some(ty) if convert::needs_conversion(ty) => {
-            let back = convert::from_ffi(quote!(__r), ty);
-            quote!(.map(|__r| #back))
-        }
-        _ => quote!(),
+    let back = match method.output {
+        Some(ty) => convert::from_ffi(quote!(__r), ty),
+        None => quote!(__r),
     };
-    let (call, state_arg) = match method.receiver {
-        Receiver::None => (quote!(call_shared), quote!()),
-        Receiver::Shared => (quote!(call_shared), quote!(__state,)),
-        Receiver::Exclusive => (quote!(call_exclusive), quote!(__state,)),
+    let (call, state_arg, this) = match method.receiver {
+        Receiver::None => (quote!(call_shared), quote!(), quote!(_: &#self_ty)),
+        Receiver::Shared => (
+            quote!(call_shared),
+            quote!(__state,),
+            quote!(__this: &#self_ty),
+        ),
+        Receiver::Exclusive => (
+            quote!(call_exclusive),
+            quote!(__state,),
+            quote!(__this: &mut #self_ty),
+        ),
+    };
+    let direct = match method.receiver {
+        Receiver::None => quote!(<#self_ty>::#ident(#(#labels),*)),
+        _ => quote!(<#self_ty>::#ident(__this, #(#labels),*)),
     };
     let state_binding = match method.receiver {
         Receiver::None => quote!(_),
@@ -274,14 +285,20 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
         pub fn #ident(&self, #(#labels: #types),*)
             -> ::core::result::Result<#output, __hr::HotError>
         {
-            #(#pack)*
             // The entry matches the lock taken: `call_exclusive` for `&mut self` only.
             unsafe {
-                __hr::CallPath::<#self_ty>::#call(self.0, #method_name, move |__table: &__HotTable, #state_binding: __hr::StatePtr| {
-                    (__table.#ident)(#state_arg #(#labels),*)
-                })
+                __hr::CallPath::<#self_ty>::#call(
+                    self.0,
+                    #method_name,
+                    #args,
+                    |#this, #args| #direct,
+                    |__table: &__HotTable, #state_binding: __hr::StatePtr, #args| {
+                        #(#pack)*
+                        (__table.#ident)(#state_arg #(#labels),*)
+                    },
+                    |__r| #back,
+                )
             }
-            #unpack
         }
     }
 }

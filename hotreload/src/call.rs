@@ -1,4 +1,6 @@
-//! The call path: the two kinds of handle `hot_fn!` calls through.
+//! The call path: the two kinds of handle `hot_fn!` calls through. `loaded.rs` holds them as
+//! they are normally, calling into a loaded version; `linked.rs` as they are with the
+//! `static` feature, calling the module's rlib directly.
 //!
 //! - [`Module`]: `Send + Sync`, cheap to clone; each call holds the module's lock (read for
 //!   `&self` methods and associated functions, write for `&mut self`), so calls from any
@@ -8,219 +10,54 @@
 //!   `reload_module` (the watcher only detects them). For game loops and other
 //!   single-threaded hosts.
 
-use std::marker::PhantomData;
-use std::sync::Arc;
-
-use abi_stable::std_types::RResult;
 use hotreload_abi::{EntryResult, StatePtr};
 
-use crate::VersionInfo;
 use crate::error::HotError;
-use crate::module::{HotModule, Live, ModuleCore};
+use crate::module::HotModule;
 use crate::rehome::Rehome;
 
-/// How a handle gets a call into the live version. Implemented by [`Module`] and
-/// [`LocalModule`]; `hot_fn!` and the code `#[hot_module]` generates use it.
+#[cfg(feature = "static")]
+mod linked;
+#[cfg(not(feature = "static"))]
+mod loaded;
+
+#[cfg(feature = "static")]
+pub use linked::{LocalModule, Module};
+#[cfg(not(feature = "static"))]
+pub use loaded::{LocalModule, Module};
+
+/// How a handle gets a call to the module. Implemented by [`Module`] and [`LocalModule`];
+/// the code `#[hot_module]` generates calls through it, giving both ways to make the call:
+/// `direct` on the state itself (the `static` build mode, where the module is linked in) and
+/// `table` through the loaded version's export table (with `back` turning the FFI-safe result
+/// into the method's own return type). A handle uses exactly one of them.
 pub trait CallPath<T: HotModule> {
-    /// Runs `call` on the live version's table, where shared-reference entries may run.
+    /// A call that takes the state by shared reference (or not at all).
     ///
     /// # Safety
-    /// `call` may only invoke entries that take the state by shared reference (or not at
+    /// `table` may only invoke entries that take the state by shared reference (or not at
     /// all): two of these calls can run at once.
     #[doc(hidden)]
-    unsafe fn call_shared<R: Rehome>(
+    unsafe fn call_shared<A, R, F: Rehome>(
         &self,
         method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
+        args: A,
+        direct: impl FnOnce(&T, A) -> R,
+        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
+        back: impl FnOnce(F) -> R,
     ) -> Result<R, HotError>;
 
-    /// Runs `call` on the live version's table alone.
+    /// A call that takes the state by exclusive reference.
     ///
     /// # Safety
     /// None beyond the entries' own contract: the call is exclusive.
     #[doc(hidden)]
-    unsafe fn call_exclusive<R: Rehome>(
+    unsafe fn call_exclusive<A, R, F: Rehome>(
         &self,
         method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
+        args: A,
+        direct: impl FnOnce(&mut T, A) -> R,
+        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
+        back: impl FnOnce(F) -> R,
     ) -> Result<R, HotError>;
-}
-
-/// A handle to a registered module, typed by its state type. Cheap to clone; `Send + Sync`.
-///
-/// Call its methods with [`hot_fn!`](crate::hot_fn). Each call runs wholly in one version:
-/// the one loaded when the call began.
-pub struct Module<T> {
-    pub(crate) core: Arc<ModuleCore>,
-    _state: PhantomData<fn() -> T>,
-}
-
-/// A handle to a module bound to one thread: calls take no lock. Not `Send`, not `Clone`.
-///
-/// Made by [`HotReloader::register_local`](crate::HotReloader::register_local). Reloads run
-/// on this thread only, between calls: [`HotReloader::poll`](crate::HotReloader::poll) at a
-/// safe point (the watcher queues what it finds) or `reload_module`. Elsewhere, or from
-/// inside one of its calls, a reload is refused with a typed error.
-pub struct LocalModule<T> {
-    core: Arc<ModuleCore>,
-    // A raw pointer: neither `Send` nor `Sync`.
-    _state: PhantomData<*const T>,
-}
-
-impl<T> Clone for Module<T> {
-    fn clone(&self) -> Self {
-        Module {
-            core: Arc::clone(&self.core),
-            _state: PhantomData,
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for Module<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Module")
-            .field("name", &self.core.spec.name)
-            .field("version", &self.core.version())
-            .finish()
-    }
-}
-
-impl<T> std::fmt::Debug for LocalModule<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalModule")
-            .field("name", &self.core.spec.name)
-            .field("version", &self.core.version())
-            .finish()
-    }
-}
-
-macro_rules! handle_common {
-    ($handle:ident) => {
-        impl<T: HotModule> $handle<T> {
-            pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
-                $handle {
-                    core,
-                    _state: PhantomData,
-                }
-            }
-
-            /// The module's name.
-            pub fn name(&self) -> &str {
-                &self.core.spec.name
-            }
-
-            /// The version serving calls now; `None` before the module's first build loaded.
-            pub fn version(&self) -> Option<VersionInfo> {
-                self.core.version()
-            }
-
-            #[doc(hidden)]
-            pub fn __hot_proxy(&self) -> T::Proxy<'_, Self> {
-                T::proxy(self)
-            }
-        }
-    };
-}
-
-handle_common!(Module);
-handle_common!(LocalModule);
-
-impl<T: HotModule> CallPath<T> for Module<T> {
-    unsafe fn call_shared<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        let result = {
-            let live = self.core.read_live();
-            run::<T, R>(live.as_ref(), &self.core, method, call)
-        };
-        self.core.finish_call(&result);
-        result
-    }
-
-    unsafe fn call_exclusive<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        let result = {
-            let live = self.core.write_live();
-            run::<T, R>(live.as_ref(), &self.core, method, call)
-        };
-        self.core.finish_call(&result);
-        result
-    }
-}
-
-impl<T: HotModule> LocalModule<T> {
-    #[inline(always)]
-    fn call<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        let result = {
-            let _in_call = self.core.enter_local_call();
-            // SAFETY: a `LocalModule` exists only for a module with an owner thread, and it is
-            // neither `Send` nor `Sync`, so this runs on the owner thread; `live` is used only
-            // within this block, during which a reload is refused (`_in_call`).
-            let live = unsafe { self.core.live_unlocked() };
-            run::<T, R>(live.as_ref(), &self.core, method, call)
-        };
-        self.core.finish_call(&result);
-        result
-    }
-}
-
-impl<T: HotModule> CallPath<T> for LocalModule<T> {
-    // One thread makes every call through a `LocalModule`: shared and exclusive calls cannot
-    // overlap, except through re-entry from module code, which Rust's aliasing rules in the
-    // module then govern as for any re-entrant call.
-    unsafe fn call_shared<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        self.call(method, call)
-    }
-
-    unsafe fn call_exclusive<R: Rehome>(
-        &self,
-        method: &'static str,
-        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-    ) -> Result<R, HotError> {
-        self.call(method, call)
-    }
-}
-
-#[inline(always)]
-fn run<T: HotModule, R: Rehome>(
-    live: Option<&Live>,
-    core: &ModuleCore,
-    method: &'static str,
-    call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-) -> Result<R, HotError> {
-    let Some(live) = live else {
-        return Err(HotError::NotLoaded {
-            module: core.spec.name.clone(),
-            method,
-        });
-    };
-    // SAFETY: the module was registered with `T::Table`'s layout as the expected layout, and
-    // no version is made live before verification found its table's layout compatible with
-    // it; the table is a static in the version's image, which stays mapped for the call (see
-    // the `module` docs).
-    let table = unsafe { &*live.version.table.cast::<T::Table>() };
-    match call(table, live.state) {
-        // Rebuilt with the host's code while the version is still held (see `rehome`).
-        RResult::ROk(value) => Ok(value.rehome()),
-        RResult::RErr(err) => Err(HotError::Call {
-            module: live.version.info.module.clone(),
-            method,
-            generation: live.version.info.generation,
-            api_version: live.version.info.api_version,
-            fault: err.into(),
-        }),
-    }
 }

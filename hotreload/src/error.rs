@@ -228,6 +228,13 @@ pub enum HotError {
         sha256: String,
     },
 
+    /// The module is linked into the host (the `static` feature): there is nothing to reload.
+    #[error("module `{module}` is linked into the host (the `static` feature); it cannot reload")]
+    Linked {
+        /// The module.
+        module: String,
+    },
+
     /// No module of that name is registered.
     #[error("no module named `{module}` is registered")]
     UnknownModule {

@@ -166,6 +166,8 @@ pub(crate) struct Shared {
     pub(crate) hooks: Hooks,
     /// Modules with a complete new build, waiting for `poll()`.
     pending: Mutex<BTreeSet<String>>,
+    /// Modules linked into the host (the `static` feature).
+    linked: Mutex<BTreeSet<String>>,
 }
 
 /// Whether a reload is one the host asked for or one the watcher started; the watcher skips
@@ -222,8 +224,7 @@ impl HotReloader {
         &self,
         options: ModuleOptions,
     ) -> Result<Module<T>, HotError> {
-        self.register_core::<T>(options, None)
-            .map(Module::from_core)
+        self.new_module::<T>(options)
     }
 
     /// Loads module `T` for this thread alone: its [`LocalModule`] handle calls without any
@@ -240,11 +241,42 @@ impl HotReloader {
         &self,
         options: ModuleOptions,
     ) -> Result<LocalModule<T>, HotError> {
+        self.new_local_module::<T>(options)
+    }
+
+    #[cfg(not(feature = "static"))]
+    fn new_module<T: HotModule>(&self, options: ModuleOptions) -> Result<Module<T>, HotError> {
+        self.register_core::<T>(options, None)
+            .map(Module::from_core)
+    }
+
+    #[cfg(not(feature = "static"))]
+    fn new_local_module<T: HotModule>(
+        &self,
+        options: ModuleOptions,
+    ) -> Result<LocalModule<T>, HotError> {
         let owner = std::thread::current().id();
         self.register_core::<T>(options, Some(owner))
             .map(LocalModule::from_core)
     }
 
+    /// With the `static` feature the module is linked in: nothing to load, options unused.
+    #[cfg(feature = "static")]
+    fn new_module<T: HotModule>(&self, _options: ModuleOptions) -> Result<Module<T>, HotError> {
+        self.shared.link(T::MODULE_NAME)?;
+        Ok(Module::linked())
+    }
+
+    #[cfg(feature = "static")]
+    fn new_local_module<T: HotModule>(
+        &self,
+        _options: ModuleOptions,
+    ) -> Result<LocalModule<T>, HotError> {
+        self.shared.link(T::MODULE_NAME)?;
+        Ok(LocalModule::linked())
+    }
+
+    #[cfg_attr(feature = "static", allow(dead_code))]
     fn register_core<T: HotModule>(
         &self,
         options: ModuleOptions,
@@ -309,6 +341,7 @@ impl HotReloader {
     /// (stage, open, verify, prepare, commit, retire). On error the running version keeps
     /// serving, state intact.
     pub fn reload_module(&self, name: &str) -> Result<ReloadReport, HotError> {
+        self.shared.not_linked(name)?;
         let core = self.shared.core(name)?;
         self.shared.reload(&core, None, Trigger::Requested)
     }
@@ -391,6 +424,7 @@ impl HotReloader {
     /// exist any more), with the current state if that version can read it, otherwise with
     /// the state it had when it was replaced. The version rolled back from is closed.
     pub fn rollback(&self, name: &str) -> Result<RollbackReport, HotError> {
+        self.shared.not_linked(name)?;
         let core = self.shared.core(name)?;
         self.shared
             .rollback(&core, false, None, "requested")?
@@ -449,6 +483,30 @@ fn absolute(path: PathBuf) -> PathBuf {
 }
 
 impl Shared {
+    /// Records a module linked into the host (the `static` feature).
+    #[cfg_attr(not(feature = "static"), allow(dead_code))]
+    fn link(&self, name: &str) -> Result<(), HotError> {
+        let mut linked = self.linked.lock().unwrap_or_else(PoisonError::into_inner);
+        if linked.insert(name.to_owned()) {
+            Ok(())
+        } else {
+            Err(HotError::AlreadyRegistered {
+                module: name.to_owned(),
+            })
+        }
+    }
+
+    /// Refuses to reload a linked module.
+    fn not_linked(&self, name: &str) -> Result<(), HotError> {
+        let linked = self.linked.lock().unwrap_or_else(PoisonError::into_inner);
+        if linked.contains(name) {
+            return Err(HotError::Linked {
+                module: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     fn shadow(&self) -> Result<Arc<ShadowDir>, HotError> {
         if let Some(shadow) = self.shadow.get() {
             return Ok(Arc::clone(shadow));

@@ -8,6 +8,16 @@ use counter::Counter;
 use hotreload::{HotReloader, Module, ModuleOptions, hot_fn};
 use hotreload_tests::{Sandbox, variants};
 
+/// The tests of this file run one at a time: descriptor counts and resident memory are
+/// process-wide.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -38,6 +48,7 @@ const HISTORY: usize = 3;
 #[test]
 #[ignore = "minutes: run with --ignored (CI does)"]
 fn two_thousand_reloads_under_four_calling_threads() {
+    let _serial = serial();
     const RELOADS: usize = 2000;
     let sandbox = Sandbox::new(variants!());
     sandbox.install("v1");
@@ -101,6 +112,7 @@ fn two_thousand_reloads_under_four_calling_threads() {
 #[test]
 #[ignore = "minutes: run with --ignored (CI does)"]
 fn reloads_of_a_module_with_thread_local_destructors_are_reported() {
+    let _serial = serial();
     const RELOADS: usize = 200;
     let sandbox = Sandbox::new(variants!());
     sandbox.install("v1");
