@@ -135,10 +135,19 @@ impl Sandbox {
 
     /// A reloader with the counter registered from this sandbox, starting at `variant`.
     pub fn register(&self, variant: &str) -> (HotReloader, Module<Counter>) {
+        self.register_with(variant, ModuleOptions::new())
+    }
+
+    /// As `register`, with `options` (their artifact path is this sandbox's).
+    pub fn register_with(
+        &self,
+        variant: &str,
+        options: ModuleOptions,
+    ) -> (HotReloader, Module<Counter>) {
         self.install(variant);
         let reloader = HotReloader::new();
         let module = reloader
-            .register_with::<Counter>(ModuleOptions::new().artifact(self.artifact()))
+            .register_with::<Counter>(options.artifact(self.artifact()))
             .unwrap_or_else(|err| panic!("registering the counter failed: {err}"));
         (reloader, module)
     }
@@ -275,4 +284,29 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
+}
+
+/// Resident memory of this process, in kB.
+pub fn resident_kb() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Serialises the tests of one test binary that read process-wide counts (descriptors,
+/// mappings, resident memory): hold the guard for the whole test.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -13,21 +13,7 @@ use hotreload::{
     Event, HotError, HotReloader, Module, ModuleFault, ModuleOptions, Probation, Rejection,
     RollbackState, hot_fn,
 };
-use hotreload_tests::{Sandbox, variants, wait_for};
-
-/// The tests of this file run one at a time: the descriptor and mapping counts are
-/// process-wide.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
+use hotreload_tests::{Sandbox, one_at_a_time, open_fds, variants, wait_for};
 
 /// Shadow copies mapped into this process, under any reloader's shadow directory.
 fn mapped_shadow_copies() -> BTreeSet<String> {
@@ -56,11 +42,7 @@ struct Running {
 impl Running {
     fn start(options: ModuleOptions) -> Self {
         let sandbox = Sandbox::new(variants!());
-        sandbox.install("v1");
-        let reloader = HotReloader::new();
-        let module = reloader
-            .register_with::<Counter>(options.artifact(sandbox.artifact()))
-            .unwrap();
+        let (reloader, module) = sandbox.register_with("v1", options);
         for n in [3, 1, 4, 1, 5] {
             hot_fn!(module.add(n)).unwrap();
         }
@@ -146,7 +128,7 @@ fn system_library() -> Option<Vec<u8>> {
 
 #[test]
 fn every_fault_is_typed_and_loses_nothing() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     let v = variants!();
     let defaults = ModuleOptions::new;
     let bytes = |variant: &str| std::fs::read(v.library(variant)).unwrap();
@@ -302,7 +284,7 @@ fn every_fault_is_typed_and_loses_nothing() {
 
 #[test]
 fn a_constructor_that_panics_loads_nothing_and_leaks_nothing() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let reloader = HotReloader::new();
     let module = reloader
@@ -336,17 +318,10 @@ fn a_constructor_that_panics_loads_nothing_and_leaks_nothing() {
 
 #[test]
 fn a_panic_during_probation_rolls_back_with_the_snapshot() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
-    sandbox.install("v1");
-    let reloader = HotReloader::new();
-    let module = reloader
-        .register_with::<Counter>(
-            ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .probation(Probation::calls(5)),
-        )
-        .unwrap();
+    let (reloader, module) =
+        sandbox.register_with("v1", ModuleOptions::new().probation(Probation::calls(5)));
     hot_fn!(module.add(10)).unwrap();
     let at_reload = hot_fn!(module.snapshot()).unwrap();
     let events = reloader.subscribe();
@@ -388,7 +363,7 @@ fn a_panic_during_probation_rolls_back_with_the_snapshot() {
 
 #[test]
 fn rollback_uses_the_current_state_when_the_older_version_reads_it() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = sandbox.register("v1");
     hot_fn!(module.add(1)).unwrap();
@@ -415,17 +390,12 @@ fn rollback_uses_the_current_state_when_the_older_version_reads_it() {
 
 #[test]
 fn a_version_marked_good_is_off_probation() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
-    sandbox.install("v1");
-    let reloader = HotReloader::new();
-    let module = reloader
-        .register_with::<Counter>(
-            ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .probation(Probation::duration(Duration::from_secs(3600))),
-        )
-        .unwrap();
+    let (reloader, module) = sandbox.register_with(
+        "v1",
+        ModuleOptions::new().probation(Probation::duration(Duration::from_secs(3600))),
+    );
     sandbox.install("v2");
     reloader.reload_module("counter").unwrap();
     reloader.mark_good("counter").unwrap();

@@ -110,15 +110,8 @@ fn a_panicking_method_returns_an_error_and_the_next_call_works() {
 #[test]
 fn versions_beyond_the_history_are_closed_and_their_shadow_copies_deleted() {
     let sandbox = Sandbox::new(variants!());
-    sandbox.install("v1");
-    let reloader = hotreload::HotReloader::new();
-    let module = reloader
-        .register_with::<counter::Counter>(
-            hotreload::ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .history(1),
-        )
-        .unwrap();
+    let (reloader, module) =
+        sandbox.register_with("v1", hotreload::ModuleOptions::new().history(1));
     let first = module.version().unwrap();
     assert!(first.shadow.exists());
     assert_ne!(

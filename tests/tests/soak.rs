@@ -5,31 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use counter::Counter;
-use hotreload::{HotReloader, Module, ModuleOptions, hot_fn};
-use hotreload_tests::{Sandbox, variants};
-
-/// The tests of this file run one at a time: descriptor counts and resident memory are
-/// process-wide.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-fn resident_kb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+use hotreload::{Module, ModuleOptions, hot_fn};
+use hotreload_tests::{Sandbox, one_at_a_time, open_fds, resident_kb, variants};
 
 fn mapped_under(module: &Module<Counter>) -> usize {
     let shadow = module.version().unwrap().shadow;
@@ -48,18 +25,10 @@ const HISTORY: usize = 3;
 #[test]
 #[ignore = "minutes: run with --ignored (CI does)"]
 fn two_thousand_reloads_under_four_calling_threads() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     const RELOADS: usize = 2000;
     let sandbox = Sandbox::new(variants!());
-    sandbox.install("v1");
-    let reloader = HotReloader::new();
-    let module = reloader
-        .register_with::<Counter>(
-            ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .history(HISTORY),
-        )
-        .unwrap();
+    let (reloader, module) = sandbox.register_with("v1", ModuleOptions::new().history(HISTORY));
     let fds = open_fds();
     let rss = resident_kb();
     let stop = Arc::new(AtomicBool::new(false));
@@ -112,18 +81,10 @@ fn two_thousand_reloads_under_four_calling_threads() {
 #[test]
 #[ignore = "minutes: run with --ignored (CI does)"]
 fn reloads_of_a_module_with_thread_local_destructors_are_reported() {
-    let _serial = serial();
+    let _serial = one_at_a_time();
     const RELOADS: usize = 200;
     let sandbox = Sandbox::new(variants!());
-    sandbox.install("v1");
-    let reloader = HotReloader::new();
-    let module = reloader
-        .register_with::<Counter>(
-            ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .history(HISTORY),
-        )
-        .unwrap();
+    let (reloader, module) = sandbox.register_with("v1", ModuleOptions::new().history(HISTORY));
     hot_fn!(module.touch_thread_local()).unwrap();
     let rss = resident_kb();
     let builds = [sandbox.variant_bytes("v2"), sandbox.variant_bytes("v1")];

@@ -7,16 +7,9 @@ use hotreload_tests::{Sandbox, variants};
 #[test]
 fn ordinary_types_cross_both_ways() {
     let sandbox = Sandbox::new(variants!());
-    sandbox.install("v1");
-    let reloader = hotreload::HotReloader::new();
     // No history: a replaced version is closed at once.
-    let module = reloader
-        .register_with::<counter::Counter>(
-            hotreload::ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .history(0),
-        )
-        .unwrap();
+    let (reloader, module) =
+        sandbox.register_with("v1", hotreload::ModuleOptions::new().history(0));
 
     let words = vec!["Grüße".to_owned(), "日本語".to_owned(), "🦀".to_owned()];
     let joined: String = hot_fn!(module.join(words.clone(), " · ")).unwrap();
