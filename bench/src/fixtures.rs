@@ -38,8 +38,8 @@ impl Fixtures {
         // hot-lib-reloader's directory starts empty: it loads whatever it finds there first.
         let _ = std::fs::remove_dir_all(crate::hlr::lib_dir());
         Ok(Fixtures {
-            module: [module.library("b1").into(), module.library("b2").into()],
-            hlr: [hlr.library("b1").into(), hlr.library("b2").into()],
+            module: [module.artifact("b1").into(), module.artifact("b2").into()],
+            hlr: [hlr.artifact("b1").into(), hlr.artifact("b2").into()],
             work,
         })
     }

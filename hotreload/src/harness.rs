@@ -10,7 +10,7 @@
 //! let built = VariantBuilder::new("examples/game-logic", "target/variants")
 //!     .variant("double", |v| v.edit("src/lib.rs", "* 1", "* 2"))
 //!     .build()?;
-//! let library = built.library("double");
+//! let artifact = built.artifact("double");
 //! # Ok::<(), hotreload::harness::HarnessError>(())
 //! ```
 
@@ -96,7 +96,7 @@ impl BuiltVariants {
     ///
     /// # Panics
     /// If no variant of that name was built.
-    pub fn library(&self, name: &str) -> &Path {
+    pub fn artifact(&self, name: &str) -> &Path {
         self.libraries
             .get(name)
             .unwrap_or_else(|| panic!("no variant named `{name}` was built"))

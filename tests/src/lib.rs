@@ -117,7 +117,7 @@ impl Sandbox {
     /// Puts a variant's library at the artifact path the way linkers do: write a new file,
     /// then rename it over the old one.
     pub fn install(&self, variant: &str) {
-        let bytes = std::fs::read(self.variants.library(variant)).expect("variant library");
+        let bytes = std::fs::read(self.variants.artifact(variant)).expect("variant library");
         self.install_bytes(&bytes);
     }
 
@@ -130,7 +130,7 @@ impl Sandbox {
 
     /// The bytes of a built variant.
     pub fn variant_bytes(&self, variant: &str) -> Vec<u8> {
-        std::fs::read(self.variants.library(variant)).expect("variant library")
+        std::fs::read(self.variants.artifact(variant)).expect("variant library")
     }
 
     /// A reloader with the counter registered from this sandbox, starting at `variant`.
@@ -254,7 +254,7 @@ impl FixtureWorkspace {
     }
 
     /// The library cargo builds for `krate`.
-    pub fn library(&self, krate: &str) -> PathBuf {
+    pub fn artifact(&self, krate: &str) -> PathBuf {
         self.target_dir
             .join("debug")
             .join(hotreload::library_file_name(krate))

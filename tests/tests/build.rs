@@ -31,7 +31,7 @@ fn register<T: hotreload::HotModule>(
     reloader
         .register_with::<T>(
             ModuleOptions::new()
-                .artifact(workspace.library(krate))
+                .artifact(workspace.artifact(krate))
                 .build_with_cargo_manifest(workspace.manifest(krate)),
         )
         .unwrap_or_else(|err| panic!("registering {krate}: {err}"))

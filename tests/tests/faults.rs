@@ -131,7 +131,7 @@ fn every_fault_is_typed_and_loses_nothing() {
     let _serial = one_at_a_time();
     let v = variants!();
     let defaults = ModuleOptions::new;
-    let bytes = |variant: &str| std::fs::read(v.library(variant)).unwrap();
+    let bytes = |variant: &str| std::fs::read(v.artifact(variant)).unwrap();
 
     case("empty file", defaults(), |r| {
         assert_eq!(not_a_library(&r.reload_bytes(&[])), "the file is empty");

@@ -261,6 +261,6 @@ fn install(builds: &BuiltVariants, variant: &str, artifact: &PathBuf) -> std::io
     let dir = artifact.parent().expect("artifact has a directory");
     std::fs::create_dir_all(dir)?;
     let tmp = dir.join(".incoming");
-    std::fs::copy(builds.library(variant), &tmp)?;
+    std::fs::copy(builds.artifact(variant), &tmp)?;
     std::fs::rename(&tmp, artifact)
 }

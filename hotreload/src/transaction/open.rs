@@ -12,11 +12,11 @@ use crate::os;
 
 /// A library opened from a shadow copy, not yet verified.
 pub(crate) struct OpenedLibrary {
-    /// Points into the library's image: valid while `library` is open. Nothing but its
+    /// Points into the library's image: valid while `handle` is open. Nothing but its
     /// fixed prefix may be read before [`verify`](super::verify) has checked that prefix.
     pub descriptor: *const ModuleDescriptor,
     pub generation: u64,
-    library: libloading::Library,
+    handle: libloading::Library,
     shadow: ShadowFile,
 }
 
@@ -30,7 +30,7 @@ pub(crate) struct LoadedVersion {
     /// The lifecycle entries, copied out of the table.
     pub lifecycle: LifecycleEntries,
     /// Held so that the library stays open as long as the version exists.
-    _library: libloading::Library,
+    _handle: libloading::Library,
     /// Held so that the shadow copy is deleted after the library is closed.
     _shadow: ShadowFile,
 }
@@ -54,7 +54,7 @@ impl OpenedLibrary {
             info,
             table,
             lifecycle,
-            _library: self.library,
+            _handle: self.handle,
             _shadow: self.shadow,
         }
     }
@@ -82,7 +82,7 @@ pub(crate) fn open(
     shadow: ShadowFile,
     generation: u64,
 ) -> Result<OpenedLibrary, HotError> {
-    let library = os::open_library(&shadow.path).map_err(|err| HotError::Open {
+    let handle = os::open_library(&shadow.path).map_err(|err| HotError::Open {
         module: spec.name.clone(),
         path: shadow.artifact.clone(),
         generation,
@@ -92,7 +92,7 @@ pub(crate) fn open(
     // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a
     // pointer type here and nothing is read through it until verification has checked the
     // descriptor's fixed prefix.
-    let descriptor = unsafe { library.get::<*const ModuleDescriptor>(symbol.as_bytes()) }
+    let descriptor = unsafe { handle.get::<*const ModuleDescriptor>(symbol.as_bytes()) }
         .map(|sym| *sym)
         .map_err(|_| HotError::NoDescriptor {
             module: spec.name.clone(),
@@ -103,7 +103,7 @@ pub(crate) fn open(
     Ok(OpenedLibrary {
         descriptor,
         generation,
-        library,
+        handle,
         shadow,
     })
 }
