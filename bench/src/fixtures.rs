@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use hotreload::harness::VariantBuilder;
+pub use hotreload::harness::install;
 
 pub struct Fixtures {
     /// hotreload module builds 1 and 2 (they differ in what `build()` returns).
@@ -55,12 +56,4 @@ impl Fixtures {
         std::fs::create_dir_all(&dir).expect("scratch directory");
         dir
     }
-}
-
-/// Puts `from` at `to` as a linker does: write beside it, then rename over it. Returns when
-/// the rename has returned: the moment a complete new artifact is in place.
-pub fn install(from: &Path, to: &Path) -> std::io::Result<()> {
-    let beside = to.with_extension("incoming");
-    std::fs::copy(from, &beside)?;
-    std::fs::rename(&beside, to)
 }

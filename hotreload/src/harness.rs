@@ -260,6 +260,30 @@ fn lib_name(manifest: &toml::Table, package: &str) -> String {
         .map_or_else(|| package.replace('-', "_"), str::to_owned)
 }
 
+/// Puts the file `from` at `to` as a linker does: written beside `to` under a hidden name,
+/// then renamed over it, so that `to` is never seen half-written. Returns once the rename has
+/// returned: from then on the new build is complete at `to`.
+pub fn install(from: &Path, to: &Path) -> std::io::Result<()> {
+    let beside = beside(to);
+    fs::copy(from, &beside)?;
+    fs::rename(&beside, to)
+}
+
+/// As [`install`], with the file's bytes.
+pub fn install_bytes(bytes: &[u8], to: &Path) -> std::io::Result<()> {
+    let beside = beside(to);
+    fs::write(&beside, bytes)?;
+    fs::rename(&beside, to)
+}
+
+/// `<dir>/.<name>.incoming`: where [`install`] writes before the rename.
+fn beside(to: &Path) -> PathBuf {
+    let name = to
+        .file_name()
+        .map_or_else(|| "artifact".into(), |n| n.to_string_lossy().into_owned());
+    to.with_file_name(format!(".{name}.incoming"))
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HarnessError + '_ {
     move |source| HarnessError::Io {
         path: path.to_path_buf(),

@@ -170,14 +170,6 @@ pub(crate) struct Shared {
     linked: Mutex<BTreeSet<String>>,
 }
 
-/// Whether a reload is one the host asked for or one the watcher started; the watcher skips
-/// an artifact identical to the version already serving.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Trigger {
-    Requested,
-    ArtifactChanged,
-}
-
 impl Default for HotReloader {
     fn default() -> Self {
         Self::new()
@@ -343,7 +335,7 @@ impl HotReloader {
     pub fn reload_module(&self, name: &str) -> Result<ReloadReport, HotError> {
         self.shared.not_linked(name)?;
         let core = self.shared.core(name)?;
-        self.shared.reload(&core, None, Trigger::Requested)
+        self.shared.reload(&core, None)
     }
 
     /// Applies, on this thread, the reloads the watcher found ready since the last call (in
@@ -361,7 +353,7 @@ impl HotReloader {
             .into_iter()
             .filter_map(|name| {
                 let core = self.shared.core(&name).ok()?;
-                let outcome = self.shared.reload(&core, None, Trigger::ArtifactChanged);
+                let outcome = self.shared.reload(&core, None);
                 Some((name, outcome))
             })
             .collect()
@@ -579,7 +571,6 @@ impl Shared {
         &self,
         core: &ModuleCore,
         bytes: Option<crate::transaction::stage::ArtifactBytes>,
-        trigger: Trigger,
     ) -> Result<ReloadReport, HotError> {
         let module = core.spec.name.clone();
         let current = core.version();
@@ -603,7 +594,6 @@ impl Shared {
                     module: module.clone(),
                     current,
                 });
-                tracing::debug!(?trigger, "reload");
                 transaction::reload(core, bytes)
             }
         };

@@ -117,15 +117,13 @@ impl Sandbox {
     /// Puts a variant's library at the artifact path the way linkers do: write a new file,
     /// then rename it over the old one.
     pub fn install(&self, variant: &str) {
-        let bytes = std::fs::read(self.variants.artifact(variant)).expect("variant library");
-        self.install_bytes(&bytes);
+        hotreload::harness::install(self.variants.artifact(variant), &self.artifact())
+            .expect("install a variant");
     }
 
     /// Puts arbitrary bytes at the artifact path (write, then rename).
     pub fn install_bytes(&self, bytes: &[u8]) {
-        let tmp = self.dir.path().join(".libcounter.so.tmp");
-        std::fs::write(&tmp, bytes).expect("write artifact");
-        std::fs::rename(&tmp, self.artifact()).expect("rename artifact");
+        hotreload::harness::install_bytes(bytes, &self.artifact()).expect("install bytes");
     }
 
     /// The bytes of a built variant.

@@ -7,7 +7,7 @@
 //! 3. offers a build that panics while restoring the state: refused, nothing lost;
 //! 4. calls a method that panics: an error, and the next call works.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use game_logic::GameLogic;
@@ -182,7 +182,7 @@ struct Offer<'a> {
     reloader: &'a HotReloader,
     game: &'a Module<GameLogic>,
     builds: &'a BuiltVariants,
-    artifact: &'a PathBuf,
+    artifact: &'a Path,
 }
 
 impl Offer<'_> {
@@ -257,10 +257,7 @@ fn build_variants(
 }
 
 /// Puts a build at the artifact path as a linker would: write beside it, then rename over it.
-fn install(builds: &BuiltVariants, variant: &str, artifact: &PathBuf) -> std::io::Result<()> {
-    let dir = artifact.parent().expect("artifact has a directory");
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(".incoming");
-    std::fs::copy(builds.artifact(variant), &tmp)?;
-    std::fs::rename(&tmp, artifact)
+fn install(builds: &BuiltVariants, variant: &str, artifact: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(artifact.parent().expect("artifact has a directory"))?;
+    hotreload::harness::install(builds.artifact(variant), artifact)
 }

@@ -71,12 +71,12 @@ pub(crate) fn stage(
             });
         }
     }
-    check_library(&bytes).map_err(|reason| HotError::NotALibrary {
+    let file = parse_library(&bytes).map_err(|reason| HotError::NotALibrary {
         module: spec.name.clone(),
         path: artifact.clone(),
         reason,
     })?;
-    check_descriptor_symbol(&bytes, spec)?;
+    check_descriptor_symbol(&file, spec)?;
     let path = shadow_path(spec, shadow, generation);
     write_new(&path, &bytes).map_err(|source| HotError::Shadow {
         module: spec.name.clone(),
@@ -197,6 +197,11 @@ fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
 
 /// Checks that `bytes` are a whole shared library for this machine, without loading it.
 pub(crate) fn check_library(bytes: &[u8]) -> Result<(), String> {
+    parse_library(bytes).map(|_| ())
+}
+
+/// As [`check_library`], keeping the parsed object for further checks.
+fn parse_library(bytes: &[u8]) -> Result<object::File<'_>, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
@@ -226,20 +231,18 @@ pub(crate) fn check_library(bytes: &[u8]) -> Result<(), String> {
             ));
         }
     }
-    Ok(())
+    Ok(file)
 }
 
 /// Checks, in the file's dynamic symbol table and before the library is ever opened (so none
 /// of its initialisers run), that it exports this module's descriptor symbol, and that the
 /// symbol is large enough to read the descriptor's fixed prefix from.
-fn check_descriptor_symbol(bytes: &[u8], spec: &ModuleSpec) -> Result<(), HotError> {
+fn check_descriptor_symbol(file: &object::File<'_>, spec: &ModuleSpec) -> Result<(), HotError> {
     let symbol = hotreload_abi::descriptor_symbol(&spec.name);
-    // `check_library` parsed these bytes already; parsing again is cheap (headers only).
-    let found = object::File::parse(bytes).ok().and_then(|file| {
-        file.dynamic_symbols()
-            .find(|s| s.name_bytes().ok() == Some(symbol.as_bytes()) && s.is_definition())
-            .map(|s| s.size())
-    });
+    let found = file
+        .dynamic_symbols()
+        .find(|s| s.name_bytes().ok() == Some(symbol.as_bytes()) && s.is_definition())
+        .map(|s| s.size());
     match found {
         None => Err(HotError::NoDescriptor {
             module: spec.name.clone(),

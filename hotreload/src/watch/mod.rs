@@ -18,7 +18,7 @@
 
 mod anchors;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Weak;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -31,7 +31,7 @@ use notify::{EventKind, RecursiveMode, Watcher as _};
 use crate::build::{BuildDone, Builds};
 use crate::error::HotError;
 use crate::events::Event;
-use crate::reloader::{Shared, Trigger};
+use crate::reloader::Shared;
 use crate::transaction::stage::{ArtifactBytes, check_library};
 
 /// Where reloads found by the watcher are applied.
@@ -154,7 +154,7 @@ pub(crate) fn start(shared: Weak<Shared>, options: WatchOptions) -> Result<Watch
         build_tx,
         due: BTreeMap::new(),
         build_due: BTreeMap::new(),
-        missing: BTreeMap::new(),
+        missing: BTreeSet::new(),
         attempted: BTreeMap::new(),
     };
     let thread = std::thread::Builder::new()
@@ -191,7 +191,7 @@ struct WatchLoop {
     /// Builds waiting for their burst of edits to settle.
     build_due: BTreeMap<String, Due>,
     /// Modules whose artifact was reported missing (reported once until it reappears).
-    missing: BTreeMap<String, ()>,
+    missing: BTreeSet<String>,
     /// The digest of the last artifact each module tried to load, so that a refused build
     /// is not retried until it changes.
     attempted: BTreeMap<String, String>,
@@ -451,7 +451,7 @@ impl WatchLoop {
         if path.exists() {
             return;
         }
-        if self.missing.insert(module.to_owned(), ()).is_none() {
+        if self.missing.insert(module.to_owned()) {
             self.emit(Event::ArtifactMissing {
                 module: module.to_owned(),
                 path,
@@ -502,7 +502,7 @@ impl WatchLoop {
             // A module bound to one thread reloads there only: at its `poll()`.
             Apply::Background if !core.has_owner() => {
                 // Events and hooks report the outcome.
-                let _ = shared.reload(&core, Some(read), Trigger::ArtifactChanged);
+                let _ = shared.reload(&core, Some(read));
             }
             Apply::Background | Apply::OnPoll => shared.mark_pending(module),
         }
