@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -52,6 +52,9 @@ pub struct ModuleDescriptor {
     pub api_version: u32,
     /// The version of the state schema, recorded in every state envelope the module writes.
     pub state_version: u32,
+    /// The panic strategy the module was built with: [`PANIC_UNWIND`] or [`PANIC_ABORT`].
+    /// Panics can only be contained (returned to the host as errors) with `unwind`.
+    pub panic_strategy: u32,
     /// The module's name (by default the state type's name in snake case).
     pub module_name: RStr<'static>,
     /// The name of the crate the module was built from.
@@ -64,6 +67,11 @@ pub struct ModuleDescriptor {
     /// Points to the export table, a `#[repr(C)]` struct whose layout is `table_layout`.
     pub table: *const c_void,
 }
+
+/// [`ModuleDescriptor::panic_strategy`] of a module built with `panic = "unwind"`.
+pub const PANIC_UNWIND: u32 = 1;
+/// [`ModuleDescriptor::panic_strategy`] of a module built with `panic = "abort"`.
+pub const PANIC_ABORT: u32 = 2;
 
 /// The part of [`ModuleDescriptor`] that every ABI version shares: read it first.
 #[repr(C)]
@@ -121,6 +129,14 @@ pub struct LifecycleEntries {
     pub save: extern "C" fn(state: StatePtr) -> EntryResult<RVec<u8>>,
     /// Decodes a [`StateEnvelope`] into a new state.
     pub restore: extern "C" fn(envelope: RSlice<'_, u8>) -> EntryResult<StatePtr>,
+    /// Runs the module's retire hook on a state whose version stops serving (before it is
+    /// destroyed), then raises the stop signal of the version's workers.
+    pub retire: extern "C" fn(state: StatePtr) -> EntryResult<()>,
+    /// Raises the stop signal of the version's workers, waits up to `timeout_ms` for them to
+    /// end, joins those that ended and returns how many still run.
+    pub join_workers: extern "C" fn(timeout_ms: u64) -> EntryResult<u32>,
+    /// Lowers the stop signal: the version serves again (a rollback), and may start workers.
+    pub resume_workers: extern "C" fn() -> EntryResult<()>,
 }
 
 /// The envelope around a module's serialized state.

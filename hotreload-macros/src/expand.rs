@@ -123,13 +123,18 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 abi_version: __hr::ABI_VERSION,
                 api_version: #api_version,
                 state_version: #state_version,
+                panic_strategy: if ::core::cfg!(panic = "unwind") {
+                    __hr::PANIC_UNWIND
+                } else {
+                    __hr::PANIC_ABORT
+                },
                 module_name: __hr::RStr::from_str(#name),
                 crate_name: __hr::RStr::from_str(::core::env!("CARGO_CRATE_NAME")),
                 table_layout: <__HotTable as __hr::StableAbi>::LAYOUT,
                 table: &__HOT_TABLE as *const __HotTable as *const ::core::ffi::c_void,
             };
 
-            impl __hr::HotModule for #self_ty {
+            unsafe impl __hr::HotModule for #self_ty {
                 const MODULE_NAME: &'static str = #name;
                 const CRATE_NAME: &'static str = ::core::env!("CARGO_CRATE_NAME");
                 const MANIFEST_DIR: &'static str = ::core::env!("CARGO_MANIFEST_DIR");

@@ -15,7 +15,7 @@ pub use abi_stable::std_types::{
 };
 pub use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, LifecycleEntries,
-    ModuleDescriptor, StateEnvelope, StatePtr,
+    ModuleDescriptor, PANIC_ABORT, PANIC_UNWIND, StateEnvelope, StatePtr,
 };
 
 pub use crate::call::{CallPath, LocalModule, Module};
@@ -190,7 +190,22 @@ pub const fn lifecycle_entries<T: HotModule>() -> LifecycleEntries {
         destroy: destroy::<T>,
         save: save::<T>,
         restore: restore::<T>,
+        retire: retire::<T>,
+        join_workers: crate::worker::join_workers,
+        resume_workers: crate::worker::resume_workers,
     }
+}
+
+extern "C" fn retire<T: HotModule>(state: StatePtr) -> EntryResult<()> {
+    let retired = contain(|| {
+        // SAFETY: the host retires a state once, after its version stopped serving and the
+        // last call that used it returned, and before it destroys it: nothing else refers to
+        // the state while the hook runs.
+        let state = unsafe { state_mut::<T>(state) };
+        state.on_retire();
+    });
+    crate::worker::raise_stop();
+    retired
 }
 
 fn into_state_ptr<T>(state: T) -> StatePtr {

@@ -97,13 +97,15 @@ mod module;
 mod os;
 mod rehome;
 mod reloader;
+mod shadow;
 mod transaction;
 mod watch;
+pub mod worker;
 
 #[doc(hidden)]
 pub mod __private;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub use call::{CallPath, LocalModule, Module};
@@ -117,6 +119,8 @@ pub use transaction::retire::RetiredVersion;
 pub use transaction::rollback::{RollbackReport, RollbackState};
 pub use transaction::{ReloadReport, StepTimings};
 pub use watch::{Apply, WatchOptions};
+
+pub(crate) use shadow::ShadowDir;
 
 /// Turns an inherent impl block into a hot-reloadable module.
 ///
@@ -277,24 +281,4 @@ pub struct VersionInfo {
     pub shadow: PathBuf,
     /// When it was verified.
     pub loaded_at: SystemTime,
-}
-
-/// The reloader's private directory of shadow copies, mode 0700, removed when the last
-/// version opened from it is gone.
-pub(crate) struct ShadowDir(tempfile::TempDir);
-
-impl ShadowDir {
-    fn create() -> Result<Self, HotError> {
-        tempfile::Builder::new()
-            .prefix("hotreload-")
-            .tempdir()
-            .map(ShadowDir)
-            .map_err(|source| HotError::ShadowDir {
-                source: source.into(),
-            })
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        self.0.path()
-    }
 }

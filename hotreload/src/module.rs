@@ -39,10 +39,17 @@ use crate::{ShadowDir, VersionInfo};
 
 /// Implemented by `#[hot_module]` for a module's state type; the host names modules by it.
 ///
+/// # Safety
+/// Only `#[hot_module]` implements this trait. The runtime trusts `Table` to be the layout of
+/// the export table the module's descriptor points to, `METHODS` to describe its entries, and
+/// `Proxy` to call each entry with the receiver it was generated for (`&mut self` entries only
+/// through `call_exclusive`); a hand-written impl could break any of these and cause undefined
+/// behaviour.
+///
 /// The state must be `Default + Serialize + DeserializeOwned + Send + Sync + 'static`: it is
 /// made with `Default` on the first load, carried across reloads with serde, and used from
 /// any host thread.
-pub trait HotModule: crate::__private::HotState {
+pub unsafe trait HotModule: crate::__private::HotState {
     /// The module name (by default the state type's name in snake case).
     const MODULE_NAME: &'static str;
     /// The crate the module is built from; its library is `lib<CRATE_NAME>.so`.
@@ -64,6 +71,10 @@ pub trait HotModule: crate::__private::HotState {
     type Proxy<'m, H: crate::call::CallPath<Self> + 'm>;
     #[doc(hidden)]
     fn proxy<H: crate::call::CallPath<Self>>(handle: &H) -> Self::Proxy<'_, H>;
+    /// The module's retire hook (`#[hot_module(on_retire = method)]`): runs in the module, on
+    /// the state of a version that stops serving, before its workers are told to stop.
+    #[doc(hidden)]
+    fn on_retire(&mut self) {}
 }
 
 /// What the host expects of a module: fixed at registration.
