@@ -16,6 +16,12 @@ use crate::error::HotError;
 use crate::module::HotModule;
 use crate::rehome::Rehome;
 
+/// Only the runtime's handles implement [`CallPath`]: its contract (which lock or permit a
+/// call holds) is the runtime's.
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
 #[cfg(feature = "static")]
 mod linked;
 #[cfg(not(feature = "static"))]
@@ -26,12 +32,13 @@ pub use linked::{LocalModule, Module};
 #[cfg(not(feature = "static"))]
 pub use loaded::{LocalModule, Module};
 
-/// How a handle gets a call to the module. Implemented by [`Module`] and [`LocalModule`];
+/// How a handle gets a call to the module. Implemented by [`Module`] and [`LocalModule`] only
+/// (the trait is sealed);
 /// the code `#[hot_module]` generates calls through it, giving both ways to make the call:
 /// `direct` on the state itself (the `static` build mode, where the module is linked in) and
 /// `table` through the loaded version's export table (with `back` turning the FFI-safe result
 /// into the method's own return type). A handle uses exactly one of them.
-pub trait CallPath<T: HotModule> {
+pub trait CallPath<T: HotModule>: sealed::Sealed {
     /// A call that takes the state by shared reference (or not at all).
     ///
     /// # Safety

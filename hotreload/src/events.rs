@@ -95,6 +95,25 @@ pub enum Event {
         /// The version now trusted.
         generation: u64,
     },
+    /// A closed version stays mapped because a thread may still return into it (a worker that
+    /// did not stop in time, or a thread whose stack holds an address inside it), or because
+    /// the module was registered with `keep_loaded`. It is checked again at every later
+    /// retire and closed once nothing runs in it.
+    VersionHeld {
+        /// The module.
+        module: String,
+        /// The version held.
+        generation: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A version held earlier was closed: nothing ran in it any more.
+    VersionReleased {
+        /// The module.
+        module: String,
+        /// The version closed.
+        generation: u64,
+    },
     /// Cargo started building the module.
     BuildStarted {
         /// The module.
@@ -140,6 +159,8 @@ impl Event {
             | Event::ReloadFailed { module, .. }
             | Event::RolledBack { module, .. }
             | Event::ProbationEnded { module, .. }
+            | Event::VersionHeld { module, .. }
+            | Event::VersionReleased { module, .. }
             | Event::BuildStarted { module, .. }
             | Event::BuildFinished { module, .. }
             | Event::BuildFailed { module, .. } => Some(module),
@@ -198,6 +219,14 @@ impl std::fmt::Display for Event {
             ),
             Event::ProbationEnded { module, generation } => {
                 write!(f, "{module}: load #{generation} passed probation")
+            }
+            Event::VersionHeld {
+                module,
+                generation,
+                reason,
+            } => write!(f, "{module}: load #{generation} stays mapped: {reason}"),
+            Event::VersionReleased { module, generation } => {
+                write!(f, "{module}: load #{generation} closed, nothing runs in it any more")
             }
             Event::BuildStarted { module, package } => write!(f, "{module}: building {package}"),
             Event::BuildFinished {

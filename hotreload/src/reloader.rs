@@ -14,7 +14,8 @@ use crate::error::HotError;
 use crate::events::{Event, EventBus, Hooks, ReloadRequest};
 use crate::module::{HotModule, ModuleCore, ModuleSpec};
 use crate::transaction::rollback::{self, RollbackReport};
-use crate::transaction::{self, ReloadReport, retire::RetiredVersion};
+use crate::transaction::{self, ReloadReport};
+use crate::version::RetiredVersion;
 use crate::watch::{self, WatchOptions, Watcher};
 use crate::{ShadowDir, VersionInfo, locate};
 
@@ -29,6 +30,8 @@ pub struct ModuleOptions {
     history: usize,
     pinned: Option<Vec<String>>,
     probation: Option<Probation>,
+    keep_loaded: bool,
+    worker_stop_timeout: std::time::Duration,
 }
 
 impl Default for ModuleOptions {
@@ -41,6 +44,8 @@ impl Default for ModuleOptions {
             history: 3,
             pinned: None,
             probation: None,
+            keep_loaded: false,
+            worker_stop_timeout: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -127,6 +132,30 @@ impl ModuleOptions {
     /// back (see [`Probation`]). [`HotReloader::mark_good`] ends a probation early.
     pub fn probation(mut self, probation: Probation) -> Self {
         self.probation = Some(probation);
+        self
+    }
+
+    /// Never unmaps a version of this module: each replaced version stays mapped for the rest
+    /// of the process (its memory too).
+    ///
+    /// Choose it when the module's code runs on threads the runtime cannot see: the runtime
+    /// stops and joins workers started with [`worker::spawn`](crate::worker::spawn), and
+    /// before it closes a version it checks every thread started while that version served
+    /// (its program counter, and its stack from the saved stack pointer up) for addresses
+    /// inside it. What that check cannot see is a pointer into the version kept elsewhere: a
+    /// callback of the module stored by a C library or by the host and called later from a
+    /// thread that existed before, or a timer that calls it.
+    pub fn keep_loaded(mut self) -> Self {
+        self.keep_loaded = true;
+        self
+    }
+
+    /// How long the workers of a version that is being closed get to return once they are
+    /// told to stop (1 s by default). A version whose workers have not returned by then stays
+    /// mapped (a [`VersionHeld`](crate::Event::VersionHeld) event) and is closed at a later
+    /// retire once they have.
+    pub fn worker_stop_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.worker_stop_timeout = timeout;
         self
     }
 
@@ -295,6 +324,8 @@ impl HotReloader {
             history: options.history,
             pinned: options.pinned,
             probation: options.probation,
+            keep_loaded: options.keep_loaded,
+            worker_stop_timeout: options.worker_stop_timeout,
             name: name.clone(),
         };
         let shadow = self.shared.shadow()?;
@@ -426,9 +457,13 @@ impl HotReloader {
     }
 
     /// Ends the probation of module `name`'s current version: it is good.
+    ///
+    /// From inside a call of the same module on this thread it returns
+    /// [`HotError::ReloadDuringCall`]: a call cannot vouch for the version it runs in.
     pub fn mark_good(&self, name: &str) -> Result<(), HotError> {
         let core = self.shared.core(name)?;
-        if let Some(generation) = core.end_probation() {
+        core.access.may_replace_here(name)?;
+        if let Some(generation) = core.probation.end() {
             self.shared.events.emit(Event::ProbationEnded {
                 module: name.to_owned(),
                 generation,
@@ -462,6 +497,13 @@ impl HotReloader {
     /// kept each one mapped.
     pub fn retired_versions(&self, name: &str) -> Result<Vec<RetiredVersion>, HotError> {
         Ok(self.shared.core(name)?.book().retired.clone())
+    }
+
+    /// The closed versions of module `name` that the runtime keeps mapped for now, because a
+    /// thread may still run in them (or the module is registered with
+    /// [`keep_loaded`](ModuleOptions::keep_loaded)), each with the latest reason.
+    pub fn held_versions(&self, name: &str) -> Result<Vec<RetiredVersion>, HotError> {
+        Ok(self.shared.core(name)?.book().held.iter().map(|h| h.report()).collect())
     }
 
     fn lock_watcher(&self) -> MutexGuard<'_, Option<Watcher>> {
@@ -549,13 +591,17 @@ impl Shared {
     ) -> Result<Option<RollbackReport>, HotError> {
         let outcome = rollback::rollback(core, snapshot_only, only_from);
         match &outcome {
-            Ok(Some(report)) => self.events.emit(Event::RolledBack {
-                module: core.spec.name.clone(),
-                from: report.from.clone(),
-                to: report.to.clone(),
-                state: report.state,
-                reason: reason.to_owned(),
-            }),
+            Ok(Some(report)) => {
+                let closed = std::slice::from_ref(&report.closed);
+                self.emit_retired(&core.spec.name, closed, &[]);
+                self.events.emit(Event::RolledBack {
+                    module: core.spec.name.clone(),
+                    from: report.from.clone(),
+                    to: report.to.clone(),
+                    state: report.state,
+                    reason: reason.to_owned(),
+                })
+            }
             Ok(None) => {}
             Err(error) => self.events.emit(Event::ReloadFailed {
                 module: core.spec.name.clone(),
@@ -564,6 +610,25 @@ impl Shared {
             }),
         }
         outcome
+    }
+
+    /// Events for the versions a transaction held open or released.
+    fn emit_retired(&self, module: &str, closed: &[RetiredVersion], released: &[RetiredVersion]) {
+        for version in closed {
+            if let Some(reason) = &version.held {
+                self.events.emit(Event::VersionHeld {
+                    module: module.to_owned(),
+                    generation: version.info.generation,
+                    reason: reason.clone(),
+                });
+            }
+        }
+        for version in released {
+            self.events.emit(Event::VersionReleased {
+                module: module.to_owned(),
+                generation: version.info.generation,
+            });
+        }
     }
 
     /// One reload with its hooks and events around it.
@@ -579,7 +644,7 @@ impl Shared {
             artifact: &core.spec.artifact,
             current: current.as_ref(),
         };
-        let allowed = core.may_reload_here().and_then(|()| {
+        let allowed = core.access.may_replace_here(&module).and_then(|()| {
             self.hooks
                 .before(&request)
                 .map_err(|reason| HotError::Vetoed {
@@ -597,6 +662,9 @@ impl Shared {
                 transaction::reload(core, bytes)
             }
         };
+        if let Ok(report) = &outcome {
+            self.emit_retired(&module, &report.closed, &report.released);
+        }
         self.events.emit(match &outcome {
             Ok(report) => Event::Reloaded {
                 module: module.clone(),

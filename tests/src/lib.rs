@@ -44,6 +44,12 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
             v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
                 .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: hotreload::__private::DescriptorPrefix = hotreload::__private::DescriptorPrefix {\n    magic: hotreload::__private::DESCRIPTOR_MAGIC,\n    abi_version: 999,\n};")
         })
+        .variant("short_descriptor", |v| {
+            // A descriptor symbol with the right magic and ABI version but only the prefix's
+            // size: reading a whole descriptor from it would read past the symbol.
+            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
+                .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: hotreload::__private::DescriptorPrefix = hotreload::__private::DescriptorPrefix {\n    magic: hotreload::__private::DESCRIPTOR_MAGIC,\n    abi_version: hotreload::__private::ABI_VERSION,\n};")
+        })
         .variant("bad_magic", |v| {
             v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
                 .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: [u8; 64] = [0x5a; 64];")
@@ -60,6 +66,13 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
                 .edit(LIB, "// EXTRA_ITEMS", "impl Default for Counter {\n    fn default() -> Self {\n        panic!(\"the constructor fails on purpose\")\n    }\n}")
         })
         .variant("restore_error", |v| v.edit(LIB, "// FIELDS", "required: u8,"))
+        .variant("panic_abort", |v| {
+            v.edit(
+                "Cargo.toml",
+                "[workspace]",
+                "[workspace]\n\n[profile.dev]\npanic = \"abort\"\n",
+            )
+        })
         .variant("restore_panic", |v| {
             v.edit(LIB, "// CALLS_ATTR", "#[serde(deserialize_with = \"explode_on_restore\")]")
                 .edit(

@@ -115,6 +115,8 @@ fn contained<T: HotModule, R>(
     })
 }
 
+impl<T: HotModule> super::sealed::Sealed for Module<T> {}
+
 impl<T: HotModule> CallPath<T> for Module<T> {
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
@@ -147,6 +149,8 @@ impl<T: HotModule> CallPath<T> for Module<T> {
     }
 }
 
+impl<T: HotModule> super::sealed::Sealed for LocalModule<T> {}
+
 impl<T: HotModule> CallPath<T> for LocalModule<T> {
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
@@ -171,26 +175,25 @@ impl<T: HotModule> CallPath<T> for LocalModule<T> {
         let mut state = self
             .state
             .try_borrow_mut()
-            .map_err(|_| self.reentered(method))?;
+            .map_err(|_| self.reentered(method, true))?;
         contained::<T, R>(method, || direct(&mut state, args))
     }
 }
 
 impl<T: HotModule> LocalModule<T> {
     fn borrow(&self, method: &'static str) -> Result<std::cell::Ref<'_, T>, HotError> {
-        self.state.try_borrow().map_err(|_| self.reentered(method))
+        self.state
+            .try_borrow()
+            .map_err(|_| self.reentered(method, false))
     }
 
-    /// A call made from inside a `&mut self` call of the same module.
-    fn reentered(&self, method: &'static str) -> HotError {
-        HotError::Call {
+    /// A call that would alias a `&mut self` call of the same module running on this thread.
+    fn reentered(&self, method: &'static str, exclusive: bool) -> HotError {
+        HotError::ReentrantCall {
             module: T::MODULE_NAME.to_owned(),
             method,
-            generation: 0,
-            api_version: T::API_VERSION,
-            fault: ModuleFault::Failed(
-                "called from inside a `&mut self` call of the same module".into(),
-            ),
+            exclusive,
+            running_exclusive: !exclusive,
         }
     }
 }

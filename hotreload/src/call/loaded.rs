@@ -9,7 +9,9 @@ use hotreload_abi::{EntryResult, StatePtr};
 use super::CallPath;
 use crate::VersionInfo;
 use crate::error::HotError;
-use crate::module::{HotModule, Live, ModuleCore};
+use crate::access::Mode;
+use crate::module::{HotModule, ModuleCore};
+use crate::version::Live;
 use crate::rehome::Rehome;
 
 /// A handle to a registered module, typed by its state type. Cheap to clone; `Send + Sync`.
@@ -91,6 +93,28 @@ macro_rules! handle_common {
 handle_common!(Module);
 handle_common!(LocalModule);
 
+impl<T: HotModule> Module<T> {
+    #[inline(always)]
+    fn call<R: Rehome>(
+        &self,
+        method: &'static str,
+        mode: Mode,
+        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
+    ) -> Result<R, HotError> {
+        let result = self
+            .core
+            .access
+            .shared_call(&self.core.spec.name, method, mode)
+            .and_then(|entered| {
+                entered.enter(|live| run::<T, R>(live, &self.core, method, call))
+            });
+        self.core.finish_call(&result);
+        result
+    }
+}
+
+impl<T: HotModule> super::sealed::Sealed for Module<T> {}
+
 impl<T: HotModule> CallPath<T> for Module<T> {
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
@@ -100,12 +124,8 @@ impl<T: HotModule> CallPath<T> for Module<T> {
         table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
         back: impl FnOnce(F) -> R,
     ) -> Result<R, HotError> {
-        let result = {
-            let live = self.core.read_live();
-            run::<T, F>(live.as_ref(), &self.core, method, |t, s| table(t, s, args))
-        };
-        self.core.finish_call(&result);
-        result.map(back)
+        self.call(method, Mode::Shared, |t, s| table(t, s, args))
+            .map(back)
     }
 
     unsafe fn call_exclusive<A, R, F: Rehome>(
@@ -116,12 +136,8 @@ impl<T: HotModule> CallPath<T> for Module<T> {
         table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
         back: impl FnOnce(F) -> R,
     ) -> Result<R, HotError> {
-        let result = {
-            let live = self.core.write_live();
-            run::<T, F>(live.as_ref(), &self.core, method, |t, s| table(t, s, args))
-        };
-        self.core.finish_call(&result);
-        result.map(back)
+        self.call(method, Mode::Exclusive, |t, s| table(t, s, args))
+            .map(back)
     }
 }
 
@@ -130,25 +146,26 @@ impl<T: HotModule> LocalModule<T> {
     fn call<R: Rehome>(
         &self,
         method: &'static str,
+        mode: Mode,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let result = {
-            let _in_call = self.core.enter_local_call();
-            // SAFETY: a `LocalModule` exists only for a module with an owner thread, and it is
-            // neither `Send` nor `Sync`, so this runs on the owner thread; `live` is used only
-            // within this block, during which a reload is refused (`_in_call`).
-            let live = unsafe { self.core.live_unlocked() };
-            run::<T, R>(live.as_ref(), &self.core, method, call)
+        // SAFETY: a `LocalModule` exists only for a module with an owner thread (it is made
+        // by `register_local`), and it is neither `Send` nor `Sync`, so this is that thread.
+        let entered = unsafe {
+            self.core
+                .access
+                .local_call(&self.core.spec.name, method, mode)
         };
+        let result =
+            entered.and_then(|entered| run::<T, R>(entered.live(), &self.core, method, call));
         self.core.finish_call(&result);
         result
     }
 }
 
+impl<T: HotModule> super::sealed::Sealed for LocalModule<T> {}
+
 impl<T: HotModule> CallPath<T> for LocalModule<T> {
-    // One thread makes every call through a `LocalModule`: shared and exclusive calls cannot
-    // overlap, except through re-entry from module code, which Rust's aliasing rules in the
-    // module then govern as for any re-entrant call.
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
         method: &'static str,
@@ -157,7 +174,8 @@ impl<T: HotModule> CallPath<T> for LocalModule<T> {
         table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
         back: impl FnOnce(F) -> R,
     ) -> Result<R, HotError> {
-        self.call(method, |t, s| table(t, s, args)).map(back)
+        self.call(method, Mode::Shared, |t, s| table(t, s, args))
+            .map(back)
     }
 
     unsafe fn call_exclusive<A, R, F: Rehome>(
@@ -168,7 +186,8 @@ impl<T: HotModule> CallPath<T> for LocalModule<T> {
         table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
         back: impl FnOnce(F) -> R,
     ) -> Result<R, HotError> {
-        self.call(method, |t, s| table(t, s, args)).map(back)
+        self.call(method, Mode::Exclusive, |t, s| table(t, s, args))
+            .map(back)
     }
 }
 
@@ -187,8 +206,8 @@ fn run<T: HotModule, R: Rehome>(
     };
     // SAFETY: the module was registered with `T::Table`'s layout as the expected layout, and
     // no version is made live before verification found its table's layout compatible with
-    // it; the table is a static in the version's image, which stays mapped for the call (see
-    // the `module` docs).
+    // it; the table is a static in the version's image, which stays mapped for the call: the
+    // caller's guard from `access` keeps the version live until the call has returned.
     let table = unsafe { &*live.version.table.cast::<T::Table>() };
     match call(table, live.state) {
         // Rebuilt with the host's code while the version is still held (see `rehome`).

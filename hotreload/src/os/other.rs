@@ -10,3 +10,17 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloadin
 pub(crate) fn is_mapped(_path: &Path) -> Option<bool> {
     None
 }
+
+/// No thread census on this platform.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThreadCensus;
+
+pub(crate) fn thread_census() -> Option<ThreadCensus> {
+    None
+}
+
+/// Without a way to look at other threads, a closed version is assumed to be in use: it stays
+/// mapped.
+pub(crate) fn thread_in_image(_path: &Path, _census: &ThreadCensus) -> Option<String> {
+    Some("this platform cannot check where the process's threads are".into())
+}

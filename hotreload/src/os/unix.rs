@@ -1,4 +1,5 @@
-//! Unix: `dlopen` with `RTLD_NOW | RTLD_LOCAL`; `/proc/self/maps` where there is one.
+//! Unix: `dlopen` with `RTLD_NOW | RTLD_LOCAL`; what `/proc` tells (Linux) about which images
+//! are mapped and where the process's threads are.
 
 use std::path::Path;
 
@@ -7,9 +8,12 @@ use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 /// Opens `path` with every symbol resolved now (an unresolved symbol fails here, not at the
 /// first call) and local visibility (two versions' symbols never interpose).
 pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
-    // SAFETY: loading a library runs its initialisers. The file is a private shadow copy,
-    // owned by this process in a 0700 directory, of an artifact the host registered as a
-    // module; Rust cdylibs built by `#[hot_module]` crates have no initialisers beyond std's.
+    // SAFETY: loading a library runs its initialisers (any code its author put in
+    // `.init_array`, a C library's constructors, a crate like `ctor`), which nothing here can
+    // check: that is the trust model. The runtime opens only a private shadow copy, in a 0700
+    // directory of this process's user, of bytes read from an artifact the host registered
+    // and that passed the permission check of `stage` (no other user could have written it)
+    // and, when the host pinned digests, whose SHA-256 is one of them.
     let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }?;
     Ok(library.into())
 }
@@ -26,4 +30,202 @@ pub(crate) fn is_mapped(path: &Path) -> Option<bool> {
             })
             .unwrap_or(false)
     }))
+}
+
+/// The threads of this process when a version was opened: a thread among them was not started
+/// by that version's code.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ThreadCensus {
+    /// Thread ids, sorted.
+    tids: Vec<u32>,
+    /// Clock ticks since boot when the census was taken (the unit of a thread's start time).
+    taken_at: u64,
+}
+
+/// The clock ticks per second `/proc` reports start times in (`USER_HZ`, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// Takes a census of this process's threads, if `/proc` is there.
+pub(crate) fn thread_census() -> Option<ThreadCensus> {
+    let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
+    let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
+    let mut tids = thread_ids()?;
+    tids.sort_unstable();
+    Some(ThreadCensus {
+        tids,
+        // Rounded down: a thread started in the same tick counts as started after.
+        taken_at: (seconds * USER_HZ) as u64,
+    })
+}
+
+fn thread_ids() -> Option<Vec<u32>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// A thread's start time in clock ticks since boot (field 22 of its `stat`).
+fn thread_start(tid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn thread_name(tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Where a thread is stopped, from its `syscall` file: `None` while it runs on a CPU.
+fn stopped_at(tid: u32) -> Option<Option<(u64, u64)>> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    if fields.first() == Some(&"running") {
+        return Some(None);
+    }
+    // `<nr> <six arguments> <sp> <pc>`, or `-1 <sp> <pc>` when blocked outside a syscall.
+    let hex = |field: &&str| u64::from_str_radix(field.trim_start_matches("0x"), 16).ok();
+    let pc = fields.last().and_then(hex)?;
+    let sp = fields.get(fields.len().checked_sub(2)?).and_then(hex)?;
+    Some(Some((sp, pc)))
+}
+
+/// The address ranges mapped from `path`, and every mapping of the process.
+fn mappings(path: &Path) -> Option<(Vec<(u64, u64)>, Vec<(u64, u64)>)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let path = path.to_str()?;
+    let mut image = Vec::new();
+    let mut all = Vec::new();
+    for line in maps.lines() {
+        let Some((range, rest)) = line.split_once(' ') else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            u64::from_str_radix(start, 16),
+            u64::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        all.push((start, end));
+        let mapped = rest.split_once('/').map(|(_, p)| format!("/{p}"));
+        if mapped.as_deref().is_some_and(|m| {
+            m == path || m.strip_suffix(" (deleted)") == Some(path)
+        }) {
+            image.push((start, end));
+        }
+    }
+    Some((image, all))
+}
+
+/// How long to wait, in all, for a thread that runs on a CPU to stop so that its stack can
+/// be read; one that is still running after that is assumed to be inside the image.
+const RUNNING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Why a thread of this process may still return into the image mapped from `path`, if one
+/// may: a thread started after `census` whose stack (from its saved stack pointer up) or
+/// program counter holds an address inside the image, or which runs on a CPU so that where
+/// it is cannot be read. A conservative scan: a stale word that happens to look like such an
+/// address keeps the image mapped a while longer, never the other way round. `None` also
+/// when the image is not mapped (nothing to protect).
+pub(crate) fn thread_in_image(path: &Path, census: &ThreadCensus) -> Option<String> {
+    let Some((image, all)) = mappings(path) else {
+        return Some("cannot read /proc/self/maps to check the process's threads".into());
+    };
+    if image.is_empty() {
+        return None;
+    }
+    let inside = |address: u64| image.iter().any(|&(s, e)| (s..e).contains(&address));
+    let me = std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
+    let mem = std::fs::File::open("/proc/self/mem").ok();
+    for tid in thread_ids()? {
+        if Some(tid) == me {
+            continue;
+        }
+        let older = census.tids.binary_search(&tid).is_ok()
+            && thread_start(tid).is_some_and(|start| start < census.taken_at);
+        if older {
+            continue;
+        }
+        let deadline = std::time::Instant::now() + RUNNING_PATIENCE;
+        let stopped = loop {
+            match stopped_at(tid) {
+                // The thread has exited.
+                None => break None,
+                Some(Some(at)) => break Some(at),
+                Some(None) if std::time::Instant::now() >= deadline => {
+                    return Some(format!(
+                        "thread {tid} ({}), started while it served, is running and where it \
+                         runs cannot be read",
+                        thread_name(tid)
+                    ));
+                }
+                Some(None) => std::thread::yield_now(),
+            }
+        };
+        let Some((sp, pc)) = stopped else { continue };
+        let found = if inside(pc) {
+            Some(pc)
+        } else {
+            let stack = all.iter().find(|&&(s, e)| (s..e).contains(&sp));
+            let scanned = match (stack, &mem) {
+                (Some(&(_, end)), Some(mem)) => scan_words(mem, sp, end, inside).ok(),
+                _ => None,
+            };
+            let Some(found) = scanned else {
+                return Some(format!(
+                    "the stack of thread {tid} ({}) cannot be read",
+                    thread_name(tid)
+                ));
+            };
+            found
+        };
+        if let Some(address) = found {
+            return Some(format!(
+                "thread {tid} ({}) holds address {address:#x} inside it on its stack",
+                thread_name(tid)
+            ));
+        }
+    }
+    None
+}
+
+/// The first 8-byte word in `[from, to)` of this process's memory that `inside` accepts.
+///
+/// Read through `/proc/self/mem`, a copy the kernel makes: the thread may run meanwhile, and a
+/// word it changes is only ever a stale value, never undefined behaviour.
+fn scan_words(
+    mem: &std::fs::File,
+    from: u64,
+    to: u64,
+    inside: impl Fn(u64) -> bool,
+) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::FileExt;
+    const CHUNK: usize = 64 * 1024;
+    let mut buffer = vec![0u8; CHUNK];
+    let mut at = from & !7;
+    while at < to {
+        let len = CHUNK.min((to - at) as usize);
+        let read = mem.read_at(&mut buffer[..len], at)?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        for word in buffer[..read].chunks_exact(8) {
+            let value = u64::from_ne_bytes(word.try_into().unwrap_or([0; 8]));
+            if inside(value) {
+                return Ok(Some(value));
+            }
+        }
+        at += read as u64;
+    }
+    Ok(None)
 }

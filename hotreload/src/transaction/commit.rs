@@ -4,11 +4,11 @@
 use std::time::Instant;
 
 use super::StepTimings;
-use super::open::LoadedVersion;
 use super::prepare;
 use crate::VersionInfo;
 use crate::error::HotError;
-use crate::module::{Live, ModuleCore};
+use crate::module::ModuleCore;
+use crate::version::{Live, LoadedVersion};
 
 /// Swaps `new` in with the running state carried over (or a fresh state, when no version was
 /// loaded); returns the old [`Live`] to retire, its saved state and the new version's
@@ -20,7 +20,7 @@ pub(crate) fn commit(
     timings: &mut StepTimings,
 ) -> Result<Committed, HotError> {
     // Waits for every call in progress to return; new calls wait here until the swap.
-    let mut live = core.write_live();
+    let mut live = core.access.permit_replace(&core.spec.name)?;
 
     let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
     let started = Instant::now();

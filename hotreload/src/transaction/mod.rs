@@ -13,7 +13,8 @@
 //!    unmapped it.
 //!
 //! [`rollback`] goes back to the newest kept version, with the current state if that version
-//! can read it, otherwise with the state it had when it was replaced.
+//! can read it, otherwise with the state it had when it was replaced. [`probation`] rolls
+//! back by itself when a new version panics within a window after its commit.
 //!
 //! Steps 1 to 3 run while callers keep using the running version; steps 4 and 5 hold the
 //! module's write lock. A failure at any step drops what the transaction built (closing the
@@ -22,6 +23,7 @@
 pub(crate) mod commit;
 pub(crate) mod open;
 pub(crate) mod prepare;
+pub(crate) mod probation;
 pub(crate) mod retire;
 pub(crate) mod rollback;
 pub(crate) mod stage;
@@ -30,11 +32,9 @@ pub(crate) mod verify;
 use std::time::{Duration, Instant};
 
 use crate::error::HotError;
-use crate::module::{Live, ModuleCore, ModuleSpec};
+use crate::module::{ModuleCore, ModuleSpec};
+use crate::version::{Live, LoadedVersion, RetiredVersion};
 use crate::{ShadowDir, VersionInfo};
-use retire::RetiredVersion;
-
-pub(crate) use open::LoadedVersion;
 
 /// Time spent in each step of one transaction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -80,8 +80,11 @@ pub struct ReloadReport {
     /// The versions this reload closed: the previous one if the module keeps no history,
     /// otherwise the oldest one it pushed out of the history. Each says whether the OS kept
     /// it mapped after it was closed (glibc does when it registered thread-local
-    /// destructors).
+    /// destructors), and whether the runtime holds it open because a thread may still run
+    /// in it ([`RetiredVersion::held`]).
     pub closed: Vec<RetiredVersion>,
+    /// Versions held open by earlier retires that this reload found free and closed.
+    pub released: Vec<RetiredVersion>,
 }
 
 /// Times one step inside its own tracing span.
@@ -135,6 +138,9 @@ pub(crate) fn reload(
     core: &ModuleCore,
     bytes: Option<stage::ArtifactBytes>,
 ) -> Result<ReloadReport, HotError> {
+    // Refused before anything is staged: another thread than a local module's owner, or
+    // from inside one of the module's calls (the commit takes the permit itself).
+    core.access.may_replace_here(&core.spec.name)?;
     let mut book = core.book();
     let generation = book.next_generation;
     book.next_generation += 1;
@@ -159,15 +165,17 @@ pub(crate) fn reload(
     };
     let to = committed.info;
     let from = committed.old.as_ref().map(|old| old.version.info.clone());
-    let closed = match committed.old {
+    let (closed, released) = match committed.old {
         Some(old) => step("retire", &mut timings.retire, || {
-            retire::retire(old, committed.snapshot, &mut book, core.spec.history)
+            retire::retire(old, committed.snapshot, &mut book, &core.spec)
         }),
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
     };
     book.retired.extend(closed.iter().cloned());
     drop(book);
-    core.start_probation(to.generation);
+    if let Some(policy) = core.spec.probation {
+        core.probation.start(policy, to.generation);
+    }
     tracing::info!(
         from = from.as_ref().map(|f| f.generation),
         to = to.generation,
@@ -180,5 +188,6 @@ pub(crate) fn reload(
         to,
         timings,
         closed,
+        released,
     })
 }

@@ -6,6 +6,7 @@ use hotreload_abi::{LifecycleEntries, ModuleDescriptor, descriptor_symbol};
 
 use super::stage::ShadowFile;
 use crate::VersionInfo;
+use crate::version::{Image, LoadedVersion};
 use crate::error::HotError;
 use crate::module::ModuleSpec;
 use crate::os;
@@ -16,31 +17,8 @@ pub(crate) struct OpenedLibrary {
     /// fixed prefix may be read before [`verify`](super::verify) has checked that prefix.
     pub descriptor: *const ModuleDescriptor,
     pub generation: u64,
-    handle: libloading::Library,
-    shadow: ShadowFile,
+    image: Image,
 }
-
-/// A verified version: its table's layout matches the host's.
-///
-/// Fields drop in order: the library is closed before its shadow file is deleted.
-pub(crate) struct LoadedVersion {
-    pub info: VersionInfo,
-    /// The export table, a static in the library's image.
-    pub table: *const c_void,
-    /// The lifecycle entries, copied out of the table.
-    pub lifecycle: LifecycleEntries,
-    /// Held so that the library stays open as long as the version exists.
-    _handle: libloading::Library,
-    /// Held so that the shadow copy is deleted after the library is closed.
-    _shadow: ShadowFile,
-}
-
-// SAFETY: `table` points to an immutable static in the library's image (a table of
-// `extern "C"` function pointers), which any thread may read while the library is open, and
-// the `LoadedVersion` owns the library.
-unsafe impl Send for LoadedVersion {}
-// SAFETY: see the `Send` impl; nothing in a `LoadedVersion` is mutated through `&self`.
-unsafe impl Sync for LoadedVersion {}
 
 impl OpenedLibrary {
     /// Called by verification once the descriptor and table are known to be sound.
@@ -54,13 +32,12 @@ impl OpenedLibrary {
             info,
             table,
             lifecycle,
-            _handle: self.handle,
-            _shadow: self.shadow,
+            image: self.image,
         }
     }
 
     pub(crate) fn shadow(&self) -> &ShadowFile {
-        &self.shadow
+        &self.image.shadow
     }
 }
 
@@ -82,6 +59,7 @@ pub(crate) fn open(
     shadow: ShadowFile,
     generation: u64,
 ) -> Result<OpenedLibrary, HotError> {
+    let census = os::thread_census().unwrap_or_default();
     let handle = os::open_library(&shadow.path).map_err(|err| HotError::Open {
         module: spec.name.clone(),
         path: shadow.artifact.clone(),
@@ -92,18 +70,22 @@ pub(crate) fn open(
     // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a
     // pointer type here and nothing is read through it until verification has checked the
     // descriptor's fixed prefix.
-    let descriptor = unsafe { handle.get::<*const ModuleDescriptor>(symbol.as_bytes()) }
+    let image = Image::new(handle, shadow, census);
+    let descriptor = unsafe {
+        image
+            .library()
+            .get::<*const ModuleDescriptor>(symbol.as_bytes())
+    }
         .map(|sym| *sym)
         .map_err(|_| HotError::NoDescriptor {
             module: spec.name.clone(),
-            path: shadow.artifact.clone(),
+            path: image.shadow.artifact.clone(),
             symbol: symbol.clone(),
         })?;
     tracing::debug!(symbol, "descriptor found");
     Ok(OpenedLibrary {
         descriptor,
         generation,
-        handle,
-        shadow,
+        image,
     })
 }

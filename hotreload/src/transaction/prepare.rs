@@ -4,9 +4,8 @@
 use abi_stable::std_types::{RResult, RSlice};
 use hotreload_abi::StatePtr;
 
-use super::open::LoadedVersion;
 use crate::error::HotError;
-use crate::module::Live;
+use crate::version::{Live, LoadedVersion};
 
 /// A fresh state (`T::default()`) made by `version`.
 pub(crate) fn construct(version: &LoadedVersion) -> Result<StatePtr, HotError> {

@@ -7,7 +7,11 @@ use super::prepare;
 use super::retire;
 use crate::VersionInfo;
 use crate::error::HotError;
-use crate::module::{Live, ModuleCore};
+use abi_stable::std_types::RResult;
+
+use crate::error::ModuleFault;
+use crate::module::ModuleCore;
+use crate::version::Live;
 
 /// Which state a rollback gave the older version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +33,8 @@ pub struct RollbackReport {
     pub to: VersionInfo,
     /// The state it was given.
     pub state: RollbackState,
+    /// The version rolled back from, closed (or held open while a thread may run in it).
+    pub closed: crate::RetiredVersion,
 }
 
 /// Rolls `core` back to its newest kept version. `snapshot_only` skips trying the current
@@ -40,9 +46,9 @@ pub(crate) fn rollback(
     snapshot_only: bool,
     only_from: Option<u64>,
 ) -> Result<Option<RollbackReport>, HotError> {
-    core.may_reload_here()?;
+    core.access.may_replace_here(&core.spec.name)?;
     let mut book = core.book();
-    let mut live = core.write_live();
+    let mut live = core.access.permit_replace(&core.spec.name)?;
     let Some(running) = live.as_ref() else {
         return Err(HotError::NoHistory {
             module: core.spec.name.clone(),
@@ -76,17 +82,22 @@ pub(crate) fn rollback(
         },
     };
     let to = kept.version.info.clone();
+    // The version serves again: it may start workers again.
+    if let RResult::RErr(err) = (kept.version.lifecycle.resume_workers)() {
+        tracing::warn!("resuming the workers of load #{}: {}", to.generation, ModuleFault::from(err));
+    }
     let old = live.replace(Live {
         version: kept.version,
         state,
     });
     drop(live);
-    core.end_probation();
+    core.probation.end();
     let Some(old) = old else {
         unreachable!("a version was live above, under the same locks")
     };
     let from = old.version.info.clone();
-    book.retired.push(retire::close(old.into_version()));
+    let closed = retire::close(old.into_version(), &mut book, &core.spec);
+    book.retired.push(closed.clone());
     tracing::info!(
         from = from.generation,
         to = to.generation,
@@ -97,5 +108,6 @@ pub(crate) fn rollback(
         from,
         to,
         state: used,
+        closed,
     }))
 }

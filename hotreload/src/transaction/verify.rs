@@ -1,6 +1,8 @@
 //! Step 3: decide whether an opened library may serve this module, before anything running
 //! is touched. Checks, in order: the descriptor's magic and framework ABI version (before any
-//! other field is read), the module name, the export table's layout, the API version.
+//! other field is read), the descriptor's full size (from the file's symbol table), the panic
+//! strategy (only `unwind` lets a panic come back as an error), the module name, the export
+//! table's layout, the API version.
 
 mod layout;
 
@@ -11,9 +13,11 @@ use abi_stable::abi_stability::abi_checking::{
 };
 use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, LifecycleEntries, ModuleDescriptor,
+    PANIC_ABORT, PANIC_UNWIND,
 };
 
-use super::open::{LoadedVersion, OpenedLibrary};
+use super::open::OpenedLibrary;
+use crate::version::LoadedVersion;
 use crate::VersionInfo;
 use crate::error::{HotError, Rejection};
 use crate::module::ModuleSpec;
@@ -51,10 +55,27 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
     {
         return Err(reject(Rejection::BadMagic, None));
     }
+    let full = size_of::<ModuleDescriptor>() as u64;
+    if opened.shadow().descriptor_size < full {
+        return Err(reject(
+            Rejection::DescriptorSize {
+                abi: ABI_VERSION,
+                expected: full,
+                found: opened.shadow().descriptor_size,
+            },
+            None,
+        ));
+    }
     // SAFETY: the prefix says the module was built against this very ABI version, whose
-    // descriptor layout is `ModuleDescriptor`; the address is aligned for it (checked above);
-    // the image stays mapped while `opened` lives.
+    // descriptor layout is `ModuleDescriptor`; the symbol is at least that large (its size in
+    // the file's symbol table, checked just above); the address is aligned for it (checked
+    // above); the image stays mapped while `opened` lives.
     let descriptor = unsafe { &*opened.descriptor };
+    match descriptor.panic_strategy {
+        PANIC_UNWIND => {}
+        PANIC_ABORT => return Err(reject(Rejection::PanicAbort, None)),
+        other => return Err(reject(Rejection::PanicStrategy(other), None)),
+    }
 
     let found_name = descriptor.module_name.as_str();
     if found_name != spec.name {

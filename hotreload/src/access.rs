@@ -1,0 +1,369 @@
+//! Who may read or replace a module's live version, from which thread, and with which permit.
+//!
+//! This file alone owns the rules; everything else reaches the live version through the
+//! guards it hands out, and nothing else touches the cell that holds it.
+//!
+//! # The rules
+//! - **Shared handle ([`Module`](crate::Module)) calls** hold the module's lock for the
+//!   call's whole duration: read for `&self` methods and associated functions, write for
+//!   `&mut self` methods. A reload takes the write lock, so it waits for calls in progress and
+//!   calls wait for it.
+//! - **Local handle ([`LocalModule`](crate::LocalModule)) calls** take no lock. The module has
+//!   an owner thread; its handle cannot leave that thread, and its live version is replaced
+//!   only on that thread between calls, so no call of it overlaps a replacement.
+//! - **Re-entry** (module code calling back into the host, which calls the same module again
+//!   on the same thread) is refused with [`HotError::ReentrantCall`] when it would make a
+//!   second reference to the state while a `&mut self` call holds one, or a `&mut self` call
+//!   while any call is running. A `&self` call inside a `&self` call is allowed and does not
+//!   lock again (the outer call's read lock already keeps the version live; locking twice
+//!   could wait for ever behind a queued reload).
+//! - **Replacing the live version** (reload, rollback) needs a [`ReplacePermit`], which only
+//!   [`Access::permit_replace`] creates: it refuses another thread than the owner
+//!   ([`HotError::WrongThread`]) and a thread that is inside a call of this module
+//!   ([`HotError::ReloadDuringCall`], which would otherwise deadlock or unmap running code),
+//!   then takes the write lock.
+//!
+//! Which calls run on the current thread is kept in the host (a thread-local list of frames
+//! for shared handles, a counter in the module for local ones): a thread-local in the host
+//! costs a few instructions, one inside a module's library goes through `__tls_get_addr`.
+
+use std::cell::{Cell, UnsafeCell};
+use std::ops::{Deref, DerefMut};
+use std::sync::PoisonError;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::ThreadId;
+
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+
+use crate::error::HotError;
+use crate::version::Live;
+
+/// The live version of one module and the rules of access to it.
+pub(crate) struct Access {
+    /// Orders access to `live`. Sharded: a reader locks only its own thread's shard, so calls
+    /// from several cores do not write one shared counter.
+    lock: ShardedLock<()>,
+    /// `None` until a first build has loaded (a module registered before it was built).
+    live: UnsafeCell<Option<Live>>,
+    /// The thread a `LocalModule` is bound to, if the module was registered as one.
+    owner: Option<ThreadId>,
+    /// Calls in progress through the `LocalModule`: the number of shared calls, or
+    /// [`EXCLUSIVE`]. Written and read on `owner` only, so plain loads and stores suffice.
+    local: AtomicU32,
+}
+
+/// `Access::local` while a `&mut self` call runs through the `LocalModule`.
+const EXCLUSIVE: u32 = u32::MAX;
+
+// SAFETY: `live` is reached only through the guards below: shared references under the read
+// lock or inside a call of this module on the same thread (whose own guard holds the lock, or
+// which is a local call on the owner thread), the exclusive reference under the write lock
+// with no call of this module running on the owner thread. `Live` is `Send + Sync`.
+unsafe impl Sync for Access {}
+// SAFETY: see above; nothing in an `Access` is tied to the thread that made it.
+unsafe impl Send for Access {}
+
+impl Drop for Access {
+    fn drop(&mut self) {
+        debug_assert_eq!(self.local.load(Ordering::Relaxed), 0);
+    }
+}
+
+/// What a call through a shared handle does to the state.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `&self` or no receiver.
+    Shared,
+    /// `&mut self`.
+    Exclusive,
+}
+
+/// A call in progress on this thread, through a shared handle: a node of the thread's list.
+struct Frame {
+    access: *const Access,
+    mode: Mode,
+    outer: *const Frame,
+}
+
+std::thread_local! {
+    /// The innermost call in progress on this thread through a shared handle.
+    static INNERMOST: Cell<*const Frame> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The innermost call of `access` running on this thread through a shared handle, if any.
+fn running_here(access: &Access) -> Option<Mode> {
+    let mut frame = INNERMOST.with(Cell::get);
+    let mut found = None;
+    while !frame.is_null() {
+        // SAFETY: every pointer in the list is to a `Frame` on this thread's stack, pushed by
+        // `SharedCall::enter` whose `Pushed` guard unlinks it before the frame goes out of
+        // scope (guards drop in reverse order of creation, also on unwinding), so each
+        // pointer reached from `INNERMOST` is to a live frame.
+        let current = unsafe { &*frame };
+        if std::ptr::eq(current.access, access) {
+            found = Some(match (found, current.mode) {
+                (Some(Mode::Exclusive), _) | (_, Mode::Exclusive) => Mode::Exclusive,
+                _ => Mode::Shared,
+            });
+        }
+        frame = current.outer;
+    }
+    found
+}
+
+/// Unlinks a frame from this thread's list when the call ends.
+struct Pushed {
+    outer: *const Frame,
+}
+
+impl Drop for Pushed {
+    fn drop(&mut self) {
+        INNERMOST.with(|innermost| innermost.set(self.outer));
+    }
+}
+
+impl Access {
+    pub(crate) fn new(live: Option<Live>, owner: Option<ThreadId>) -> Self {
+        Access {
+            lock: ShardedLock::new(()),
+            live: UnsafeCell::new(live),
+            owner,
+            local: AtomicU32::new(0),
+        }
+    }
+
+    /// Whether this module reloads only on its owner thread.
+    pub(crate) fn has_owner(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// Whether a call of this module is running on this thread.
+    pub(crate) fn in_call_here(&self) -> bool {
+        match self.owner {
+            Some(owner) if owner == std::thread::current().id() => {
+                self.local.load(Ordering::Relaxed) != 0
+            }
+            Some(_) => false,
+            None => running_here(self).is_some(),
+        }
+    }
+
+    /// Read access to the live version, for version queries from any thread. Inside a call of
+    /// this module on this thread the call's own guard already orders access: no lock then.
+    pub(crate) fn read(&self) -> LiveRead<'_> {
+        let guard = if self.in_call_here() {
+            None
+        } else {
+            Some(self.lock.read().unwrap_or_else(PoisonError::into_inner))
+        };
+        LiveRead {
+            _guard: guard,
+            // SAFETY: shared access: under the read lock, or inside a call of this module on
+            // this thread, during which no replacement can happen (`permit_replace` refuses
+            // it here, and elsewhere waits for the write lock the call's guard excludes, or
+            // for a local module is refused off the owner thread).
+            live: unsafe { &*self.live.get() },
+        }
+    }
+
+    /// The permit to replace the live version: refused off the owner thread of a local module
+    /// and inside a call of this module on this thread; otherwise waits for the write lock.
+    pub(crate) fn permit_replace(&self, module: &str) -> Result<ReplacePermit<'_>, HotError> {
+        self.may_replace_here(module)?;
+        // A poisoned lock only means a host-side panic while it was held; `Live` is replaced
+        // in one assignment, so it is never left half-updated.
+        let guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        Ok(ReplacePermit {
+            _guard: guard,
+            // SAFETY: the write lock excludes every shared-handle call and every reader that
+            // locks; a local call cannot be running, because this is the owner thread and it
+            // is not inside one (checked above), and the local handle never leaves it.
+            live: unsafe { &mut *self.live.get() },
+        })
+    }
+
+    /// The checks of [`permit_replace`](Self::permit_replace), without taking the lock: to
+    /// refuse early, before anything is staged or any hook runs.
+    pub(crate) fn may_replace_here(&self, module: &str) -> Result<(), HotError> {
+        if let Some(owner) = self.owner {
+            if owner != std::thread::current().id() {
+                return Err(HotError::WrongThread {
+                    module: module.to_owned(),
+                });
+            }
+        }
+        if self.in_call_here() {
+            return Err(HotError::ReloadDuringCall {
+                module: module.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a call through a shared handle: refused if it would re-enter a call of this
+    /// module on this thread in a way that aliases the state; locks unless a `&self` call of
+    /// it is already running here.
+    #[inline]
+    pub(crate) fn shared_call(
+        &self,
+        module: &str,
+        method: &'static str,
+        mode: Mode,
+    ) -> Result<SharedCall<'_>, HotError> {
+        let outer = INNERMOST.with(Cell::get);
+        let guard = if outer.is_null() {
+            Some(self.lock_for(mode))
+        } else {
+            match (running_here(self), mode) {
+                (None, _) => Some(self.lock_for(mode)),
+                // The outer `&self` call's read lock keeps the version live.
+                (Some(Mode::Shared), Mode::Shared) => None,
+                (Some(running), _) => return Err(reentrant(module, method, mode, running)),
+            }
+        };
+        Ok(SharedCall {
+            access: self,
+            mode,
+            outer,
+            _guard: guard,
+        })
+    }
+
+    fn lock_for(&self, mode: Mode) -> Guard<'_> {
+        match mode {
+            Mode::Shared => Guard::Read(self.lock.read().unwrap_or_else(PoisonError::into_inner)),
+            Mode::Exclusive => {
+                Guard::Write(self.lock.write().unwrap_or_else(PoisonError::into_inner))
+            }
+        }
+    }
+
+    /// Starts a call through the local handle (on the owner thread: the caller guarantees it,
+    /// see [`LocalCall`]): refused if it would re-enter a running call in a way that aliases
+    /// the state. Takes no lock.
+    ///
+    /// # Safety
+    /// Only on the owner thread of a module that has one.
+    #[inline(always)]
+    pub(crate) unsafe fn local_call(
+        &self,
+        module: &str,
+        method: &'static str,
+        mode: Mode,
+    ) -> Result<LocalCall<'_>, HotError> {
+        debug_assert_eq!(self.owner, Some(std::thread::current().id()));
+        let running = self.local.load(Ordering::Relaxed);
+        let next = match (running, mode) {
+            (0, Mode::Exclusive) => EXCLUSIVE,
+            (EXCLUSIVE, _) => return Err(reentrant(module, method, mode, Mode::Exclusive)),
+            (_, Mode::Exclusive) => return Err(reentrant(module, method, mode, Mode::Shared)),
+            (n, Mode::Shared) => n + 1,
+        };
+        self.local.store(next, Ordering::Relaxed);
+        Ok(LocalCall {
+            access: self,
+            before: running,
+        })
+    }
+}
+
+#[cold]
+fn reentrant(module: &str, method: &'static str, mode: Mode, running: Mode) -> HotError {
+    HotError::ReentrantCall {
+        module: module.to_owned(),
+        method,
+        exclusive: mode == Mode::Exclusive,
+        running_exclusive: running == Mode::Exclusive,
+    }
+}
+
+enum Guard<'a> {
+    Read(#[allow(dead_code)] ShardedLockReadGuard<'a, ()>),
+    Write(#[allow(dead_code)] ShardedLockWriteGuard<'a, ()>),
+}
+
+/// Read access to the live version.
+pub(crate) struct LiveRead<'a> {
+    _guard: Option<ShardedLockReadGuard<'a, ()>>,
+    live: &'a Option<Live>,
+}
+
+impl Deref for LiveRead<'_> {
+    type Target = Option<Live>;
+    fn deref(&self) -> &Option<Live> {
+        self.live
+    }
+}
+
+/// The right to replace the live version: the write lock, taken on a thread allowed to
+/// replace it. Only [`Access::permit_replace`] makes one.
+pub(crate) struct ReplacePermit<'a> {
+    _guard: ShardedLockWriteGuard<'a, ()>,
+    live: &'a mut Option<Live>,
+}
+
+impl Deref for ReplacePermit<'_> {
+    type Target = Option<Live>;
+    fn deref(&self) -> &Option<Live> {
+        self.live
+    }
+}
+
+impl DerefMut for ReplacePermit<'_> {
+    fn deref_mut(&mut self) -> &mut Option<Live> {
+        self.live
+    }
+}
+
+/// A call in progress through a shared handle. [`enter`](Self::enter) links it into this
+/// thread's list of calls, which must happen where it will stay until the call ends.
+pub(crate) struct SharedCall<'a> {
+    access: &'a Access,
+    mode: Mode,
+    outer: *const Frame,
+    _guard: Option<Guard<'a>>,
+}
+
+impl SharedCall<'_> {
+    /// Runs `call` with the live version, with this call recorded as running on this thread.
+    #[inline(always)]
+    pub(crate) fn enter<R>(&self, call: impl FnOnce(Option<&Live>) -> R) -> R {
+        let frame = Frame {
+            access: self.access,
+            mode: self.mode,
+            outer: self.outer,
+        };
+        INNERMOST.with(|innermost| innermost.set(&frame));
+        let _pushed = Pushed { outer: self.outer };
+        // SAFETY: shared access for the call: this call holds the read or write lock, or is
+        // a `&self` call nested in a `&self` call of this module on this thread that holds
+        // the read lock (see `shared_call`); no replacement can happen meanwhile. An
+        // exclusive call uses the state through the entry's `&mut`, not through this
+        // reference, and holds the write lock so no other reference is made.
+        let live = unsafe { &*self.access.live.get() };
+        call(live.as_ref())
+    }
+}
+
+/// A call in progress through the local handle.
+pub(crate) struct LocalCall<'a> {
+    access: &'a Access,
+    before: u32,
+}
+
+impl LocalCall<'_> {
+    /// The live version for the call.
+    #[inline(always)]
+    pub(crate) fn live(&self) -> Option<&Live> {
+        // SAFETY: on the owner thread (the contract of `local_call`), with this call counted
+        // in `local`, so `permit_replace` refuses to replace the version until it ends.
+        unsafe { (*self.access.live.get()).as_ref() }
+    }
+}
+
+impl Drop for LocalCall<'_> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        self.access.local.store(self.before, Ordering::Relaxed);
+    }
+}

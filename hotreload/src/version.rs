@@ -1,0 +1,210 @@
+//! The values a version of a module goes through: loaded (verified, opened from its shadow
+//! copy), live (serving, with its state), kept (replaced, still loaded for rollback), retired
+//! (closed, or held mapped while a thread may still run in it).
+
+use std::ffi::c_void;
+use std::path::PathBuf;
+
+use abi_stable::std_types::RResult;
+use hotreload_abi::{LifecycleEntries, StatePtr};
+
+use crate::VersionInfo;
+use crate::os;
+use crate::transaction::stage::ShadowFile;
+
+/// A library opened from its shadow copy. Dropping it closes the library, unless a thread of
+/// the process may still run in it: then the image stays mapped for the rest of the process
+/// (a warning says so), because unmapping it would crash that thread. Every way a version
+/// goes away passes here, refused builds included (their initialisers or their `restore`
+/// may have started threads).
+pub(crate) struct Image {
+    /// `None` once closed or leaked.
+    handle: Option<libloading::Library>,
+    /// Dropped after the library is closed (fields drop after `Drop::drop`).
+    pub shadow: ShadowFile,
+    /// The process's threads just before the library was opened: none of them was started
+    /// by its code (see `os::thread_in_image`).
+    census: os::ThreadCensus,
+}
+
+impl Image {
+    pub(crate) fn new(
+        handle: libloading::Library,
+        shadow: ShadowFile,
+        census: os::ThreadCensus,
+    ) -> Self {
+        Image {
+            handle: Some(handle),
+            shadow,
+            census,
+        }
+    }
+
+    pub(crate) fn library(&self) -> &libloading::Library {
+        match &self.handle {
+            Some(handle) => handle,
+            None => unreachable!("the handle is taken only when the image is dropped or leaked"),
+        }
+    }
+
+    /// Why a thread may still run in the image, if one may.
+    fn thread_inside(&self) -> Option<String> {
+        os::thread_in_image(&self.shadow.path, &self.census)
+    }
+
+    /// Leaves the library mapped for the rest of the process (its shadow copy is deleted; a
+    /// mapped image does not need its file).
+    pub(crate) fn leak(mut self) {
+        std::mem::forget(self.handle.take());
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        let Some(handle) = self.handle.take() else {
+            return;
+        };
+        if let Some(reason) = self.thread_inside() {
+            tracing::warn!(
+                shadow = %self.shadow.path.display(),
+                "a library is left mapped for the rest of the process: {reason}"
+            );
+            std::mem::forget(handle);
+            return;
+        }
+        drop(handle);
+    }
+}
+
+/// A verified version: its table's layout matches the host's.
+pub(crate) struct LoadedVersion {
+    pub info: VersionInfo,
+    /// The export table, a static in the library's image.
+    pub table: *const c_void,
+    /// The lifecycle entries, copied out of the table.
+    pub lifecycle: LifecycleEntries,
+    /// The library, open as long as the version exists.
+    pub image: Image,
+}
+
+// SAFETY: `table` points to an immutable static in the library's image (a table of
+// `extern "C"` function pointers), which any thread may read while the library is open, and
+// the `LoadedVersion` owns the library (its `image`).
+unsafe impl Send for LoadedVersion {}
+// SAFETY: see the `Send` impl; nothing in a `LoadedVersion` is mutated through `&self`.
+unsafe impl Sync for LoadedVersion {}
+
+/// The version serving calls, and its state.
+pub(crate) struct Live {
+    pub version: LoadedVersion,
+    pub state: StatePtr,
+}
+
+impl Live {
+    /// Retires the state with the code that made it: the module's retire hook runs on it, the
+    /// version's workers are told to stop, and the state is dropped. The version stays loaded.
+    pub(crate) fn into_version(self) -> LoadedVersion {
+        let info = &self.version.info;
+        if let RResult::RErr(err) = (self.version.lifecycle.retire)(self.state) {
+            tracing::warn!(
+                module = %info.module,
+                generation = info.generation,
+                "the retire hook failed: {}",
+                crate::error::ModuleFault::from(err)
+            );
+        }
+        if let RResult::RErr(err) = (self.version.lifecycle.destroy)(self.state) {
+            tracing::warn!(
+                module = %info.module,
+                generation = info.generation,
+                "dropping the state failed: {}",
+                crate::error::ModuleFault::from(err)
+            );
+        }
+        self.version
+    }
+}
+
+/// A replaced version kept loaded for rollback, with the state it had when it was replaced.
+pub(crate) struct Kept {
+    pub version: LoadedVersion,
+    /// The state envelope it saved when it was replaced.
+    pub snapshot: Vec<u8>,
+}
+
+/// A closed version kept mapped for now, with why.
+pub(crate) struct Held {
+    pub version: LoadedVersion,
+    pub reason: String,
+}
+
+impl Held {
+    /// As the host sees it.
+    pub(crate) fn report(&self) -> RetiredVersion {
+        RetiredVersion {
+            info: self.version.info.clone(),
+            still_mapped: Some(true),
+            held: Some(self.reason.clone()),
+        }
+    }
+}
+
+/// A version that no longer serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RetiredVersion {
+    /// The version.
+    pub info: VersionInfo,
+    /// Whether its image was still mapped right after it was closed (`None`: unknown on this
+    /// platform).
+    pub still_mapped: Option<bool>,
+    /// Why the runtime keeps it open for now, if it does: a thread may still return into it
+    /// (a worker that has not stopped, a thread with an address inside it on its stack), or
+    /// the module was registered with `keep_loaded`. Such a version is checked again at every
+    /// later retire and closed once nothing runs in it (a [`VersionReleased`] event).
+    ///
+    /// [`VersionReleased`]: crate::Event::VersionReleased
+    pub held: Option<String>,
+}
+
+impl RetiredVersion {
+    /// Whether the runtime keeps this version open (see [`held`](Self::held)).
+    pub fn is_held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The shadow copy the version was loaded from (deleted, but named in `/proc/self/maps`
+    /// while the image stays mapped).
+    pub fn shadow(&self) -> &PathBuf {
+        &self.info.shadow
+    }
+
+    /// Whether the image is mapped now.
+    pub fn is_mapped_now(&self) -> Option<bool> {
+        os::is_mapped(&self.info.shadow)
+    }
+}
+
+
+impl LoadedVersion {
+    /// Stops the version's workers (waiting up to `timeout_ms` for them) and says why it
+    /// must stay mapped, if it must: a worker still running, or another thread that may
+    /// return into it.
+    pub(crate) fn still_in_use(&self, timeout_ms: u64) -> Option<String> {
+        match (self.lifecycle.join_workers)(timeout_ms) {
+            RResult::ROk(0) => {}
+            RResult::ROk(running) => {
+                return Some(format!(
+                    "{running} worker thread(s) did not stop within {timeout_ms} ms"
+                ));
+            }
+            RResult::RErr(err) => {
+                return Some(format!(
+                    "its workers could not be stopped: {}",
+                    crate::error::ModuleFault::from(err)
+                ));
+            }
+        }
+        self.image.thread_inside()
+    }
+}

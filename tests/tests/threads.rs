@@ -1,0 +1,191 @@
+//! Threads that module code starts can outlive the call that started them. A version is never
+//! unmapped while such a thread may return into it: workers started with
+//! `hotreload::worker::spawn` are stopped and joined, other threads' stacks are checked, and a
+//! version something may still run in is held (reported) and closed at a later retire.
+//!
+//! Each test reloads 20 times with a thread sleeping in the version being replaced; the
+//! module keeps no history, so every reload closes the version it replaces at once.
+
+use std::time::{Duration, Instant};
+
+use hotreload::{Event, HotReloader, Module, ModuleOptions, RetiredVersion, hot_fn};
+use hotreload_tests::{Sandbox, one_at_a_time, variants};
+
+const RELOADS: usize = 20;
+
+/// How many threads this process has.
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").unwrap().count()
+}
+
+/// Waits until the process is back to `count` threads: the module's threads have ended.
+fn wait_for_threads(count: usize, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while threads() > count {
+        assert!(
+            Instant::now() < deadline,
+            "the module's threads did not end within {timeout:?}: {} threads, expected {count}",
+            threads()
+        );
+        std::thread::yield_now();
+    }
+}
+
+fn register(sandbox: &Sandbox, options: ModuleOptions) -> (HotReloader, Module<counter::Counter>) {
+    sandbox.register_with("v1", options.history(0))
+}
+
+/// What the reloads closed, and the held versions later reloads released.
+#[derive(Default)]
+struct Closed {
+    closed: Vec<RetiredVersion>,
+    released: Vec<RetiredVersion>,
+}
+
+impl Closed {
+    fn held(&self) -> usize {
+        self.closed.iter().filter(|c| c.is_held()).count()
+    }
+}
+
+/// Reloads alternately to v2 and v1, calling `start` in the serving version before each
+/// reload. A version held by a reload is mapped right after it; a held version whose threads
+/// have ended meanwhile may be released by a later reload of the loop.
+fn reload_with_threads(
+    sandbox: &Sandbox,
+    reloader: &HotReloader,
+    module: &Module<counter::Counter>,
+    start: impl Fn(&Module<counter::Counter>),
+) -> Closed {
+    let mut all = Closed::default();
+    for i in 0..RELOADS {
+        start(module);
+        sandbox.install(if i % 2 == 0 { "v2" } else { "v1" });
+        let report = reloader.reload_module("counter").unwrap();
+        for version in report.closed.iter().filter(|c| c.is_held()) {
+            assert_eq!(version.is_mapped_now(), Some(true), "a held version stays mapped");
+        }
+        all.closed.extend(report.closed);
+        all.released.extend(report.released);
+        // The new version serves, with the state carried over.
+        assert_eq!(hot_fn!(module.build_tag()).unwrap(), if i % 2 == 0 { 2 } else { 1 });
+    }
+    all
+}
+
+/// One more reload once the threads have ended: every version still held is released.
+fn release_all(sandbox: &Sandbox, reloader: &HotReloader, mut all: Closed) -> Vec<RetiredVersion> {
+    sandbox.install("v2");
+    let report = reloader.reload_module("counter").unwrap();
+    assert!(report.closed.iter().all(|c| c.held.is_none()), "{:?}", report.closed);
+    all.released.extend(report.released);
+    assert_eq!(
+        all.released.len(),
+        all.held(),
+        "every held version is released once its threads have ended; still held: {:?}",
+        reloader.held_versions("counter").unwrap()
+    );
+    all.released
+}
+
+#[test]
+fn a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
+    let _one = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = register(&sandbox, ModuleOptions::new());
+    let events = reloader.subscribe();
+    let before = threads();
+    let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
+        assert!(hot_fn!(m.start_pthread(300)).unwrap());
+    });
+    // Every replaced version had a thread asleep in it: each was held, and said why.
+    assert_eq!(closed.closed.len(), RELOADS);
+    for version in &closed.closed {
+        let reason = version.held.as_deref().unwrap_or_else(|| {
+            panic!("load #{} was closed under a sleeping thread", version.info.generation)
+        });
+        assert!(reason.contains("inside it"), "{reason}");
+    }
+    let held_events = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::VersionHeld { .. }))
+        .count();
+    assert_eq!(held_events, RELOADS, "one VersionHeld event per held version");
+
+    wait_for_threads(before, Duration::from_secs(10));
+    let released = release_all(&sandbox, &reloader, closed);
+    // Nothing registered a thread-local destructor in them: the OS really unmaps them.
+    for version in &released {
+        assert_eq!(version.is_mapped_now(), Some(false), "load #{}", version.info.generation);
+    }
+    assert!(
+        events.try_iter().any(|e| matches!(e, Event::VersionReleased { .. })),
+        "a VersionReleased event"
+    );
+}
+
+#[test]
+fn a_std_thread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
+    let _one = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = register(&sandbox, ModuleOptions::new());
+    let before = threads();
+    let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
+        hot_fn!(m.start_std_thread(300)).unwrap();
+    });
+    assert_eq!(closed.held(), RELOADS, "every version was held");
+    wait_for_threads(before, Duration::from_secs(10));
+    let released = release_all(&sandbox, &reloader, closed);
+    // std's threads register thread-local destructors in the library: glibc keeps it mapped
+    // after it is closed, and the report says so.
+    assert!(
+        released.iter().all(|v| v.still_mapped == Some(true)),
+        "{released:?}"
+    );
+}
+
+#[test]
+fn workers_are_stopped_and_joined_when_their_version_is_replaced() {
+    let _one = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = register(&sandbox, ModuleOptions::new());
+    let before = threads();
+    let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
+        assert!(hot_fn!(m.start_worker()).unwrap());
+    });
+    // Each worker stopped when told and was joined before its version was closed.
+    assert_eq!(closed.closed.len(), RELOADS);
+    assert_eq!(closed.held(), 0, "{:?}", closed.closed);
+    assert_eq!(threads(), before, "no worker is left running");
+}
+
+#[test]
+fn a_worker_that_does_not_stop_in_time_holds_its_version_until_it_ends() {
+    let _one = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let options = ModuleOptions::new().worker_stop_timeout(Duration::from_millis(10));
+    let (reloader, module) = register(&sandbox, options);
+    let before = threads();
+    let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
+        assert!(hot_fn!(m.start_stubborn_worker(300)).unwrap());
+    });
+    for version in &closed.closed {
+        let reason = version.held.as_deref().unwrap_or("not held");
+        assert!(reason.contains("did not stop within 10 ms"), "{reason}");
+    }
+    wait_for_threads(before, Duration::from_secs(10));
+    release_all(&sandbox, &reloader, closed);
+}
+
+#[test]
+fn keep_loaded_never_closes_a_version() {
+    let _one = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = register(&sandbox, ModuleOptions::new().keep_loaded());
+    let closed = reload_with_threads(&sandbox, &reloader, &module, |_| {});
+    assert_eq!(closed.closed.len(), RELOADS);
+    for version in &closed.closed {
+        assert!(version.held.as_deref().unwrap_or("").contains("keep_loaded"));
+        assert_eq!(version.is_mapped_now(), Some(true));
+    }
+}
