@@ -18,6 +18,8 @@ pub(crate) struct Module<'a> {
     pub state_version: LitInt,
     /// The exported (`pub`) methods, in declaration order.
     pub methods: Vec<Method<'a>>,
+    /// `on_retire = method`: the method the retire hook calls.
+    pub on_retire: Option<Ident>,
 }
 
 /// How an exported method receives the state.
@@ -63,6 +65,9 @@ impl<'a> Module<'a> {
                 methods.push(Method::from_syn(func));
             }
         }
+        if let Some(hook) = &args.on_retire {
+            check::retire_hook(item, hook, errors);
+        }
         let name = match args.name {
             Some(name) => name,
             None => LitStr::new(&snake_case(&type_name(&item.self_ty)?), Span::call_site()),
@@ -75,6 +80,7 @@ impl<'a> Module<'a> {
                 .state_version
                 .unwrap_or_else(|| LitInt::new("1", Span::call_site())),
             methods,
+            on_retire: args.on_retire,
         })
     }
 }

@@ -3,7 +3,7 @@
 use proc_macro2::{Span, TokenStream};
 use syn::parse::Parser;
 use syn::punctuated::Punctuated;
-use syn::{Expr, ExprLit, Lit, LitInt, LitStr, MetaNameValue, Token};
+use syn::{Expr, ExprLit, Ident, Lit, LitInt, LitStr, MetaNameValue, Token};
 
 use crate::check::Errors;
 
@@ -15,9 +15,12 @@ pub(crate) struct Args {
     pub name: Option<LitStr>,
     /// `state_version = N`: the state schema version, 1 when absent.
     pub state_version: Option<LitInt>,
+    /// `on_retire = method`: a method of the impl block run on the state of a version that
+    /// stops serving.
+    pub on_retire: Option<Ident>,
 }
 
-const KNOWN: &str = "expected `version`, `name` or `state_version`";
+const KNOWN: &str = "expected `version`, `name`, `state_version` or `on_retire`";
 
 impl Args {
     /// Parses the attribute's arguments, recording every problem in `errors`.
@@ -26,6 +29,7 @@ impl Args {
             version: None,
             name: None,
             state_version: None,
+            on_retire: None,
         };
         let parser = Punctuated::<MetaNameValue, Token![,]>::parse_terminated;
         let metas = match parser.parse2(tokens) {
@@ -56,6 +60,12 @@ impl Args {
                     errors,
                 ),
                 "name" => set_once(&mut args.name, name_value(&meta, errors), &meta, errors),
+                "on_retire" => set_once(
+                    &mut args.on_retire,
+                    method_value(&meta, errors),
+                    &meta,
+                    errors,
+                ),
                 other => errors.spanned(ident, format!("unknown argument `{other}`; {KNOWN}")),
             }
         }
@@ -128,4 +138,18 @@ fn name_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<LitStr> {
             None
         }
     }
+}
+
+fn method_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<Ident> {
+    let ident = match &meta.value {
+        Expr::Path(path) if path.attrs.is_empty() && path.qself.is_none() => path.path.get_ident(),
+        _ => None,
+    };
+    if ident.is_none() {
+        errors.spanned(
+            &meta.value,
+            "expected the name of a method of this impl block, like `on_retire = stop`",
+        );
+    }
+    ident.cloned()
 }

@@ -6,7 +6,11 @@
 use std::fmt::Display;
 
 use quote::ToTokens;
-use syn::{FnArg, GenericArgument, ImplItemFn, ItemImpl, PathArguments, ReturnType, Type};
+use syn::visit::{self, Visit};
+use syn::{
+    FnArg, GenericArgument, Ident, ImplItem, ImplItemFn, ItemImpl, Lifetime, PathArguments,
+    ReturnType, Type, TypeReference,
+};
 
 /// All the errors of one expansion, reported together.
 #[derive(Default)]
@@ -67,6 +71,50 @@ pub(crate) fn impl_block(item: &ItemImpl, errors: &mut Errors) {
             "#[hot_module] needs the state type by its plain name, like `impl GameLogic { ... }`",
         ),
     }
+}
+
+/// Checks that `on_retire = hook` names a method of the block shaped `fn hook(&mut self)`.
+pub(crate) fn retire_hook(item: &ItemImpl, hook: &Ident, errors: &mut Errors) {
+    let found = item.items.iter().find_map(|impl_item| match impl_item {
+        ImplItem::Fn(func) if func.sig.ident == *hook => Some(func),
+        _ => None,
+    });
+    let Some(func) = found else {
+        errors.spanned(
+            hook,
+            format!("`on_retire` names `{hook}`, but this impl block has no method `{hook}`"),
+        );
+        return;
+    };
+    let sig = &func.sig;
+    let only_mut_self = sig.inputs.len() == 1
+        && matches!(sig.inputs.first(), Some(FnArg::Receiver(r)) if is_mut_self(&r.ty));
+    let returns_unit = match &sig.output {
+        ReturnType::Default => true,
+        ReturnType::Type(_, ty) => matches!(peel(ty), Type::Tuple(t) if t.elems.is_empty()),
+    };
+    let plain = sig.asyncness.is_none()
+        && sig.unsafety.is_none()
+        && sig.variadic.is_none()
+        && sig.generics.params.is_empty();
+    if !(only_mut_self && returns_unit && plain) {
+        errors.spanned(
+            sig,
+            format!(
+                "the `on_retire` hook must be `fn {hook}(&mut self)`: no other argument, no \
+                 return value, not `async`, `unsafe` or generic"
+            ),
+        );
+    }
+}
+
+/// Whether `ty` is `&mut Self`: the type syn gives both `&mut self` and `self: &mut Self`.
+fn is_mut_self(ty: &Type) -> bool {
+    let Type::Reference(reference) = peel(ty) else {
+        return false;
+    };
+    reference.mutability.is_some()
+        && matches!(peel(&reference.elem), Type::Path(p) if p.qself.is_none() && p.path.is_ident("Self"))
 }
 
 /// Checks one exported method's signature. Returns false when it cannot be exported.
@@ -205,15 +253,29 @@ fn nested_arguments(arguments: &PathArguments) -> Option<String> {
 }
 
 /// Why a return type cannot cross the boundary, if it certainly cannot.
+///
+/// A returned value outlives the call, and may outlive the version that made it, so it must
+/// not borrow anything: not at the top (`&str`), not nested (`Option<&str>`, `(u8, &[u8])`),
+/// and not through a lifetime argument (`RStr<'static>`, `Cow<'a, str>`).
 fn return_type(ty: &Type) -> Option<String> {
-    if let Type::Reference(_) = ty {
+    if let Type::Reference(_) = peel(ty) {
         return Some(
             "a hot method cannot return a reference: it would point into state or code that a \
              reload replaces; return an owned value"
                 .into(),
         );
     }
-    if has_lifetime(ty) {
+    let mut borrows = Borrows::default();
+    borrows.visit_type(ty);
+    if borrows.reference {
+        return Some(
+            "a hot method cannot return a type holding a reference: it would point into state or \
+             code that a reload replaces; return owned values (`String` for `&str`, `Vec<T>` for \
+             `&[T]`)"
+                .into(),
+        );
+    }
+    if borrows.lifetime {
         return Some(
             "a hot method cannot return a borrowed type: it would outlive the version that \
              lent it; return an owned value"
@@ -223,9 +285,31 @@ fn return_type(ty: &Type) -> Option<String> {
     argument_type(ty)
 }
 
-fn has_lifetime(ty: &Type) -> bool {
-    let tokens = ty.to_token_stream();
-    tokens
-        .into_iter()
-        .any(|tt| matches!(tt, proc_macro2::TokenTree::Punct(p) if p.as_char() == '\''))
+/// `ty` without the parentheses or invisible groups around it.
+fn peel(ty: &Type) -> &Type {
+    match ty {
+        Type::Paren(inner) => peel(&inner.elem),
+        Type::Group(inner) => peel(&inner.elem),
+        other => other,
+    }
+}
+
+/// What a type borrows, found at any depth.
+#[derive(Default)]
+struct Borrows {
+    /// A `&T` or `&mut T` somewhere in it.
+    reference: bool,
+    /// A lifetime somewhere in it (`'static`, `'_`, `'a`), references included.
+    lifetime: bool,
+}
+
+impl<'ast> Visit<'ast> for Borrows {
+    fn visit_type_reference(&mut self, reference: &'ast TypeReference) {
+        self.reference = true;
+        visit::visit_type_reference(self, reference);
+    }
+
+    fn visit_lifetime(&mut self, _: &'ast Lifetime) {
+        self.lifetime = true;
+    }
 }

@@ -4,7 +4,8 @@
 //! - one `extern "C"` shim per exported method, containing panics with `__private::contain`;
 //! - the export table (`#[repr(C)]`, `StableAbi`) whose first field is the lifecycle entries;
 //! - the descriptor, exported under `hotreload_module__<name>`;
-//! - the `HotModule` impl the host uses, and the proxy whose methods `hot_fn!` calls.
+//! - the `HotModule` impl the host uses (with the `on_retire` hook, if one is named), and the
+//!   proxy whose methods `hot_fn!` calls.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
@@ -80,6 +81,14 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         let params = m.args.iter().map(|a| a.label.to_string());
         quote!(__hr::MethodSignature { name: #name, takes_state: #takes_state, params: &[#(#params),*] })
     });
+    // Generated beside the user's impl block, so a private hook is in reach.
+    let on_retire = module.on_retire.as_ref().map(|hook| {
+        quote! {
+            fn on_retire(&mut self) {
+                <#self_ty>::#hook(self)
+            }
+        }
+    });
 
     // SAFETY (of the `unsafe` in the shims below): the host only passes back a `StatePtr`
     // that this module's `construct` or `restore` produced for this very type, and the host
@@ -147,6 +156,8 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 fn proxy<H: __hr::CallPath<Self>>(handle: &H) -> HotMethods<'_, H> {
                     HotMethods(handle)
                 }
+
+                #on_retire
             }
 
             /// Typed access to the loaded version, used by `hot_fn!`.
@@ -285,6 +296,9 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
         Receiver::None => quote!(_),
         _ => quote!(__state),
     };
+    // Naming the FFI-safe result lets a failed `Rehome` bound on it point at the user's return
+    // type (a type alias hiding `RStr<'static>`, say) rather than at the attribute.
+    let ffi_output = ffi_output(method);
     quote! {
         #[inline]
         pub fn #ident(&self, #(#labels: #types),*)
@@ -292,7 +306,7 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
         {
             // The entry matches the lock taken: `call_exclusive` for `&mut self` only.
             unsafe {
-                __hr::CallPath::<#self_ty>::#call(
+                __hr::CallPath::<#self_ty>::#call::<_, _, #ffi_output>(
                     self.0,
                     #method_name,
                     #args,
@@ -455,5 +469,161 @@ mod tests {
         assert!(out.contains("fn not_an_impl"), "{out}");
         let out = expand(quote!(version = 99999999999), GAME);
         assert!(out.contains("must fit in a u32"), "{out}");
+    }
+
+    fn returning(ty: &str) -> String {
+        expand(
+            quote!(version = 1),
+            &format!("impl Game {{ pub fn f(&self) -> {ty} {{ todo!() }} }}"),
+        )
+    }
+
+    #[test]
+    fn returned_borrows_are_refused_at_any_depth() {
+        let top = "cannot return a reference:";
+        let nested = "cannot return a type holding a reference";
+        let borrowed = "cannot return a borrowed type";
+        for (ty, message) in [
+            ("&'static str", top),
+            ("&i64", top),
+            ("Option<&str>", nested),
+            ("(u8, &[u8])", nested),
+            ("Vec<&str>", nested),
+            ("Result<&str, String>", nested),
+            ("Box<&u8>", nested),
+            ("Option<(u8, Vec<&mut u8>)>", nested),
+            ("RStr<'static>", borrowed),
+            ("ROption<RSlice<'static, u8>>", borrowed),
+            ("Cow<'_, str>", borrowed),
+        ] {
+            let out = returning(ty);
+            assert!(out.contains(message), "{ty}: missing {message:?} in {out}");
+            assert!(!out.contains("__HotTable"), "{ty}: nothing is generated");
+        }
+    }
+
+    #[test]
+    fn owned_returns_and_borrowed_arguments_are_accepted() {
+        for ty in [
+            "String",
+            "Option<Result<Vec<String>, String>>",
+            "(u8, Vec<u8>)",
+            "RString",
+        ] {
+            let out = returning(ty);
+            assert!(!out.contains("compile_error"), "{ty}: {out}");
+        }
+        let out = expand(
+            quote!(version = 1),
+            "impl Game { pub fn f(&self, s: &str, b: &[u8]) -> u64 { 0 } }",
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    const RETIRING: &str = "impl GameLogic {
+        pub fn tick(&mut self) {}
+        fn stop(&mut self) {}
+    }";
+
+    #[test]
+    fn on_retire_calls_the_named_method_from_the_hot_module_impl() {
+        let out = expand(quote!(version = 1, on_retire = stop), RETIRING);
+        let start = out
+            .find("HotModule for GameLogic")
+            .expect("the HotModule impl");
+        let end = out.find("pub struct HotMethods").expect("the proxy");
+        assert!(
+            out[start..end].contains("fn on_retire (& mut self) { < GameLogic > :: stop (self) }"),
+            "{out}"
+        );
+        let without = expand(quote!(version = 1), RETIRING);
+        assert!(!without.contains("fn on_retire"), "{without}");
+    }
+
+    #[test]
+    fn on_retire_accepts_the_spellings_of_a_mut_self_method_returning_unit() {
+        for hook in [
+            "fn stop(&mut self) {}",
+            "pub fn stop(&mut self) {}",
+            "fn stop(self: &mut Self) {}",
+            "fn stop(&mut self) -> () {}",
+        ] {
+            let out = expand(
+                quote!(version = 1, on_retire = stop),
+                &format!("impl Game {{ {hook} }}"),
+            );
+            assert!(!out.contains("compile_error"), "{hook}: {out}");
+            assert!(out.contains("fn on_retire"), "{hook}: {out}");
+        }
+    }
+
+    #[test]
+    fn on_retire_must_name_one_mut_self_method_of_the_block() {
+        let shape = "the `on_retire` hook must be `fn stop(&mut self)`";
+        for (args, hook, message) in [
+            (
+                quote!(version = 1, on_retire = stop),
+                "fn halt(&mut self) {}",
+                "`on_retire` names `stop`, but this impl block has no method `stop`",
+            ),
+            (
+                quote!(version = 1, on_retire = stop),
+                "fn stop(&self) {}",
+                shape,
+            ),
+            (
+                quote!(version = 1, on_retire = stop),
+                "fn stop(self) {}",
+                shape,
+            ),
+            (quote!(version = 1, on_retire = stop), "fn stop() {}", shape),
+            (
+                quote!(version = 1, on_retire = stop),
+                "fn stop(&mut self, now: u8) {}",
+                shape,
+            ),
+            (
+                quote!(version = 1, on_retire = stop),
+                "fn stop(&mut self) -> u8 { 0 }",
+                shape,
+            ),
+            (
+                quote!(version = 1, on_retire = stop),
+                "async fn stop(&mut self) {}",
+                shape,
+            ),
+            (
+                quote!(version = 1, on_retire = stop),
+                "unsafe fn stop(&mut self) {}",
+                shape,
+            ),
+            (
+                quote!(version = 1, on_retire = stop),
+                "fn stop<T>(&mut self) {}",
+                shape,
+            ),
+            (
+                quote!(version = 1, on_retire = stop, on_retire = stop),
+                "fn stop(&mut self) {}",
+                "duplicate argument `on_retire`",
+            ),
+            (
+                quote!(version = 1, on_retire = "stop"),
+                "fn stop(&mut self) {}",
+                "expected the name of a method of this impl block",
+            ),
+            (
+                quote!(version = 1, on_retire = Self::stop),
+                "fn stop(&mut self) {}",
+                "expected the name of a method of this impl block",
+            ),
+        ] {
+            let out = expand(args, &format!("impl Game {{ {hook} }}"));
+            assert!(
+                out.contains(message),
+                "{hook}: missing {message:?} in {out}"
+            );
+            assert!(!out.contains("__HotTable"), "{hook}: nothing is generated");
+        }
     }
 }

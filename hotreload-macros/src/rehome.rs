@@ -5,12 +5,19 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::{Data, DeriveInput, Fields};
 
+use crate::check::Errors;
+
 pub(crate) fn derive(mut input: DeriveInput) -> syn::Result<TokenStream> {
-    let ident = &input.ident;
-    for param in input.generics.type_params_mut() {
-        param.bounds.push(syn::parse_quote!(::hotreload::Rehome));
+    let mut errors = Errors::default();
+    // A value that borrows can point into the module's image, which no rebuilding can fix.
+    for lifetime in input.generics.lifetimes() {
+        errors.spanned(
+            lifetime,
+            "Rehome cannot be derived for a type with lifetime parameters: a borrowed value can \
+             point into the module that made it; hold owned values (`RString`, `RVec<T>`)",
+        );
     }
-    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    let ident = &input.ident;
     let body = match &input.data {
         Data::Struct(data) => {
             let (pattern, rebuild) = fields(quote!(#ident), &data.fields);
@@ -25,19 +32,33 @@ pub(crate) fn derive(mut input: DeriveInput) -> syn::Result<TokenStream> {
             quote!(match self { #(#arms)* })
         }
         Data::Union(data) => {
-            return Err(syn::Error::new_spanned(
+            errors.spanned(
                 data.union_token,
-                "Rehome cannot be derived for a union; implement it by hand",
-            ));
+                "Rehome cannot be derived for a union: which field to rebuild is unknown",
+            );
+            TokenStream::new()
         }
     };
+    errors.into_result()?;
+
+    for param in input.generics.type_params_mut() {
+        param.bounds.push(syn::parse_quote!(::hotreload::Rehome));
+    }
+    let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
+    // SAFETY (of the generated `unsafe impl`): the value is destructured and rebuilt from fields
+    // that each went through their own `Rehome` (the compiler requires every field type, and
+    // every type parameter, to implement it), and the type has no lifetime parameter, so the
+    // result holds nothing from the old value but what those impls rebuilt.
     Ok(quote! {
-        #[automatically_derived]
-        impl #impl_generics ::hotreload::Rehome for #ident #ty_generics #where_clause {
-            fn rehome(self) -> Self {
-                #body
+        const _: () = {
+            #[automatically_derived]
+            #[allow(clippy::undocumented_unsafe_blocks)]
+            unsafe impl #impl_generics ::hotreload::Rehome for #ident #ty_generics #where_clause {
+                fn rehome(self) -> Self {
+                    #body
+                }
             }
-        }
+        };
     })
 }
 
@@ -65,5 +86,59 @@ fn fields(path: TokenStream, fields: &Fields) -> (TokenStream, TokenStream) {
             )
         }
         Fields::Unit => (path.clone(), path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The derive's output, or every error message it gave.
+    fn derive(item: &str) -> Result<String, Vec<String>> {
+        super::derive(syn::parse_str(item).unwrap())
+            .map(|tokens| tokens.to_string())
+            .map_err(|err| err.into_iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn the_impl_is_unsafe_derived_and_bounds_type_parameters() {
+        let out = derive("struct Pair<T> { a: T, b: RString }").unwrap();
+        assert!(out.contains("# [automatically_derived]"), "{out}");
+        assert!(
+            out.contains(
+                "unsafe impl < T : :: hotreload :: Rehome > :: hotreload :: Rehome for Pair < T >"
+            ),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "Pair { a : :: hotreload :: Rehome :: rehome (a) , b : :: hotreload :: Rehome :: rehome (b) }"
+            ),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn every_variant_is_rebuilt() {
+        let out = derive("enum Shape { Dot(Point), Named { name: RString }, Nothing }").unwrap();
+        for arm in [
+            "Shape :: Dot (__field0) => Shape :: Dot (:: hotreload :: Rehome :: rehome (__field0))",
+            "Shape :: Named { name } => Shape :: Named { name : :: hotreload :: Rehome :: rehome (name) }",
+            "Shape :: Nothing => Shape :: Nothing",
+        ] {
+            assert!(out.contains(arm), "missing {arm:?} in {out}");
+        }
+    }
+
+    #[test]
+    fn lifetimes_and_unions_are_refused_together() {
+        let errors = derive("union Borrowed<'a, 'b> { a: &'a u8, b: &'b u8 }").unwrap_err();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("lifetime parameters"), "{errors:?}");
+        assert!(errors[1].contains("lifetime parameters"), "{errors:?}");
+        assert!(
+            errors[2].contains("cannot be derived for a union"),
+            "{errors:?}"
+        );
+        let errors = derive("struct Name<'a> { name: RStr<'a> }").unwrap_err();
+        assert_eq!(errors.len(), 1, "{errors:?}");
     }
 }

@@ -169,6 +169,10 @@ pub(crate) use shadow::ShadowDir;
 ///   `hotreload_module__<name>`, so two modules never collide.
 /// - `state_version = N`: the state schema version recorded in every saved state (1 by
 ///   default).
+/// - `on_retire = method`: a method of the same impl block (it may be private), shaped
+///   `fn method(&mut self)`; the hook runs on the old version's state when it stops serving,
+///   before its workers ([`worker::spawn`]) are told to stop; it is where the module stops what
+///   it started.
 ///
 /// # Types in signatures
 /// | you write | crosses as |
@@ -201,9 +205,10 @@ pub(crate) use shadow::ShadowDir;
 /// Likewise: a missing or non-integer `version`, an unknown or repeated argument, a generic
 /// or lifetime-generic impl, a `where` clause, a trait impl, `async`, `unsafe` or `extern`
 /// methods, variadics, `self` by value, `impl Trait` arguments, references other than `&str`
-/// and `&[T]`, returned references or borrowed types, `HashMap`/`Rc`/`Arc` (with the abi_stable
-/// type to use instead), and a state type that is not serde-serializable. `ui-tests/` holds
-/// one compile-fail case for each.
+/// and `&[T]`, returned references or borrowed types at any depth (`Option<&str>`,
+/// `RStr<'static>`), `HashMap`/`Rc`/`Arc` (with the abi_stable type to use instead), an
+/// `on_retire` naming no method of the block or one not shaped `fn(&mut self)`, and a state
+/// type that is not serde-serializable. `ui-tests/` holds one compile-fail case for each.
 #[doc(inline)]
 pub use hotreload_macros::hot_module;
 
@@ -244,6 +249,10 @@ pub use hotreload_macros::hot_fn;
 /// Derives [`Rehome`](trait@Rehome) for a `#[derive(StableAbi)]` type returned by a hot
 /// method: the value is rebuilt field by field with the host's code before the version that
 /// made it can be unloaded.
+///
+/// The derive is how to implement the `unsafe` trait: every field must implement `Rehome`
+/// itself, so a borrowed field (`RStr<'static>`, `RSlice`) is a compile error, and a type with
+/// lifetime parameters or a union is refused.
 ///
 /// ```
 /// use abi_stable::StableAbi;

@@ -24,7 +24,7 @@ pub struct World {
     name: String,
 }
 
-#[hotreload::hot_module(version = 7, name = "the_world", state_version = 2)]
+#[hotreload::hot_module(version = 7, name = "the_world", state_version = 2, on_retire = forget)]
 impl World {
     pub fn add(&mut self, p: Point) -> u64 {
         self.points.push((p.x, p.y));
@@ -81,6 +81,10 @@ impl World {
     fn private_helper(&self) -> usize {
         self.points.len()
     }
+
+    fn forget(&mut self) {
+        self.points.clear();
+    }
 }
 
 #[allow(dead_code)]
@@ -108,4 +112,10 @@ fn main() {
     assert_eq!(<World as hotreload::HotModule>::API_VERSION, 7);
     assert_eq!(<World as hotreload::HotModule>::STATE_VERSION, 2);
     let _ = World::default().private_helper();
+    let mut world = World {
+        points: vec![(1.0, 2.0)],
+        name: String::new(),
+    };
+    hotreload::HotModule::on_retire(&mut world);
+    assert!(world.points.is_empty(), "on_retire runs the named method");
 }

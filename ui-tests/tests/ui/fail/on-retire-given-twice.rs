@@ -1,0 +1,19 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Default, Serialize, Deserialize)]
+pub struct Game {
+    score: i64,
+}
+
+#[hotreload::hot_module(version = 1, on_retire = stop, on_retire = halt)]
+impl Game {
+    pub fn score(&self) -> i64 {
+        self.score
+    }
+
+    fn stop(&mut self) {}
+
+    fn halt(&mut self) {}
+}
+
+fn main() {}
