@@ -255,6 +255,16 @@ pub enum HotError {
         /// The I/O error.
         source: Arc<std::io::Error>,
     },
+
+    /// A directory the shadow directory would be made in could let another user replace the
+    /// copies before they are loaded.
+    #[error("refusing shadow directory {}: {reason}", path.display())]
+    UnsafeShadowDir {
+        /// The directory the reloader's shadow directory would be made in.
+        path: PathBuf,
+        /// Why, and how to fix it.
+        reason: String,
+    },
 }
 
 /// What a module reported from an entry that did not return a value.

@@ -10,3 +10,8 @@ pub(crate) use unix::{is_mapped, open_library};
 mod other;
 #[cfg(not(unix))]
 pub(crate) use other::{is_mapped, open_library};
+
+mod permissions;
+pub(crate) use permissions::read_trusted;
+#[cfg(unix)]
+pub(crate) use permissions::{effective_uid, unsafe_directory};

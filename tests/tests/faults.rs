@@ -232,7 +232,7 @@ fn every_fault_is_typed_and_loses_nothing() {
         let err = r.reloader.reload_module("counter").unwrap_err();
         assert!(matches!(err, HotError::UnsafeArtifact { .. }), "{err:?}");
         assert!(
-            err.to_string().contains("chmod o-w"),
+            err.to_string().contains("chmod go-w"),
             "says how to fix it: {err}"
         );
     });

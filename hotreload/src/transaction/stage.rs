@@ -1,10 +1,15 @@
 //! Step 1: copy a complete artifact to a unique shadow path.
 //!
-//! The artifact is read into memory once; those very bytes are checked and written to the
-//! shadow copy, so a writer that is still busy with the artifact cannot make us open
-//! something other than what was checked. The build output itself is never opened: a
-//! library mapped from a file that the next build rewrites would fault (SIGBUS) on the next
-//! page it touches.
+//! Trust model: loading a library runs its initialisers, so the permission check here is the
+//! gate. The artifact is opened once, and the open file and every directory above its real
+//! path are checked as OpenSSH checks key files (see `os::permissions`): only this process's
+//! user or root may have written it or may rename anything on the way to it, except in a
+//! sticky directory owned by root such as `/tmp`. Its bytes are read from that same
+//! descriptor into memory once; those very bytes are hashed, checked and written to the
+//! shadow copy, so neither a file swapped in after the check nor a writer still busy with the
+//! artifact can make us open something other than what was checked. [`ArtifactBytes`] are
+//! only made by that read. The build output itself is never opened as a library: one mapped
+//! from a file that the next build rewrites would fault (SIGBUS) on the next page it touches.
 
 use std::fs;
 use std::io::{self, Write};
@@ -15,6 +20,7 @@ use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol};
 use crate::ShadowDir;
 use crate::error::HotError;
 use crate::module::ModuleSpec;
+use crate::os;
 
 /// A shadow copy, deleted when dropped (after the library opened from it is closed).
 #[derive(Debug)]
@@ -24,6 +30,9 @@ pub(crate) struct ShadowFile {
     pub len: u64,
     /// SHA-256 of the bytes staged, in hex.
     pub sha256: String,
+    /// The size of the descriptor symbol in the file's symbol table: how much of it may be
+    /// read once the library is open.
+    pub descriptor_size: u64,
 }
 
 impl Drop for ShadowFile {
@@ -35,21 +44,26 @@ impl Drop for ShadowFile {
     }
 }
 
-/// An artifact's bytes as read once, with their digest.
+/// An artifact's bytes with their digest, read once from a descriptor whose file and
+/// directories passed the permission check: only [`read_artifact`] makes them.
 pub(crate) struct ArtifactBytes {
-    pub bytes: Vec<u8>,
-    pub sha256: String,
+    bytes: Vec<u8>,
+    sha256: String,
 }
 
 impl ArtifactBytes {
-    pub(crate) fn new(bytes: Vec<u8>) -> Self {
-        let sha256 = sha256_hex(&bytes);
-        ArtifactBytes { bytes, sha256 }
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// SHA-256 of the bytes, in hex.
+    pub(crate) fn sha256(&self) -> &str {
+        &self.sha256
     }
 }
 
-/// Stages the artifact's current bytes, or `read` when the caller has just read and checked
-/// them (the watcher does, to tell a complete file from one still being written).
+/// Stages the artifact's current bytes, or `read` when the caller has just read them (the
+/// watcher does, to tell a complete file from one still being written).
 pub(crate) fn stage(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
@@ -57,10 +71,9 @@ pub(crate) fn stage(
     read: Option<ArtifactBytes>,
 ) -> Result<ShadowFile, HotError> {
     let artifact = &spec.artifact;
-    check_permissions(spec, shadow)?;
     let ArtifactBytes { bytes, sha256 } = match read {
         Some(read) => read,
-        None => ArtifactBytes::new(read_artifact(spec)?),
+        None => read_artifact(spec)?,
     };
     if let Some(pinned) = &spec.pinned {
         if !pinned.iter().any(|p| p.eq_ignore_ascii_case(&sha256)) {
@@ -76,7 +89,7 @@ pub(crate) fn stage(
         path: artifact.clone(),
         reason,
     })?;
-    check_descriptor_symbol(&file, spec)?;
+    let descriptor_size = check_descriptor_symbol(&file, spec)?;
     let path = shadow_path(spec, shadow, generation);
     write_new(&path, &bytes).map_err(|source| HotError::Shadow {
         module: spec.name.clone(),
@@ -89,6 +102,7 @@ pub(crate) fn stage(
         artifact: artifact.clone(),
         len: bytes.len() as u64,
         sha256,
+        descriptor_size,
     })
 }
 
@@ -105,73 +119,12 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
-/// Refuses an artifact that another user could have written, as OpenSSH refuses loose key
-/// files: world-writable, owned by someone other than this process's user or root, or in a
-/// directory that others may write without the sticky bit.
-#[cfg(unix)]
-fn check_permissions(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<(), HotError> {
-    use std::os::unix::fs::MetadataExt;
-    let unsafe_artifact = |reason: String| HotError::UnsafeArtifact {
-        module: spec.name.clone(),
-        path: spec.artifact.clone(),
-        reason,
-    };
-    let path = &spec.artifact;
-    let Ok(file) = fs::metadata(path) else {
-        // Missing: reading it reports that.
-        return Ok(());
-    };
-    // The shadow directory was made by this process: its owner is this process's user.
-    let me = fs::metadata(shadow.path()).map(|m| m.uid()).unwrap_or(0);
-    if file.mode() & 0o002 != 0 {
-        return Err(unsafe_artifact(format!(
-            "it is writable by every user; fix with `chmod o-w {}`",
-            path.display()
-        )));
-    }
-    if file.uid() != me && file.uid() != 0 {
-        return Err(unsafe_artifact(format!(
-            "it belongs to user {}, not to this process's user ({me}) or root; fix with \
-             `chown {me} {}`",
-            file.uid(),
-            path.display()
-        )));
-    }
-    if let Some(dir) = path.parent() {
-        if let Ok(meta) = fs::metadata(dir) {
-            let others_write = meta.mode() & 0o002 != 0;
-            let sticky = meta.mode() & 0o1000 != 0;
-            if others_write && !sticky {
-                return Err(unsafe_artifact(format!(
-                    "its directory {} is writable by every user, without the sticky bit; fix \
-                     with `chmod o-w {}`",
-                    dir.display(),
-                    dir.display()
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn check_permissions(_spec: &ModuleSpec, _shadow: &ShadowDir) -> Result<(), HotError> {
-    Ok(())
-}
-
-/// The artifact's bytes, read once.
-pub(crate) fn read_artifact(spec: &ModuleSpec) -> Result<Vec<u8>, HotError> {
-    fs::read(&spec.artifact).map_err(|source| match source.kind() {
-        io::ErrorKind::NotFound => HotError::ArtifactNotFound {
-            module: spec.name.clone(),
-            path: spec.artifact.clone(),
-        },
-        _ => HotError::ReadArtifact {
-            module: spec.name.clone(),
-            path: spec.artifact.clone(),
-            source: source.into(),
-        },
-    })
+/// The artifact's bytes, read once after its permissions were checked on the open file: the
+/// one way an artifact's bytes come in.
+pub(crate) fn read_artifact(spec: &ModuleSpec) -> Result<ArtifactBytes, HotError> {
+    let bytes = os::read_trusted(&spec.name, &spec.artifact)?;
+    let sha256 = sha256_hex(&bytes);
+    Ok(ArtifactBytes { bytes, sha256 })
 }
 
 /// `<shadow dir>/<module>-<generation>-<artifact file name>`: unique per version.
@@ -237,7 +190,7 @@ fn parse_library(bytes: &[u8]) -> Result<object::File<'_>, String> {
 /// Checks, in the file's dynamic symbol table and before the library is ever opened (so none
 /// of its initialisers run), that it exports this module's descriptor symbol, and that the
 /// symbol is large enough to read the descriptor's fixed prefix from.
-fn check_descriptor_symbol(file: &object::File<'_>, spec: &ModuleSpec) -> Result<(), HotError> {
+fn check_descriptor_symbol(file: &object::File<'_>, spec: &ModuleSpec) -> Result<u64, HotError> {
     let symbol = hotreload_abi::descriptor_symbol(&spec.name);
     let found = file
         .dynamic_symbols()
@@ -256,7 +209,7 @@ fn check_descriptor_symbol(file: &object::File<'_>, spec: &ModuleSpec) -> Result
                 reason: format!("its `{symbol}` is {size} bytes, too small to be a descriptor"),
             })
         }
-        Some(_) => Ok(()),
+        Some(size) => Ok(size),
     }
 }
 

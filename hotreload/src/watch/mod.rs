@@ -32,7 +32,7 @@ use crate::build::{BuildDone, Builds};
 use crate::error::HotError;
 use crate::events::Event;
 use crate::reloader::Shared;
-use crate::transaction::stage::{ArtifactBytes, check_library};
+use crate::transaction::stage::{check_library, read_artifact};
 
 /// Where reloads found by the watcher are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -459,8 +459,11 @@ impl WatchLoop {
         }
     }
 
-    /// Reads the artifact once and, if it is a complete library different from the version
-    /// serving (and from the last one refused), reloads it or queues it for `poll()`.
+    /// Reads the artifact once (through the same permission check as every read) and, if it
+    /// is a complete library different from the version serving (and from the last one
+    /// refused), reloads it or queues it for `poll()`. An artifact refused for its
+    /// permissions goes to the transaction too, which reads and refuses it again itself and
+    /// reports the refusal as it reports every failed reload: with its event and hooks.
     fn check(&mut self, module: &str) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -469,40 +472,43 @@ impl WatchLoop {
             return;
         };
         let path = core.spec.artifact.clone();
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-                return self.report_missing(module, path);
-            }
+        let read = match read_artifact(&core.spec) {
+            Ok(read) => Some(read),
+            Err(HotError::ArtifactNotFound { .. }) => return self.report_missing(module, path),
+            Err(HotError::UnsafeArtifact { .. }) => None,
             Err(err) => {
                 return self.emit(Event::WatchError {
-                    message: format!("{}: {err}", path.display()),
+                    message: err.to_string(),
                 });
             }
         };
         self.missing.remove(module);
-        if let Err(reason) = check_library(&bytes) {
-            return self.emit(Event::ArtifactIncomplete {
-                module: module.to_owned(),
-                path,
-                reason,
-            });
+        if let Some(read) = &read {
+            if let Err(reason) = check_library(read.bytes()) {
+                return self.emit(Event::ArtifactIncomplete {
+                    module: module.to_owned(),
+                    path,
+                    reason,
+                });
+            }
+            let serving = core.version().map(|v| v.sha256);
+            if serving.as_deref() == Some(read.sha256())
+                || self
+                    .attempted
+                    .get(module)
+                    .is_some_and(|a| a == read.sha256())
+            {
+                tracing::debug!(module, "artifact unchanged");
+                return;
+            }
+            self.attempted
+                .insert(module.to_owned(), read.sha256().to_owned());
         }
-        let read = ArtifactBytes::new(bytes);
-        let serving = core.version().map(|v| v.sha256);
-        if serving.as_deref() == Some(read.sha256.as_str())
-            || self.attempted.get(module) == Some(&read.sha256)
-        {
-            tracing::debug!(module, "artifact unchanged");
-            return;
-        }
-        self.attempted
-            .insert(module.to_owned(), read.sha256.clone());
         match self.options.apply {
             // A module bound to one thread reloads there only: at its `poll()`.
-            Apply::Background if !core.has_owner() => {
+            Apply::Background if !core.access.has_owner() => {
                 // Events and hooks report the outcome.
-                let _ = shared.reload(&core, Some(read));
+                let _ = shared.reload(&core, read);
             }
             Apply::Background | Apply::OnPoll => shared.mark_pending(module),
         }
