@@ -191,12 +191,40 @@ pub enum HotError {
         module: String,
     },
 
-    /// A reload was asked for from inside a call into the same module (module code calling
-    /// back into the host); it would unload the code that is running.
-    #[error("module `{module}`: cannot reload from inside one of its own calls")]
+    /// A reload, rollback or `mark_good` was asked for from inside a call into the same module
+    /// on the same thread (module code calling back into the host): it would replace the code
+    /// that is running, or wait for ever for that call to end.
+    #[error(
+        "module `{module}`: cannot reload, roll back or end probation from inside one of its \
+         own calls"
+    )]
     ReloadDuringCall {
         /// The module.
         module: String,
+    },
+
+    /// Module code called back into the host, which called the same module again on the same
+    /// thread in a way that would make two references to its state, one of them mutable: a
+    /// call inside a `&mut self` call, or a `&mut self` call inside any call.
+    #[error(
+        "module `{module}`: `{method}` was called from inside {} call of the same module on this \
+         thread; {}",
+        if *running_exclusive { "a `&mut self`" } else { "another" },
+        if *exclusive {
+            "a `&mut self` method must run alone"
+        } else {
+            "it would read the state while it is being changed"
+        }
+    )]
+    ReentrantCall {
+        /// The module.
+        module: String,
+        /// The method refused.
+        method: &'static str,
+        /// Whether the refused method takes `&mut self`.
+        exclusive: bool,
+        /// Whether the call already running takes `&mut self`.
+        running_exclusive: bool,
     },
 
     /// A rollback was asked for, but no earlier version is kept.
@@ -309,6 +337,26 @@ pub enum Rejection {
         /// The module's.
         found: u32,
     },
+    /// The descriptor symbol is smaller than the descriptor of this framework ABI version.
+    #[error("the descriptor symbol is {found} bytes, a version {abi} descriptor is {expected}")]
+    DescriptorSize {
+        /// The framework ABI version both claim.
+        abi: u32,
+        /// The size of the host's descriptor type.
+        expected: u64,
+        /// The size of the symbol in the library.
+        found: u64,
+    },
+    /// Built with `panic = "abort"`: a panic in module code would abort the whole process
+    /// instead of coming back to the host as an error.
+    #[error(
+        "built with `panic = \"abort\"`: a panic in it would abort the host; build it with \
+         `panic = \"unwind\"` (remove `panic = \"abort\"` from the profile in Cargo.toml)"
+    )]
+    PanicAbort,
+    /// The descriptor records a panic strategy this host does not know.
+    #[error("unknown panic strategy {0} in the descriptor")]
+    PanicStrategy(u32),
     /// The descriptor names another module.
     #[error("the library is module `{found}`")]
     ModuleName {

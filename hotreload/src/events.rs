@@ -226,7 +226,10 @@ impl std::fmt::Display for Event {
                 reason,
             } => write!(f, "{module}: load #{generation} stays mapped: {reason}"),
             Event::VersionReleased { module, generation } => {
-                write!(f, "{module}: load #{generation} closed, nothing runs in it any more")
+                write!(
+                    f,
+                    "{module}: load #{generation} closed, nothing runs in it any more"
+                )
             }
             Event::BuildStarted { module, package } => write!(f, "{module}: building {package}"),
             Event::BuildFinished {

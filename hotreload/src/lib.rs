@@ -86,6 +86,7 @@
 #![cfg_attr(feature = "static", allow(dead_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod access;
 mod build;
 mod call;
 mod error;
@@ -99,6 +100,7 @@ mod rehome;
 mod reloader;
 mod shadow;
 mod transaction;
+mod version;
 mod watch;
 pub mod worker;
 
@@ -115,9 +117,9 @@ pub use locate::library_file_name;
 pub use module::HotModule;
 pub use rehome::Rehome;
 pub use reloader::{HotReloader, ModuleOptions, Probation};
-pub use transaction::retire::RetiredVersion;
 pub use transaction::rollback::{RollbackReport, RollbackState};
 pub use transaction::{ReloadReport, StepTimings};
+pub use version::RetiredVersion;
 pub use watch::{Apply, WatchOptions};
 
 pub(crate) use shadow::ShadowDir;

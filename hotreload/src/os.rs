@@ -4,12 +4,12 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub(crate) use unix::{is_mapped, open_library};
+pub(crate) use unix::{ThreadCensus, is_mapped, open_library, thread_census, thread_in_image};
 
 #[cfg(not(unix))]
 mod other;
 #[cfg(not(unix))]
-pub(crate) use other::{is_mapped, open_library};
+pub(crate) use other::{ThreadCensus, is_mapped, open_library, thread_census, thread_in_image};
 
 mod permissions;
 pub(crate) use permissions::read_trusted;

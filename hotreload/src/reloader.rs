@@ -503,7 +503,14 @@ impl HotReloader {
     /// thread may still run in them (or the module is registered with
     /// [`keep_loaded`](ModuleOptions::keep_loaded)), each with the latest reason.
     pub fn held_versions(&self, name: &str) -> Result<Vec<RetiredVersion>, HotError> {
-        Ok(self.shared.core(name)?.book().held.iter().map(|h| h.report()).collect())
+        Ok(self
+            .shared
+            .core(name)?
+            .book()
+            .held
+            .iter()
+            .map(|h| h.report())
+            .collect())
     }
 
     fn lock_watcher(&self) -> MutexGuard<'_, Option<Watcher>> {

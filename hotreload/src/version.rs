@@ -185,7 +185,6 @@ impl RetiredVersion {
     }
 }
 
-
 impl LoadedVersion {
     /// Stops the version's workers (waiting up to `timeout_ms` for them) and says why it
     /// must stay mapped, if it must: a worker still running, or another thread that may

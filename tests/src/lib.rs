@@ -34,24 +34,24 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
             v.edit(LIB, "pub fn calls(&self) -> u64 {\n        self.calls", "pub fn calls(&self) -> u32 {\n        self.calls as u32")
         })
         .variant("method_renamed", |v| v.edit(LIB, "pub fn calls(&self)", "pub fn call_count(&self)"))
-        .variant("api_v2", |v| v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 2)]"))
+        .variant("api_v2", |v| v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 2,"))
         .variant("other_module", |v| {
-            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"other\")]")
+            v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 1, name = \"other\",")
         })
         .variant("wrong_abi", |v| {
             // The real module under another name, and a descriptor for `counter` that claims
             // another framework ABI version.
-            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
+            v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 1, name = \"counter_real\",")
                 .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: hotreload::__private::DescriptorPrefix = hotreload::__private::DescriptorPrefix {\n    magic: hotreload::__private::DESCRIPTOR_MAGIC,\n    abi_version: 999,\n};")
         })
         .variant("short_descriptor", |v| {
             // A descriptor symbol with the right magic and ABI version but only the prefix's
             // size: reading a whole descriptor from it would read past the symbol.
-            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
+            v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 1, name = \"counter_real\",")
                 .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: hotreload::__private::DescriptorPrefix = hotreload::__private::DescriptorPrefix {\n    magic: hotreload::__private::DESCRIPTOR_MAGIC,\n    abi_version: hotreload::__private::ABI_VERSION,\n};")
         })
         .variant("bad_magic", |v| {
-            v.edit(LIB, "#[hot_module(version = 1)]", "#[hot_module(version = 1, name = \"counter_real\")]")
+            v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 1, name = \"counter_real\",")
                 .edit(LIB, "// EXTRA_ITEMS", "#[unsafe(no_mangle)]\npub static hotreload_module__counter: [u8; 64] = [0x5a; 64];")
         })
         .variant("unresolved_symbol", |v| {

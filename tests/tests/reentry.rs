@@ -50,7 +50,10 @@ fn record<T: std::fmt::Debug>(
         .push((name, result.map(|v| format!("{v:?}"))));
 }
 
-fn outcome<'a>(outcomes: &'a [(&'static str, Result<String, HotError>)], name: &str) -> &'a Result<String, HotError> {
+fn outcome<'a>(
+    outcomes: &'a [(&'static str, Result<String, HotError>)],
+    name: &str,
+) -> &'a Result<String, HotError> {
     &outcomes
         .iter()
         .find(|(n, _)| *n == name)
@@ -87,10 +90,24 @@ macro_rules! probe_calls {
         move || {
             record(&outcomes, "calls", hot_fn!(m.calls()));
             record(&outcomes, "bump", hot_fn!(m.bump()));
-            record(&outcomes, "reload", reloader.reload_module("counter").map(|_| ()));
-            record(&outcomes, "rollback", reloader.rollback("counter").map(|_| ()));
+            record(
+                &outcomes,
+                "reload",
+                reloader.reload_module("counter").map(|_| ()),
+            );
+            record(
+                &outcomes,
+                "rollback",
+                reloader.rollback("counter").map(|_| ()),
+            );
             record(&outcomes, "mark_good", reloader.mark_good("counter"));
-            record(&outcomes, "version", reloader.current_version("counter").map(|v| v.map(|v| v.generation)));
+            record(
+                &outcomes,
+                "version",
+                reloader
+                    .current_version("counter")
+                    .map(|v| v.map(|v| v.generation)),
+            );
         }
     }};
 }
@@ -121,7 +138,10 @@ fn check_exclusive_outer(outcomes: &Outcomes) {
 
 fn check_shared_outer(outcomes: &Outcomes, calls: u64) {
     let outcomes = outcomes.borrow();
-    assert_eq!(outcome(&outcomes, "calls").as_ref().unwrap(), &calls.to_string());
+    assert_eq!(
+        outcome(&outcomes, "calls").as_ref().unwrap(),
+        &calls.to_string()
+    );
     assert_reentrant(outcome(&outcomes, "bump"), true, false);
     assert_reload_during_call(outcome(&outcomes, "reload"));
     assert_reload_during_call(outcome(&outcomes, "rollback"));

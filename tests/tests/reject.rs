@@ -301,3 +301,33 @@ fn a_symbol_that_is_not_a_descriptor_is_refused() {
 fn hotreload_abi_version() -> u32 {
     hotreload::__private::ABI_VERSION
 }
+
+#[test]
+fn a_descriptor_symbol_smaller_than_a_descriptor_is_refused_before_it_is_read() {
+    let running = Running::start();
+    let err = running.reload_variant("short_descriptor");
+    let expected = std::mem::size_of::<hotreload::__private::ModuleDescriptor>() as u64;
+    let found = std::mem::size_of::<hotreload::__private::DescriptorPrefix>() as u64;
+    assert_eq!(
+        rejection(&err),
+        &Rejection::DescriptorSize {
+            abi: hotreload_abi_version(),
+            expected,
+            found,
+        }
+    );
+    running.assert_unchanged();
+}
+
+#[test]
+fn a_build_with_panic_abort_is_refused_with_the_fix() {
+    let running = Running::start();
+    let err = running.reload_variant("panic_abort");
+    assert_eq!(rejection(&err), &Rejection::PanicAbort);
+    let message = err.to_string();
+    assert!(
+        message.contains("panic = \"abort\"") && message.contains("panic = \"unwind\""),
+        "{message}"
+    );
+    running.assert_unchanged();
+}

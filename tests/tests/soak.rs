@@ -63,12 +63,22 @@ fn two_thousand_reloads_under_four_calling_threads() {
         failed += f;
     }
     let counted = hot_fn!(module.calls()).unwrap();
+    // The callers started after the first load, so that version may be held while they run
+    // (a thread on a CPU cannot be read); once they have stopped, a reload releases it.
+    sandbox.install_bytes(&builds[RELOADS % 2]);
+    let last = reloader.reload_module("counter").unwrap();
+    let held = reloader.held_versions("counter").unwrap();
+    assert!(
+        held.is_empty(),
+        "still held after the callers stopped: {held:?}"
+    );
     let mapped = mapped_under(&module);
     let growth = resident_kb() as i64 - rss as i64;
     println!(
         "soak: {RELOADS} reloads, {calls} calls, {failed} failed, counter {counted}, \
-         {mapped} shadow copies mapped (history {HISTORY}), resident {growth:+} kB, \
-         descriptors {} -> {}",
+         {mapped} shadow copies mapped (history {HISTORY}), {} held version(s) released at \
+         the end, resident {growth:+} kB, descriptors {} -> {}",
+        last.released.len(),
         fds,
         open_fds()
     );

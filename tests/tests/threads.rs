@@ -3,13 +3,16 @@
 //! `hotreload::worker::spawn` are stopped and joined, other threads' stacks are checked, and a
 //! version something may still run in is held (reported) and closed at a later retire.
 //!
-//! Each test reloads 20 times with a thread sleeping in the version being replaced; the
-//! module keeps no history, so every reload closes the version it replaces at once.
+//! Each case reloads 20 times with a thread sleeping in the version being replaced; the
+//! module keeps no history, so every reload closes the version it replaces at once. The cases
+//! run one after another in one test: a test thread that the harness starts meanwhile would
+//! be one more thread to check, and the check is conservative (a stale word on a new thread's
+//! stack that looks like an address inside a version keeps that version a while longer).
 
 use std::time::{Duration, Instant};
 
 use hotreload::{Event, HotReloader, Module, ModuleOptions, RetiredVersion, hot_fn};
-use hotreload_tests::{Sandbox, one_at_a_time, variants};
+use hotreload_tests::{Sandbox, variants};
 
 const RELOADS: usize = 20;
 
@@ -63,12 +66,19 @@ fn reload_with_threads(
         sandbox.install(if i % 2 == 0 { "v2" } else { "v1" });
         let report = reloader.reload_module("counter").unwrap();
         for version in report.closed.iter().filter(|c| c.is_held()) {
-            assert_eq!(version.is_mapped_now(), Some(true), "a held version stays mapped");
+            assert_eq!(
+                version.is_mapped_now(),
+                Some(true),
+                "a held version stays mapped"
+            );
         }
         all.closed.extend(report.closed);
         all.released.extend(report.released);
         // The new version serves, with the state carried over.
-        assert_eq!(hot_fn!(module.build_tag()).unwrap(), if i % 2 == 0 { 2 } else { 1 });
+        assert_eq!(
+            hot_fn!(module.build_tag()).unwrap(),
+            if i % 2 == 0 { 2 } else { 1 }
+        );
     }
     all
 }
@@ -77,7 +87,11 @@ fn reload_with_threads(
 fn release_all(sandbox: &Sandbox, reloader: &HotReloader, mut all: Closed) -> Vec<RetiredVersion> {
     sandbox.install("v2");
     let report = reloader.reload_module("counter").unwrap();
-    assert!(report.closed.iter().all(|c| c.held.is_none()), "{:?}", report.closed);
+    assert!(
+        report.closed.iter().all(|c| c.held.is_none()),
+        "{:?}",
+        report.closed
+    );
     all.released.extend(report.released);
     assert_eq!(
         all.released.len(),
@@ -88,9 +102,7 @@ fn release_all(sandbox: &Sandbox, reloader: &HotReloader, mut all: Closed) -> Ve
     all.released
 }
 
-#[test]
 fn a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
-    let _one = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = register(&sandbox, ModuleOptions::new());
     let events = reloader.subscribe();
@@ -102,7 +114,10 @@ fn a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
     assert_eq!(closed.closed.len(), RELOADS);
     for version in &closed.closed {
         let reason = version.held.as_deref().unwrap_or_else(|| {
-            panic!("load #{} was closed under a sleeping thread", version.info.generation)
+            panic!(
+                "load #{} was closed under a sleeping thread",
+                version.info.generation
+            )
         });
         assert!(reason.contains("inside it"), "{reason}");
     }
@@ -110,23 +125,31 @@ fn a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
         .try_iter()
         .filter(|e| matches!(e, Event::VersionHeld { .. }))
         .count();
-    assert_eq!(held_events, RELOADS, "one VersionHeld event per held version");
+    assert_eq!(
+        held_events, RELOADS,
+        "one VersionHeld event per held version"
+    );
 
     wait_for_threads(before, Duration::from_secs(10));
     let released = release_all(&sandbox, &reloader, closed);
     // Nothing registered a thread-local destructor in them: the OS really unmaps them.
     for version in &released {
-        assert_eq!(version.is_mapped_now(), Some(false), "load #{}", version.info.generation);
+        assert_eq!(
+            version.is_mapped_now(),
+            Some(false),
+            "load #{}",
+            version.info.generation
+        );
     }
     assert!(
-        events.try_iter().any(|e| matches!(e, Event::VersionReleased { .. })),
+        events
+            .try_iter()
+            .any(|e| matches!(e, Event::VersionReleased { .. })),
         "a VersionReleased event"
     );
 }
 
-#[test]
 fn a_std_thread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
-    let _one = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = register(&sandbox, ModuleOptions::new());
     let before = threads();
@@ -144,9 +167,7 @@ fn a_std_thread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
     );
 }
 
-#[test]
 fn workers_are_stopped_and_joined_when_their_version_is_replaced() {
-    let _one = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = register(&sandbox, ModuleOptions::new());
     let before = threads();
@@ -159,9 +180,7 @@ fn workers_are_stopped_and_joined_when_their_version_is_replaced() {
     assert_eq!(threads(), before, "no worker is left running");
 }
 
-#[test]
 fn a_worker_that_does_not_stop_in_time_holds_its_version_until_it_ends() {
-    let _one = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let options = ModuleOptions::new().worker_stop_timeout(Duration::from_millis(10));
     let (reloader, module) = register(&sandbox, options);
@@ -177,15 +196,53 @@ fn a_worker_that_does_not_stop_in_time_holds_its_version_until_it_ends() {
     release_all(&sandbox, &reloader, closed);
 }
 
-#[test]
+fn the_retire_hook_runs_on_the_state_of_each_replaced_version() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = register(&sandbox, ModuleOptions::new());
+    let log = sandbox.path().join("retired.log");
+    let label = format!("retire-log:{}", log.display());
+    hot_fn!(module.set_label(label.into())).unwrap();
+    reload_with_threads(&sandbox, &reloader, &module, |m| {
+        hot_fn!(m.bump()).unwrap();
+    });
+    let lines: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    // One line per replaced version, each with that build's tag and the state it had.
+    let expected: Vec<String> = (0..RELOADS)
+        .map(|i| {
+            let tag = if i % 2 == 0 { 1 } else { 2 };
+            format!("build {tag} retired after {} calls", i + 2)
+        })
+        .collect();
+    assert_eq!(lines, expected);
+}
+
 fn keep_loaded_never_closes_a_version() {
-    let _one = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = register(&sandbox, ModuleOptions::new().keep_loaded());
     let closed = reload_with_threads(&sandbox, &reloader, &module, |_| {});
     assert_eq!(closed.closed.len(), RELOADS);
     for version in &closed.closed {
-        assert!(version.held.as_deref().unwrap_or("").contains("keep_loaded"));
+        assert!(
+            version
+                .held
+                .as_deref()
+                .unwrap_or("")
+                .contains("keep_loaded")
+        );
         assert_eq!(version.is_mapped_now(), Some(true));
     }
+}
+
+#[test]
+fn threads_started_by_module_code_never_run_in_unmapped_code() {
+    a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends();
+    a_std_thread_sleeping_in_a_version_keeps_it_mapped_until_it_ends();
+    workers_are_stopped_and_joined_when_their_version_is_replaced();
+    a_worker_that_does_not_stop_in_time_holds_its_version_until_it_ends();
+    keep_loaded_never_closes_a_version();
+    the_retire_hook_runs_on_the_state_of_each_replaced_version();
 }

@@ -8,11 +8,11 @@ use hotreload_abi::{EntryResult, StatePtr};
 
 use super::CallPath;
 use crate::VersionInfo;
-use crate::error::HotError;
 use crate::access::Mode;
+use crate::error::HotError;
 use crate::module::{HotModule, ModuleCore};
-use crate::version::Live;
 use crate::rehome::Rehome;
+use crate::version::Live;
 
 /// A handle to a registered module, typed by its state type. Cheap to clone; `Send + Sync`.
 ///
@@ -105,9 +105,7 @@ impl<T: HotModule> Module<T> {
             .core
             .access
             .shared_call(&self.core.spec.name, method, mode)
-            .and_then(|entered| {
-                entered.enter(|live| run::<T, R>(live, &self.core, method, call))
-            });
+            .and_then(|entered| entered.enter(|live| run::<T, R>(live, &self.core, method, call)));
         self.core.finish_call(&result);
         result
     }

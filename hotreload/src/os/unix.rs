@@ -95,8 +95,11 @@ fn stopped_at(tid: u32) -> Option<Option<(u64, u64)>> {
     Some(Some((sp, pc)))
 }
 
+/// A range of addresses, `[start, end)`.
+type Range = (u64, u64);
+
 /// The address ranges mapped from `path`, and every mapping of the process.
-fn mappings(path: &Path) -> Option<(Vec<(u64, u64)>, Vec<(u64, u64)>)> {
+fn mappings(path: &Path) -> Option<(Vec<Range>, Vec<Range>)> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
     let path = path.to_str()?;
     let mut image = Vec::new();
@@ -108,25 +111,25 @@ fn mappings(path: &Path) -> Option<(Vec<(u64, u64)>, Vec<(u64, u64)>)> {
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
-        let (Ok(start), Ok(end)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-        ) else {
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
             continue;
         };
         all.push((start, end));
         let mapped = rest.split_once('/').map(|(_, p)| format!("/{p}"));
-        if mapped.as_deref().is_some_and(|m| {
-            m == path || m.strip_suffix(" (deleted)") == Some(path)
-        }) {
+        if mapped
+            .as_deref()
+            .is_some_and(|m| m == path || m.strip_suffix(" (deleted)") == Some(path))
+        {
             image.push((start, end));
         }
     }
     Some((image, all))
 }
 
-/// How long to wait, in all, for a thread that runs on a CPU to stop so that its stack can
-/// be read; one that is still running after that is assumed to be inside the image.
+/// How long to wait, in all, for the threads that run on a CPU to be preempted or to block so
+/// that their stacks can be read; one still running after that is assumed to be inside the
+/// image.
 const RUNNING_PATIENCE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Why a thread of this process may still return into the image mapped from `path`, if one
@@ -147,53 +150,66 @@ pub(crate) fn thread_in_image(path: &Path, census: &ThreadCensus) -> Option<Stri
         .ok()
         .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
     let mem = std::fs::File::open("/proc/self/mem").ok();
-    for tid in thread_ids()? {
-        if Some(tid) == me {
-            continue;
-        }
-        let older = census.tids.binary_search(&tid).is_ok()
-            && thread_start(tid).is_some_and(|start| start < census.taken_at);
-        if older {
-            continue;
-        }
-        let deadline = std::time::Instant::now() + RUNNING_PATIENCE;
-        let stopped = loop {
-            match stopped_at(tid) {
-                // The thread has exited.
-                None => break None,
-                Some(Some(at)) => break Some(at),
-                Some(None) if std::time::Instant::now() >= deadline => {
-                    return Some(format!(
-                        "thread {tid} ({}), started while it served, is running and where it \
-                         runs cannot be read",
-                        thread_name(tid)
-                    ));
-                }
-                Some(None) => std::thread::yield_now(),
+    let mut candidates: Vec<u32> = thread_ids()?
+        .into_iter()
+        .filter(|&tid| Some(tid) != me)
+        .filter(|&tid| {
+            let older = census.tids.binary_search(&tid).is_ok()
+                && thread_start(tid).is_some_and(|start| start < census.taken_at);
+            !older
+        })
+        .collect();
+    // A thread on a CPU cannot be read; one that is preempted or blocked can. Threads are
+    // looked at in turn until each has been read once or the patience runs out.
+    let deadline = std::time::Instant::now() + RUNNING_PATIENCE;
+    while !candidates.is_empty() {
+        let mut running = Vec::new();
+        for tid in candidates {
+            let Some(stopped) = stopped_at(tid) else {
+                continue; // it has exited
+            };
+            let Some((sp, pc)) = stopped else {
+                running.push(tid);
+                continue;
+            };
+            if inside(pc) {
+                return Some(format!(
+                    "thread {tid} ({}) is executing its code (at {pc:#x})",
+                    thread_name(tid)
+                ));
             }
-        };
-        let Some((sp, pc)) = stopped else { continue };
-        let found = if inside(pc) {
-            Some(pc)
-        } else {
             let stack = all.iter().find(|&&(s, e)| (s..e).contains(&sp));
             let scanned = match (stack, &mem) {
                 (Some(&(_, end)), Some(mem)) => scan_words(mem, sp, end, inside).ok(),
                 _ => None,
             };
-            let Some(found) = scanned else {
-                return Some(format!(
-                    "the stack of thread {tid} ({}) cannot be read",
-                    thread_name(tid)
-                ));
-            };
-            found
-        };
-        if let Some(address) = found {
+            match scanned {
+                None => {
+                    return Some(format!(
+                        "the stack of thread {tid} ({}) cannot be read",
+                        thread_name(tid)
+                    ));
+                }
+                Some(Some(address)) => {
+                    return Some(format!(
+                        "thread {tid} ({}) holds address {address:#x} inside it on its stack",
+                        thread_name(tid)
+                    ));
+                }
+                Some(None) => {}
+            }
+        }
+        if !running.is_empty() && std::time::Instant::now() >= deadline {
+            let tid = running[0];
             return Some(format!(
-                "thread {tid} ({}) holds address {address:#x} inside it on its stack",
+                "thread {tid} ({}), started while it served, runs on a CPU and where it runs \
+                 cannot be read",
                 thread_name(tid)
             ));
+        }
+        candidates = running;
+        if !candidates.is_empty() {
+            std::thread::yield_now();
         }
     }
     None

@@ -6,10 +6,10 @@ use hotreload_abi::{LifecycleEntries, ModuleDescriptor, descriptor_symbol};
 
 use super::stage::ShadowFile;
 use crate::VersionInfo;
-use crate::version::{Image, LoadedVersion};
 use crate::error::HotError;
 use crate::module::ModuleSpec;
 use crate::os;
+use crate::version::{Image, LoadedVersion};
 
 /// A library opened from a shadow copy, not yet verified.
 pub(crate) struct OpenedLibrary {
@@ -67,21 +67,21 @@ pub(crate) fn open(
         message: error_chain(&err),
     })?;
     let symbol = descriptor_symbol(&spec.name);
+    let image = Image::new(handle, shadow, census);
     // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a
     // pointer type here and nothing is read through it until verification has checked the
     // descriptor's fixed prefix.
-    let image = Image::new(handle, shadow, census);
     let descriptor = unsafe {
         image
             .library()
             .get::<*const ModuleDescriptor>(symbol.as_bytes())
     }
-        .map(|sym| *sym)
-        .map_err(|_| HotError::NoDescriptor {
-            module: spec.name.clone(),
-            path: image.shadow.artifact.clone(),
-            symbol: symbol.clone(),
-        })?;
+    .map(|sym| *sym)
+    .map_err(|_| HotError::NoDescriptor {
+        module: spec.name.clone(),
+        path: image.shadow.artifact.clone(),
+        symbol: symbol.clone(),
+    })?;
     tracing::debug!(symbol, "descriptor found");
     Ok(OpenedLibrary {
         descriptor,

@@ -84,7 +84,11 @@ pub(crate) fn rollback(
     let to = kept.version.info.clone();
     // The version serves again: it may start workers again.
     if let RResult::RErr(err) = (kept.version.lifecycle.resume_workers)() {
-        tracing::warn!("resuming the workers of load #{}: {}", to.generation, ModuleFault::from(err));
+        tracing::warn!(
+            "resuming the workers of load #{}: {}",
+            to.generation,
+            ModuleFault::from(err)
+        );
     }
     let old = live.replace(Live {
         version: kept.version,

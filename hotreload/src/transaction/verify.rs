@@ -17,10 +17,10 @@ use hotreload_abi::{
 };
 
 use super::open::OpenedLibrary;
-use crate::version::LoadedVersion;
 use crate::VersionInfo;
 use crate::error::{HotError, Rejection};
 use crate::module::ModuleSpec;
+use crate::version::LoadedVersion;
 
 pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedVersion, HotError> {
     let reject = |reason: Rejection, detail: Option<Box<str>>| HotError::Rejected {
@@ -48,13 +48,6 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
             None,
         ));
     }
-    if opened
-        .descriptor
-        .align_offset(align_of::<ModuleDescriptor>())
-        != 0
-    {
-        return Err(reject(Rejection::BadMagic, None));
-    }
     let full = size_of::<ModuleDescriptor>() as u64;
     if opened.shadow().descriptor_size < full {
         return Err(reject(
@@ -65,6 +58,13 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
             },
             None,
         ));
+    }
+    if opened
+        .descriptor
+        .align_offset(align_of::<ModuleDescriptor>())
+        != 0
+    {
+        return Err(reject(Rejection::BadMagic, None));
     }
     // SAFETY: the prefix says the module was built against this very ABI version, whose
     // descriptor layout is `ModuleDescriptor`; the symbol is at least that large (its size in
