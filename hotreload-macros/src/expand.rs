@@ -92,9 +92,12 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
 
     // SAFETY (of the `unsafe` in the shims below): the host only passes back a `StatePtr`
     // that this module's `construct` or `restore` produced for this very type, and the host
-    // runtime holds its module lock for reading around `&self` calls and for writing around
-    // `&mut self` calls, so the references made here obey Rust's aliasing rules. The state type
-    // is asserted `Send + Sync` because calls come from any host thread.
+    // runtime's access rules (`hotreload/src/access.rs`) make each `&mut self` entry the only
+    // call of this module running, and let `&self` entries run only beside other `&self`
+    // entries: a shared handle holds the module's write or read lock for the call, a local
+    // handle runs on one thread and refuses re-entry that would alias; so the references
+    // made here obey Rust's aliasing rules. The state type is asserted `Send + Sync` because
+    // calls come from any host thread.
     quote! {
         #[automatically_derived]
         #[allow(
@@ -304,7 +307,7 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
         pub fn #ident(&self, #(#labels: #types),*)
             -> ::core::result::Result<#output, __hr::HotError>
         {
-            // The entry matches the lock taken: `call_exclusive` for `&mut self` only.
+            // The entry matches the access asked for: `call_exclusive` for `&mut self` only.
             unsafe {
                 __hr::CallPath::<#self_ty>::#call::<_, _, #ffi_output>(
                     self.0,

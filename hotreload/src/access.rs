@@ -18,23 +18,28 @@
 //!   lock again (the outer call's read lock already keeps the version live; locking twice
 //!   could wait for ever behind a queued reload).
 //! - **Replacing the live version** (reload, rollback) needs a [`ReplacePermit`], which only
-//!   [`Access::permit_replace`] creates: it refuses another thread than the owner
-//!   ([`HotError::WrongThread`]) and a thread that is inside a call of this module
-//!   ([`HotError::ReloadDuringCall`], which would otherwise deadlock or unmap running code),
-//!   then takes the write lock.
+//!   [`Access::permit_replace`] creates, from the [`TransactionMark`] that only
+//!   [`Access::begin_transaction`] creates: it refuses another thread than the owner
+//!   ([`HotError::WrongThread`]) and a thread that is inside a call or transaction of this
+//!   module ([`HotError::ReloadDuringCall`], which would otherwise deadlock or unmap running
+//!   code). While the mark lives, the thread counts as inside an exclusive call, so module
+//!   code that the transaction runs cannot re-enter the module.
+//! - **Version queries** read a description published at each replacement, never `live`.
 //!
 //! Which calls run on the current thread is kept in the host (a thread-local list of frames
-//! for shared handles, a counter in the module for local ones): a thread-local in the host
-//! costs a few instructions, one inside a module's library goes through `__tls_get_addr`.
+//! for shared handles and transactions, a counter in the module for local calls): a
+//! thread-local in the host costs a few instructions, one inside a module's library goes
+//! through `__tls_get_addr`.
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
-use std::sync::PoisonError;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::thread::ThreadId;
 
 use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 
+use crate::VersionInfo;
 use crate::error::HotError;
 use crate::version::Live;
 
@@ -50,6 +55,10 @@ pub(crate) struct Access {
     /// Calls in progress through the `LocalModule`: the number of shared calls, or
     /// [`EXCLUSIVE`]. Written and read on `owner` only, so plain loads and stores suffice.
     local: AtomicU32,
+    /// The live version's description, published by each replacement: version queries read
+    /// it without touching `live` (so they never wait for a call or a reload, and never alias
+    /// a replacement in progress on their own thread).
+    info: Mutex<Option<VersionInfo>>,
 }
 
 /// `Access::local` while a `&mut self` call runs through the `LocalModule`.
@@ -76,6 +85,10 @@ pub(crate) enum Mode {
     Shared,
     /// `&mut self`.
     Exclusive,
+    /// A reload or rollback of the module runs on this thread (with module code inside it:
+    /// save, restore, the retire hook): as exclusive as a `&mut self` call, and the
+    /// transaction holds the module's locks.
+    Transaction,
 }
 
 /// A call in progress on this thread, through a shared handle: a node of the thread's list.
@@ -95,13 +108,16 @@ fn running_here(access: &Access) -> Option<Mode> {
     let mut frame = INNERMOST.with(Cell::get);
     let mut found = None;
     while !frame.is_null() {
-        // SAFETY: every pointer in the list is to a `Frame` on this thread's stack, pushed by
-        // `SharedCall::enter` whose `Pushed` guard unlinks it before the frame goes out of
-        // scope (guards drop in reverse order of creation, also on unwinding), so each
-        // pointer reached from `INNERMOST` is to a live frame.
+        // SAFETY: every pointer in the list is to a live `Frame`: one on this thread's stack,
+        // pushed by `SharedCall::enter` whose `Pushed` guard unlinks it before the frame goes
+        // out of scope, or one boxed in a `TransactionMark`, which unlinks it when it drops.
+        // Both are created and dropped in nested order on one thread (guards drop in reverse
+        // order of creation, also on unwinding), so each pointer reached from `INNERMOST`
+        // is to a frame that still exists.
         let current = unsafe { &*frame };
         if std::ptr::eq(current.access, access) {
             found = Some(match (found, current.mode) {
+                (Some(Mode::Transaction), _) | (_, Mode::Transaction) => Mode::Transaction,
                 (Some(Mode::Exclusive), _) | (_, Mode::Exclusive) => Mode::Exclusive,
                 _ => Mode::Shared,
             });
@@ -109,6 +125,12 @@ fn running_here(access: &Access) -> Option<Mode> {
         frame = current.outer;
     }
     found
+}
+
+/// Whether this thread is inside no call through a shared handle and no transaction, of any
+/// module: it holds no module lock.
+pub(crate) fn holds_no_module_lock() -> bool {
+    INNERMOST.with(Cell::get).is_null()
 }
 
 /// Unlinks a frame from this thread's list when the call ends.
@@ -125,6 +147,7 @@ impl Drop for Pushed {
 impl Access {
     pub(crate) fn new(live: Option<Live>, owner: Option<ThreadId>) -> Self {
         Access {
+            info: Mutex::new(live.as_ref().map(|l| l.version.info.clone())),
             lock: ShardedLock::new(()),
             live: UnsafeCell::new(live),
             owner,
@@ -132,58 +155,92 @@ impl Access {
         }
     }
 
+    /// The live version, taken out when the module goes away: `&mut self` proves that no
+    /// call, reload or query can be running.
+    pub(crate) fn take_live(&mut self) -> Option<Live> {
+        *self.info.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
+        self.live.get_mut().take()
+    }
+
+    /// The version serving now, as last published.
+    pub(crate) fn version(&self) -> Option<VersionInfo> {
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     /// Whether this module reloads only on its owner thread.
     pub(crate) fn has_owner(&self) -> bool {
         self.owner.is_some()
     }
 
-    /// Whether a call of this module is running on this thread.
+    /// Whether a call or a transaction of this module is running on this thread.
     pub(crate) fn in_call_here(&self) -> bool {
-        match self.owner {
+        let local = match self.owner {
             Some(owner) if owner == std::thread::current().id() => {
                 self.local.load(Ordering::Relaxed) != 0
             }
-            Some(_) => false,
-            None => running_here(self).is_some(),
-        }
-    }
-
-    /// Read access to the live version, for version queries from any thread. Inside a call of
-    /// this module on this thread the call's own guard already orders access: no lock then.
-    pub(crate) fn read(&self) -> LiveRead<'_> {
-        let guard = if self.in_call_here() {
-            None
-        } else {
-            Some(self.lock.read().unwrap_or_else(PoisonError::into_inner))
+            _ => false,
         };
-        LiveRead {
-            _guard: guard,
-            // SAFETY: shared access: under the read lock, or inside a call of this module on
-            // this thread, during which no replacement can happen (`permit_replace` refuses
-            // it here, and elsewhere waits for the write lock the call's guard excludes, or
-            // for a local module is refused off the owner thread).
-            live: unsafe { &*self.live.get() },
-        }
+        local || running_here(self).is_some()
     }
 
-    /// The permit to replace the live version: refused off the owner thread of a local module
-    /// and inside a call of this module on this thread; otherwise waits for the write lock.
-    pub(crate) fn permit_replace(&self, module: &str) -> Result<ReplacePermit<'_>, HotError> {
+    /// Whether a reload or rollback of this module is running on this thread (module code
+    /// inside it called back into the host).
+    pub(crate) fn in_transaction_here(&self) -> bool {
+        running_here(self) == Some(Mode::Transaction)
+    }
+
+    /// Begins a reload or rollback on this thread: refused off the owner thread of a local
+    /// module, and inside a call or transaction of this module on this thread (which it
+    /// would wait for for ever, or whose code it would replace). Until the mark drops, this
+    /// thread counts as inside an exclusive call of the module, so module code that the
+    /// transaction runs (save, restore, the retire hook) and that calls back into the host
+    /// cannot re-enter the module or start another transaction of it.
+    pub(crate) fn begin_transaction(&self, module: &str) -> Result<TransactionMark<'_>, HotError> {
         self.may_replace_here(module)?;
-        // A poisoned lock only means a host-side panic while it was held; `Live` is replaced
-        // in one assignment, so it is never left half-updated.
-        let guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
-        Ok(ReplacePermit {
-            _guard: guard,
-            // SAFETY: the write lock excludes every shared-handle call and every reader that
-            // locks; a local call cannot be running, because this is the owner thread and it
-            // is not inside one (checked above), and the local handle never leaves it.
-            live: unsafe { &mut *self.live.get() },
+        let outer = INNERMOST.with(Cell::get);
+        // Boxed: the frame's address is in the thread's list until the mark drops, and the
+        // mark itself moves.
+        let frame = Box::new(Frame {
+            access: self,
+            mode: Mode::Transaction,
+            outer,
+        });
+        INNERMOST.with(|innermost| innermost.set(&*frame));
+        let local_before = self.local.load(Ordering::Relaxed);
+        if self.owner.is_some() {
+            // Only on the owner thread (checked above): local calls see an exclusive call.
+            self.local.store(EXCLUSIVE, Ordering::Relaxed);
+        }
+        Ok(TransactionMark {
+            access: self,
+            frame,
+            local_before,
         })
     }
 
-    /// The checks of [`permit_replace`](Self::permit_replace), without taking the lock: to
-    /// refuse early, before anything is staged or any hook runs.
+    /// The permit to replace the live version, for the transaction `mark` began: waits for
+    /// the write lock.
+    pub(crate) fn permit_replace<'a>(&'a self, mark: &TransactionMark<'a>) -> ReplacePermit<'a> {
+        debug_assert!(std::ptr::eq(mark.access, self));
+        // A poisoned lock only means a host-side panic while it was held; `Live` is replaced
+        // in one assignment, so it is never left half-updated.
+        let guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        ReplacePermit {
+            access: self,
+            _guard: guard,
+            // SAFETY: the write lock excludes every shared-handle call; a local call cannot be
+            // running, because a transaction begins only on the owner thread outside every
+            // call of the module (`begin_transaction`), and the local handle never leaves that
+            // thread; version queries do not read `live` (they read `info`).
+            live: unsafe { &mut *self.live.get() },
+        }
+    }
+
+    /// The checks of [`begin_transaction`](Self::begin_transaction), without beginning one:
+    /// to refuse early, before any hook runs.
     pub(crate) fn may_replace_here(&self, module: &str) -> Result<(), HotError> {
         if let Some(owner) = self.owner {
             if owner != std::thread::current().id() {
@@ -232,7 +289,7 @@ impl Access {
     fn lock_for(&self, mode: Mode) -> Guard<'_> {
         match mode {
             Mode::Shared => Guard::Read(self.lock.read().unwrap_or_else(PoisonError::into_inner)),
-            Mode::Exclusive => {
+            Mode::Exclusive | Mode::Transaction => {
                 Guard::Write(self.lock.write().unwrap_or_else(PoisonError::into_inner))
             }
         }
@@ -254,9 +311,11 @@ impl Access {
         debug_assert_eq!(self.owner, Some(std::thread::current().id()));
         let running = self.local.load(Ordering::Relaxed);
         let next = match (running, mode) {
-            (0, Mode::Exclusive) => EXCLUSIVE,
+            (0, Mode::Exclusive | Mode::Transaction) => EXCLUSIVE,
             (EXCLUSIVE, _) => return Err(reentrant(module, method, mode, Mode::Exclusive)),
-            (_, Mode::Exclusive) => return Err(reentrant(module, method, mode, Mode::Shared)),
+            (_, Mode::Exclusive | Mode::Transaction) => {
+                return Err(reentrant(module, method, mode, Mode::Shared));
+            }
             (n, Mode::Shared) => n + 1,
         };
         self.local.store(next, Ordering::Relaxed);
@@ -273,7 +332,7 @@ fn reentrant(module: &str, method: &'static str, mode: Mode, running: Mode) -> H
         module: module.to_owned(),
         method,
         exclusive: mode == Mode::Exclusive,
-        running_exclusive: running == Mode::Exclusive,
+        running_exclusive: running != Mode::Shared,
     }
 }
 
@@ -282,24 +341,43 @@ enum Guard<'a> {
     Write(#[allow(dead_code)] ShardedLockWriteGuard<'a, ()>),
 }
 
-/// Read access to the live version.
-pub(crate) struct LiveRead<'a> {
-    _guard: Option<ShardedLockReadGuard<'a, ()>>,
-    live: &'a Option<Live>,
-}
-
-impl Deref for LiveRead<'_> {
-    type Target = Option<Live>;
-    fn deref(&self) -> &Option<Live> {
-        self.live
-    }
-}
-
 /// The right to replace the live version: the write lock, taken on a thread allowed to
 /// replace it. Only [`Access::permit_replace`] makes one.
 pub(crate) struct ReplacePermit<'a> {
+    access: &'a Access,
     _guard: ShardedLockWriteGuard<'a, ()>,
     live: &'a mut Option<Live>,
+}
+
+impl Drop for ReplacePermit<'_> {
+    fn drop(&mut self) {
+        // Published before the write lock is released: a call that sees the new version
+        // never sees an older description.
+        *self
+            .access
+            .info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) =
+            self.live.as_ref().map(|live| live.version.info.clone());
+    }
+}
+
+/// A reload or rollback in progress on this thread (see [`Access::begin_transaction`]).
+pub(crate) struct TransactionMark<'a> {
+    access: &'a Access,
+    frame: Box<Frame>,
+    local_before: u32,
+}
+
+impl Drop for TransactionMark<'_> {
+    fn drop(&mut self) {
+        if self.access.owner.is_some() {
+            self.access
+                .local
+                .store(self.local_before, Ordering::Relaxed);
+        }
+        INNERMOST.with(|innermost| innermost.set(self.frame.outer));
+    }
 }
 
 impl Deref for ReplacePermit<'_> {

@@ -166,6 +166,7 @@ impl Builds {
         let spawned = std::thread::Builder::new()
             .name(format!("hotreload-build-{module}"))
             .spawn(move || {
+                let _runtime = crate::os::RuntimeThread::enter();
                 let started = Instant::now();
                 let result = run(&mut command).map(|()| started.elapsed());
                 let _ = done.send(BuildDone { module, result });

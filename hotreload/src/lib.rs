@@ -59,7 +59,17 @@
 //! - **Calls are never lost**: each call runs wholly in the version that was live when it
 //!   began; a reload waits for calls in progress, swaps, and lets the waiting calls through.
 //! - **Panics stay in the module**: a panicking method returns [`HotError::Call`]; the next
-//!   call works.
+//!   call works. A build made with `panic = "abort"`, which could not keep this promise, is
+//!   refused.
+//! - **Re-entry is an error, never undefined behaviour or a deadlock**: module code that calls
+//!   back into the host, which calls the same module again on that thread, gets
+//!   [`HotError::ReentrantCall`] when the call would alias the state, and a reload, rollback
+//!   or `mark_good` from there gets [`HotError::ReloadDuringCall`].
+//! - **No version is unmapped while code may run in it**: values a call returns are rebuilt
+//!   by the host ([`Rehome`]); a version's [`worker`]s are stopped and joined; other threads
+//!   started while it served are checked for addresses inside it; a version something may
+//!   still run in is held, reported, and closed later (or never, with
+//!   [`ModuleOptions::keep_loaded`]).
 //! - **Going back is always possible**: the last versions stay loaded for
 //!   [`HotReloader::rollback`], and a [`Probation`] rolls back by itself on a panic.
 //!
@@ -74,10 +84,15 @@
 //! - On glibc, a library that registered thread-local destructors stays mapped after it is
 //!   closed; [`RetiredVersion::still_mapped`] (in [`ReloadReport::closed`]) says when that
 //!   happened.
-//! - A method must not call back into the host in a way that calls the same module again
-//!   through a shared [`Module`] while a reload is waiting: the call would wait for the
-//!   reload, which waits for it. (Through a [`LocalModule`], a reload from inside a call is
-//!   refused with [`HotError::ReloadDuringCall`].)
+//! - Loading a library runs its initialisers: the permission check on the artifact (its file
+//!   and every directory up to `/`, on the opened descriptor) and
+//!   [`ModuleOptions::pin_sha256`] are the gate. A module is code you run, not a sandbox.
+//! - The check for threads running in a closed version sees stacks and program counters, not
+//!   pointers kept elsewhere (a module callback stored by a C library and called later from
+//!   an older thread): register such a module with [`ModuleOptions::keep_loaded`].
+//! - Module code that blocks on another thread which then calls the same module's
+//!   `&mut self` methods or reloads it still deadlocks: the runtime sees re-entry on one
+//!   thread only.
 //! - Built and tested on Linux (glibc, x86_64) only.
 
 #![warn(missing_docs)]

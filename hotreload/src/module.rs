@@ -120,11 +120,7 @@ pub(crate) struct ModuleCore {
 
 impl Drop for ModuleCore {
     fn drop(&mut self) {
-        let live = self
-            .access
-            .permit_replace(&self.spec.name)
-            .ok()
-            .and_then(|mut live| (*live).take());
+        let live = self.access.take_live();
         let book = self.book.get_mut().unwrap_or_else(PoisonError::into_inner);
         crate::transaction::retire::retire_all(live, book, &self.spec);
     }
@@ -156,13 +152,23 @@ impl ModuleCore {
 
     /// The version serving calls, if one is loaded.
     pub(crate) fn version(&self) -> Option<VersionInfo> {
-        (*self.access.read())
-            .as_ref()
-            .map(|live| live.version.info.clone())
+        self.access.version()
     }
 
+    /// The bookkeeping, for a transaction (which holds it throughout).
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bookkeeping, for a query: refused from module code that a transaction of this
+    /// module runs on this thread (the transaction holds it: waiting would be for ever).
+    pub(crate) fn book_for_query(&self) -> Result<MutexGuard<'_, Book>, HotError> {
+        if self.access.in_transaction_here() {
+            return Err(HotError::ReloadDuringCall {
+                module: self.spec.name.clone(),
+            });
+        }
+        Ok(self.book())
     }
 
     /// After a call, outside every lock: counts it against probation (one relaxed load when

@@ -4,12 +4,16 @@
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
-pub(crate) use unix::{ThreadCensus, is_mapped, open_library, thread_census, thread_in_image};
+pub(crate) use unix::{
+    RuntimeThread, ThreadCensus, is_mapped, open_library, thread_census, thread_in_image,
+};
 
 #[cfg(not(unix))]
 mod other;
 #[cfg(not(unix))]
-pub(crate) use other::{ThreadCensus, is_mapped, open_library, thread_census, thread_in_image};
+pub(crate) use other::{
+    RuntimeThread, ThreadCensus, is_mapped, open_library, thread_census, thread_in_image,
+};
 
 mod permissions;
 pub(crate) use permissions::read_trusted;

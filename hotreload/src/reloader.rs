@@ -52,6 +52,11 @@ impl Default for ModuleOptions {
 
 /// A window after each reload during which a panic in the new version rolls the module back
 /// to the previous version, with the state it had at the reload.
+///
+/// The call that panicked rolls back before its `hot_fn!` returns, after it has released
+/// the module's lock and once no other call of the module runs on its thread (a call nested
+/// in one, through a host callback, leaves it to the outermost call): the rollback's events
+/// and `after_reload` hooks run there, on the caller's thread.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probation {
     pub(crate) calls: Option<u64>,
@@ -385,6 +390,12 @@ impl HotReloader {
             .filter_map(|name| {
                 let core = self.shared.core(&name).ok()?;
                 let outcome = self.shared.reload(&core, None);
+                if let Err(HotError::WrongThread { .. } | HotError::ReloadDuringCall { .. }) =
+                    &outcome
+                {
+                    // Not this thread's or this moment's to apply: still pending.
+                    self.shared.mark_pending(&name);
+                }
                 Some((name, outcome))
             })
             .collect()
@@ -475,7 +486,7 @@ impl HotReloader {
     /// The replaced versions of module `name` still loaded for rollback, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<VersionInfo>, HotError> {
         let core = self.shared.core(name)?;
-        let book = core.book();
+        let book = core.book_for_query()?;
         Ok(book
             .history
             .iter()
@@ -496,7 +507,7 @@ impl HotReloader {
     /// The versions of module `name` that were replaced, oldest first, with whether the OS
     /// kept each one mapped.
     pub fn retired_versions(&self, name: &str) -> Result<Vec<RetiredVersion>, HotError> {
-        Ok(self.shared.core(name)?.book().retired.clone())
+        Ok(self.shared.core(name)?.book_for_query()?.retired.clone())
     }
 
     /// The closed versions of module `name` that the runtime keeps mapped for now, because a

@@ -1,5 +1,5 @@
-//! The values a version of a module goes through: loaded (verified, opened from its shadow
-//! copy), live (serving, with its state), kept (replaced, still loaded for rollback), retired
+//! The values a version of a module goes through: its shadow file (the staged copy), its
+//! image (the library opened from it), loaded (verified), live (serving, with its state), kept (replaced, still loaded for rollback), retired
 //! (closed, or held mapped while a thread may still run in it).
 
 use std::ffi::c_void;
@@ -10,7 +10,28 @@ use hotreload_abi::{LifecycleEntries, StatePtr};
 
 use crate::VersionInfo;
 use crate::os;
-use crate::transaction::stage::ShadowFile;
+
+/// A shadow copy, deleted when dropped (after the library opened from it is closed).
+#[derive(Debug)]
+pub(crate) struct ShadowFile {
+    pub path: PathBuf,
+    pub artifact: PathBuf,
+    pub len: u64,
+    /// SHA-256 of the bytes staged, in hex.
+    pub sha256: String,
+    /// The size of the descriptor symbol in the file's symbol table: how much of it may be
+    /// read once the library is open.
+    pub descriptor_size: u64,
+}
+
+impl Drop for ShadowFile {
+    fn drop(&mut self) {
+        // A library the OS keeps mapped stays valid after its file is unlinked.
+        if let Err(err) = std::fs::remove_file(&self.path) {
+            tracing::debug!(path = %self.path.display(), "cannot delete shadow copy: {err}");
+        }
+    }
+}
 
 /// A library opened from its shadow copy. Dropping it closes the library, unless a thread of
 /// the process may still run in it: then the image stays mapped for the rest of the process
@@ -50,6 +71,13 @@ impl Image {
     /// Why a thread may still run in the image, if one may.
     fn thread_inside(&self) -> Option<String> {
         os::thread_in_image(&self.shadow.path, &self.census)
+    }
+
+    /// Closes the library without checking the process's threads again: for a caller that
+    /// has just found nothing running in it (a second look could only be less sure: a thread
+    /// busy on a CPU cannot be read, and the image would then be left mapped for good).
+    pub(crate) fn close_checked(mut self) {
+        drop(self.handle.take());
     }
 
     /// Leaves the library mapped for the rest of the process (its shadow copy is deleted; a

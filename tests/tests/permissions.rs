@@ -170,6 +170,35 @@ fn a_symlink_to_a_library_in_a_directory_everyone_may_write_is_refused() {
 }
 
 #[test]
+fn a_symlink_in_a_directory_everyone_may_write_is_refused_even_to_a_safe_library() {
+    let sandbox = Sandbox::new(variants!());
+    let running = Running::in_sandbox(&sandbox);
+    // The library itself is in a safe place; the link to it is where others may write, so
+    // they could point it at another file.
+    let (_safe, safe) = private_dir();
+    let target = safe.join("libcounter.so");
+    install("v2", &target);
+    let open = sandbox.path().join("open");
+    fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let link = open.join("libcounter.so");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    fs::remove_file(sandbox.artifact()).unwrap();
+    std::os::unix::fs::symlink(&link, sandbox.artifact()).unwrap();
+
+    let reason = running.refused();
+    assert!(
+        reason.starts_with("the link to it is in an unsafe place: directory")
+            && reason.contains(&open.canonicalize().unwrap().display().to_string()),
+        "{reason}"
+    );
+    running.assert_unchanged();
+
+    chmod(&open, 0o755);
+    running.assert_reloads_v2();
+}
+
+#[test]
 fn a_safe_directory_under_one_everyone_may_write_is_refused() {
     let (_root, root) = private_dir();
     let outer = root.join("outer");

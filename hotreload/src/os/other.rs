@@ -24,3 +24,12 @@ pub(crate) fn thread_census() -> Option<ThreadCensus> {
 pub(crate) fn thread_in_image(_path: &Path, _census: &ThreadCensus) -> Option<String> {
     Some("this platform cannot check where the process's threads are".into())
 }
+
+/// Marks the calling thread as one of the runtime's own (nothing to mark on this platform).
+pub(crate) struct RuntimeThread;
+
+impl RuntimeThread {
+    pub(crate) fn enter() -> Self {
+        RuntimeThread
+    }
+}

@@ -5,7 +5,8 @@
 //! This check is the gate. The artifact is opened once (through symbolic links, to the real
 //! file) and the open file itself is checked: a regular file, owned by this process's
 //! effective user or root, writable by neither its group nor others. Then every directory
-//! from the real file's own up to `/` must be owned by the user or root and writable by
+//! from the real file's own up to `/` (and, when the artifact's path is a symbolic link, every
+//! directory from the link's own up to `/`) must be owned by the user or root and writable by
 //! neither group nor others; the one exception is the `/tmp` convention: a directory others
 //! may write is accepted when it has the sticky bit and belongs to root, since then nobody
 //! else can rename or remove what the user put there. The bytes are read from the descriptor
@@ -104,7 +105,38 @@ fn open_checked(module: &str, path: &Path, me: u32) -> Result<Option<fs::File>, 
     if let Some(fault) = unsafe_directory(dir, me).map_err(io_error)? {
         return Err(refuse(format!("{via}{fault}")));
     }
+    if real != path {
+        // Whoever may write a directory holding a link on the way can point it at another
+        // file: each link's directories must be as safe as the file's.
+        if let Some(fault) = unsafe_link(path, me).map_err(io_error)? {
+            return Err(refuse(format!(
+                "the link to it is in an unsafe place: {fault}"
+            )));
+        }
+    }
     Ok(Some(file))
+}
+
+/// What makes a symbolic link on the way from `path` to its file unsafe, if anything: the
+/// directories holding each link of the chain, up to `/`, are checked as the file's are.
+#[cfg(unix)]
+fn unsafe_link(path: &Path, me: u32) -> io::Result<Option<String>> {
+    // The kernel follows at most 40 links; so does this walk.
+    let mut current = path.to_path_buf();
+    for _ in 0..40 {
+        if !fs::symlink_metadata(&current)?.file_type().is_symlink() {
+            return Ok(None);
+        }
+        let dir = fs::canonicalize(current.parent().unwrap_or(Path::new("/")))?;
+        if let Some(fault) = unsafe_directory(&dir, me)? {
+            return Ok(Some(fault));
+        }
+        current = dir.join(fs::read_link(&current)?);
+    }
+    Ok(Some(format!(
+        "{} goes through more than 40 symbolic links",
+        path.display()
+    )))
 }
 
 /// The path of the file open as `file`, found from the descriptor, and confirmed to name that

@@ -42,6 +42,44 @@ pub(crate) struct ThreadCensus {
     taken_at: u64,
 }
 
+/// Threads the runtime itself started (the watcher, build threads): they run module code only
+/// through calls and transactions, never a closed version's, so the check for threads inside
+/// a version skips them (their stacks hold stale words from the reloads they ran).
+static RUNTIME_THREADS: std::sync::Mutex<Vec<u32>> = std::sync::Mutex::new(Vec::new());
+
+fn current_tid() -> Option<u32> {
+    std::fs::read_link("/proc/thread-self")
+        .ok()
+        .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok())
+}
+
+fn runtime_threads() -> std::sync::MutexGuard<'static, Vec<u32>> {
+    RUNTIME_THREADS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Marks the calling thread as one of the runtime's own until the guard drops.
+pub(crate) struct RuntimeThread(Option<u32>);
+
+impl RuntimeThread {
+    pub(crate) fn enter() -> Self {
+        let tid = current_tid();
+        if let Some(tid) = tid {
+            runtime_threads().push(tid);
+        }
+        RuntimeThread(tid)
+    }
+}
+
+impl Drop for RuntimeThread {
+    fn drop(&mut self) {
+        if let Some(tid) = self.0 {
+            runtime_threads().retain(|&t| t != tid);
+        }
+    }
+}
+
 /// The clock ticks per second `/proc` reports start times in (`USER_HZ`, 100 on Linux).
 const USER_HZ: f64 = 100.0;
 
@@ -49,7 +87,7 @@ const USER_HZ: f64 = 100.0;
 pub(crate) fn thread_census() -> Option<ThreadCensus> {
     let uptime = std::fs::read_to_string("/proc/uptime").ok()?;
     let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
-    let mut tids = thread_ids()?;
+    let mut tids = thread_ids().ok()?;
     tids.sort_unstable();
     Some(ThreadCensus {
         tids,
@@ -58,13 +96,14 @@ pub(crate) fn thread_census() -> Option<ThreadCensus> {
     })
 }
 
-fn thread_ids() -> Option<Vec<u32>> {
-    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
-    Some(
-        tasks
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-            .collect(),
-    )
+fn thread_ids() -> std::io::Result<Vec<u32>> {
+    let mut tids = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        if let Some(tid) = entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            tids.push(tid);
+        }
+    }
+    Ok(tids)
 }
 
 /// A thread's start time in clock ticks since boot (field 22 of its `stat`).
@@ -81,18 +120,40 @@ fn thread_name(tid: u32) -> String {
         .unwrap_or_default()
 }
 
-/// Where a thread is stopped, from its `syscall` file: `None` while it runs on a CPU.
-fn stopped_at(tid: u32) -> Option<Option<(u64, u64)>> {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+/// Where a thread is, from its `syscall` file.
+enum Whereabouts {
+    /// It has exited.
+    Exited,
+    /// It runs on a CPU: where cannot be read now.
+    Running,
+    /// Preempted or blocked, with its saved stack pointer and program counter.
+    Stopped { sp: u64, pc: u64 },
+}
+
+fn whereabouts(tid: u32) -> std::io::Result<Whereabouts> {
+    let text = match std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")) {
+        Ok(text) => text,
+        // The task is gone (or going: its files answer ESRCH while it is reaped).
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound || err.raw_os_error() == Some(3) => {
+            return Ok(Whereabouts::Exited);
+        }
+        Err(err) => return Err(err),
+    };
     let fields: Vec<&str> = text.split_whitespace().collect();
     if fields.first() == Some(&"running") {
-        return Some(None);
+        return Ok(Whereabouts::Running);
     }
     // `<nr> <six arguments> <sp> <pc>`, or `-1 <sp> <pc>` when blocked outside a syscall.
     let hex = |field: &&str| u64::from_str_radix(field.trim_start_matches("0x"), 16).ok();
-    let pc = fields.last().and_then(hex)?;
-    let sp = fields.get(fields.len().checked_sub(2)?).and_then(hex)?;
-    Some(Some((sp, pc)))
+    let unreadable = || std::io::Error::other(format!("cannot parse {text:?}"));
+    let pc = fields.last().and_then(hex).ok_or_else(unreadable)?;
+    let sp = fields
+        .len()
+        .checked_sub(2)
+        .and_then(|i| fields.get(i))
+        .and_then(hex)
+        .ok_or_else(unreadable)?;
+    Ok(Whereabouts::Stopped { sp, pc })
 }
 
 /// A range of addresses, `[start, end)`.
@@ -146,73 +207,96 @@ pub(crate) fn thread_in_image(path: &Path, census: &ThreadCensus) -> Option<Stri
         return None;
     }
     let inside = |address: u64| image.iter().any(|&(s, e)| (s..e).contains(&address));
-    let me = std::fs::read_link("/proc/thread-self")
-        .ok()
-        .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok());
-    let mem = std::fs::File::open("/proc/self/mem").ok();
-    let mut candidates: Vec<u32> = thread_ids()?
-        .into_iter()
-        .filter(|&tid| Some(tid) != me)
-        .filter(|&tid| {
-            let older = census.tids.binary_search(&tid).is_ok()
-                && thread_start(tid).is_some_and(|start| start < census.taken_at);
-            !older
-        })
-        .collect();
+    let runtime = runtime_threads().clone();
+    let started_since = |tid: u32| {
+        let older = census.tids.binary_search(&tid).is_ok()
+            && thread_start(tid).is_some_and(|start| start < census.taken_at);
+        !older && !runtime.contains(&tid)
+    };
+    let Ok(mem) = std::fs::File::open("/proc/self/mem") else {
+        return Some("cannot open /proc/self/mem to check the process's threads".into());
+    };
+    let scan = |tid: u32, sp: u64| -> Option<String> {
+        let stack = all.iter().find(|&&(s, e)| (s..e).contains(&sp));
+        match stack.map(|&(_, end)| scan_words(&mem, sp, end, inside)) {
+            Some(Ok(None)) => None,
+            Some(Ok(Some(address))) => Some(format!(
+                "thread {tid} ({}) holds address {address:#x} inside it on its stack",
+                thread_name(tid)
+            )),
+            _ => Some(format!(
+                "the stack of thread {tid} ({}) cannot be read",
+                thread_name(tid)
+            )),
+        }
+    };
+
+    // The calling thread too, when module code started it (a module's thread that calls back
+    // into the host, which reloads): its own stack, from here up.
+    let me = current_tid();
+    if let Some(me) = me.filter(|&me| started_since(me)) {
+        let here = 0u8;
+        if let Some(reason) = scan(me, std::ptr::addr_of!(here) as u64) {
+            return Some(reason);
+        }
+    }
+
     // A thread on a CPU cannot be read; one that is preempted or blocked can. Threads are
-    // looked at in turn until each has been read once or the patience runs out.
+    // looked at in turn until each has been read once or the patience runs out. The list is
+    // read again at the end: a thread inside the image may have started another and exited
+    // before it was looked at.
     let deadline = std::time::Instant::now() + RUNNING_PATIENCE;
-    while !candidates.is_empty() {
-        let mut running = Vec::new();
-        for tid in candidates {
-            let Some(stopped) = stopped_at(tid) else {
-                continue; // it has exited
-            };
-            let Some((sp, pc)) = stopped else {
-                running.push(tid);
-                continue;
-            };
-            if inside(pc) {
+    let mut seen: Vec<u32> = me.into_iter().collect();
+    loop {
+        let tids = match thread_ids() {
+            Ok(tids) => tids,
+            Err(err) => return Some(format!("cannot list the process's threads: {err}")),
+        };
+        let mut candidates: Vec<u32> = tids.into_iter().filter(|tid| !seen.contains(tid)).collect();
+        if candidates.is_empty() {
+            return None;
+        }
+        seen.extend(&candidates);
+        candidates.retain(|&tid| started_since(tid));
+        while !candidates.is_empty() {
+            let mut running = Vec::new();
+            for tid in candidates {
+                match whereabouts(tid) {
+                    Ok(Whereabouts::Exited) => {}
+                    Ok(Whereabouts::Running) => running.push(tid),
+                    Ok(Whereabouts::Stopped { pc, .. }) if inside(pc) => {
+                        return Some(format!(
+                            "thread {tid} ({}) is executing its code (at {pc:#x})",
+                            thread_name(tid)
+                        ));
+                    }
+                    Ok(Whereabouts::Stopped { sp, .. }) => {
+                        if let Some(reason) = scan(tid, sp) {
+                            return Some(reason);
+                        }
+                    }
+                    Err(err) => {
+                        return Some(format!(
+                            "where thread {tid} ({}) is cannot be read: {err}",
+                            thread_name(tid)
+                        ));
+                    }
+                }
+            }
+            if !running.is_empty() && std::time::Instant::now() >= deadline {
+                let tid = running[0];
                 return Some(format!(
-                    "thread {tid} ({}) is executing its code (at {pc:#x})",
+                    "thread {tid} ({}), started while it served, runs on a CPU and where it \
+                     runs cannot be read",
                     thread_name(tid)
                 ));
             }
-            let stack = all.iter().find(|&&(s, e)| (s..e).contains(&sp));
-            let scanned = match (stack, &mem) {
-                (Some(&(_, end)), Some(mem)) => scan_words(mem, sp, end, inside).ok(),
-                _ => None,
-            };
-            match scanned {
-                None => {
-                    return Some(format!(
-                        "the stack of thread {tid} ({}) cannot be read",
-                        thread_name(tid)
-                    ));
-                }
-                Some(Some(address)) => {
-                    return Some(format!(
-                        "thread {tid} ({}) holds address {address:#x} inside it on its stack",
-                        thread_name(tid)
-                    ));
-                }
-                Some(None) => {}
+            candidates = running;
+            if !candidates.is_empty() {
+                std::thread::yield_now();
             }
         }
-        if !running.is_empty() && std::time::Instant::now() >= deadline {
-            let tid = running[0];
-            return Some(format!(
-                "thread {tid} ({}), started while it served, runs on a CPU and where it runs \
-                 cannot be read",
-                thread_name(tid)
-            ));
-        }
-        candidates = running;
-        if !candidates.is_empty() {
-            std::thread::yield_now();
-        }
     }
-    None
 }
 
 /// The first 8-byte word in `[from, to)` of this process's memory that `inside` accepts.

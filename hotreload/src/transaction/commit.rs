@@ -6,31 +6,36 @@ use std::time::Instant;
 use super::StepTimings;
 use super::prepare;
 use crate::VersionInfo;
+use crate::access::TransactionMark;
 use crate::error::HotError;
 use crate::module::ModuleCore;
 use crate::version::{Live, LoadedVersion};
 
 /// Swaps `new` in with the running state carried over (or a fresh state, when no version was
 /// loaded); returns the old [`Live`] to retire, its saved state and the new version's
-/// description. On error
-/// nothing changed and `new` is dropped (its library closed, its shadow copy deleted).
+/// description. On error nothing changed, and `new` comes back with the error, to be closed
+/// like any version that stops serving (its `restore` may have started threads).
 pub(crate) fn commit(
     core: &ModuleCore,
+    mark: &TransactionMark<'_>,
     new: LoadedVersion,
     timings: &mut StepTimings,
-) -> Result<Committed, HotError> {
+) -> Result<Committed, Box<(HotError, LoadedVersion)>> {
     // Waits for every call in progress to return; new calls wait here until the swap.
-    let mut live = core.access.permit_replace(&core.spec.name)?;
+    let mut live = core.access.permit_replace(mark);
 
     let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
     let started = Instant::now();
-    let (state, snapshot) = match live.as_ref() {
-        Some(running) => {
-            let envelope = prepare::save(running)?;
+    let prepared = match live.as_ref() {
+        Some(running) => prepare::save(running).and_then(|envelope| {
             let state = prepare::restore(&new, &envelope, running.version.info.generation)?;
-            (state, Some(envelope))
-        }
-        None => (prepare::construct(&new)?, None),
+            Ok((state, Some(envelope)))
+        }),
+        None => prepare::construct(&new).map(|state| (state, None)),
+    };
+    let (state, snapshot) = match prepared {
+        Ok(prepared) => prepared,
+        Err(err) => return Err(Box::new((err, new))),
     };
     timings.prepare = started.elapsed();
     drop(prepare_span);

@@ -139,15 +139,28 @@ pub(crate) fn reload(
     bytes: Option<stage::ArtifactBytes>,
 ) -> Result<ReloadReport, HotError> {
     // Refused before anything is staged: another thread than a local module's owner, or
-    // from inside one of the module's calls (the commit takes the permit itself).
-    core.access.may_replace_here(&core.spec.name)?;
+    // from inside one of the module's calls. From here on this thread counts as inside an
+    // exclusive call of the module (module code run by the transaction cannot re-enter it).
+    let mark = core.access.begin_transaction(&core.spec.name)?;
     let mut book = core.book();
     let generation = book.next_generation;
     book.next_generation += 1;
     let _span = tracing::info_span!("reload", module = %core.spec.name, generation).entered();
     let mut timings = StepTimings::default();
-    let result = load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings)
-        .and_then(|version| commit::commit(core, version, &mut timings));
+    let result = load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings).and_then(
+        |version| {
+            commit::commit(core, &mark, version, &mut timings).map_err(|refused| {
+                let (err, refused) = *refused;
+                // Closed like a version that stops serving: held if a thread it started in
+                // `restore` may still run in it.
+                let closed = retire::close(refused, &mut book, &core.spec);
+                if closed.held.is_some() {
+                    book.retired.push(closed);
+                }
+                err
+            })
+        },
+    );
     let committed = match result {
         Ok(done) => done,
         Err(err) => {
@@ -156,8 +169,8 @@ pub(crate) fn reload(
             if crate::os::is_mapped(&refused) == Some(true) {
                 tracing::warn!(
                     shadow = %refused.display(),
-                    "the refused build was closed but the OS keeps it mapped (it registered \
-                     thread-local destructors, as a panic does)"
+                    "the refused build was closed but stays mapped (it registered thread-local \
+                     destructors, or a thread it started may still run in it)"
                 );
             }
             return Err(err);
@@ -173,6 +186,7 @@ pub(crate) fn reload(
     };
     book.retired.extend(closed.iter().cloned());
     drop(book);
+    drop(mark);
     if let Some(policy) = core.spec.probation {
         core.probation.start(policy, to.generation);
     }

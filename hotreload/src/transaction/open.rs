@@ -4,12 +4,11 @@ use std::ffi::c_void;
 
 use hotreload_abi::{LifecycleEntries, ModuleDescriptor, descriptor_symbol};
 
-use super::stage::ShadowFile;
 use crate::VersionInfo;
 use crate::error::HotError;
 use crate::module::ModuleSpec;
 use crate::os;
-use crate::version::{Image, LoadedVersion};
+use crate::version::{Image, LoadedVersion, ShadowFile};
 
 /// A library opened from a shadow copy, not yet verified.
 pub(crate) struct OpenedLibrary {

@@ -2,10 +2,11 @@
 //! roll back to the previous version with the state snapshot taken at the commit.
 //!
 //! The call that panicked starts the rollback itself, before its `hot_fn!` returns, once it
-//! has released the module's lock and left every call of the module on its thread: a call
-//! nested in another call of the same module (module code calling back into the host) leaves
-//! the rollback to the outermost one. Events and `after_reload` hooks of that rollback run on
-//! that thread, inside that `hot_fn!`.
+//! has released the module's lock, if no call through a shared handle (of any module) and no
+//! call of this module is running on its thread: a nested call (module code calling back into
+//! the host) leaves the rollback to the next call of the module that ends outside every
+//! call. Events and `after_reload` hooks of that rollback run on that thread, inside that
+//! `hot_fn!`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -104,8 +105,10 @@ pub(crate) fn after_call<R>(core: &ModuleCore, result: &Result<R, HotError>) {
     let Some((generation, reason)) = core.probation.count(panicked) else {
         return;
     };
-    if core.access.in_call_here() {
-        // The outermost call of this module on this thread rolls back when it returns.
+    if core.access.in_call_here() || !crate::access::holds_no_module_lock() {
+        // Nested in a call of this module or of another one that holds a module lock: the
+        // rollback would wait for a lock while holding one. The next call that ends outside
+        // every call rolls back.
         return;
     }
     let Some(reloader) = core.reloader.upgrade() else {

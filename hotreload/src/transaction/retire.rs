@@ -71,10 +71,11 @@ pub(crate) fn close(version: LoadedVersion, book: &mut Book, spec: &ModuleSpec) 
     unmap(version)
 }
 
-/// Closes the library and reports whether the OS really unmapped it.
+/// Closes the library of a version found free (`still_in_use` said so just before) and
+/// reports whether the OS really unmapped it.
 fn unmap(version: LoadedVersion) -> RetiredVersion {
     let info = version.info.clone();
-    drop(version);
+    version.image.close_checked();
     let still_mapped = os::is_mapped(&info.shadow);
     if still_mapped == Some(true) {
         tracing::warn!(

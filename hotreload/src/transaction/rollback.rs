@@ -46,9 +46,9 @@ pub(crate) fn rollback(
     snapshot_only: bool,
     only_from: Option<u64>,
 ) -> Result<Option<RollbackReport>, HotError> {
-    core.access.may_replace_here(&core.spec.name)?;
+    let mark = core.access.begin_transaction(&core.spec.name)?;
     let mut book = core.book();
-    let mut live = core.access.permit_replace(&core.spec.name)?;
+    let mut live = core.access.permit_replace(&mark);
     let Some(running) = live.as_ref() else {
         return Err(HotError::NoHistory {
             module: core.spec.name.clone(),

@@ -21,28 +21,7 @@ use crate::ShadowDir;
 use crate::error::HotError;
 use crate::module::ModuleSpec;
 use crate::os;
-
-/// A shadow copy, deleted when dropped (after the library opened from it is closed).
-#[derive(Debug)]
-pub(crate) struct ShadowFile {
-    pub path: PathBuf,
-    pub artifact: PathBuf,
-    pub len: u64,
-    /// SHA-256 of the bytes staged, in hex.
-    pub sha256: String,
-    /// The size of the descriptor symbol in the file's symbol table: how much of it may be
-    /// read once the library is open.
-    pub descriptor_size: u64,
-}
-
-impl Drop for ShadowFile {
-    fn drop(&mut self) {
-        // A library the OS keeps mapped stays valid after its file is unlinked.
-        if let Err(err) = fs::remove_file(&self.path) {
-            tracing::debug!(path = %self.path.display(), "cannot delete shadow copy: {err}");
-        }
-    }
-}
+use crate::version::ShadowFile;
 
 /// An artifact's bytes with their digest, read once from a descriptor whose file and
 /// directories passed the permission check: only [`read_artifact`] makes them.

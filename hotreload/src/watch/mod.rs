@@ -136,6 +136,7 @@ pub(crate) fn start(shared: Weak<Shared>, options: WatchOptions) -> Result<Watch
     std::thread::Builder::new()
         .name("hotreload-build-results".into())
         .spawn(move || {
+            let _runtime = crate::os::RuntimeThread::enter();
             for done in build_rx {
                 if forward.send(Msg::Build(done)).is_err() {
                     break;
@@ -159,7 +160,10 @@ pub(crate) fn start(shared: Weak<Shared>, options: WatchOptions) -> Result<Watch
     };
     let thread = std::thread::Builder::new()
         .name("hotreload-watch".into())
-        .spawn(move || state.run(rx))
+        .spawn(move || {
+            let _runtime = crate::os::RuntimeThread::enter();
+            state.run(rx)
+        })
         .map_err(|e| HotError::Watch {
             message: e.to_string(),
         })?;
