@@ -149,6 +149,34 @@ fn check_shared_outer(outcomes: &Outcomes, calls: u64) {
     assert_eq!(outcome(&outcomes, "version").as_ref().unwrap(), "Some(2)");
 }
 
+/// Re-enters the module from inside a `&mut self` call and a `&self` call through `$module`
+/// (a handle registered on `$reloader` after a reload to v2), then checks that everything
+/// works again outside the calls.
+macro_rules! re_enter {
+    ($module:expr, $reloader:expr) => {{
+        let (module, reloader) = (&$module, &$reloader);
+        let outcomes = Outcomes::default();
+        let returned = with_probe(probe_calls!(module, reloader, outcomes), || {
+            hot_fn!(module.call_back_exclusive(CALLBACK))
+        });
+        assert_eq!(returned.unwrap(), 1);
+        check_exclusive_outer(&outcomes);
+
+        let outcomes = Outcomes::default();
+        with_probe(probe_calls!(module, reloader, outcomes), || {
+            hot_fn!(module.call_back_shared(CALLBACK))
+        })
+        .unwrap();
+        check_shared_outer(&outcomes, 1);
+
+        // Outside every call, all of it works again.
+        assert_eq!(hot_fn!(module.bump()).unwrap(), 2);
+        reloader.mark_good("counter").unwrap();
+        reloader.rollback("counter").unwrap();
+        assert_eq!(module.version().unwrap().generation, 1);
+    }};
+}
+
 #[test]
 fn re_entry_through_a_shared_handle_is_refused_or_runs_never_deadlocks() {
     let sandbox = Sandbox::new(variants!());
@@ -156,26 +184,7 @@ fn re_entry_through_a_shared_handle_is_refused_or_runs_never_deadlocks() {
     let module: Module<counter::Counter> = reloader.register_with(options(&sandbox)).unwrap();
     sandbox.install("v2");
     reloader.reload_module("counter").unwrap();
-
-    let outcomes = Outcomes::default();
-    let returned = with_probe(probe_calls!(module, reloader, outcomes), || {
-        hot_fn!(module.call_back_exclusive(CALLBACK))
-    });
-    assert_eq!(returned.unwrap(), 1);
-    check_exclusive_outer(&outcomes);
-
-    let outcomes = Outcomes::default();
-    with_probe(probe_calls!(module, reloader, outcomes), || {
-        hot_fn!(module.call_back_shared(CALLBACK))
-    })
-    .unwrap();
-    check_shared_outer(&outcomes, 1);
-
-    // Outside every call, all of it works again.
-    assert_eq!(hot_fn!(module.bump()).unwrap(), 2);
-    reloader.mark_good("counter").unwrap();
-    reloader.rollback("counter").unwrap();
-    assert_eq!(module.version().unwrap().generation, 1);
+    re_enter!(module, reloader);
 }
 
 #[test]
@@ -186,23 +195,5 @@ fn re_entry_through_a_local_handle_is_refused_or_runs_never_aliases() {
         Rc::new(reloader.register_local_with(options(&sandbox)).unwrap());
     sandbox.install("v2");
     reloader.reload_module("counter").unwrap();
-
-    let outcomes = Outcomes::default();
-    let returned = with_probe(probe_calls!(module, reloader, outcomes), || {
-        hot_fn!(module.call_back_exclusive(CALLBACK))
-    });
-    assert_eq!(returned.unwrap(), 1);
-    check_exclusive_outer(&outcomes);
-
-    let outcomes = Outcomes::default();
-    with_probe(probe_calls!(module, reloader, outcomes), || {
-        hot_fn!(module.call_back_shared(CALLBACK))
-    })
-    .unwrap();
-    check_shared_outer(&outcomes, 1);
-
-    assert_eq!(hot_fn!(module.bump()).unwrap(), 2);
-    reloader.mark_good("counter").unwrap();
-    reloader.rollback("counter").unwrap();
-    assert_eq!(module.version().unwrap().generation, 1);
+    re_enter!(module, reloader);
 }

@@ -111,34 +111,6 @@ impl<T: HotModule> Module<T> {
     }
 }
 
-impl<T: HotModule> super::sealed::Sealed for Module<T> {}
-
-impl<T: HotModule> CallPath<T> for Module<T> {
-    unsafe fn call_shared<A, R, F: Rehome>(
-        &self,
-        method: &'static str,
-        args: A,
-        _direct: impl FnOnce(&T, A) -> R,
-        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-        back: impl FnOnce(F) -> R,
-    ) -> Result<R, HotError> {
-        self.call(method, Mode::Shared, |t, s| table(t, s, args))
-            .map(back)
-    }
-
-    unsafe fn call_exclusive<A, R, F: Rehome>(
-        &self,
-        method: &'static str,
-        args: A,
-        _direct: impl FnOnce(&mut T, A) -> R,
-        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-        back: impl FnOnce(F) -> R,
-    ) -> Result<R, HotError> {
-        self.call(method, Mode::Exclusive, |t, s| table(t, s, args))
-            .map(back)
-    }
-}
-
 impl<T: HotModule> LocalModule<T> {
     #[inline(always)]
     fn call<R: Rehome>(
@@ -161,33 +133,42 @@ impl<T: HotModule> LocalModule<T> {
     }
 }
 
-impl<T: HotModule> super::sealed::Sealed for LocalModule<T> {}
+/// Both handles make a call the same way through the table (each with its own `call`); the
+/// `direct` path is the `static` build mode's.
+macro_rules! call_path_through_table {
+    ($handle:ident) => {
+        impl<T: HotModule> super::sealed::Sealed for $handle<T> {}
 
-impl<T: HotModule> CallPath<T> for LocalModule<T> {
-    unsafe fn call_shared<A, R, F: Rehome>(
-        &self,
-        method: &'static str,
-        args: A,
-        _direct: impl FnOnce(&T, A) -> R,
-        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-        back: impl FnOnce(F) -> R,
-    ) -> Result<R, HotError> {
-        self.call(method, Mode::Shared, |t, s| table(t, s, args))
-            .map(back)
-    }
+        impl<T: HotModule> CallPath<T> for $handle<T> {
+            unsafe fn call_shared<A, R, F: Rehome>(
+                &self,
+                method: &'static str,
+                args: A,
+                _direct: impl FnOnce(&T, A) -> R,
+                table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
+                back: impl FnOnce(F) -> R,
+            ) -> Result<R, HotError> {
+                self.call(method, Mode::Shared, |t, s| table(t, s, args))
+                    .map(back)
+            }
 
-    unsafe fn call_exclusive<A, R, F: Rehome>(
-        &self,
-        method: &'static str,
-        args: A,
-        _direct: impl FnOnce(&mut T, A) -> R,
-        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-        back: impl FnOnce(F) -> R,
-    ) -> Result<R, HotError> {
-        self.call(method, Mode::Exclusive, |t, s| table(t, s, args))
-            .map(back)
-    }
+            unsafe fn call_exclusive<A, R, F: Rehome>(
+                &self,
+                method: &'static str,
+                args: A,
+                _direct: impl FnOnce(&mut T, A) -> R,
+                table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
+                back: impl FnOnce(F) -> R,
+            ) -> Result<R, HotError> {
+                self.call(method, Mode::Exclusive, |t, s| table(t, s, args))
+                    .map(back)
+            }
+        }
+    };
 }
+
+call_path_through_table!(Module);
+call_path_through_table!(LocalModule);
 
 #[inline(always)]
 fn run<T: HotModule, R: Rehome>(
