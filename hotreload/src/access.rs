@@ -109,7 +109,7 @@ fn running_here(access: &Access) -> Option<Mode> {
     let mut found = None;
     while !frame.is_null() {
         // SAFETY: every pointer in the list is to a live `Frame`: one on this thread's stack,
-        // pushed by `SharedCall::enter` whose `Pushed` guard unlinks it before the frame goes
+        // pushed by `Access::enter` whose `Pushed` guard unlinks it before the frame goes
         // out of scope, or one boxed in a `TransactionMark`, which unlinks it when it drops.
         // Both are created and dropped in nested order on one thread (guards drop in reverse
         // order of creation, also on unwinding), so each pointer reached from `INNERMOST`
@@ -257,42 +257,80 @@ impl Access {
         Ok(())
     }
 
-    /// Starts a call through a shared handle: refused if it would re-enter a call of this
-    /// module on this thread in a way that aliases the state; locks unless a `&self` call of
-    /// it is already running here.
-    #[inline]
-    pub(crate) fn shared_call(
+    /// Runs a call through a shared handle: refused if it would re-enter a call of this
+    /// module on this thread in a way that aliases the state; under the read (or, for
+    /// `Mode::Exclusive`, write) lock unless a `&self` call of it is already running here;
+    /// recorded in this thread's list of calls while `call` runs.
+    ///
+    /// Written for the common case (no call of any module running on this thread): one
+    /// thread-local load, the lock, and the frame kept in locals, so nothing large is moved.
+    #[inline(always)]
+    pub(crate) fn shared_call<R>(
         &self,
         module: &str,
         method: &'static str,
         mode: Mode,
-    ) -> Result<SharedCall<'_>, HotError> {
+        call: impl FnOnce(Option<&Live>) -> Result<R, HotError>,
+    ) -> Result<R, HotError> {
         let outer = INNERMOST.with(Cell::get);
-        let guard = if outer.is_null() {
-            Some(self.lock_for(mode))
-        } else {
-            match (running_here(self), mode) {
-                (None, _) => Some(self.lock_for(mode)),
-                // The outer `&self` call's read lock keeps the version live.
-                (Some(Mode::Shared), Mode::Shared) => None,
-                (Some(running), _) => return Err(reentrant(module, method, mode, running)),
-            }
+        // Whether to lock: always when no call runs on this thread (the common case).
+        let lock = outer.is_null() || self.nested_needs_lock(module, method, mode)?;
+        // One call site for `call`, so that it is inlined here. A poisoned lock only means a
+        // host-side panic while it was held (in `Rehome`, say); calls never leave `live`
+        // half-updated.
+        let _guard = match (lock, mode) {
+            (false, _) => None,
+            (true, Mode::Shared) => Some(Locked::Read(
+                self.lock.read().unwrap_or_else(PoisonError::into_inner),
+            )),
+            (true, _) => Some(Locked::Write(
+                self.lock.write().unwrap_or_else(PoisonError::into_inner),
+            )),
         };
-        Ok(SharedCall {
+        self.enter(mode, outer, call)
+    }
+
+    /// For a call made while other calls run on this thread: whether it must lock (no call
+    /// of this module runs here), may run without (a `&self` call inside a `&self` call,
+    /// whose read lock keeps the version live), or is refused (it would alias the state).
+    #[inline(never)]
+    fn nested_needs_lock(
+        &self,
+        module: &str,
+        method: &'static str,
+        mode: Mode,
+    ) -> Result<bool, HotError> {
+        match (running_here(self), mode) {
+            (None, _) => Ok(true),
+            (Some(Mode::Shared), Mode::Shared) => Ok(false),
+            (Some(running), _) => Err(reentrant(module, method, mode, running)),
+        }
+    }
+
+    /// Runs `call` with the live version, with the call recorded as running on this thread.
+    /// The caller holds the lock `mode` needs, or is a `&self` call nested in a `&self` call
+    /// of this module on this thread that holds the read lock.
+    #[inline(always)]
+    fn enter<R>(
+        &self,
+        mode: Mode,
+        outer: *const Frame,
+        call: impl FnOnce(Option<&Live>) -> R,
+    ) -> R {
+        let frame = Frame {
             access: self,
             mode,
             outer,
-            _guard: guard,
-        })
-    }
-
-    fn lock_for(&self, mode: Mode) -> Guard<'_> {
-        match mode {
-            Mode::Shared => Guard::Read(self.lock.read().unwrap_or_else(PoisonError::into_inner)),
-            Mode::Exclusive | Mode::Transaction => {
-                Guard::Write(self.lock.write().unwrap_or_else(PoisonError::into_inner))
-            }
-        }
+        };
+        INNERMOST.with(|innermost| innermost.set(&frame));
+        let _pushed = Pushed { outer };
+        // SAFETY: shared access for the call: this call holds the read or write lock, or is
+        // a `&self` call nested in a `&self` call of this module on this thread that holds
+        // the read lock (see `shared_call`); no replacement can happen meanwhile. An
+        // exclusive call uses the state through the entry's `&mut`, not through this
+        // reference, and holds the write lock so no other reference is made.
+        let live = unsafe { &*self.live.get() };
+        call(live.as_ref())
     }
 
     /// Starts a call through the local handle (on the owner thread: the caller guarantees it,
@@ -336,7 +374,8 @@ fn reentrant(module: &str, method: &'static str, mode: Mode, running: Mode) -> H
     }
 }
 
-enum Guard<'a> {
+/// The lock a call through a shared handle holds until it returns.
+enum Locked<'a> {
     Read(#[allow(dead_code)] ShardedLockReadGuard<'a, ()>),
     Write(#[allow(dead_code)] ShardedLockWriteGuard<'a, ()>),
 }
@@ -390,36 +429,6 @@ impl Deref for ReplacePermit<'_> {
 impl DerefMut for ReplacePermit<'_> {
     fn deref_mut(&mut self) -> &mut Option<Live> {
         self.live
-    }
-}
-
-/// A call in progress through a shared handle. [`enter`](Self::enter) links it into this
-/// thread's list of calls, which must happen where it will stay until the call ends.
-pub(crate) struct SharedCall<'a> {
-    access: &'a Access,
-    mode: Mode,
-    outer: *const Frame,
-    _guard: Option<Guard<'a>>,
-}
-
-impl SharedCall<'_> {
-    /// Runs `call` with the live version, with this call recorded as running on this thread.
-    #[inline(always)]
-    pub(crate) fn enter<R>(&self, call: impl FnOnce(Option<&Live>) -> R) -> R {
-        let frame = Frame {
-            access: self.access,
-            mode: self.mode,
-            outer: self.outer,
-        };
-        INNERMOST.with(|innermost| innermost.set(&frame));
-        let _pushed = Pushed { outer: self.outer };
-        // SAFETY: shared access for the call: this call holds the read or write lock, or is
-        // a `&self` call nested in a `&self` call of this module on this thread that holds
-        // the read lock (see `shared_call`); no replacement can happen meanwhile. An
-        // exclusive call uses the state through the entry's `&mut`, not through this
-        // reference, and holds the write lock so no other reference is made.
-        let live = unsafe { &*self.access.live.get() };
-        call(live.as_ref())
     }
 }
 

@@ -69,7 +69,7 @@ impl Image {
     }
 
     /// Why a thread may still run in the image, if one may.
-    fn thread_inside(&self) -> Option<String> {
+    pub(crate) fn thread_inside(&self) -> Option<String> {
         os::thread_in_image(&self.shadow.path, &self.census)
     }
 
@@ -160,20 +160,96 @@ pub(crate) struct Kept {
     pub snapshot: Vec<u8>,
 }
 
-/// A closed version kept mapped for now, with why.
+/// A closed version kept mapped for now, with why: a verified version (whose workers the
+/// runtime can stop), or a build refused before it was verified (whose initialisers may have
+/// started threads).
 pub(crate) struct Held {
-    pub version: LoadedVersion,
+    pub info: VersionInfo,
+    image: Image,
+    join_workers: Option<JoinWorkers>,
     pub reason: String,
 }
+
+/// The `join_workers` entry of a verified version.
+type JoinWorkers = extern "C" fn(u64) -> hotreload_abi::EntryResult<u32>;
 
 impl Held {
     /// As the host sees it.
     pub(crate) fn report(&self) -> RetiredVersion {
         RetiredVersion {
-            info: self.version.info.clone(),
+            info: self.info.clone(),
             still_mapped: Some(true),
             held: Some(self.reason.clone()),
         }
+    }
+
+    /// A closed version held because something may still run in it.
+    pub(crate) fn version(version: LoadedVersion, reason: String) -> Held {
+        Held {
+            info: version.info,
+            image: version.image,
+            join_workers: Some(version.lifecycle.join_workers),
+            reason,
+        }
+    }
+
+    /// A version of a module registered with `keep_loaded`: held for good.
+    pub(crate) fn kept(version: LoadedVersion) -> Held {
+        Held::version(
+            version,
+            "the module is registered with `keep_loaded`".to_owned(),
+        )
+    }
+
+    /// A build refused before it was verified, held because a thread may run in it.
+    pub(crate) fn unverified(info: VersionInfo, image: Image, reason: String) -> Held {
+        Held {
+            info,
+            image,
+            join_workers: None,
+            reason,
+        }
+    }
+
+    /// Looks again, updating the reason; whether something may still run in it (its
+    /// workers were given their time when it was first held: no waiting now).
+    pub(crate) fn still_in_use(&mut self) -> bool {
+        let reason = match self.join_workers.map(|join| workers_running(join, 0)) {
+            Some(Some(reason)) => Some(reason),
+            _ => self.image.thread_inside(),
+        };
+        match reason {
+            Some(reason) => {
+                self.reason = reason;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Its description and image, to close.
+    pub(crate) fn into_parts(self) -> (VersionInfo, Image) {
+        (self.info, self.image)
+    }
+
+    /// Leaves it mapped for the rest of the process.
+    pub(crate) fn leak(self) {
+        self.image.leak();
+    }
+}
+
+/// Raises the stop signal of a version's workers, waits up to `timeout_ms` for them, and says
+/// how many still run, if any.
+fn workers_running(join_workers: JoinWorkers, timeout_ms: u64) -> Option<String> {
+    match join_workers(timeout_ms) {
+        RResult::ROk(0) => None,
+        RResult::ROk(running) => Some(format!(
+            "{running} worker thread(s) did not stop within {timeout_ms} ms"
+        )),
+        RResult::RErr(err) => Some(format!(
+            "its workers could not be stopped: {}",
+            crate::error::ModuleFault::from(err)
+        )),
     }
 }
 
@@ -218,20 +294,7 @@ impl LoadedVersion {
     /// must stay mapped, if it must: a worker still running, or another thread that may
     /// return into it.
     pub(crate) fn still_in_use(&self, timeout_ms: u64) -> Option<String> {
-        match (self.lifecycle.join_workers)(timeout_ms) {
-            RResult::ROk(0) => {}
-            RResult::ROk(running) => {
-                return Some(format!(
-                    "{running} worker thread(s) did not stop within {timeout_ms} ms"
-                ));
-            }
-            RResult::RErr(err) => {
-                return Some(format!(
-                    "its workers could not be stopped: {}",
-                    crate::error::ModuleFault::from(err)
-                ));
-            }
-        }
-        self.image.thread_inside()
+        workers_running(self.lifecycle.join_workers, timeout_ms)
+            .or_else(|| self.image.thread_inside())
     }
 }

@@ -3,10 +3,14 @@
 
 use abi_stable::std_types::RString;
 use hotreload::{HotError, ModuleFault, ModuleOptions, Rejection, hot_fn};
-use hotreload_tests::{Sandbox, variants};
+use hotreload_tests::{Sandbox, one_at_a_time, variants};
 
 /// A registered v1 counter with some state, and a check that it is untouched.
 struct Running {
+    /// The checks below read process-wide mappings; a test thread running on a CPU beside
+    /// them could also make the runtime hold a refused build (it cannot tell where such a
+    /// thread runs), so these tests run one at a time.
+    _serial: std::sync::MutexGuard<'static, ()>,
     sandbox: Sandbox,
     reloader: hotreload::HotReloader,
     module: hotreload::Module<counter::Counter>,
@@ -15,6 +19,7 @@ struct Running {
 
 impl Running {
     fn start() -> Self {
+        let serial = one_at_a_time();
         let sandbox = Sandbox::new(variants!());
         let (reloader, module) = sandbox.register("v1");
         for n in [11, 22, 33] {
@@ -23,6 +28,7 @@ impl Running {
         hot_fn!(module.set_label(RString::from("still here"))).unwrap();
         let before = hot_fn!(module.snapshot()).unwrap();
         Running {
+            _serial: serial,
             sandbox,
             reloader,
             module,

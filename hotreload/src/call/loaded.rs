@@ -101,12 +101,13 @@ impl<T: HotModule> Module<T> {
         mode: Mode,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
-        let result = self
-            .core
+        let core = &*self.core;
+        let result = core
             .access
-            .shared_call(&self.core.spec.name, method, mode)
-            .and_then(|entered| entered.enter(|live| run::<T, R>(live, &self.core, method, call)));
-        self.core.finish_call(&result);
+            .shared_call(&core.spec.name, method, mode, |live| {
+                run::<T, R>(live, core, method, call)
+            });
+        core.finish_call(&result);
         result
     }
 }

@@ -96,14 +96,15 @@ fn step<R>(name: &'static str, slot: &mut Duration, f: impl FnOnce() -> R) -> R 
     out
 }
 
-/// Steps 1 to 3: a verified new version, not yet live.
+/// Steps 1 to 3: a verified new version, not yet live. A library opened and then refused
+/// comes back with the error, to be closed like a version that stops serving.
 fn load_verified(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
     bytes: Option<stage::ArtifactBytes>,
     timings: &mut StepTimings,
-) -> Result<LoadedVersion, HotError> {
+) -> Result<LoadedVersion, Box<Refused>> {
     let staged = step("stage", &mut timings.stage, || {
         stage::stage(spec, shadow, generation, bytes)
     })?;
@@ -113,6 +114,25 @@ fn load_verified(
     step("verify", &mut timings.verify, || {
         verify::verify(spec, opened)
     })
+    .map_err(|refused| {
+        let (err, opened) = *refused;
+        Box::new(Refused {
+            err,
+            opened: Some(opened),
+        })
+    })
+}
+
+/// Why a new build will not serve, with the library if it was opened.
+struct Refused {
+    err: HotError,
+    opened: Option<open::OpenedLibrary>,
+}
+
+impl From<HotError> for Box<Refused> {
+    fn from(err: HotError) -> Self {
+        Box::new(Refused { err, opened: None })
+    }
 }
 
 /// The first load of a module, at registration: steps 1 to 3, then a fresh state.
@@ -120,7 +140,10 @@ pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live
     let generation = 1;
     let _span = tracing::info_span!("load", module = %spec.name, generation).entered();
     let mut timings = StepTimings::default();
-    let version = load_verified(spec, shadow, generation, None, &mut timings)?;
+    // No bookkeeping yet to hold a refused library in: dropping it leaves it mapped if a
+    // thread may run in it (see `Image`).
+    let version = load_verified(spec, shadow, generation, None, &mut timings)
+        .map_err(|refused| refused.err)?;
     let state = step("prepare", &mut timings.prepare, || {
         prepare::construct(&version)
     })?;
@@ -147,20 +170,29 @@ pub(crate) fn reload(
     book.next_generation += 1;
     let _span = tracing::info_span!("reload", module = %core.spec.name, generation).entered();
     let mut timings = StepTimings::default();
-    let result = load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings).and_then(
-        |version| {
-            commit::commit(core, &mark, version, &mut timings).map_err(|refused| {
-                let (err, refused) = *refused;
-                // Closed like a version that stops serving: held if a thread it started in
-                // `restore` may still run in it.
-                let closed = retire::close(refused, &mut book, &core.spec);
+    let result = match load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings) {
+        Ok(version) => commit::commit(core, &mark, version, &mut timings).map_err(|refused| {
+            let (err, refused) = *refused;
+            // Closed like a version that stops serving: held if a thread it started in
+            // `restore` may still run in it.
+            let closed = retire::close(refused, &mut book, &core.spec);
+            if closed.held.is_some() {
+                book.retired.push(closed);
+            }
+            err
+        }),
+        Err(refused) => {
+            let Refused { err, opened } = *refused;
+            if let Some(opened) = opened {
+                let (info, image) = opened.into_refused(&core.spec.name);
+                let closed = retire::close_unverified(info, image, &mut book);
                 if closed.held.is_some() {
                     book.retired.push(closed);
                 }
-                err
-            })
-        },
-    );
+            }
+            Err(err)
+        }
+    };
     let committed = match result {
         Ok(done) => done,
         Err(err) => {

@@ -38,6 +38,24 @@ impl OpenedLibrary {
     pub(crate) fn shadow(&self) -> &ShadowFile {
         &self.image.shadow
     }
+
+    /// A library refused by verification: its description (API and schema versions unknown:
+    /// 0) and its image, to close.
+    pub(crate) fn into_refused(self, module: &str) -> (VersionInfo, Image) {
+        let shadow = &self.image.shadow;
+        let info = VersionInfo {
+            module: module.to_owned(),
+            generation: self.generation,
+            api_version: 0,
+            state_version: 0,
+            artifact: shadow.artifact.clone(),
+            artifact_len: shadow.len,
+            sha256: shadow.sha256.clone(),
+            shadow: shadow.path.clone(),
+            loaded_at: std::time::SystemTime::now(),
+        };
+        (info, self.image)
+    }
 }
 
 /// The loader's message with its causes: libloading keeps the dynamic loader's own words

@@ -19,9 +19,10 @@
 //! type, which std itself registers in threads it starts), so the runtime then checks whether
 //! the image really went away, and says so.
 
+use crate::VersionInfo;
 use crate::module::{Book, ModuleSpec};
 use crate::os;
-use crate::version::{Held, Kept, Live, LoadedVersion, RetiredVersion};
+use crate::version::{Held, Image, Kept, Live, LoadedVersion, RetiredVersion};
 
 /// Retires `old` (with the state `snapshot` it saved when it was replaced), keeps it loaded
 /// for rollback, and closes whatever falls out of the history, as well as held versions that
@@ -51,31 +52,40 @@ pub(crate) fn retire(
 /// Closes a version that no longer serves and is not kept for rollback, or holds it if
 /// something may still run in it.
 pub(crate) fn close(version: LoadedVersion, book: &mut Book, spec: &ModuleSpec) -> RetiredVersion {
-    let info = version.info.clone();
-    let held = if spec.keep_loaded {
-        Some("the module is registered with `keep_loaded`".to_owned())
-    } else {
-        version.still_in_use(spec.worker_stop_timeout_ms())
-    };
-    if let Some(reason) = held {
-        tracing::warn!(
-            module = %info.module,
-            generation = info.generation,
-            "a closed version stays mapped: {reason}"
-        );
-        let held = Held { version, reason };
-        let report = held.report();
-        book.held.push(held);
-        return report;
+    if spec.keep_loaded {
+        return hold(Held::kept(version), book);
     }
-    unmap(version)
+    match version.still_in_use(spec.worker_stop_timeout_ms()) {
+        Some(reason) => hold(Held::version(version, reason), book),
+        None => unmap(version.info, version.image),
+    }
 }
 
-/// Closes the library of a version found free (`still_in_use` said so just before) and
-/// reports whether the OS really unmapped it.
-fn unmap(version: LoadedVersion) -> RetiredVersion {
-    let info = version.info.clone();
-    version.image.close_checked();
+/// Closes a build refused before it was verified (its initialisers ran), or holds it if a
+/// thread it started may still run in it.
+pub(crate) fn close_unverified(info: VersionInfo, image: Image, book: &mut Book) -> RetiredVersion {
+    match image.thread_inside() {
+        Some(reason) => hold(Held::unverified(info, image, reason), book),
+        None => unmap(info, image),
+    }
+}
+
+fn hold(held: Held, book: &mut Book) -> RetiredVersion {
+    tracing::warn!(
+        module = %held.info.module,
+        generation = held.info.generation,
+        "a closed version stays mapped: {}",
+        held.reason
+    );
+    let report = held.report();
+    book.held.push(held);
+    report
+}
+
+/// Closes the library of a version found free (just checked) and reports whether the OS
+/// really unmapped it.
+fn unmap(info: VersionInfo, image: Image) -> RetiredVersion {
+    image.close_checked();
     let still_mapped = os::is_mapped(&info.shadow);
     if still_mapped == Some(true) {
         tracing::warn!(
@@ -93,20 +103,18 @@ fn unmap(version: LoadedVersion) -> RetiredVersion {
     }
 }
 
-/// Closes the held versions that nothing runs in any more (their workers were given their
-/// time when they were first closed: no waiting now).
+/// Closes the held versions that nothing runs in any more.
 pub(crate) fn release_held(book: &mut Book, spec: &ModuleSpec) -> Vec<RetiredVersion> {
     if spec.keep_loaded || book.held.is_empty() {
         return Vec::new();
     }
     let mut released = Vec::new();
     for mut held in std::mem::take(&mut book.held) {
-        match held.version.still_in_use(0) {
-            Some(reason) => {
-                held.reason = reason;
-                book.held.push(held);
-            }
-            None => released.push(unmap(held.version)),
+        if held.still_in_use() {
+            book.held.push(held);
+        } else {
+            let (info, image) = held.into_parts();
+            released.push(unmap(info, image));
         }
     }
     released
@@ -124,14 +132,14 @@ pub(crate) fn retire_all(live: Option<Live>, book: &mut Book, spec: &ModuleSpec)
         close(kept.version, book, spec);
     }
     release_held(book, spec);
-    for Held { version, reason } in book.held.drain(..) {
+    for held in book.held.drain(..) {
         tracing::warn!(
-            module = %version.info.module,
-            generation = version.info.generation,
-            reason,
+            module = %held.info.module,
+            generation = held.info.generation,
+            reason = held.reason,
             "the module is dropped while a thread may still run in this version: it stays \
              mapped until the process exits"
         );
-        version.image.leak();
+        held.leak();
     }
 }

@@ -22,7 +22,22 @@ use crate::error::{HotError, Rejection};
 use crate::module::ModuleSpec;
 use crate::version::LoadedVersion;
 
-pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedVersion, HotError> {
+/// The verified version, or why not with the library (opened, its initialisers run) to close.
+pub(crate) fn verify(
+    spec: &ModuleSpec,
+    opened: OpenedLibrary,
+) -> Result<LoadedVersion, Box<(HotError, OpenedLibrary)>> {
+    match check(spec, &opened) {
+        Ok((info, table, lifecycle)) => Ok(opened.into_verified(info, table, lifecycle)),
+        Err(err) => Err(Box::new((err, opened))),
+    }
+}
+
+/// The checks, in order; what a verified version is made of.
+fn check(
+    spec: &ModuleSpec,
+    opened: &OpenedLibrary,
+) -> Result<(VersionInfo, *const std::ffi::c_void, LifecycleEntries), HotError> {
     let reject = |reason: Rejection, detail: Option<Box<str>>| HotError::Rejected {
         module: spec.name.clone(),
         path: opened.shadow().artifact.clone(),
@@ -131,6 +146,5 @@ pub(crate) fn verify(spec: &ModuleSpec, opened: OpenedLibrary) -> Result<LoadedV
         loaded_at: SystemTime::now(),
     };
     tracing::debug!(api_version = info.api_version, "verified");
-    let table = descriptor.table;
-    Ok(opened.into_verified(info, table, lifecycle))
+    Ok((info, descriptor.table, lifecycle))
 }
