@@ -16,6 +16,37 @@ use hotreload_tests::{Sandbox, variants};
 
 const RELOADS: usize = 20;
 
+/// Loopback connections held open by the test: a module thread connected to one waits in
+/// the module's code until the test closes it.
+struct Holds {
+    listener: std::net::TcpListener,
+    open: Vec<std::net::TcpStream>,
+}
+
+impl Holds {
+    fn new() -> Self {
+        Holds {
+            listener: std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap(),
+            open: Vec::new(),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().unwrap().port()
+    }
+
+    /// Takes the connection a module thread just made (it connected before its call
+    /// returned, so it is waiting in the backlog).
+    fn accept(&mut self) {
+        self.open.push(self.listener.accept().unwrap().0);
+    }
+
+    /// Lets every waiting module thread end.
+    fn release(&mut self) {
+        self.open.clear();
+    }
+}
+
 /// How many threads this process has.
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task").unwrap().count()
@@ -107,8 +138,11 @@ fn a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
     let (reloader, module) = register(&sandbox, ModuleOptions::new());
     let events = reloader.subscribe();
     let before = threads();
+    let holds = std::cell::RefCell::new(Holds::new());
+    let port = holds.borrow().port();
     let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
-        assert!(hot_fn!(m.start_pthread(300)).unwrap());
+        assert!(hot_fn!(m.start_pthread(port)).unwrap());
+        holds.borrow_mut().accept();
     });
     // Every replaced version had a thread asleep in it: each was held, and said why.
     assert_eq!(closed.closed.len(), RELOADS);
@@ -130,6 +164,7 @@ fn a_pthread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
         "one VersionHeld event per held version"
     );
 
+    holds.borrow_mut().release();
     wait_for_threads(before, Duration::from_secs(10));
     let released = release_all(&sandbox, &reloader, closed);
     // Nothing registered a thread-local destructor in them: the OS really unmaps them.
@@ -153,10 +188,14 @@ fn a_std_thread_sleeping_in_a_version_keeps_it_mapped_until_it_ends() {
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = register(&sandbox, ModuleOptions::new());
     let before = threads();
+    let holds = std::cell::RefCell::new(Holds::new());
+    let port = holds.borrow().port();
     let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
-        hot_fn!(m.start_std_thread(300)).unwrap();
+        assert!(hot_fn!(m.start_std_thread(port)).unwrap());
+        holds.borrow_mut().accept();
     });
     assert_eq!(closed.held(), RELOADS, "every version was held");
+    holds.borrow_mut().release();
     wait_for_threads(before, Duration::from_secs(10));
     let released = release_all(&sandbox, &reloader, closed);
     // std's threads register thread-local destructors in the library: glibc keeps it mapped
@@ -185,13 +224,22 @@ fn a_worker_that_does_not_stop_in_time_holds_its_version_until_it_ends() {
     let options = ModuleOptions::new().worker_stop_timeout(Duration::from_millis(10));
     let (reloader, module) = register(&sandbox, options);
     let before = threads();
+    let holds = std::cell::RefCell::new(Holds::new());
+    let port = holds.borrow().port();
     let closed = reload_with_threads(&sandbox, &reloader, &module, |m| {
-        assert!(hot_fn!(m.start_stubborn_worker(300)).unwrap());
+        assert!(hot_fn!(m.start_stubborn_worker(port)).unwrap());
+        holds.borrow_mut().accept();
     });
     for version in &closed.closed {
         let reason = version.held.as_deref().unwrap_or("not held");
-        assert!(reason.contains("did not stop within 10 ms"), "{reason}");
+        assert!(
+            reason.contains("did not stop within 10 ms"),
+            "load #{}: {reason}; all closed: {:?}",
+            version.info.generation,
+            closed.closed
+        );
     }
+    holds.borrow_mut().release();
     wait_for_threads(before, Duration::from_secs(10));
     release_all(&sandbox, &reloader, closed);
 }
