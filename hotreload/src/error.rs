@@ -23,6 +23,19 @@ pub enum HotError {
         path: PathBuf,
     },
 
+    /// The module's library was not found where the host looked for it by default (it was
+    /// registered without `ModuleOptions::artifact`): where that was, and how to build it.
+    #[error("module `{module}`: no library {}: {hint}", path.display())]
+    LibraryNotBuilt {
+        /// The module.
+        module: String,
+        /// The library it looked for last.
+        path: PathBuf,
+        /// Where it looked, the command that builds it, and the manifest line the crate
+        /// lacks if it builds no cdylib.
+        hint: String,
+    },
+
     /// The artifact could not be read.
     #[error("module `{module}`: cannot read {}: {source}", path.display())]
     ReadArtifact {

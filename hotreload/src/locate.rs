@@ -1,14 +1,74 @@
-//! Where a module's library is when the host names it only by type: beside the host's own
-//! executable, in the Cargo target directory of the profile the host was built with.
+//! Where a module's library is when the host names it only by type: in the Cargo target
+//! directory of the profile the host was built with, and what to tell the user when it is
+//! not there.
 
 use std::env::consts::{DLL_PREFIX, DLL_SUFFIX};
 use std::path::{Path, PathBuf};
 
-/// `target/<profile>/lib<crate_name>.so` for a host in `target/<profile>/` (or in its `deps/`
-/// or `examples/` folders, where tests and examples run from).
+/// The module's library for a host in `target/<profile>/` (or in its `deps/` or `examples/`
+/// folders, where tests and examples run from): `target/<profile>/deps/lib<crate_name>.so`
+/// when it exists, else `target/<profile>/lib<crate_name>.so`.
+///
+/// `deps/` first: when the host depends on the module crate, `cargo build` or `cargo run` of
+/// the host builds the module's cdylib there and does not copy it up to the profile
+/// directory, so a library there may be older, or missing. `cargo build -p <module>` writes
+/// `deps/` too, then links the result up.
 pub(crate) fn default_artifact(crate_name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
-    profile_dir(&exe).join(library_file_name(crate_name))
+    artifact_in(&profile_dir(&exe), crate_name)
+}
+
+fn artifact_in(profile: &Path, crate_name: &str) -> PathBuf {
+    let file = library_file_name(crate_name);
+    let in_deps = profile.join("deps").join(&file);
+    if in_deps.is_file() {
+        in_deps
+    } else {
+        profile.join(file)
+    }
+}
+
+/// What to tell a user whose module library is not where the host looked: where that was,
+/// the command that builds it, and the line their manifest lacks if it builds no cdylib.
+pub(crate) fn not_built_hint(path: &Path, manifest_dir: &Path) -> String {
+    let manifest = manifest_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap_or_default();
+    let parsed: Option<toml::Table> = text.parse().ok();
+    let package = parsed
+        .as_ref()
+        .and_then(|m| m.get("package")?.get("name")?.as_str().map(str::to_owned));
+    let builds_cdylib = parsed.as_ref().is_some_and(|m| {
+        m.get("lib")
+            .and_then(|lib| lib.get("crate-type"))
+            .and_then(|types| types.as_array())
+            .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("cdylib")))
+    });
+    let mut hint = match path.parent() {
+        Some(dir) if dir.file_name().is_some_and(|n| n == "deps") => format!(
+            "looked in {} and {}",
+            dir.display(),
+            dir.parent().unwrap_or(dir).display()
+        ),
+        Some(dir) => format!(
+            "looked in {} and {}",
+            dir.join("deps").display(),
+            dir.display()
+        ),
+        None => format!("looked for {}", path.display()),
+    };
+    if parsed.is_some() && !builds_cdylib {
+        hint.push_str(&format!(
+            "; {} builds no cdylib: add `crate-type = [\"cdylib\", \"rlib\"]` under `[lib]`",
+            manifest.display()
+        ));
+    }
+    match package {
+        Some(package) => {
+            hint.push_str(&format!("; build it with `cargo build -p {package} --lib`"))
+        }
+        None => hint.push_str("; build the module crate with `cargo build --lib`"),
+    }
+    hint
 }
 
 /// `lib<crate_name>.so` on Linux, `lib<crate_name>.dylib` on macOS, `<crate_name>.dll` on
@@ -27,8 +87,53 @@ fn profile_dir(exe: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::profile_dir;
+    use super::{artifact_in, library_file_name, not_built_hint, profile_dir};
     use std::path::Path;
+
+    #[test]
+    fn the_library_in_deps_is_preferred_when_it_exists() {
+        let target = tempfile::tempdir().unwrap();
+        let profile = target.path().join("debug");
+        std::fs::create_dir_all(profile.join("deps")).unwrap();
+        let file = library_file_name("game_logic");
+        assert_eq!(artifact_in(&profile, "game_logic"), profile.join(&file));
+        std::fs::write(profile.join("deps").join(&file), b"").unwrap();
+        assert_eq!(
+            artifact_in(&profile, "game_logic"),
+            profile.join("deps").join(&file)
+        );
+    }
+
+    #[test]
+    fn the_hint_names_the_places_the_command_and_a_missing_crate_type() {
+        let krate = tempfile::tempdir().unwrap();
+        std::fs::write(
+            krate.path().join("Cargo.toml"),
+            "[package]\nname = \"word-filter\"\nversion = \"0.1.0\"\n",
+        )
+        .unwrap();
+        let hint = not_built_hint(Path::new("/p/target/debug/libword_filter.so"), krate.path());
+        assert_eq!(
+            hint,
+            format!(
+                "looked in /p/target/debug/deps and /p/target/debug; {} builds no cdylib: add \
+                 `crate-type = [\"cdylib\", \"rlib\"]` under `[lib]`; build it with `cargo \
+                 build -p word-filter --lib`",
+                krate.path().join("Cargo.toml").display()
+            )
+        );
+        std::fs::write(
+            krate.path().join("Cargo.toml"),
+            "[package]\nname = \"word-filter\"\n[lib]\ncrate-type = [\"cdylib\", \"rlib\"]\n",
+        )
+        .unwrap();
+        let hint = not_built_hint(Path::new("/p/target/debug/libword_filter.so"), krate.path());
+        assert_eq!(
+            hint,
+            "looked in /p/target/debug/deps and /p/target/debug; build it with `cargo build -p \
+             word-filter --lib`"
+        );
+    }
 
     #[test]
     fn tests_and_examples_look_in_the_profile_dir() {

@@ -100,6 +100,9 @@ pub(crate) struct Book {
     pub retired: Vec<RetiredVersion>,
     /// Replaced versions still loaded, oldest first; at most `spec.history` of them.
     pub history: std::collections::VecDeque<Kept>,
+    /// Which file the serving version was read from, to answer a reload of an unchanged
+    /// artifact with one `stat`.
+    pub serving_identity: Option<crate::version::ArtifactIdentity>,
     /// Closed versions that must stay mapped for now (a thread may still return into them),
     /// checked again at every later retire.
     pub held: Vec<Held>,
@@ -135,6 +138,7 @@ impl ModuleCore {
         reloader: std::sync::Weak<crate::reloader::Shared>,
     ) -> Self {
         let next_generation = live.as_ref().map_or(1, |l| l.version.info.generation + 1);
+        let serving_identity = live.as_ref().and_then(|l| l.version.image.shadow.identity);
         ModuleCore {
             spec,
             shadow,
@@ -143,6 +147,7 @@ impl ModuleCore {
                 next_generation,
                 retired: Vec::new(),
                 history: std::collections::VecDeque::new(),
+                serving_identity,
                 held: Vec::new(),
             }),
             probation: Probation::default(),

@@ -312,6 +312,7 @@ impl HotReloader {
         if self.shared.lock_modules().contains_key(&name) {
             return Err(HotError::AlreadyRegistered { module: name });
         }
+        let located = options.artifact.is_none();
         let spec = ModuleSpec {
             artifact: absolute(
                 options
@@ -342,6 +343,10 @@ impl HotReloader {
                     path: spec.artifact.clone(),
                 });
                 None
+            }
+            Err(HotError::ArtifactNotFound { module, path }) if located => {
+                let hint = locate::not_built_hint(&path, std::path::Path::new(T::MANIFEST_DIR));
+                return Err(HotError::LibraryNotBuilt { module, path, hint });
             }
             Err(err) => return Err(err),
         };
@@ -662,7 +667,15 @@ impl Shared {
             artifact: &core.spec.artifact,
             current: current.as_ref(),
         };
-        let allowed = core.access.may_replace_here(&module).and_then(|()| {
+        // An unchanged artifact costs one `stat` and sends no event (the watcher, which
+        // passes the bytes it read, has its own check of the digest).
+        let permitted = core.access.may_replace_here(&module);
+        if permitted.is_ok() && bytes.is_none() {
+            if let Some(report) = transaction::unchanged(core)? {
+                return Ok(report);
+            }
+        }
+        let allowed = permitted.and_then(|()| {
             self.hooks
                 .before(&request)
                 .map_err(|reason| HotError::Vetoed {

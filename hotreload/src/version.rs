@@ -11,6 +11,42 @@ use hotreload_abi::{LifecycleEntries, StatePtr};
 use crate::VersionInfo;
 use crate::os;
 
+/// Which file an artifact was, when it was read: a build put in place since (written anew,
+/// renamed over it, or rewritten in place) differs in one of these. Compared before reading,
+/// so that reloading an unchanged artifact costs one `stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ArtifactIdentity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    /// Modification and status-change times, in nanoseconds (the status-change time cannot
+    /// be set back by a writer).
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl ArtifactIdentity {
+    /// The identity of the file `meta` describes; `None` where the platform does not say.
+    pub(crate) fn of(meta: &std::fs::Metadata) -> Option<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Some(ArtifactIdentity {
+                dev: meta.dev(),
+                ino: meta.ino(),
+                len: meta.len(),
+                mtime: (meta.mtime(), meta.mtime_nsec()),
+                ctime: (meta.ctime(), meta.ctime_nsec()),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            None
+        }
+    }
+}
+
 /// A shadow copy, deleted when dropped (after the library opened from it is closed).
 #[derive(Debug)]
 pub(crate) struct ShadowFile {
@@ -22,6 +58,8 @@ pub(crate) struct ShadowFile {
     /// The size of the descriptor symbol in the file's symbol table: how much of it may be
     /// read once the library is open.
     pub descriptor_size: u64,
+    /// Which file the artifact was when its bytes were read.
+    pub identity: Option<ArtifactIdentity>,
 }
 
 impl Drop for ShadowFile {

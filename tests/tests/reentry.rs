@@ -197,3 +197,67 @@ fn re_entry_through_a_local_handle_is_refused_or_runs_never_aliases() {
     reloader.reload_module("counter").unwrap();
     re_enter!(module, reloader);
 }
+
+/// Module code that a reload runs (the replaced version's retire hook) calls back into the
+/// host, which calls the module, reloads it or reads its history: each is refused at once.
+/// The reload holds the module's bookkeeping and may hold its lock, so waiting would be for
+/// ever.
+macro_rules! re_enter_from_a_reload {
+    ($module:expr, $reloader:expr, $sandbox:expr) => {{
+        let (module, reloader) = (&$module, &$reloader);
+        hot_fn!(module.set_retire_callback(CALLBACK)).unwrap();
+        let outcomes = Outcomes::default();
+        let probe = {
+            let (m, reloader, outcomes) = (module.clone(), reloader.clone(), outcomes.clone());
+            move || {
+                record(&outcomes, "calls", hot_fn!(m.calls()));
+                record(
+                    &outcomes,
+                    "reload",
+                    reloader.reload_module("counter").map(|_| ()),
+                );
+                record(
+                    &outcomes,
+                    "history",
+                    reloader.history("counter").map(|h| h.len()),
+                );
+                record(
+                    &outcomes,
+                    "version",
+                    reloader.current_version("counter").map(|v| v.is_some()),
+                );
+            }
+        };
+        $sandbox.install("v1");
+        let report = with_probe(probe, || reloader.reload_module("counter")).unwrap();
+        assert_eq!(report.to.generation, 3);
+        let outcomes = outcomes.borrow();
+        assert_reentrant(outcome(&outcomes, "calls"), false, true);
+        assert_reload_during_call(outcome(&outcomes, "reload"));
+        assert_reload_during_call(outcome(&outcomes, "history"));
+        assert_eq!(outcome(&outcomes, "version").as_ref().unwrap(), "true");
+        // The reload itself went through, and the module serves.
+        assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+    }};
+}
+
+#[test]
+fn module_code_run_by_a_reload_cannot_re_enter_through_a_shared_handle() {
+    let sandbox = Sandbox::new(variants!());
+    let reloader = reloaded(&sandbox);
+    let module: Module<counter::Counter> = reloader.register_with(options(&sandbox)).unwrap();
+    sandbox.install("v2");
+    reloader.reload_module("counter").unwrap();
+    re_enter_from_a_reload!(module, reloader, sandbox);
+}
+
+#[test]
+fn module_code_run_by_a_reload_cannot_re_enter_through_a_local_handle() {
+    let sandbox = Sandbox::new(variants!());
+    let reloader = reloaded(&sandbox);
+    let module: Rc<LocalModule<counter::Counter>> =
+        Rc::new(reloader.register_local_with(options(&sandbox)).unwrap());
+    sandbox.install("v2");
+    reloader.reload_module("counter").unwrap();
+    re_enter_from_a_reload!(module, reloader, sandbox);
+}

@@ -200,3 +200,59 @@ fn a_local_module_calls_without_a_lock_and_reloads_on_its_thread_only() {
     assert!(matches!(err, HotError::Call { .. }), "{err:?}");
     assert_eq!(hot_fn!(module.calls()).unwrap(), 2);
 }
+
+#[test]
+fn reloading_an_unchanged_artifact_costs_one_stat_and_changes_nothing() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    hot_fn!(module.add(5)).unwrap();
+    let events = reloader.subscribe();
+
+    const SAMPLES: usize = 200;
+    let mut took: Vec<std::time::Duration> = (0..SAMPLES)
+        .map(|_| {
+            let started = std::time::Instant::now();
+            let report = reloader.reload_module("counter").unwrap();
+            let took = started.elapsed();
+            assert!(report.unchanged, "{report:?}");
+            assert_eq!(
+                (report.from.unwrap().generation, report.to.generation),
+                (1, 1)
+            );
+            took
+        })
+        .collect();
+    took.sort();
+    let (p50, p99) = (took[SAMPLES / 2], took[SAMPLES * 99 / 100]);
+    println!("reload_module of an unchanged artifact, {SAMPLES} samples: p50 {p50:?}, p99 {p99:?}");
+    assert!(p50 < std::time::Duration::from_millis(1), "p50 {p50:?}");
+    assert!(
+        events.try_iter().next().is_none(),
+        "no event for a reload with nothing to do"
+    );
+    assert_eq!(
+        hot_fn!(module.calls()).unwrap(),
+        1,
+        "the state is untouched"
+    );
+
+    // The same bytes touched in place are another file version: they load.
+    let file = std::fs::File::options()
+        .append(true)
+        .open(sandbox.artifact())
+        .unwrap();
+    file.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(1))
+        .unwrap();
+    drop(file);
+    let report = reloader.reload_module("counter").unwrap();
+    assert!(!report.unchanged);
+    assert_eq!(report.to.generation, 2);
+
+    // After a rollback the serving version is not the artifact's: a reload loads it again.
+    sandbox.install("v2");
+    assert_eq!(reloader.reload_module("counter").unwrap().to.generation, 3);
+    reloader.rollback("counter").unwrap();
+    let report = reloader.reload_module("counter").unwrap();
+    assert!(!report.unchanged);
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+}

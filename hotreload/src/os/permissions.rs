@@ -19,11 +19,15 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::HotError;
+use crate::version::ArtifactIdentity;
 
 /// The artifact's bytes, read from a descriptor whose file and directories were found safe
-/// to load: the one way an artifact's bytes come into the runtime.
+/// to load (the one way an artifact's bytes come into the runtime), and which file that was.
 #[cfg(unix)]
-pub(crate) fn read_trusted(module: &str, path: &Path) -> Result<Vec<u8>, HotError> {
+pub(crate) fn read_trusted(
+    module: &str,
+    path: &Path,
+) -> Result<(Vec<u8>, Option<ArtifactIdentity>), HotError> {
     use std::io::Read;
 
     let me = effective_uid().map_err(|source| read_error(module, path, source))?;
@@ -31,10 +35,11 @@ pub(crate) fn read_trusted(module: &str, path: &Path) -> Result<Vec<u8>, HotErro
     // lookup of its real path; the new file is opened and checked from the start.
     for _ in 0..ATTEMPTS {
         if let Some(mut file) = open_checked(module, path, me)? {
+            let identity = file.metadata().ok().and_then(|m| ArtifactIdentity::of(&m));
             let mut bytes = Vec::new();
             file.read_to_end(&mut bytes)
                 .map_err(|source| read_error(module, path, source))?;
-            return Ok(bytes);
+            return Ok((bytes, identity));
         }
     }
     Err(read_error(
@@ -49,8 +54,12 @@ pub(crate) fn read_trusted(module: &str, path: &Path) -> Result<Vec<u8>, HotErro
 
 /// Without Unix permissions there is nothing to check: the bytes as read.
 #[cfg(not(unix))]
-pub(crate) fn read_trusted(module: &str, path: &Path) -> Result<Vec<u8>, HotError> {
-    fs::read(path).map_err(|source| read_error(module, path, source))
+pub(crate) fn read_trusted(
+    module: &str,
+    path: &Path,
+) -> Result<(Vec<u8>, Option<ArtifactIdentity>), HotError> {
+    let bytes = fs::read(path).map_err(|source| read_error(module, path, source))?;
+    Ok((bytes, None))
 }
 
 /// How many times a file replaced during its check is opened again.

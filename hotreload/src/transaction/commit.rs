@@ -43,6 +43,7 @@ pub(crate) fn commit(
     let _commit_span = tracing::debug_span!("step", step = "commit").entered();
     let started = Instant::now();
     let info = new.info.clone();
+    let identity = new.image.shadow.identity;
     let old = live.replace(Live {
         version: new,
         state,
@@ -53,6 +54,7 @@ pub(crate) fn commit(
         old,
         snapshot,
         info,
+        identity,
     })
 }
 
@@ -64,4 +66,6 @@ pub(crate) struct Committed {
     pub snapshot: Option<Vec<u8>>,
     /// The version serving now.
     pub info: VersionInfo,
+    /// Which file it was read from.
+    pub identity: Option<crate::version::ArtifactIdentity>,
 }

@@ -85,6 +85,10 @@ pub struct ReloadReport {
     pub closed: Vec<RetiredVersion>,
     /// Versions held open by earlier retires that this reload found free and closed.
     pub released: Vec<RetiredVersion>,
+    /// The artifact was the very file the serving version was read from (same device, inode,
+    /// size and times): nothing was read or loaded, `from` and `to` are the serving version,
+    /// and no event was sent.
+    pub unchanged: bool,
 }
 
 /// Times one step inside its own tracing span.
@@ -209,6 +213,7 @@ pub(crate) fn reload(
         }
     };
     let to = committed.info;
+    book.serving_identity = committed.identity;
     let from = committed.old.as_ref().map(|old| old.version.info.clone());
     let (closed, released) = match committed.old {
         Some(old) => step("retire", &mut timings.retire, || {
@@ -235,5 +240,33 @@ pub(crate) fn reload(
         timings,
         closed,
         released,
+        unchanged: false,
     })
+}
+
+/// When the artifact is the very file the serving version was read from: the report of a
+/// reload that has nothing to do, after one `stat`.
+pub(crate) fn unchanged(core: &ModuleCore) -> Result<Option<ReloadReport>, HotError> {
+    let book = core.book_for_query()?;
+    let Some(serving) = book.serving_identity else {
+        return Ok(None);
+    };
+    drop(book);
+    let now = std::fs::metadata(&core.spec.artifact)
+        .ok()
+        .and_then(|meta| crate::version::ArtifactIdentity::of(&meta));
+    if now != Some(serving) {
+        return Ok(None);
+    }
+    let Some(current) = core.version() else {
+        return Ok(None);
+    };
+    Ok(Some(ReloadReport {
+        from: Some(current.clone()),
+        to: current,
+        timings: StepTimings::default(),
+        closed: Vec::new(),
+        released: Vec::new(),
+        unchanged: true,
+    }))
 }

@@ -82,6 +82,7 @@ pub(crate) fn rollback(
         },
     };
     let to = kept.version.info.clone();
+    book.serving_identity = kept.version.image.shadow.identity;
     // The version serves again: it may start workers again.
     if let RResult::RErr(err) = (kept.version.lifecycle.resume_workers)() {
         tracing::warn!(

@@ -21,13 +21,14 @@ use crate::ShadowDir;
 use crate::error::HotError;
 use crate::module::ModuleSpec;
 use crate::os;
-use crate::version::ShadowFile;
+use crate::version::{ArtifactIdentity, ShadowFile};
 
 /// An artifact's bytes with their digest, read once from a descriptor whose file and
 /// directories passed the permission check: only [`read_artifact`] makes them.
 pub(crate) struct ArtifactBytes {
     bytes: Vec<u8>,
     sha256: String,
+    identity: Option<ArtifactIdentity>,
 }
 
 impl ArtifactBytes {
@@ -50,7 +51,11 @@ pub(crate) fn stage(
     read: Option<ArtifactBytes>,
 ) -> Result<ShadowFile, HotError> {
     let artifact = &spec.artifact;
-    let ArtifactBytes { bytes, sha256 } = match read {
+    let ArtifactBytes {
+        bytes,
+        sha256,
+        identity,
+    } = match read {
         Some(read) => read,
         None => read_artifact(spec)?,
     };
@@ -82,6 +87,7 @@ pub(crate) fn stage(
         len: bytes.len() as u64,
         sha256,
         descriptor_size,
+        identity,
     })
 }
 
@@ -101,9 +107,13 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
 /// The artifact's bytes, read once after its permissions were checked on the open file: the
 /// one way an artifact's bytes come in.
 pub(crate) fn read_artifact(spec: &ModuleSpec) -> Result<ArtifactBytes, HotError> {
-    let bytes = os::read_trusted(&spec.name, &spec.artifact)?;
+    let (bytes, identity) = os::read_trusted(&spec.name, &spec.artifact)?;
     let sha256 = sha256_hex(&bytes);
-    Ok(ArtifactBytes { bytes, sha256 })
+    Ok(ArtifactBytes {
+        bytes,
+        sha256,
+        identity,
+    })
 }
 
 /// `<shadow dir>/<module>-<generation>-<artifact file name>`: unique per version.
