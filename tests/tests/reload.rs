@@ -247,6 +247,20 @@ fn reloading_an_unchanged_artifact_costs_one_stat_and_changes_nothing() {
     let report = reloader.reload_module("counter").unwrap();
     assert!(!report.unchanged);
     assert_eq!(report.to.generation, 2);
+    // This test binary is a debug build, as a user's host is: staging a debug module (about
+    // 36 MB) reads, hashes (ring's assembly SHA-256) and copies it at about disk speed. A
+    // SHA-256 compiled without optimisation took 1.3 s for it alone.
+    println!(
+        "reload of a {:.1} MB debug module: stage {:?}, total {:?}",
+        report.to.artifact_len as f64 / 1e6,
+        report.timings.stage,
+        report.timings.total()
+    );
+    assert!(
+        report.timings.stage < std::time::Duration::from_millis(500),
+        "stage {:?}",
+        report.timings.stage
+    );
 
     // After a rollback the serving version is not the artifact's: a reload loads it again.
     sandbox.install("v2");
