@@ -253,6 +253,17 @@ extern "C" fn restore<T: HotModule>(bytes: RSlice<'_, u8>) -> EntryResult<StateP
                 T::MODULE_NAME
             ));
         }
+        if envelope.state_version != T::STATE_VERSION {
+            // Never decoded as if it were this schema: a state that happens to decode could
+            // still mean something else.
+            return Err(format!(
+                "state schema v{} (saved by API v{}) cannot be restored by a build of schema \
+                 v{}: no migration between them",
+                envelope.state_version,
+                envelope.api_version,
+                T::STATE_VERSION
+            ));
+        }
         let state: T = rmp_serde::from_slice(&envelope.payload).map_err(|e| {
             format!(
                 "state schema v{} (saved by API v{}) does not decode as schema v{}: {e}",

@@ -277,10 +277,19 @@ pub enum HotError {
     },
 
     /// No module of that name is registered.
-    #[error("no module named `{module}` is registered")]
+    #[error(
+        "no module named `{module}` is registered ({})",
+        if registered.is_empty() {
+            "none is".to_owned()
+        } else {
+            format!("registered: {}", registered.join(", "))
+        }
+    )]
     UnknownModule {
         /// The name asked for.
         module: String,
+        /// The names registered, sorted.
+        registered: Vec<String>,
     },
 
     /// A module of that name is registered already.
@@ -306,6 +315,24 @@ pub enum HotError {
         /// Why, and how to fix it.
         reason: String,
     },
+}
+
+impl HotError {
+    /// Whether the build itself is at fault (it is not a library, not this module, does not
+    /// fit, or fails with this state), so that offering the same bytes again cannot succeed;
+    /// a veto, a failed save, a wrong thread or an I/O error may pass another time.
+    pub(crate) fn is_build_fault(&self) -> bool {
+        matches!(
+            self,
+            HotError::NotALibrary { .. }
+                | HotError::NoDescriptor { .. }
+                | HotError::Open { .. }
+                | HotError::Rejected { .. }
+                | HotError::Construct { .. }
+                | HotError::Restore { .. }
+                | HotError::NotPinned { .. }
+        )
+    }
 }
 
 /// What a module reported from an entry that did not return a value.

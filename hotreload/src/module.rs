@@ -93,6 +93,9 @@ impl ModuleSpec {
     }
 }
 
+/// How many retired versions a module remembers (`HotReloader::retired_versions`).
+const RETIRED_KEPT: usize = 64;
+
 /// Bookkeeping that only a transaction touches; its mutex serialises transactions.
 pub(crate) struct Book {
     pub next_generation: u64,
@@ -126,6 +129,15 @@ impl Drop for ModuleCore {
         let live = self.access.take_live();
         let book = self.book.get_mut().unwrap_or_else(PoisonError::into_inner);
         crate::transaction::retire::retire_all(live, book, &self.spec);
+    }
+}
+
+impl Book {
+    /// Remembers versions that stopped serving: the last [`RETIRED_KEPT`] of them.
+    pub(crate) fn record_retired(&mut self, versions: impl IntoIterator<Item = RetiredVersion>) {
+        self.retired.extend(versions);
+        let excess = self.retired.len().saturating_sub(RETIRED_KEPT);
+        self.retired.drain(..excess);
     }
 }
 

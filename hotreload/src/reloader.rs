@@ -56,7 +56,9 @@ impl Default for ModuleOptions {
 /// The call that panicked rolls back before its `hot_fn!` returns, after it has released
 /// the module's lock and once no other call of the module runs on its thread (a call nested
 /// in one, through a host callback, leaves it to the outermost call): the rollback's events
-/// and `after_reload` hooks run there, on the caller's thread.
+/// and `after_reload` hooks run there, on the caller's thread. Likewise the call that ends the
+/// window sends [`Event::ProbationEnded`](crate::Event::ProbationEnded). A panic of a call
+/// that began in the previous version, before the reload, does not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Probation {
     pub(crate) calls: Option<u64>,
@@ -509,8 +511,8 @@ impl HotReloader {
         Ok(self.shared.core(name)?.version())
     }
 
-    /// The versions of module `name` that were replaced, oldest first, with whether the OS
-    /// kept each one mapped.
+    /// The versions of module `name` that were replaced (the last 64), oldest first, with
+    /// whether the OS kept each one mapped.
     pub fn retired_versions(&self, name: &str) -> Result<Vec<RetiredVersion>, HotError> {
         Ok(self.shared.core(name)?.book_for_query()?.retired.clone())
     }
@@ -582,12 +584,14 @@ impl Shared {
     }
 
     pub(crate) fn core(&self, name: &str) -> Result<Arc<ModuleCore>, HotError> {
-        self.lock_modules()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| HotError::UnknownModule {
+        let modules = self.lock_modules();
+        match modules.get(name) {
+            Some(core) => Ok(Arc::clone(core)),
+            None => Err(HotError::UnknownModule {
                 module: name.to_owned(),
-            })
+                registered: modules.keys().cloned().collect(),
+            }),
+        }
     }
 
     /// Queues a reload for the host's next `poll()`.

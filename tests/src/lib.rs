@@ -66,6 +66,9 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
                 .edit(LIB, "// EXTRA_ITEMS", "impl Default for Counter {\n    fn default() -> Self {\n        panic!(\"the constructor fails on purpose\")\n    }\n}")
         })
         .variant("restore_error", |v| v.edit(LIB, "// FIELDS", "required: u8,"))
+        .variant("schema_v2", |v| {
+            v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 1, state_version = 2,")
+        })
         .variant("panic_abort", |v| {
             v.edit(
                 "Cargo.toml",

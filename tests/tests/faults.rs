@@ -407,3 +407,28 @@ fn a_version_marked_good_is_off_probation() {
         "kept: its probation ended"
     );
 }
+
+#[test]
+fn a_probation_that_ends_by_itself_says_so() {
+    let _serial = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) =
+        sandbox.register_with("v1", ModuleOptions::new().probation(Probation::calls(3)));
+    sandbox.install("v2");
+    reloader.reload_module("counter").unwrap();
+    let events = reloader.subscribe();
+    for _ in 0..3 {
+        hot_fn!(module.bump()).unwrap();
+    }
+    let ended: Vec<u64> = events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::ProbationEnded { generation, .. } => Some(generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ended, [2], "one ProbationEnded for load #2");
+    // Off probation: a panic now is an error, not a rollback.
+    hot_fn!(module.explode(RString::from("after"))).unwrap_err();
+    assert_eq!(module.version().unwrap().generation, 2);
+}

@@ -337,3 +337,21 @@ fn a_build_with_panic_abort_is_refused_with_the_fix() {
     );
     running.assert_unchanged();
 }
+
+#[test]
+fn another_state_schema_without_a_migration_is_refused_never_decoded() {
+    let running = Running::start();
+    let err = running.reload_variant("schema_v2");
+    match &err {
+        HotError::Restore {
+            fault: ModuleFault::Failed(message),
+            ..
+        } => assert_eq!(
+            message,
+            "state schema v1 (saved by API v1) cannot be restored by a build of schema v2: no \
+             migration between them"
+        ),
+        other => panic!("expected a Restore failure, got {other:?}"),
+    }
+    running.assert_unchanged();
+}

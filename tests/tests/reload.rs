@@ -164,10 +164,22 @@ fn versions_beyond_the_history_are_closed_and_their_shadow_copies_deleted() {
 }
 
 #[test]
-fn reloading_an_unknown_module_is_an_error() {
+fn reloading_an_unknown_module_is_an_error_that_lists_the_registered_ones() {
     let reloader = hotreload::HotReloader::new();
     let err = reloader.reload_module("nope").unwrap_err();
     assert!(matches!(err, HotError::UnknownModule { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "no module named `nope` is registered (none is)"
+    );
+
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, _module) = sandbox.register("v1");
+    let err = reloader.reload_module("counterr").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no module named `counterr` is registered (registered: counter)"
+    );
 }
 
 #[test]

@@ -322,3 +322,47 @@ fn a_local_module_is_reloaded_only_at_its_poll_even_with_a_background_watcher() 
     assert!(outcomes.iter().all(|(_, o)| o.is_ok()), "{outcomes:?}");
     assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
 }
+
+#[test]
+fn a_build_vetoed_once_is_tried_again_at_its_next_change() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let veto = std::sync::Arc::clone(&frozen);
+    reloader.before_reload(move |_| {
+        if veto.load(std::sync::atomic::Ordering::SeqCst) {
+            Err("frozen for now".to_owned())
+        } else {
+            Ok(())
+        }
+    });
+    let events = reloader.subscribe();
+    reloader.start_watching().unwrap();
+    wait_for(&events, TIMEOUT, "watching", |e| {
+        matches!(e, Event::Watching { .. })
+    });
+
+    sandbox.install("v2");
+    wait_for(&events, TIMEOUT, "the veto", |e| {
+        matches!(
+            e,
+            Event::ReloadFailed {
+                error: HotError::Vetoed { .. },
+                ..
+            }
+        )
+    });
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+
+    // The same bytes put in place again, once the veto is lifted: a veto is not the build's
+    // fault, so the watcher tries it again.
+    frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    sandbox.install("v2");
+    wait_for(
+        &events,
+        TIMEOUT,
+        "the reload of the same build",
+        is_reloaded,
+    );
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+}

@@ -181,7 +181,7 @@ pub(crate) fn reload(
             // `restore` may still run in it.
             let closed = retire::close(refused, &mut book, &core.spec);
             if closed.held.is_some() {
-                book.retired.push(closed);
+                book.record_retired([closed]);
             }
             err
         }),
@@ -191,7 +191,7 @@ pub(crate) fn reload(
                 let (info, image) = opened.into_refused(&core.spec.name);
                 let closed = retire::close_unverified(info, image, &mut book);
                 if closed.held.is_some() {
-                    book.retired.push(closed);
+                    book.record_retired([closed]);
                 }
             }
             Err(err)
@@ -221,7 +221,7 @@ pub(crate) fn reload(
         }),
         None => (Vec::new(), Vec::new()),
     };
-    book.retired.extend(closed.iter().cloned());
+    book.record_retired(closed.iter().cloned());
     drop(book);
     drop(mark);
     if let Some(policy) = core.spec.probation {

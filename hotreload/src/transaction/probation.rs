@@ -64,16 +64,23 @@ impl Probation {
         self.window().take().map(|w| w.generation)
     }
 
-    /// Counts a finished call. Returns the generation to roll back from, and why, when a
-    /// call panicked during the window.
-    fn count(&self, panicked: Option<String>) -> Option<(u64, String)> {
+    /// Counts a finished call: `panicked` holds the generation the call ran in and the
+    /// reason when it panicked. A panic in another generation than the one on probation (a
+    /// call that began before the reload) counts for nothing.
+    fn count(&self, panicked: Option<(u64, String)>) -> Counted {
         let mut window = self.window();
-        let state = window.as_mut()?;
-        if let Some(reason) = panicked {
-            state.failed.get_or_insert(reason);
+        let Some(state) = window.as_mut() else {
+            return Counted::Nothing;
+        };
+        match panicked {
+            Some((generation, _)) if generation != state.generation => return Counted::Nothing,
+            Some((_, reason)) => {
+                state.failed.get_or_insert(reason);
+            }
+            None => {}
         }
         if let Some(reason) = &state.failed {
-            return Some((state.generation, reason.clone()));
+            return Counted::RollBack(state.generation, reason.clone());
         }
         if let Some(left) = &mut state.calls_left {
             *left = left.saturating_sub(1);
@@ -81,11 +88,23 @@ impl Probation {
         let calls_done = state.calls_left == Some(0);
         let time_done = state.until.is_some_and(|t| Instant::now() >= t);
         if calls_done || time_done {
+            let generation = state.generation;
             *window = None;
             self.on.store(false, Ordering::Release);
+            return Counted::Ended(generation);
         }
-        None
+        Counted::Nothing
     }
+}
+
+/// What a counted call means for the probation.
+#[derive(Debug, PartialEq, Eq)]
+enum Counted {
+    Nothing,
+    /// The window ended without a panic: the version is good.
+    Ended(u64),
+    /// A call panicked during the window: roll back from this generation.
+    RollBack(u64, String),
 }
 
 /// After a call during probation: counts it, and rolls the module back when a call panicked
@@ -97,13 +116,24 @@ pub(crate) fn after_call<R>(core: &ModuleCore, result: &Result<R, HotError>) {
         Err(
             err @ HotError::Call {
                 fault: ModuleFault::Panicked(_),
+                generation,
                 ..
             },
-        ) => Some(format!("probation: {err}")),
+        ) => Some((*generation, format!("probation: {err}"))),
         _ => None,
     };
-    let Some((generation, reason)) = core.probation.count(panicked) else {
-        return;
+    let (generation, reason) = match core.probation.count(panicked) {
+        Counted::Nothing => return,
+        Counted::Ended(generation) => {
+            if let Some(reloader) = core.reloader.upgrade() {
+                reloader.events.emit(crate::Event::ProbationEnded {
+                    module: core.spec.name.clone(),
+                    generation,
+                });
+            }
+            return;
+        }
+        Counted::RollBack(generation, reason) => (generation, reason),
     };
     if core.access.in_call_here() || !crate::access::holds_no_module_lock() {
         // Nested in a call of this module or of another one that holds a module lock: the
@@ -117,5 +147,32 @@ pub(crate) fn after_call<R>(core: &ModuleCore, result: &Result<R, HotError>) {
     // The snapshot taken at the reload: the new version's state is suspect.
     if let Err(err) = reloader.rollback(core, true, Some(generation), &reason) {
         tracing::error!(module = %core.spec.name, "probation rollback failed: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Counted, Probation};
+
+    #[test]
+    fn a_panic_in_another_generation_counts_for_nothing() {
+        let probation = Probation::default();
+        probation.start(crate::Probation::calls(2), 7);
+        // A call that began in load #6, before the reload, panicked after it.
+        assert_eq!(probation.count(Some((6, "old".into()))), Counted::Nothing);
+        assert!(probation.is_on());
+        assert_eq!(
+            probation.count(Some((7, "new".into()))),
+            Counted::RollBack(7, "new".into())
+        );
+    }
+
+    #[test]
+    fn the_window_ends_after_its_calls() {
+        let probation = Probation::default();
+        probation.start(crate::Probation::calls(2), 3);
+        assert_eq!(probation.count(None), Counted::Nothing);
+        assert_eq!(probation.count(None), Counted::Ended(3));
+        assert!(!probation.is_on());
     }
 }

@@ -68,6 +68,12 @@ pub(crate) fn rollback(
     } else {
         prepare::save(running)
             .and_then(|envelope| prepare::restore(&kept.version, &envelope, from_generation))
+            .inspect_err(|err| {
+                tracing::info!(
+                    module = %core.spec.name,
+                    "the older version cannot take the current state, it gets its snapshot: {err}"
+                );
+            })
             .ok()
     };
     let (state, used) = match current {
@@ -102,7 +108,7 @@ pub(crate) fn rollback(
     };
     let from = old.version.info.clone();
     let closed = retire::close(old.into_version(), &mut book, &core.spec);
-    book.retired.push(closed.clone());
+    book.record_retired([closed.clone()]);
     tracing::info!(
         from = from.generation,
         to = to.generation,

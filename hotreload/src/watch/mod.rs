@@ -511,8 +511,14 @@ impl WatchLoop {
         match self.options.apply {
             // A module bound to one thread reloads there only: at its `poll()`.
             Apply::Background if !core.access.has_owner() => {
-                // Events and hooks report the outcome.
-                let _ = shared.reload(&core, read);
+                // Events and hooks report the outcome. Only a refusal that comes from the
+                // build itself is remembered: after a veto, a failed save or an I/O error,
+                // the same build is tried again at its next change event.
+                if let Err(err) = shared.reload(&core, read) {
+                    if !err.is_build_fault() {
+                        self.attempted.remove(module);
+                    }
+                }
             }
             Apply::Background | Apply::OnPoll => shared.mark_pending(module),
         }
