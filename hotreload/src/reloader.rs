@@ -339,7 +339,13 @@ impl HotReloader {
         let shadow = self.shared.shadow()?;
         let live = match transaction::load_initial(&spec, &shadow) {
             Ok(live) => Some(live),
-            Err(HotError::ArtifactNotFound { .. }) if options.wait_for_artifact => {
+            Err(HotError::ArtifactNotFound { path, .. }) if options.wait_for_artifact => {
+                if located {
+                    // Waiting is what the host asked for; a crate that builds no cdylib would
+                    // make it wait for ever, so say so now.
+                    let hint = locate::not_built_hint(&path, std::path::Path::new(T::MANIFEST_DIR));
+                    tracing::warn!(module = %name, "no library yet: {hint}");
+                }
                 self.shared.events.emit(Event::ArtifactMissing {
                     module: name.clone(),
                     path: spec.artifact.clone(),
