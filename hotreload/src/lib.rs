@@ -37,7 +37,7 @@
 //!
 //! fn main() -> Result<(), hotreload::HotError> {
 //!     let reloader = HotReloader::new();
-//!     let game = reloader.register::<GameLogic>()?; // target/<profile>/lib<crate>.so
+//!     let game = reloader.register::<GameLogic>()?; // target/<profile>/[deps/]lib<crate>.so
 //!     let score = hot_fn!(game.tick(0.016))?;
 //!     match reloader.reload_module("game_logic") {
 //!         Ok(report) => println!("now load #{}, paused calls {:?}", report.to.generation, report.timings.pause()),

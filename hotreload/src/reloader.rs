@@ -84,8 +84,9 @@ impl Probation {
 }
 
 impl ModuleOptions {
-    /// The defaults: the library beside the host's executable, exactly the API version the
-    /// host was compiled with, an error if the library does not exist, no building.
+    /// The defaults: the library in the target directory of the host's profile (see
+    /// [`HotReloader::register`]), exactly the API version the host was compiled with, an error
+    /// if the library does not exist, no building.
     pub fn new() -> Self {
         Self::default()
     }
@@ -241,8 +242,11 @@ impl HotReloader {
         }
     }
 
-    /// Loads module `T` from the Cargo target directory of the host's profile
-    /// (`lib<crate>.so` beside the host's executable) and registers it under its name.
+    /// Loads module `T` from the Cargo target directory of the host's profile and registers it
+    /// under its name: `deps/lib<crate>.so` there (where `cargo build` or `cargo run` of a
+    /// host that depends on the module crate puts it), else `lib<crate>.so` beside the host's
+    /// executable. When neither exists, [`HotError::LibraryNotBuilt`] says where it looked,
+    /// the command that builds it, and the manifest line a crate that builds no cdylib lacks.
     pub fn register<T: HotModule>(&self) -> Result<Module<T>, HotError> {
         self.register_with::<T>(ModuleOptions::new())
     }
