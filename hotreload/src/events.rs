@@ -5,7 +5,8 @@
 //! block that thread; callbacks run on it, so keep them short.
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -245,16 +246,23 @@ impl std::fmt::Display for Event {
 
 type Callback = Box<dyn Fn(&Event) + Send + Sync>;
 
+/// How many events a subscriber's channel holds before new ones are dropped for it.
+pub(crate) const EVENT_BUFFER: usize = 4096;
+
 /// Everyone who listens.
 #[derive(Default)]
 pub(crate) struct EventBus {
-    channels: Mutex<Vec<Sender<Event>>>,
+    channels: Mutex<Vec<SyncSender<Event>>>,
     callbacks: RwLock<Vec<Callback>>,
+    /// Events not delivered to a subscriber whose channel was full.
+    dropped: AtomicU64,
 }
 
 impl EventBus {
+    /// A bounded channel: a subscriber that never reads costs at most [`EVENT_BUFFER`]
+    /// events of memory, and never blocks the thread that emits.
     pub(crate) fn subscribe(&self) -> Receiver<Event> {
-        let (tx, rx) = channel();
+        let (tx, rx) = sync_channel(EVENT_BUFFER);
         self.channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -279,11 +287,28 @@ impl EventBus {
         {
             callback(&event);
         }
-        // Receivers that were dropped are forgotten.
+        // Receivers that were dropped are forgotten; a full one misses this event.
         self.channels
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|tx| tx.send(event.clone()).is_ok());
+            .retain(|tx| match tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) => {
+                    if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(
+                            "an event subscriber does not keep up: events are dropped for it \
+                             (see `HotReloader::dropped_events`)"
+                        );
+                    }
+                    true
+                }
+                Err(TrySendError::Disconnected(_)) => false,
+            });
+    }
+
+    /// How many events were not delivered because a subscriber's channel was full.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 }
 

@@ -444,9 +444,18 @@ impl HotReloader {
         self.lock_watcher().is_some()
     }
 
-    /// A channel that receives every event from now on.
+    /// A channel that receives every event from now on. It holds up to 4,096 events: when a
+    /// subscriber does not read and it is full, further events are dropped for that
+    /// subscriber (and counted in [`dropped_events`](Self::dropped_events)) rather than
+    /// growing memory or blocking the thread that emits them. Dropping the receiver
+    /// unsubscribes.
     pub fn subscribe(&self) -> Receiver<Event> {
         self.shared.events.subscribe()
+    }
+
+    /// How many events were not delivered because a subscriber's channel was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.events.dropped()
     }
 
     /// Calls `callback` with every event, on the thread where the event happens.

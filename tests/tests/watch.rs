@@ -374,3 +374,26 @@ fn a_build_vetoed_once_is_tried_again_at_its_next_change() {
     );
     assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
 }
+
+#[test]
+fn a_subscriber_that_never_reads_costs_a_bounded_buffer() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, _module) = sandbox.register("v1");
+    reloader.before_reload(|_| Err("no".to_owned()));
+    let idle = reloader.subscribe();
+    let gone = reloader.subscribe();
+    drop(gone);
+    sandbox.install("v2");
+    // Each refused reload emits one `ReloadFailed` event.
+    const REFUSALS: usize = 5000;
+    for _ in 0..REFUSALS {
+        reloader.reload_module("counter").unwrap_err();
+    }
+    let kept = idle.try_iter().count();
+    assert_eq!(kept, 4096, "the channel holds 4,096 events");
+    assert_eq!(
+        reloader.dropped_events(),
+        (REFUSALS - kept) as u64,
+        "the rest are counted as dropped; the dropped receiver counts for nothing"
+    );
+}
