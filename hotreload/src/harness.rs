@@ -296,8 +296,9 @@ fn read(path: &Path) -> Result<String, HarnessError> {
 }
 
 /// Writes only when the content differs, so cargo does not rebuild what did not change.
-fn write_if_changed(path: &Path, content: &str) -> Result<(), HarnessError> {
-    if fs::read_to_string(path).is_ok_and(|old| old == content) {
+fn write_if_changed(path: &Path, content: impl AsRef<[u8]>) -> Result<(), HarnessError> {
+    let content = content.as_ref();
+    if fs::read(path).is_ok_and(|old| old == content) {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
@@ -316,7 +317,8 @@ fn copy_sources(crate_dir: &Path, dest: &Path) -> Result<(), HarnessError> {
             if path.is_dir() {
                 copy_dir(&path, &target)?;
             } else {
-                write_if_changed(&target, &read(&path)?)?;
+                // Bytes, not text: a crate's sources may hold data files (`include_bytes!`).
+                write_if_changed(&target, fs::read(&path).map_err(io_err(&path))?)?;
             }
         }
         Ok(())
@@ -324,7 +326,7 @@ fn copy_sources(crate_dir: &Path, dest: &Path) -> Result<(), HarnessError> {
     copy_dir(&crate_dir.join("src"), &dest.join("src"))?;
     let build_script = crate_dir.join("build.rs");
     if build_script.exists() {
-        write_if_changed(&dest.join("build.rs"), &read(&build_script)?)?;
+        write_if_changed(&dest.join("build.rs"), read(&build_script)?)?;
     }
     Ok(())
 }
@@ -338,13 +340,56 @@ fn set_lib_name(manifest: &mut toml::Table, name: &str) {
     }
 }
 
-/// Rewrites `path = "../x"` dependencies relative to the original crate's directory.
+/// Rewrites the dependencies so that the variant, a workspace of its own elsewhere, resolves
+/// them as the original crate did: `path = "../x"` made absolute against the original crate's
+/// directory, and `workspace = true` replaced by the entry of the original workspace's
+/// `[workspace.dependencies]` (its own `features` and `optional` kept), in every dependency
+/// table, target-specific ones included.
 fn absolutize_path_dependencies(manifest: &mut toml::Table, crate_dir: &Path) {
-    for section in ["dependencies", "build-dependencies", "dev-dependencies"] {
-        let Some(toml::Value::Table(deps)) = manifest.get_mut(section) else {
+    let workspace = workspace_dependencies(crate_dir);
+    let mut tables: Vec<&mut toml::Table> = Vec::new();
+    let (plain, targets): (Vec<_>, Vec<_>) = manifest
+        .iter_mut()
+        .partition(|(key, _)| key.as_str() != "target");
+    for (key, value) in plain {
+        if DEPENDENCY_TABLES.contains(&key.as_str()) {
+            if let toml::Value::Table(deps) = value {
+                tables.push(deps);
+            }
+        }
+    }
+    for (_, targets) in targets {
+        let toml::Value::Table(targets) = targets else {
             continue;
         };
-        for (_, dep) in deps.iter_mut() {
+        for (_, target) in targets.iter_mut() {
+            let toml::Value::Table(target) = target else {
+                continue;
+            };
+            for (key, value) in target.iter_mut() {
+                if DEPENDENCY_TABLES.contains(&key.as_str()) {
+                    if let toml::Value::Table(deps) = value {
+                        tables.push(deps);
+                    }
+                }
+            }
+        }
+    }
+    for deps in tables {
+        for (name, dep) in deps.iter_mut() {
+            let inherits = dep
+                .get("workspace")
+                .and_then(toml::Value::as_bool)
+                .unwrap_or(false);
+            if inherits {
+                if let Some((inherited, root)) = workspace
+                    .as_ref()
+                    .and_then(|(deps, root)| Some((deps.get(name)?, root)))
+                {
+                    *dep = inherit(dep, inherited, root);
+                    continue;
+                }
+            }
             if let toml::Value::Table(dep) = dep {
                 if let Some(toml::Value::String(path)) = dep.get_mut("path") {
                     let absolute = crate_dir.join(&*path);
@@ -352,5 +397,108 @@ fn absolutize_path_dependencies(manifest: &mut toml::Table, crate_dir: &Path) {
                 }
             }
         }
+    }
+}
+
+const DEPENDENCY_TABLES: [&str; 3] = ["dependencies", "build-dependencies", "dev-dependencies"];
+
+/// The `[workspace.dependencies]` of the workspace `crate_dir` belongs to, with its root.
+fn workspace_dependencies(crate_dir: &Path) -> Option<(toml::Table, PathBuf)> {
+    for dir in crate_dir.ancestors().skip(1) {
+        let Ok(text) = fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let Ok(manifest) = text.parse::<toml::Table>() else {
+            continue;
+        };
+        if let Some(toml::Value::Table(workspace)) = manifest.get("workspace") {
+            let deps = match workspace.get("dependencies") {
+                Some(toml::Value::Table(deps)) => deps.clone(),
+                _ => toml::Table::new(),
+            };
+            return Some((deps, dir.to_path_buf()));
+        }
+    }
+    None
+}
+
+/// A `name = { workspace = true, features = [...], optional = true }` entry made whole from
+/// the workspace's entry for `name` (whose path is relative to the workspace `root`).
+fn inherit(member: &toml::Value, inherited: &toml::Value, root: &Path) -> toml::Value {
+    let mut dep = match inherited {
+        toml::Value::String(version) => {
+            let mut dep = toml::Table::new();
+            dep.insert("version".into(), version.clone().into());
+            dep
+        }
+        toml::Value::Table(dep) => dep.clone(),
+        _ => toml::Table::new(),
+    };
+    if let Some(toml::Value::String(path)) = dep.get_mut("path") {
+        *path = root.join(&*path).to_string_lossy().into_owned();
+    }
+    if let toml::Value::Table(member) = member {
+        if let Some(toml::Value::Array(extra)) = member.get("features") {
+            let features = dep
+                .entry("features")
+                .or_insert_with(|| toml::Value::Array(Vec::new()));
+            if let toml::Value::Array(features) = features {
+                features.extend(extra.iter().cloned());
+            }
+        }
+        if let Some(optional) = member.get("optional") {
+            dep.insert("optional".into(), optional.clone());
+        }
+    }
+    toml::Value::Table(dep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absolutize_path_dependencies;
+
+    #[test]
+    fn workspace_and_target_specific_dependencies_resolve_from_the_variant() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(
+            root.path().join("Cargo.toml"),
+            "[workspace]\nmembers = [\"module\"]\n[workspace.dependencies]\n\
+             serde = { version = \"1\", features = [\"derive\"] }\n\
+             shared = { path = \"shared\" }\nitoa = \"1\"\n",
+        )
+        .unwrap();
+        let crate_dir = root.path().join("module");
+        let mut manifest: toml::Table = "[package]\nname = \"module\"\n\
+             [dependencies]\nserde = { workspace = true, features = [\"rc\"] }\n\
+             shared.workspace = true\nlocal = { path = \"../local\" }\n\
+             [target.'cfg(unix)'.dependencies]\nitoa = { workspace = true, optional = true }\n\
+             unixy = { path = \"../unixy\" }\n"
+            .parse()
+            .unwrap();
+        absolutize_path_dependencies(&mut manifest, &crate_dir);
+        let deps = &manifest["dependencies"];
+        assert_eq!(deps["serde"]["version"].as_str(), Some("1"));
+        let features: Vec<_> = deps["serde"]["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert_eq!(features, ["derive", "rc"]);
+        assert_eq!(
+            deps["shared"]["path"].as_str().unwrap(),
+            root.path().join("shared").to_str().unwrap()
+        );
+        assert_eq!(
+            deps["local"]["path"].as_str().unwrap(),
+            crate_dir.join("../local").to_str().unwrap()
+        );
+        let unix = &manifest["target"]["cfg(unix)"]["dependencies"];
+        assert_eq!(unix["itoa"]["version"].as_str(), Some("1"));
+        assert_eq!(unix["itoa"]["optional"].as_bool(), Some(true));
+        assert_eq!(
+            unix["unixy"]["path"].as_str().unwrap(),
+            crate_dir.join("../unixy").to_str().unwrap()
+        );
     }
 }
