@@ -209,7 +209,7 @@ impl VariantBuilder {
                         needle: from.clone(),
                     });
                 }
-                write_if_changed(&path, &text.replace(from.as_str(), to))?;
+                write_if_changed(&path, text.replace(from.as_str(), to))?;
             }
             // One target directory for all variants, so the dependencies build once; the
             // library is copied out before the next variant overwrites it.
