@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -59,6 +59,9 @@ pub struct ModuleDescriptor {
     pub module_name: RStr<'static>,
     /// The name of the crate the module was built from.
     pub crate_name: RStr<'static>,
+    /// The exported methods as the module's source declares them, in Rust spelling: what a
+    /// refusal names when the export table's layout differs. The layout check decides.
+    pub methods: RSlice<'static, MethodDescription>,
     /// The `StableAbi` layout of the export table.
     ///
     /// The layout lives inside the module's image: it must not be kept past the lifetime of
@@ -72,6 +75,23 @@ pub struct ModuleDescriptor {
 pub const PANIC_UNWIND: u32 = 1;
 /// [`ModuleDescriptor::panic_strategy`] of a module built with `panic = "abort"`.
 pub const PANIC_ABORT: u32 = 2;
+
+/// One exported method as its source declares it, for messages: "method 'add', parameter 1
+/// ('n'): expected i64, found f64".
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct MethodDescription {
+    /// The method's name (also its export-table field).
+    pub name: RStr<'static>,
+    /// Whether the entry's first parameter is the state (`&self` or `&mut self`).
+    pub takes_state: bool,
+    /// The parameters' names, in order.
+    pub params: RSlice<'static, RStr<'static>>,
+    /// The parameters' types as written in the source.
+    pub types: RSlice<'static, RStr<'static>>,
+    /// The return type as written (`()` for none).
+    pub returns: RStr<'static>,
+}
 
 /// The part of [`ModuleDescriptor`] that every ABI version shares: read it first.
 #[repr(C)]

@@ -79,8 +79,48 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         let name = m.ident.to_string();
         let takes_state = m.receiver != Receiver::None;
         let params = m.args.iter().map(|a| a.label.to_string());
-        quote!(__hr::MethodSignature { name: #name, takes_state: #takes_state, params: &[#(#params),*] })
+        let types = m.args.iter().map(|a| spelling(a.ty));
+        let returns = m.output.map_or_else(|| "()".to_owned(), spelling);
+        quote!(__hr::MethodSignature {
+            name: #name,
+            takes_state: #takes_state,
+            params: &[#(#params),*],
+            types: &[#(#types),*],
+            returns: #returns,
+        })
     });
+    // The same, FFI-safe, in the descriptor: the host names what differs in the source's words.
+    // Each list is a `const` of its own, so that it is a `'static` allocation.
+    let mut description_lists = Vec::new();
+    let method_descriptions: Vec<TokenStream> = module
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let name = m.ident.to_string();
+            let takes_state = m.receiver != Receiver::None;
+            let params = m.args.iter().map(|a| a.label.to_string());
+            let types = m.args.iter().map(|a| spelling(a.ty));
+            let returns = m.output.map_or_else(|| "()".to_owned(), spelling);
+            let (params_list, types_list) = (
+                format_ident!("__HOT_PARAMS_{i}"),
+                format_ident!("__HOT_TYPES_{i}"),
+            );
+            description_lists.push(quote! {
+                const #params_list: &[__hr::RStr<'static>] =
+                    &[#(__hr::RStr::from_str(#params)),*];
+                const #types_list: &[__hr::RStr<'static>] =
+                    &[#(__hr::RStr::from_str(#types)),*];
+            });
+            quote!(__hr::MethodDescription {
+                name: __hr::RStr::from_str(#name),
+                takes_state: #takes_state,
+                params: __hr::RSlice::from_slice(#params_list),
+                types: __hr::RSlice::from_slice(#types_list),
+                returns: __hr::RStr::from_str(#returns),
+            })
+        })
+        .collect();
     // Generated beside the user's impl block, so a private hook is in reach.
     let on_retire = module.on_retire.as_ref().map(|hook| {
         quote! {
@@ -129,6 +169,9 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 #(#table_inits,)*
             };
 
+            #(#description_lists)*
+            const __HOT_METHODS: &[__hr::MethodDescription] = &[#(#method_descriptions),*];
+
             #[unsafe(export_name = #symbol)]
             pub static __HOT_DESCRIPTOR: __hr::ModuleDescriptor = __hr::ModuleDescriptor {
                 magic: __hr::DESCRIPTOR_MAGIC,
@@ -142,6 +185,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 },
                 module_name: __hr::RStr::from_str(#name),
                 crate_name: __hr::RStr::from_str(::core::env!("CARGO_CRATE_NAME")),
+                methods: __hr::RSlice::from_slice(__HOT_METHODS),
                 table_layout: <__HotTable as __hr::StableAbi>::LAYOUT,
                 table: &__HOT_TABLE as *const __HotTable as *const ::core::ffi::c_void,
             };
@@ -171,6 +215,28 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             }
         };
     }
+}
+
+/// A type as the user wrote it, spaced as rustfmt would: `Option<&str>`, `(String, u8)`.
+fn spelling(ty: &syn::Type) -> String {
+    let raw = quote!(#ty).to_string();
+    [
+        (" < ", "<"),
+        ("< ", "<"),
+        (" <", "<"),
+        (" >", ">"),
+        (" ,", ","),
+        (" ;", ";"),
+        ("& ", "&"),
+        ("( ", "("),
+        (" )", ")"),
+        ("[ ", "["),
+        (" ]", "]"),
+        (" :: ", "::"),
+        (":: ", "::"),
+    ]
+    .iter()
+    .fold(raw, |text, (from, to)| text.replace(from, to))
 }
 
 fn shim_name(method: &Method<'_>) -> syn::Ident {
@@ -356,6 +422,22 @@ mod tests {
         pub fn rules() -> u32 { 1 }
         fn helper(&self) {}
     }";
+
+    #[test]
+    fn types_are_spelled_as_written() {
+        for text in [
+            "Vec<String>",
+            "&str",
+            "&[u8]",
+            "(String, u8)",
+            "Option<Result<Vec<u64>, String>>",
+            "abi_stable::std_types::RString",
+            "[u8; 4]",
+        ] {
+            let ty: syn::Type = syn::parse_str(text).unwrap();
+            assert_eq!(super::spelling(&ty), text);
+        }
+    }
 
     #[test]
     fn exports_the_descriptor_under_the_module_name() {

@@ -15,7 +15,7 @@ pub use abi_stable::std_types::{
 };
 pub use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, LifecycleEntries,
-    ModuleDescriptor, PANIC_ABORT, PANIC_UNWIND, StateEnvelope, StatePtr,
+    MethodDescription, ModuleDescriptor, PANIC_ABORT, PANIC_UNWIND, StateEnvelope, StatePtr,
 };
 
 pub use crate::call::{CallPath, LocalModule, Module};
@@ -32,6 +32,10 @@ pub struct MethodSignature {
     pub takes_state: bool,
     /// The user's parameter names, in order.
     pub params: &'static [&'static str],
+    /// The parameters' types as the user wrote them.
+    pub types: &'static [&'static str],
+    /// The return type as the user wrote it (`()` for none).
+    pub returns: &'static str,
 }
 
 /// What a hot module's state type must be.

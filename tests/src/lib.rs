@@ -30,6 +30,18 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
                 "pub fn add(&mut self, n: f64) -> i64 {\n        let n = n as i64;",
             )
         })
+        .variant("param_type_changed", |v| {
+            v.edit(LIB, "sep: &str) -> String {", "sep: String) -> String {")
+                .edit(LIB, "items.join(sep)", "items.join(&sep)")
+        })
+        .variant("param_added", |v| {
+            v.edit(
+                LIB,
+                "pub fn add(&mut self, n: i64) -> i64 {",
+                "pub fn add(&mut self, n: i64, times: i64) -> i64 {\n        let n = n * times;",
+            )
+        })
+        .variant("tuple_changed", |v| v.edit(LIB, "text: (String, u8),", "text: (String, u16),"))
         .variant("return_changed", |v| {
             v.edit(LIB, "pub fn calls(&self) -> u64 {\n        self.calls", "pub fn calls(&self) -> u32 {\n        self.calls as u32")
         })

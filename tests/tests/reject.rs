@@ -355,3 +355,30 @@ fn another_state_schema_without_a_migration_is_refused_never_decoded() {
     }
     running.assert_unchanged();
 }
+
+#[test]
+fn a_changed_parameter_is_named_with_both_types_as_the_sources_spell_them() {
+    let running = Running::start();
+    for (variant, line) in [
+        (
+            "param_type_changed",
+            "method 'join', parameter 2 ('sep'): expected &str, found String",
+        ),
+        (
+            "param_added",
+            "method 'add': takes 2 parameters, the host expects 1",
+        ),
+        (
+            "tuple_changed",
+            "method 'measure', parameter 1 ('text'): expected (String, u8), found (String, u16)",
+        ),
+    ] {
+        let err = running.reload_variant(variant);
+        assert_eq!(
+            err.to_string(),
+            format!("counter rejected: {line}"),
+            "{variant}"
+        );
+        running.assert_unchanged();
+    }
+}

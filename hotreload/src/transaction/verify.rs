@@ -111,11 +111,14 @@ fn check(
         descriptor.table_layout,
         &globals,
     ) {
+        // Copied out: the descriptions live in the module's image.
+        let declared = layout::Declared::copy(descriptor.methods.as_slice());
         let summary = layout::summarize(
             &errors,
             spec.expected_layout,
             descriptor.table_layout,
             spec.methods,
+            &declared,
         );
         let detail = errors.to_string().into_boxed_str();
         return Err(reject(Rejection::Layout(summary), Some(detail)));

@@ -1,10 +1,39 @@
 //! Turns abi_stable's layout report (a tree dump many lines long) into one line that names
-//! the first item that differs, in the user's terms: a method, a parameter, a field.
+//! the first item that differs, in the user's terms: a method, a parameter, a field, and the
+//! types on both sides as the sources spell them.
 
 use abi_stable::abi_stability::abi_checking::{AbiInstability, AbiInstabilityErrors};
 use abi_stable::type_layout::{TLFieldOrFunction, TypeLayout};
 
+use hotreload_abi::MethodDescription;
+
 use crate::__private::MethodSignature;
+
+/// The module's exported methods as its source declares them, copied out of its image.
+pub(crate) struct Declared(Vec<DeclaredMethod>);
+
+struct DeclaredMethod {
+    name: String,
+    params: Vec<String>,
+    types: Vec<String>,
+    returns: String,
+}
+
+impl Declared {
+    pub(crate) fn copy(methods: &[MethodDescription]) -> Self {
+        Declared(
+            methods
+                .iter()
+                .map(|m| DeclaredMethod {
+                    name: m.name.as_str().to_owned(),
+                    params: m.params.iter().map(|p| p.as_str().to_owned()).collect(),
+                    types: m.types.iter().map(|t| t.as_str().to_owned()).collect(),
+                    returns: m.returns.as_str().to_owned(),
+                })
+                .collect(),
+        )
+    }
+}
 
 /// The table field that holds the lifecycle entries, named by `#[hot_module]`.
 const LIFECYCLE_FIELD: &str = "__lifecycle";
@@ -17,6 +46,7 @@ pub(crate) fn summarize(
     expected: &'static TypeLayout,
     found: &'static TypeLayout,
     methods: &[MethodSignature],
+    declared: &Declared,
 ) -> String {
     if let Some(line) = method_set_difference(expected, found) {
         return line;
@@ -24,6 +54,17 @@ pub(crate) fn summarize(
     let Some(first) = errors.errors.iter().find(|e| !e.errs.is_empty()) else {
         return "the export table's layout differs".into();
     };
+    // The method the layout check stopped in, compared as both sources declare it.
+    let method = first
+        .stack_trace
+        .first()
+        .and_then(|step| match &step.expected {
+            TLFieldOrFunction::Field(field) => Some(field.name()),
+            TLFieldOrFunction::Function(_) => None,
+        });
+    if let Some(line) = method.and_then(|name| declared_difference(name, methods, declared)) {
+        return line;
+    }
     let location = location(first.stack_trace.iter().map(|ef| &ef.expected), methods);
     let what = describe(&first.errs);
     if location.is_empty() {
@@ -31,6 +72,46 @@ pub(crate) fn summarize(
     } else {
         format!("{location}: {what}")
     }
+}
+
+/// How method `name` differs between the host's declaration and the module's: the number of
+/// parameters, a parameter's type, or the return type, in the sources' spelling.
+fn declared_difference(name: &str, host: &[MethodSignature], module: &Declared) -> Option<String> {
+    let host = host.iter().find(|m| m.name == name)?;
+    let module = module.0.iter().find(|m| m.name == name)?;
+    if host.types.len() != module.types.len() {
+        let count = |n: usize| format!("{n} parameter{}", if n == 1 { "" } else { "s" });
+        return Some(format!(
+            "method '{name}': takes {}, the host expects {}",
+            count(module.types.len()),
+            host.types.len()
+        ));
+    }
+    let param = host
+        .types
+        .iter()
+        .zip(&module.types)
+        .position(|(h, m)| h != m);
+    if let Some(i) = param {
+        let label = host
+            .params
+            .get(i)
+            .copied()
+            .or(module.params.get(i).map(String::as_str))
+            .map_or_else(String::new, |l| format!(" ('{l}')"));
+        return Some(format!(
+            "method '{name}', parameter {}{label}: expected {}, found {}",
+            i + 1,
+            host.types[i],
+            module.types[i]
+        ));
+    }
+    (host.returns != module.returns).then(|| {
+        format!(
+            "method '{name}', return type: expected {}, found {}",
+            host.returns, module.returns
+        )
+    })
 }
 
 fn field_names(layout: &'static TypeLayout) -> Vec<&'static str> {
