@@ -75,12 +75,15 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     let shims = module.methods.iter().map(|m| shim(self_ty, m));
     let proxy_methods = module.methods.iter().map(|m| proxy_method(self_ty, m));
     let type_asserts = module.methods.iter().flat_map(type_asserts);
-    let method_signatures = module.methods.iter().map(|m| {
-        let name = m.ident.to_string();
-        let takes_state = m.receiver != Receiver::None;
-        let params = m.args.iter().map(|a| a.label.to_string());
-        let types = m.args.iter().map(|a| spelling(a.ty));
-        let returns = m.output.map_or_else(|| "()".to_owned(), spelling);
+    let spelled: Vec<Spelled> = module.methods.iter().map(Spelled::of).collect();
+    let method_signatures = spelled.iter().map(|m| {
+        let Spelled {
+            name,
+            takes_state,
+            params,
+            types,
+            returns,
+        } = m;
         quote!(__hr::MethodSignature {
             name: #name,
             takes_state: #takes_state,
@@ -92,16 +95,17 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     // The same, FFI-safe, in the descriptor: the host names what differs in the source's words.
     // Each list is a `const` of its own, so that it is a `'static` allocation.
     let mut description_lists = Vec::new();
-    let method_descriptions: Vec<TokenStream> = module
-        .methods
+    let method_descriptions: Vec<TokenStream> = spelled
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let name = m.ident.to_string();
-            let takes_state = m.receiver != Receiver::None;
-            let params = m.args.iter().map(|a| a.label.to_string());
-            let types = m.args.iter().map(|a| spelling(a.ty));
-            let returns = m.output.map_or_else(|| "()".to_owned(), spelling);
+            let Spelled {
+                name,
+                takes_state,
+                params,
+                types,
+                returns,
+            } = m;
             let (params_list, types_list) = (
                 format_ident!("__HOT_PARAMS_{i}"),
                 format_ident!("__HOT_TYPES_{i}"),
@@ -214,6 +218,28 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 #(#proxy_methods)*
             }
         };
+    }
+}
+
+/// A method's signature as the source spells it: for the host's `METHODS` and the
+/// descriptor's descriptions, which refusals quote.
+struct Spelled {
+    name: String,
+    takes_state: bool,
+    params: Vec<String>,
+    types: Vec<String>,
+    returns: String,
+}
+
+impl Spelled {
+    fn of(method: &Method<'_>) -> Self {
+        Spelled {
+            name: method.ident.to_string(),
+            takes_state: method.receiver != Receiver::None,
+            params: method.args.iter().map(|a| a.label.to_string()).collect(),
+            types: method.args.iter().map(|a| spelling(a.ty)).collect(),
+            returns: method.output.map_or_else(|| "()".to_owned(), spelling),
+        }
     }
 }
 
