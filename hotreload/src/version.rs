@@ -99,7 +99,7 @@ impl Image {
         }
     }
 
-    pub(crate) fn library(&self) -> &libloading::Library {
+    pub(crate) fn handle(&self) -> &libloading::Library {
         match &self.handle {
             Some(handle) => handle,
             None => unreachable!("the handle is taken only when the image is dropped or leaked"),

@@ -303,6 +303,22 @@ impl FixtureWorkspace {
     }
 }
 
+/// The first load (v1) still serves, with the state it had (`before`): what every refused
+/// reload must leave behind.
+pub fn assert_v1_serves(module: &Module<Counter>, before: &counter::Snapshot) {
+    assert_eq!(
+        module.version().unwrap().generation,
+        1,
+        "still the first load"
+    );
+    assert_eq!(hotreload::hot_fn!(module.build_tag()).unwrap(), 1);
+    assert_eq!(
+        &hotreload::hot_fn!(module.snapshot()).unwrap(),
+        before,
+        "state unchanged"
+    );
+}
+
 /// SHA-256 in lower-case hex, as the runtime reports digests.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -82,14 +82,7 @@ impl Running {
 
     /// v1 is serving, with the state it had.
     fn assert_unchanged(&self) {
-        let m = &self.module;
-        assert_eq!(m.version().unwrap().generation, 1, "still the first load");
-        assert_eq!(hot_fn!(m.build_tag()).unwrap(), 1);
-        assert_eq!(
-            hot_fn!(m.snapshot()).unwrap(),
-            self.before,
-            "state unchanged"
-        );
+        hotreload_tests::assert_v1_serves(&self.module, &self.before);
     }
 
     /// Reloads, which must now load v2 and keep the state.

@@ -20,16 +20,7 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloadin
 
 /// Whether an image loaded from `path` is mapped into this process; `None` without `/proc`.
 pub(crate) fn is_mapped(path: &Path) -> Option<bool> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let path = path.to_str()?;
-    Some(maps.lines().any(|line| {
-        line.split_once('/')
-            .map(|(_, rest)| {
-                let mapped = format!("/{rest}");
-                mapped == path || mapped.strip_suffix(" (deleted)") == Some(path)
-            })
-            .unwrap_or(false)
-    }))
+    mappings(path).map(|(image, _)| !image.is_empty())
 }
 
 /// The threads of this process when a version was opened: a thread among them was not started

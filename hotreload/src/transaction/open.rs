@@ -90,7 +90,7 @@ pub(crate) fn open(
     // descriptor's fixed prefix.
     let descriptor = unsafe {
         image
-            .library()
+            .handle()
             .get::<*const ModuleDescriptor>(symbol.as_bytes())
     }
     .map(|sym| *sym)
