@@ -6,14 +6,27 @@
 //! (`src/`, recursively), `build.rs` and `Cargo.toml` are watched; a change to a package
 //! rebuilds every module whose closure holds it, and no other. A change during a build marks
 //! the module dirty, and one more build follows when the running one ends.
+//!
+//! Cargo builds into the host's target directory, profile and target triple, read from where
+//! the module's library is expected (`target/[<triple>/]<profile>/[deps/]`, see
+//! [`CargoLayout`]); a library expected anywhere else is built where the module's own
+//! workspace builds. Cargo's JSON messages name the library each build produced: a build that
+//! produced no library, or one other than the file the module loads, is reported as a failed
+//! build that says so, rather than leaving the host waiting for a file that never changes.
+//! Stopping the watcher kills the running builds and joins their threads.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::mpsc::Sender;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cargo_metadata::{DependencyKind, Metadata, MetadataCommand, PackageId};
+use cargo_metadata::{DependencyKind, Message, Metadata, MetadataCommand, PackageId};
+
+use crate::locate::CargoLayout;
 
 /// The result of one build, sent back to the watcher thread.
 pub(crate) struct BuildDone {
@@ -24,12 +37,21 @@ pub(crate) struct BuildDone {
 /// What a module's build needs to know.
 struct ModuleBuild {
     package: String,
+    package_id: PackageId,
     manifest: PathBuf,
     closure: BTreeSet<PackageId>,
-    target_dir: Option<PathBuf>,
-    profile: Vec<String>,
-    running: bool,
+    /// The file the module loads.
+    artifact: PathBuf,
+    /// `--target-dir`, profile and `--target` of the host's layout.
+    layout_args: Vec<OsString>,
+    running: Option<RunningBuild>,
     dirty: bool,
+}
+
+/// A build in progress: its cargo process (to kill when watching stops) and its thread.
+struct RunningBuild {
+    child: Arc<Mutex<Option<Child>>>,
+    thread: JoinHandle<()>,
 }
 
 /// A watched source location and the package it belongs to.
@@ -110,16 +132,19 @@ impl Builds {
                 add(lib_dir, true);
             }
         }
-        let (target_dir, profile) = target_and_profile(artifact);
+        let layout_args = CargoLayout::of(artifact)
+            .map(|layout| layout.cargo_args())
+            .unwrap_or_default();
         self.modules.insert(
             module.to_owned(),
             ModuleBuild {
                 package: package.name.to_string(),
+                package_id: package.id.clone(),
                 manifest,
                 closure,
-                target_dir,
-                profile,
-                running: false,
+                artifact: artifact.to_path_buf(),
+                layout_args,
+                running: None,
                 dirty: false,
             },
         );
@@ -152,42 +177,120 @@ impl Builds {
     }
 
     /// Starts a build of `module`, or marks it dirty if one is running. Returns the package
-    /// name when a build started.
-    pub(crate) fn request(&mut self, module: &str, done: &Sender<BuildDone>) -> Option<String> {
+    /// name when a build started; `done` receives the outcome, on the build's thread.
+    pub(crate) fn request(
+        &mut self,
+        module: &str,
+        done: impl FnOnce(BuildDone) + Send + 'static,
+    ) -> Option<String> {
         let build = self.modules.get_mut(module)?;
-        if build.running {
+        if build.running.is_some() {
             build.dirty = true;
             return None;
         }
-        build.running = true;
         let mut command = cargo_command(build);
+        let expected = Expected {
+            name: build.package.clone(),
+            package: build.package_id.clone(),
+            artifact: build.artifact.clone(),
+        };
+        let child = Arc::new(Mutex::new(None));
+        let in_thread = Arc::clone(&child);
         let module = module.to_owned();
-        let done = done.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("hotreload-build-{module}"))
             .spawn(move || {
                 let _runtime = crate::os::RuntimeThread::enter();
                 let started = Instant::now();
-                let result = run(&mut command).map(|()| started.elapsed());
-                let _ = done.send(BuildDone { module, result });
+                let result = run(&mut command, &in_thread, &expected.package)
+                    .and_then(|libraries| expected.check(&libraries))
+                    .map(|()| started.elapsed());
+                done(BuildDone { module, result });
             });
         match spawned {
-            Ok(_) => Some(build.package.clone()),
+            Ok(thread) => {
+                build.running = Some(RunningBuild { child, thread });
+                Some(build.package.clone())
+            }
             Err(err) => {
-                build.running = false;
                 tracing::error!("cannot start a build thread: {err}");
                 None
             }
         }
     }
 
-    /// Records the end of a build. Returns the package, and whether another build must follow
-    /// (sources changed while it ran).
+    /// Records the end of a build and joins its thread. Returns the package, and whether
+    /// another build must follow (sources changed while it ran).
     pub(crate) fn finished(&mut self, module: &str) -> Option<(String, bool)> {
         let build = self.modules.get_mut(module)?;
-        build.running = false;
+        if let Some(running) = build.running.take() {
+            // It has sent its outcome: what is left of it is returning.
+            let _ = running.thread.join();
+        }
         let again = std::mem::take(&mut build.dirty);
         Some((build.package.clone(), again))
+    }
+
+    /// Kills the running builds and joins their threads (watching stops).
+    pub(crate) fn stop(&mut self) {
+        for build in self.modules.values_mut() {
+            let Some(running) = build.running.take() else {
+                continue;
+            };
+            if let Some(child) = running
+                .child
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+            {
+                // Cargo's own compiler processes finish the crate they are on and exit.
+                let _ = child.kill();
+            }
+            let _ = running.thread.join();
+        }
+    }
+}
+
+/// What a build of a module must produce.
+struct Expected {
+    name: String,
+    package: PackageId,
+    artifact: PathBuf,
+}
+
+impl Expected {
+    /// Whether the module's artifact is among the libraries cargo says it built (as one of
+    /// the paths, or the same file under another name: cargo hard-links `deps/` up).
+    fn check(&self, libraries: &[PathBuf]) -> Result<(), String> {
+        if libraries.is_empty() {
+            return Err(format!(
+                "cargo built no dynamic library for {}: add `crate-type = [\"cdylib\", \"rlib\"]` \
+                 under `[lib]` in its Cargo.toml",
+                self.name
+            ));
+        }
+        // Cargo names the library it linked up beside `deps/`; the module may load the one in
+        // `deps/` (a hard link of it, or the file it was copied from).
+        let same_file = |library: &PathBuf| {
+            let in_deps = library
+                .parent()
+                .zip(library.file_name())
+                .map(|(dir, name)| dir.join("deps").join(name));
+            library == &self.artifact
+                || in_deps.as_ref() == Some(&self.artifact)
+                || crate::os::same_file(library, &self.artifact)
+        };
+        if libraries.iter().any(same_file) {
+            return Ok(());
+        }
+        let built: Vec<String> = libraries.iter().map(|l| l.display().to_string()).collect();
+        Err(format!(
+            "cargo built {}, but the module loads {}: register it with \
+             `ModuleOptions::artifact({:?})`",
+            built.join(", "),
+            self.artifact.display(),
+            libraries[0].display().to_string()
+        ))
     }
 }
 
@@ -224,47 +327,96 @@ fn local_closure(metadata: &Metadata, root: &PackageId) -> BTreeSet<PackageId> {
     closure
 }
 
-/// `target/<profile>/lib<name>.so`: the target directory, and cargo's flags for the profile.
-fn target_and_profile(artifact: &Path) -> (Option<PathBuf>, Vec<String>) {
-    let Some(profile_dir) = artifact.parent() else {
-        return (None, Vec::new());
-    };
-    let target_dir = profile_dir.parent().map(Path::to_path_buf);
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => Vec::new(),
-        Some("release") => vec!["--release".to_owned()],
-        Some(other) => vec!["--profile".to_owned(), other.to_owned()],
-        None => Vec::new(),
-    };
-    (target_dir, profile)
-}
-
 fn cargo_command(build: &ModuleBuild) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .args(["build", "--lib", "--message-format", "short", "-p"])
+        .args([
+            "build",
+            "--lib",
+            "--message-format",
+            "json-render-diagnostics",
+            "-p",
+        ])
         .arg(&build.package)
         .arg("--manifest-path")
         .arg(&build.manifest)
-        .args(&build.profile)
-        .env_remove("CARGO_TARGET_DIR");
-    if let Some(target_dir) = &build.target_dir {
-        command.arg("--target-dir").arg(target_dir);
-    }
+        .args(&build.layout_args)
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     command
 }
 
-/// Runs cargo; on failure, its messages without the progress lines.
-fn run(command: &mut Command) -> Result<(), String> {
+/// Runs cargo, keeping its process in `slot` while it runs. Returns the dynamic libraries
+/// its JSON messages say the build produced for the package it was asked to build; on
+/// failure, the compiler's messages (cargo renders them on stderr) without progress lines.
+fn run(
+    command: &mut Command,
+    slot: &Mutex<Option<Child>>,
+    package: &PackageId,
+) -> Result<Vec<PathBuf>, String> {
     tracing::info!(?command, "building");
-    let output = command
-        .output()
+    let mut child = command
+        .spawn()
         .map_err(|e| format!("cannot run cargo: {e}"))?;
-    if output.status.success() {
-        return Ok(());
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+    let (libraries, stderr) = std::thread::scope(|scope| {
+        let stderr = scope.spawn(move || {
+            let mut text = Vec::new();
+            if let Some(mut stderr) = stderr {
+                let _ = stderr.read_to_end(&mut text);
+            }
+            String::from_utf8_lossy(&text).into_owned()
+        });
+        let libraries = stdout.map(|out| dynamic_libraries(BufReader::new(out), package));
+        (
+            libraries.unwrap_or_default(),
+            stderr.join().unwrap_or_default(),
+        )
+    });
+    // Both pipes are closed: cargo has exited (or is exiting). Taking it out of the slot
+    // means watching can no longer kill it, and it is reaped here.
+    let status = slot
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .map(|mut child| child.wait());
+    match status {
+        Some(Ok(status)) if status.success() => Ok(libraries),
+        Some(Ok(_)) => Err(compiler_messages(&stderr)),
+        Some(Err(err)) => Err(format!("waiting for cargo: {err}")),
+        None => Err("the build was stopped".into()),
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
+}
+
+/// The files of `package`'s `cdylib` artifacts in cargo's JSON messages, in order. Lines
+/// that are not JSON (a build script's output, say) are skipped.
+fn dynamic_libraries(messages: impl std::io::BufRead, package: &PackageId) -> Vec<PathBuf> {
+    Message::parse_stream(messages)
+        .filter_map(Result::ok)
+        .filter_map(|message| match message {
+            Message::CompilerArtifact(artifact)
+                if artifact.target.is_cdylib() && &artifact.package_id == package =>
+            {
+                Some(artifact)
+            }
+            _ => None,
+        })
+        .flat_map(|artifact| artifact.filenames)
+        .filter(|file| {
+            file.file_name()
+                .is_some_and(|name| name.ends_with(std::env::consts::DLL_SUFFIX))
+        })
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// Cargo's stderr without its progress lines.
+fn compiler_messages(stderr: &str) -> String {
     let message: Vec<&str> = stderr
         .lines()
         .filter(|line| {
@@ -281,7 +433,7 @@ fn run(command: &mut Command) -> Result<(), String> {
             .any(|progress| line.starts_with(progress))
         })
         .collect();
-    Err(message.join("\n"))
+    message.join("\n")
 }
 
 /// Whether a change at `relative` (to a source root) can change a build: not editor
@@ -295,4 +447,83 @@ fn is_source_change(relative: &Path) -> bool {
     });
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
     !hidden && !name.ends_with('~') && !name.ends_with(".swp") && name != "4913"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Expected, dynamic_libraries};
+    use cargo_metadata::PackageId;
+    use std::path::PathBuf;
+
+    const GREETER: &str = "path+file:///w/greeter#greeter@0.1.0";
+
+    /// Two artifacts as cargo 1.95 prints them (trimmed), a dependency's cdylib, and a line
+    /// that is not JSON.
+    fn messages() -> String {
+        let artifact = |id: &str, kinds: &str, files: &str| {
+            format!(
+                r#"{{"reason":"compiler-artifact","package_id":"{id}","manifest_path":"/w/Cargo.toml","target":{{"kind":[{kinds}],"crate_types":[{kinds}],"name":"x","src_path":"/w/src/lib.rs","edition":"2024","doc":true,"doctest":true,"test":true}},"profile":{{"opt_level":"0","debuginfo":2,"debug_assertions":true,"overflow_checks":true,"test":false}},"features":[],"filenames":[{files}],"executable":null,"fresh":false}}"#
+            )
+        };
+        [
+            artifact(
+                "path+file:///w/shared#shared@0.1.0",
+                r#""cdylib""#,
+                r#""/w/target/debug/libshared.so""#,
+            ),
+            "a build script's line".to_owned(),
+            artifact(
+                GREETER,
+                r#""cdylib","rlib""#,
+                r#""/w/target/debug/libgreeter.so","/w/target/debug/libgreeter.rlib""#,
+            ),
+            r#"{"reason":"build-finished","success":true}"#.to_owned(),
+        ]
+        .join("\n")
+    }
+
+    #[test]
+    fn the_package_s_own_dynamic_library_is_read_from_cargo_s_messages() {
+        let package = PackageId {
+            repr: GREETER.into(),
+        };
+        let libraries = dynamic_libraries(messages().as_bytes(), &package);
+        assert_eq!(libraries, [PathBuf::from("/w/target/debug/libgreeter.so")]);
+    }
+
+    #[test]
+    fn a_build_must_produce_the_file_the_module_loads() {
+        let expected = |artifact: &str| Expected {
+            name: "greeter".into(),
+            package: PackageId {
+                repr: GREETER.into(),
+            },
+            artifact: artifact.into(),
+        };
+        let built = [PathBuf::from("/w/target/debug/libgreeter.so")];
+        assert_eq!(
+            expected("/w/target/debug/libgreeter.so").check(&built),
+            Ok(())
+        );
+        assert_eq!(
+            expected("/w/target/debug/deps/libgreeter.so").check(&built),
+            Ok(())
+        );
+        let elsewhere = expected("/opt/game/libgreeter.so")
+            .check(&built)
+            .unwrap_err();
+        assert_eq!(
+            elsewhere,
+            "cargo built /w/target/debug/libgreeter.so, but the module loads \
+             /opt/game/libgreeter.so: register it with \
+             `ModuleOptions::artifact(\"/w/target/debug/libgreeter.so\")`"
+        );
+        let none = expected("/w/target/debug/libgreeter.so")
+            .check(&[])
+            .unwrap_err();
+        assert!(
+            none.contains("crate-type = [\"cdylib\", \"rlib\"]"),
+            "{none}"
+        );
+    }
 }

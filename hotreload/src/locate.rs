@@ -71,6 +71,64 @@ pub(crate) fn not_built_hint(path: &Path, manifest_dir: &Path) -> String {
     hint
 }
 
+/// Where cargo put a library, read back from its path: the target directory (the one holding
+/// cargo's `CACHEDIR.TAG`), the profile directory's name and the target triple, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CargoLayout {
+    pub target_dir: PathBuf,
+    /// `debug`, `release` or a custom profile's name.
+    pub profile: String,
+    /// The `--target` triple for `target/<triple>/<profile>/`.
+    pub triple: Option<String>,
+}
+
+impl CargoLayout {
+    /// The layout of `target/[<triple>/]<profile>/[deps/]lib<name>.so`, when the directory
+    /// above is a cargo target directory; `None` for a library anywhere else.
+    pub(crate) fn of(library: &Path) -> Option<Self> {
+        let mut dir = library.parent()?;
+        if dir.file_name().is_some_and(|n| n == "deps") {
+            dir = dir.parent()?;
+        }
+        let profile = dir.file_name()?.to_str()?.to_owned();
+        let above = dir.parent()?;
+        if is_target_dir(above) {
+            return Some(CargoLayout {
+                target_dir: above.to_path_buf(),
+                profile,
+                triple: None,
+            });
+        }
+        let triple = above.file_name()?.to_str()?.to_owned();
+        let target_dir = above.parent()?;
+        is_target_dir(target_dir).then(|| CargoLayout {
+            target_dir: target_dir.to_path_buf(),
+            profile,
+            triple: Some(triple),
+        })
+    }
+
+    /// Cargo's arguments that build into this layout.
+    pub(crate) fn cargo_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--target-dir".into(), self.target_dir.clone().into()];
+        match self.profile.as_str() {
+            "debug" => {}
+            "release" => args.push("--release".into()),
+            other => args.extend(["--profile".into(), other.into()]),
+        }
+        if let Some(triple) = &self.triple {
+            args.extend(["--target".into(), triple.into()]);
+        }
+        args
+    }
+}
+
+/// Cargo marks every target directory it creates with a `CACHEDIR.TAG`.
+fn is_target_dir(dir: &Path) -> bool {
+    dir.join("CACHEDIR.TAG").is_file()
+}
+
 /// `lib<crate_name>.so` on Linux, `lib<crate_name>.dylib` on macOS, `<crate_name>.dll` on
 /// Windows.
 pub fn library_file_name(crate_name: &str) -> String {
@@ -87,7 +145,7 @@ fn profile_dir(exe: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
-    use super::{artifact_in, library_file_name, not_built_hint, profile_dir};
+    use super::{CargoLayout, artifact_in, library_file_name, not_built_hint, profile_dir};
     use std::path::Path;
 
     #[test]
@@ -141,5 +199,44 @@ mod tests {
         assert_eq!(profile_dir(Path::new("/p/target/debug/host")), expect);
         assert_eq!(profile_dir(Path::new("/p/target/debug/deps/t-123")), expect);
         assert_eq!(profile_dir(Path::new("/p/target/debug/examples/e")), expect);
+    }
+
+    #[test]
+    fn a_layout_is_read_back_only_under_a_cargo_target_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("target");
+        let lib = library_file_name("game_logic");
+        for dir in [
+            "debug/deps",
+            "fast/deps",
+            "x86_64-unknown-linux-gnu/release/deps",
+        ] {
+            std::fs::create_dir_all(target.join(dir)).unwrap();
+        }
+        // Not a target directory (yet): no layout.
+        assert_eq!(CargoLayout::of(&target.join("debug").join(&lib)), None);
+        std::fs::write(
+            target.join("CACHEDIR.TAG"),
+            "Signature: 8a477f597d28d172789f06886806bc55",
+        )
+        .unwrap();
+        let layout = |path: &str| CargoLayout::of(&target.join(path).join(&lib)).unwrap();
+        assert_eq!(layout("debug").profile, "debug");
+        assert_eq!(layout("debug/deps"), layout("debug"));
+        assert_eq!(
+            layout("debug").cargo_args(),
+            ["--target-dir".into(), target.clone().into_os_string()]
+        );
+        assert_eq!(layout("fast/deps").cargo_args()[2..], ["--profile", "fast"]);
+        let cross = layout("x86_64-unknown-linux-gnu/release/deps");
+        assert_eq!(cross.target_dir, target);
+        assert_eq!(
+            cross.cargo_args()[2..],
+            ["--release", "--target", "x86_64-unknown-linux-gnu"]
+        );
+        assert_eq!(
+            CargoLayout::of(&root.path().join("elsewhere").join(&lib)),
+            None
+        );
     }
 }

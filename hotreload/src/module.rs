@@ -118,6 +118,9 @@ pub(crate) struct ModuleCore {
     /// The live version and the rules of access to it.
     pub access: Access,
     book: Mutex<Book>,
+    /// The digest of the last build refused for a fault of its own (see
+    /// [`HotError::is_build_fault`]): the watcher does not offer it again.
+    refused_build: Mutex<Option<String>>,
     /// The probation in progress, if any.
     pub probation: Probation,
     /// The reloader, for a rollback the call path starts (probation) and its events.
@@ -162,6 +165,7 @@ impl ModuleCore {
                 serving_identity,
                 held: Vec::new(),
             }),
+            refused_build: Mutex::new(None),
             probation: Probation::default(),
             reloader,
         }
@@ -173,6 +177,34 @@ impl ModuleCore {
     }
 
     /// The bookkeeping, for a transaction (which holds it throughout).
+    /// Records the outcome of a failed reload of the build with digest `sha256`: remembered
+    /// if the build itself is at fault, forgotten otherwise (a veto, a failed save, an I/O
+    /// error: the same build is worth another try).
+    pub(crate) fn remember_refused(&self, err: &HotError, sha256: Option<&str>) {
+        let remembered = sha256.filter(|_| err.is_build_fault()).map(str::to_owned);
+        *self
+            .refused_build
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = remembered;
+    }
+
+    /// A build now serves: nothing refused is remembered.
+    pub(crate) fn remember_refused_none(&self) {
+        *self
+            .refused_build
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Whether the build with digest `sha256` was the last one refused for its own fault.
+    pub(crate) fn was_refused(&self, sha256: &str) -> bool {
+        self.refused_build
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_deref()
+            == Some(sha256)
+    }
+
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -5,14 +5,14 @@
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::{
-    RuntimeThread, ThreadCensus, is_mapped, open_library, thread_census, thread_in_image,
+    RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census, thread_in_image,
 };
 
 #[cfg(not(unix))]
 mod other;
 #[cfg(not(unix))]
 pub(crate) use other::{
-    RuntimeThread, ThreadCensus, is_mapped, open_library, thread_census, thread_in_image,
+    RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census, thread_in_image,
 };
 
 mod permissions;

@@ -57,6 +57,7 @@ fn setup() -> Setup {
             .any(|e| matches!(e, Event::ReloadStarted { .. })),
         "fresh artifacts are not reloaded: {seen:#?}"
     );
+    assert_none_missing(&seen);
     Setup {
         workspace,
         reloader,
@@ -72,6 +73,17 @@ fn builds_started(events: &[Event], module: &str) -> usize {
         .iter()
         .filter(|e| matches!(e, Event::BuildStarted { module: m, .. } if m == module))
         .count()
+}
+
+/// Cargo removes a library and links the new one during an ordinary build: no
+/// `ArtifactMissing` may come of it.
+fn assert_none_missing(events: &[Event]) {
+    assert!(
+        !events
+            .iter()
+            .any(|e| matches!(e, Event::ArtifactMissing { .. })),
+        "an ordinary rebuild reported the artifact missing: {events:#?}"
+    );
 }
 
 fn reloaded(module: &str) -> impl Fn(&Event) -> bool + '_ {
@@ -99,6 +111,7 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
         },
     );
     assert_eq!(builds_started(&seen, "counter"), 1, "{seen:#?}");
+    assert_none_missing(&seen);
     assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 2);
     assert_eq!(
         hot_fn!(s.counter.snapshot()).unwrap().total,
@@ -128,6 +141,7 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
         "counter does not use shared: {seen:#?}"
     );
     assert_eq!(builds_started(&seen, "greeter"), 1);
+    assert_none_missing(&seen);
     assert_eq!(builds_started(&seen, "shouter"), 1);
     assert_eq!(
         hot_fn!(s.greeter.greet(RString::from("Ada")))
@@ -203,6 +217,7 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
         reloaded("counter")(e) && hot_fn!(s.counter.build_tag()).unwrap() == 4
     });
     assert_eq!(max_running, 1, "one build at a time: {seen:#?}");
+    assert_none_missing(&seen);
     assert_eq!(
         hot_fn!(s.counter.snapshot()).unwrap().total,
         42,

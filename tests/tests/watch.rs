@@ -333,6 +333,13 @@ fn a_local_module_is_reloaded_only_at_its_poll_even_with_a_background_watcher() 
 
 #[test]
 fn a_build_vetoed_once_is_tried_again_at_its_next_change() {
+    for apply in [Apply::Background, Apply::OnPoll] {
+        vetoed_then_tried_again(apply);
+    }
+}
+
+/// In either mode, whoever runs the reload (the watcher, or `poll()` on the host's thread).
+fn vetoed_then_tried_again(apply: Apply) {
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = sandbox.register("v1");
     let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -345,34 +352,46 @@ fn a_build_vetoed_once_is_tried_again_at_its_next_change() {
         }
     });
     let events = reloader.subscribe();
-    reloader.start_watching().unwrap();
+    reloader
+        .start_watching_with(WatchOptions::new().apply(apply))
+        .unwrap();
     wait_for(&events, TIMEOUT, "watching", |e| {
         matches!(e, Event::Watching { .. })
     });
+    // Runs the reload the watcher found, in poll mode; returns its outcome's error, if any.
+    let applied = |what: &str| -> Option<HotError> {
+        if apply == Apply::OnPoll {
+            wait_for(&events, TIMEOUT, what, |e| {
+                matches!(e, Event::ReloadPending { .. })
+            });
+            let outcomes = reloader.poll();
+            assert_eq!(outcomes.len(), 1, "{apply:?}: {outcomes:?}");
+            return outcomes.into_iter().next().unwrap().1.err();
+        }
+        let seen = wait_for(&events, TIMEOUT, what, |e| {
+            matches!(e, Event::Reloaded { .. } | Event::ReloadFailed { .. })
+        });
+        match seen.last() {
+            Some(Event::ReloadFailed { error, .. }) => Some(error.clone()),
+            _ => None,
+        }
+    };
 
     sandbox.install("v2");
-    wait_for(&events, TIMEOUT, "the veto", |e| {
-        matches!(
-            e,
-            Event::ReloadFailed {
-                error: HotError::Vetoed { .. },
-                ..
-            }
-        )
-    });
+    let refused = applied("the veto");
+    assert!(
+        matches!(refused, Some(HotError::Vetoed { .. })),
+        "{apply:?}: {refused:?}"
+    );
     assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
 
     // The same bytes put in place again, once the veto is lifted: a veto is not the build's
-    // fault, so the watcher tries it again.
+    // fault, so the watcher offers it again.
     frozen.store(false, std::sync::atomic::Ordering::SeqCst);
     sandbox.install("v2");
-    wait_for(
-        &events,
-        TIMEOUT,
-        "the reload of the same build",
-        is_reloaded,
-    );
-    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+    let outcome = applied("the reload of the same build");
+    assert!(outcome.is_none(), "{apply:?}: {outcome:?}");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2, "{apply:?}");
 }
 
 #[test]

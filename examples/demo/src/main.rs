@@ -114,20 +114,7 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n== A build with a new scoring rule replaces the running one");
     install(&builds, "ten_points", &artifact)?;
     let report = reloader.reload_module("game_logic")?;
-    let t = report.timings;
-    println!(
-        "   reloaded load #{} -> #{} in {:.2?}: stage {:.2?}, open {:.2?}, verify {:.2?}, \
-         prepare {:.2?}, commit {:.2?}; callers paused {:.2?}",
-        report.from.as_ref().map_or(0, |v| v.generation),
-        report.to.generation,
-        t.total(),
-        t.stage,
-        t.open,
-        t.verify,
-        t.prepare,
-        t.commit,
-        t.pause()
-    );
+    println!("   reloaded {report}");
     println!(
         "   the previous build stays loaded for rollback: {:?}",
         reloader

@@ -7,6 +7,11 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloadin
     unsafe { libloading::Library::new(path) }
 }
 
+/// Whether `a` and `b` name one file, as far as their canonical paths tell.
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
 pub(crate) fn is_mapped(_path: &Path) -> Option<bool> {
     None
 }

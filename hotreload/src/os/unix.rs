@@ -18,6 +18,15 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloadin
     Ok(library.into())
 }
 
+/// Whether `a` and `b` name one file (the same device and inode: a hard link counts).
+pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
 /// Whether an image loaded from `path` is mapped into this process; `None` without `/proc`.
 pub(crate) fn is_mapped(path: &Path) -> Option<bool> {
     mappings(path).map(|(image, _)| !image.is_empty())

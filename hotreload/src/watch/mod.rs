@@ -130,33 +130,17 @@ pub(crate) fn start(shared: Weak<Shared>, options: WatchOptions) -> Result<Watch
     .map_err(|e| HotError::Watch {
         message: e.to_string(),
     })?;
-    let (build_tx, build_rx) = channel();
-    let forward = tx.clone();
-    // Build results reach the loop through its one channel.
-    std::thread::Builder::new()
-        .name("hotreload-build-results".into())
-        .spawn(move || {
-            let _runtime = crate::os::RuntimeThread::enter();
-            for done in build_rx {
-                if forward.send(Msg::Build(done)).is_err() {
-                    break;
-                }
-            }
-        })
-        .map_err(|e| HotError::Watch {
-            message: e.to_string(),
-        })?;
     let mut state = WatchLoop {
         shared,
         options,
         fs,
         anchors: anchors::Anchors::default(),
         builds: Builds::default(),
-        build_tx,
+        tx: tx.clone(),
         due: BTreeMap::new(),
         build_due: BTreeMap::new(),
         missing: BTreeSet::new(),
-        attempted: BTreeMap::new(),
+        gone_since: BTreeMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("hotreload-watch".into())
@@ -183,22 +167,27 @@ struct Due {
 /// The longest a burst can delay a check.
 const MAX_SETTLE: Duration = Duration::from_millis(250);
 
+/// How long an artifact may be gone before it is reported missing: a linker removes the old
+/// file and writes the new one, cargo removes and re-links its copy up, and a large debug
+/// library can take a second or more in between.
+const MISSING_GRACE: Duration = Duration::from_secs(2);
+
 struct WatchLoop {
     shared: Weak<Shared>,
     options: WatchOptions,
     fs: notify::RecommendedWatcher,
     anchors: anchors::Anchors,
     builds: Builds,
-    build_tx: Sender<BuildDone>,
+    /// The loop's own channel, for build threads to report on.
+    tx: Sender<Msg>,
     /// Artifact checks waiting for their burst to settle.
     due: BTreeMap<String, Due>,
     /// Builds waiting for their burst of edits to settle.
     build_due: BTreeMap<String, Due>,
     /// Modules whose artifact was reported missing (reported once until it reappears).
     missing: BTreeSet<String>,
-    /// The digest of the last artifact each module tried to load, so that a refused build
-    /// is not retried until it changes.
-    attempted: BTreeMap<String, String>,
+    /// When each module's artifact was first found gone, until it is back.
+    gone_since: BTreeMap<String, Instant>,
 }
 
 impl WatchLoop {
@@ -230,6 +219,7 @@ impl WatchLoop {
             }
             self.run_due();
         }
+        self.builds.stop();
     }
 
     fn emit(&self, event: Event) {
@@ -418,7 +408,11 @@ impl WatchLoop {
     }
 
     fn start_build(&mut self, module: &str) {
-        if let Some(package) = self.builds.request(module, &self.build_tx) {
+        let tx = self.tx.clone();
+        let done = move |done| {
+            let _ = tx.send(Msg::Build(done));
+        };
+        if let Some(package) = self.builds.request(module, done) {
             self.emit(Event::BuildStarted {
                 module: module.to_owned(),
                 package,
@@ -455,6 +449,17 @@ impl WatchLoop {
         if path.exists() {
             return;
         }
+        let now = Instant::now();
+        let since = *self.gone_since.entry(module.to_owned()).or_insert(now);
+        if now < since + MISSING_GRACE {
+            // Most likely a build replacing it: look again when the grace has passed (an event
+            // of the new file checks sooner).
+            self.due.entry(module.to_owned()).or_insert(Due {
+                first: now,
+                at: since + MISSING_GRACE,
+            });
+            return;
+        }
         if self.missing.insert(module.to_owned()) {
             self.emit(Event::ArtifactMissing {
                 module: module.to_owned(),
@@ -487,6 +492,7 @@ impl WatchLoop {
             }
         };
         self.missing.remove(module);
+        self.gone_since.remove(module);
         if let Some(read) = &read {
             if let Err(reason) = check_library(read.bytes()) {
                 return self.emit(Event::ArtifactIncomplete {
@@ -496,29 +502,19 @@ impl WatchLoop {
                 });
             }
             let serving = core.version().map(|v| v.sha256);
-            if serving.as_deref() == Some(read.sha256())
-                || self
-                    .attempted
-                    .get(module)
-                    .is_some_and(|a| a == read.sha256())
-            {
-                tracing::debug!(module, "artifact unchanged");
+            if serving.as_deref() == Some(read.sha256()) || core.was_refused(read.sha256()) {
+                tracing::debug!(module, "artifact unchanged, or the build last refused");
                 return;
             }
-            self.attempted
-                .insert(module.to_owned(), read.sha256().to_owned());
         }
         match self.options.apply {
-            // A module bound to one thread reloads there only: at its `poll()`.
+            // A module bound to one thread reloads there only: at its `poll()`. Whoever runs
+            // the reload, a build refused for a fault of its own is remembered by the module
+            // and not offered again; after a veto, a failed save or an I/O error, the same
+            // build is tried again at its next change event.
             Apply::Background if !core.access.has_owner() => {
-                // Events and hooks report the outcome. Only a refusal that comes from the
-                // build itself is remembered: after a veto, a failed save or an I/O error,
-                // the same build is tried again at its next change event.
-                if let Err(err) = shared.reload(&core, read) {
-                    if !err.is_build_fault() {
-                        self.attempted.remove(module);
-                    }
-                }
+                // Events and hooks report the outcome.
+                let _ = shared.reload(&core, read);
             }
             Apply::Background | Apply::OnPoll => shared.mark_pending(module),
         }
