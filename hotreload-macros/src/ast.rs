@@ -18,6 +18,8 @@ pub(crate) struct Module<'a> {
     pub state_version: LitInt,
     /// The exported (`pub`) methods, in declaration order.
     pub methods: Vec<Method<'a>>,
+    /// The methods without `pub`: helpers, not exported, which `hot_fn!` refuses by name.
+    pub helpers: Vec<Helper<'a>>,
     /// `on_retire = method`: the method the retire hook calls.
     pub on_retire: Option<Ident>,
 }
@@ -42,6 +44,13 @@ pub(crate) struct Method<'a> {
     pub output: Option<&'a Type>,
 }
 
+/// A method of the block that is not exported (not `pub`).
+pub(crate) struct Helper<'a> {
+    pub ident: &'a Ident,
+    /// How many arguments it takes besides the receiver.
+    pub arg_count: usize,
+}
+
 /// One argument of an exported method.
 pub(crate) struct Arg<'a> {
     /// The name used in the export table's signature (the user's, when it is a plain binding).
@@ -54,11 +63,21 @@ impl<'a> Module<'a> {
     pub(crate) fn from_syn(item: &'a ItemImpl, args: Args, errors: &mut Errors) -> Option<Self> {
         check::impl_block(item, errors);
         let mut methods = Vec::new();
+        let mut helpers = Vec::new();
         for impl_item in &item.items {
             let ImplItem::Fn(func) = impl_item else {
                 continue;
             };
             if !matches!(func.vis, Visibility::Public(_)) {
+                helpers.push(Helper {
+                    ident: &func.sig.ident,
+                    arg_count: func
+                        .sig
+                        .inputs
+                        .iter()
+                        .filter(|input| matches!(input, FnArg::Typed(_)))
+                        .count(),
+                });
                 continue;
             }
             if check::method(func, errors) {
@@ -80,6 +99,7 @@ impl<'a> Module<'a> {
                 .state_version
                 .unwrap_or_else(|| LitInt::new("1", Span::call_site())),
             methods,
+            helpers,
             on_retire: args.on_retire,
         })
     }

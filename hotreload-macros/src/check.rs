@@ -191,9 +191,10 @@ pub(crate) fn method(func: &ImplItemFn, errors: &mut Errors) -> bool {
 /// Why an argument type cannot cross the boundary, if it certainly cannot.
 ///
 /// Ordinary types with an FFI-safe form (`String`, `&str`, `Vec<T>`, `&[T]`, `Option<T>`,
-/// `Result<T, E>`, `Box<T>`, tuples of 2 to 4) are converted (see `convert`); types not named
-/// here are checked by the compiler against `StableAbi` in the generated code. This list
-/// catches the common standard types that have no conversion, with a suggestion.
+/// `Result<T, E>`, `Box<T>`, `HashMap<K, V>`, `BTreeMap<K, V>`, tuples of 2 to 4) are
+/// converted (see `convert`); types not named here are checked by the compiler against
+/// `StableAbi` in the generated code. This list catches the common standard types that have
+/// no conversion, with a suggestion.
 fn argument_type(ty: &Type) -> Option<String> {
     if let Some(problem) = crate::convert::unsupported(ty) {
         return Some(problem);
@@ -226,7 +227,6 @@ fn argument_type(ty: &Type) -> Option<String> {
         Type::Path(path) if path.qself.is_none() => {
             let last = path.path.segments.last()?;
             let suggestion = match last.ident.to_string().as_str() {
-                "HashMap" => "RHashMap<K, V>",
                 "Arc" => "RArc<T>",
                 "Cow" => "RCow<'_, T>",
                 "Rc" => "RArc<T> or an owned value",

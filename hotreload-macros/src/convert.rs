@@ -2,11 +2,15 @@
 //!
 //! `String`, `&str`, `Vec<T>`, `&[T]`, `Option<T>`, `Result<T, E>`, `Box<T>` and tuples of up
 //! to four cross the boundary as abi_stable's `RString`, `RStr`, `RVec`, `RSlice`, `ROption`,
-//! `RResult`, `RBox` and `Tuple2..4`. The export table is written with the FFI-safe forms (so
-//! the layout check covers them); the generated proxy converts arguments on the host's side
-//! and results back, the generated shim does the reverse in the module. Owned buffers move
-//! rather than copy where abi_stable allows (`String` <-> `RString` keeps its allocation).
-//! Types are recognised by their last path segment; anything else crosses as it is.
+//! `RResult`, `RBox` and `Tuple2..4`. `HashMap<K, V>` (with or without a hasher parameter)
+//! and `BTreeMap<K, V>` cross as the list of their entries, `RVec<Tuple2<K, V>>`, and are
+//! collected back into the type the signature names: no hasher crosses, each side builds its
+//! own (a custom one included). The export table is written with the FFI-safe forms (so the
+//! layout check covers them); the generated proxy converts arguments on the host's side and
+//! results back, the generated shim does the reverse in the module. Owned buffers move rather
+//! than copy where abi_stable allows (`String` <-> `RString` keeps its allocation).
+//! Conversions nest, so keys and values are converted too. Types are recognised by their last
+//! path segment; anything else crosses as it is.
 
 use proc_macro2::TokenStream;
 use quote::{ToTokens, format_ident, quote};
@@ -21,6 +25,8 @@ enum Kind<'a> {
     Option(&'a Type),
     Result(&'a Type, &'a Type),
     Box(&'a Type),
+    /// `HashMap<K, V>`, `HashMap<K, V, S>` or `BTreeMap<K, V>`: keys, values.
+    Map(&'a Type, &'a Type),
     Tuple(Vec<&'a Type>),
     /// Crosses as it is (primitives, abi_stable types, the user's `StableAbi` types).
     Plain,
@@ -63,6 +69,7 @@ fn kind(ty: &Type) -> Kind<'_> {
                 ("Option", [t]) => Kind::Option(t),
                 ("Result", [t, e]) => Kind::Result(t, e),
                 ("Box", [t]) => Kind::Box(t),
+                ("HashMap", [k, v] | [k, v, _]) | ("BTreeMap", [k, v]) => Kind::Map(k, v),
                 _ => Kind::Plain,
             }
         }
@@ -87,7 +94,7 @@ pub(crate) fn unsupported(ty: &Type) -> Option<String> {
         Kind::Slice(elem) | Kind::Vec(elem) | Kind::Option(elem) | Kind::Box(elem) => {
             unsupported(elem)
         }
-        Kind::Result(t, e) => unsupported(t).or_else(|| unsupported(e)),
+        Kind::Result(t, e) | Kind::Map(t, e) => unsupported(t).or_else(|| unsupported(e)),
         Kind::Tuple(elems) => elems.into_iter().find_map(unsupported),
         Kind::String | Kind::Str | Kind::Plain => None,
     }
@@ -115,6 +122,10 @@ pub(crate) fn ffi_type(ty: &Type) -> TokenStream {
         Kind::Box(t) => {
             let t = ffi_type(t);
             quote!(#p::RBox<#t>)
+        }
+        Kind::Map(k, v) => {
+            let (k, v) = (ffi_type(k), ffi_type(v));
+            quote!(#p::RVec<#p::Tuple2<#k, #v>>)
         }
         Kind::Tuple(elems) => {
             let name = format_ident!("Tuple{}", elems.len());
@@ -145,9 +156,22 @@ pub(crate) fn to_ffi(value: TokenStream, ty: &Type) -> TokenStream {
             let (ok, err) = (to_ffi(quote!(__x), t), to_ffi(quote!(__x), e));
             quote!(#p::RResult::from(#value.map(|__x| #ok).map_err(|__x| #err)))
         }
+        Kind::Box(t) if !needs_conversion(t) => quote!(#p::RBox::new(*#value)),
         Kind::Box(t) => {
-            let inner = to_ffi(quote!(*#value), t);
-            quote!(#p::RBox::new(#inner))
+            // Bound first: `*x.into_iter()` would dereference the iterator, not the box.
+            let inner = to_ffi(quote!(__x), t);
+            quote!(#p::RBox::new({ let __x = *#value; #inner }))
+        }
+        Kind::Map(k, v) => {
+            let (k, v) = (to_ffi(quote!(__k), k), to_ffi(quote!(__v), v));
+            quote! {
+                ::core::iter::Iterator::collect::<#p::RVec<_>>(
+                    ::core::iter::Iterator::map(
+                        ::core::iter::IntoIterator::into_iter(#value),
+                        |(__k, __v)| #p::Tuple2(#k, #v),
+                    )
+                )
+            }
         }
         Kind::Tuple(elems) => {
             let name = format_ident!("Tuple{}", elems.len());
@@ -182,6 +206,18 @@ pub(crate) fn from_ffi(value: TokenStream, ty: &Type) -> TokenStream {
         Kind::Box(t) => {
             let inner = from_ffi(quote!(#p::RBox::into_inner(#value)), t);
             quote!(::std::boxed::Box::new(#inner))
+        }
+        // Collected into the type as written, so its own hasher (or order) is rebuilt here.
+        Kind::Map(k, v) => {
+            let (k, v) = (from_ffi(quote!(__k), k), from_ffi(quote!(__v), v));
+            quote! {
+                ::core::iter::Iterator::collect::<#ty>(
+                    ::core::iter::Iterator::map(
+                        ::core::iter::IntoIterator::into_iter(#value),
+                        |#p::Tuple2(__k, __v)| (#k, #v),
+                    )
+                )
+            }
         }
         Kind::Tuple(elems) => {
             let name = format_ident!("Tuple{}", elems.len());
@@ -243,6 +279,64 @@ mod tests {
         assert_eq!(
             compact(from_ffi(quote!(x), &ty("String"))),
             "RString :: into_string (x)"
+        );
+    }
+
+    #[test]
+    fn maps_cross_as_lists_of_converted_pairs() {
+        for map in [
+            "HashMap<String, Vec<String>>",
+            "std::collections::HashMap<String, Vec<String>, BuildHasherDefault<Fx>>",
+            "BTreeMap<String, Vec<String>>",
+        ] {
+            assert_eq!(
+                compact(ffi_type(&ty(map))),
+                "RVec < Tuple2 < RString , RVec < RString > >>",
+                "{map}"
+            );
+        }
+        assert_eq!(
+            compact(ffi_type(&ty("Option<BTreeMap<u8, HashMap<u16, u32>>>"))),
+            "ROption < RVec < Tuple2 < u8 , RVec < Tuple2 < u16 , u32 >> >> >"
+        );
+        // Not a map as far as conversion goes: crosses as it is (and must be `StableAbi`).
+        assert_eq!(compact(ffi_type(&ty("HashMap<u8>"))), "HashMap < u8 >");
+        assert_eq!(
+            compact(ffi_type(&ty("RHashMap<u8, u8>"))),
+            "RHashMap < u8 , u8 >"
+        );
+    }
+
+    #[test]
+    fn maps_are_collected_back_into_the_type_as_written() {
+        let map = ty("HashMap<String, u32, MyHasher>");
+        let back = compact(from_ffi(quote!(x), &map));
+        assert!(
+            back.contains("collect :: < HashMap < String , u32 , MyHasher > >"),
+            "{back}"
+        );
+        assert!(back.contains("RString :: into_string (__k)"), "{back}");
+        let there = compact(to_ffi(quote!(x), &map));
+        assert!(there.contains("collect :: < RVec < _ >>"), "{there}");
+        assert!(
+            there.contains("Tuple2 (RString :: from (__k) , __v)"),
+            "{there}"
+        );
+        assert!(unsupported(&ty("HashMap<String, u8>")).is_none());
+        assert!(unsupported(&ty("BTreeMap<u8, &[String]>")).is_some());
+        assert!(unsupported(&ty("&[HashMap<u8, u8>]")).is_some());
+    }
+
+    #[test]
+    fn a_boxed_value_is_taken_out_of_its_box_before_converting() {
+        let boxed = compact(to_ffi(quote!(x), &ty("Box<Vec<String>>")));
+        assert!(
+            boxed.starts_with("RBox :: new ({ let __x = * x ;"),
+            "{boxed}"
+        );
+        assert_eq!(
+            compact(to_ffi(quote!(x), &ty("Box<u64>"))),
+            "RBox :: new (* x)"
         );
     }
 

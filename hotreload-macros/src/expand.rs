@@ -5,14 +5,17 @@
 //! - the export table (`#[repr(C)]`, `StableAbi`) whose first field is the lifecycle entries;
 //! - the descriptor, exported under `hotreload_module__<name>`;
 //! - the `HotModule` impl the host uses (with the `on_retire` hook, if one is named), and the
-//!   proxy whose methods `hot_fn!` calls.
+//!   proxy whose methods `hot_fn!` calls;
+//! - for each method without `pub`, a stand-in on the proxy that no handle can call, so that
+//!   `hot_fn!` on it says to make it `pub` rather than that no such method exists.
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::ItemImpl;
+use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 
-use crate::ast::{Method, Module, Receiver};
+use crate::ast::{Helper, Method, Module, Receiver};
 use crate::attr::Args;
 use crate::check::Errors;
 use crate::convert;
@@ -74,6 +77,8 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     });
     let shims = module.methods.iter().map(|m| shim(self_ty, m));
     let proxy_methods = module.methods.iter().map(|m| proxy_method(self_ty, m));
+    let (helper_bounds, helper_stand_ins): (Vec<_>, Vec<_>) =
+        module.helpers.iter().map(helper_stand_in).unzip();
     let type_asserts = module.methods.iter().flat_map(type_asserts);
     let spelled: Vec<Spelled> = module.methods.iter().map(Spelled::of).collect();
     let method_signatures = spelled.iter().map(|m| {
@@ -214,8 +219,13 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             /// Typed access to the loaded version, used by `hot_fn!`.
             pub struct HotMethods<'m, H>(&'m H);
 
+            /// Implemented by no type: what the stand-ins of methods without `pub` require.
+            pub trait __HotNever {}
+            #(#helper_bounds)*
+
             impl<H: __hr::CallPath<#self_ty>> HotMethods<'_, H> {
                 #(#proxy_methods)*
+                #(#helper_stand_ins)*
             }
         };
     }
@@ -417,6 +427,48 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
     }
 }
 
+/// For a method without `pub`: a trait whose message names the method, and a proxy method of
+/// the same name bound by it. `hot_fn!(module.helper())` then resolves to the stand-in and
+/// fails on the bound with that message, where it would otherwise report no such method. The
+/// stand-in takes as many arguments as the helper, of any type, and returns any type, so the
+/// bound is the only error.
+///
+/// The trait's one impl is for types implementing `__HotNever`, which none does: a trait
+/// without impls would add the compiler's "consider adding one", and `do_not_recommend` keeps
+/// `__HotNever` out of the message.
+fn helper_stand_in(helper: &Helper<'_>) -> (TokenStream, TokenStream) {
+    let ident = helper.ident;
+    let name = ident.unraw();
+    let bound = format_ident!("__HotNotPub_{}", name);
+    let message = format!("method `{name}` must be `pub` to be called through `hot_fn!`");
+    let label = format!("`{name}` is not `pub`, so the hot module does not export it");
+    let note = format!(
+        "declare it `pub fn {name}` in the `#[hot_module]` impl block; a method without `pub` \
+         is a helper that only the module's own code can call"
+    );
+    let args: Vec<_> = (0..helper.arg_count)
+        .map(|i| format_ident!("__A{i}"))
+        .collect();
+    let trait_item = quote! {
+        #[diagnostic::on_unimplemented(message = #message, label = #label, note = #note)]
+        pub trait #bound {}
+        #[diagnostic::do_not_recommend]
+        impl<T: __HotNever> #bound for T {}
+    };
+    // Spanned on the helper's name: the compiler's "required by this bound" points there.
+    let where_clause = quote_spanned!(ident.span()=> where H: #bound);
+    let method = quote! {
+        #[doc(hidden)]
+        pub fn #ident<__R #(, #args)*>(&self #(, _: #args)*)
+            -> ::core::result::Result<__R, __hr::HotError>
+        #where_clause
+        {
+            ::core::unreachable!()
+        }
+    };
+    (trait_item, method)
+}
+
 /// Compile-time checks that each argument and return type can cross the boundary, spanned on
 /// the user's type so the error points there.
 fn type_asserts<'a>(method: &'a Method<'_>) -> impl Iterator<Item = TokenStream> + 'a {
@@ -457,6 +509,8 @@ mod tests {
             "&[u8]",
             "(String, u8)",
             "Option<Result<Vec<u64>, String>>",
+            "HashMap<String, u32>",
+            "std::collections::BTreeMap<String, Vec<u64>>",
             "abi_stable::std_types::RString",
             "[u8; 4]",
         ] {
@@ -557,14 +611,14 @@ mod tests {
     fn every_error_is_reported_at_once_beside_the_unchanged_item() {
         let out = expand(
             quote!(version = "1", colour = 2),
-            "impl Game { pub async fn a(&self) {} pub fn b(self) {} pub fn c(&self, s: HashMap<u8, u8>) {} }",
+            "impl Game { pub async fn a(&self) {} pub fn b(self) {} pub fn c(&self, s: Arc<u8>) {} }",
         );
         for message in [
             "expected an integer, like `version = 1`",
             "unknown argument `colour`",
             "cannot be `async`",
             "cannot be taken by value",
-            "`HashMap` is not FFI-safe",
+            "`Arc` is not FFI-safe",
         ] {
             assert!(out.contains(message), "missing {message:?} in {out}");
         }
@@ -620,6 +674,9 @@ mod tests {
             "Option<Result<Vec<String>, String>>",
             "(u8, Vec<u8>)",
             "RString",
+            "HashMap<String, u64>",
+            "std::collections::HashMap<String, u64, MyHasher>",
+            "BTreeMap<String, Vec<String>>",
         ] {
             let out = returning(ty);
             assert!(!out.contains("compile_error"), "{ty}: {out}");
@@ -629,6 +686,55 @@ mod tests {
             "impl Game { pub fn f(&self, s: &str, b: &[u8]) -> u64 { 0 } }",
         );
         assert!(!out.contains("compile_error"), "{out}");
+    }
+
+    #[test]
+    fn maps_are_accepted_by_value_only() {
+        let out = expand(
+            quote!(version = 1),
+            "impl Game { pub fn f(&self, m: HashMap<String, u8>, b: BTreeMap<u8, Vec<String>>) {} }",
+        );
+        assert!(!out.contains("compile_error"), "{out}");
+        for ty in ["&HashMap<String, u8>", "&BTreeMap<u8, u8>"] {
+            let out = expand(
+                quote!(version = 1),
+                &format!("impl Game {{ pub fn f(&self, m: {ty}) {{}} }}"),
+            );
+            assert!(
+                out.contains("cannot take a reference other than"),
+                "{ty}: {out}"
+            );
+        }
+        let out = returning("HashMap<&'static str, u8>");
+        assert!(
+            out.contains("cannot return a type holding a reference"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn hot_fn_on_a_method_without_pub_names_it_and_asks_for_pub() {
+        let out = expand(
+            quote!(version = 1),
+            "impl Game { pub fn score(&self) -> u8 { 0 } fn secret(&self, a: u8, b: String) {} pub(crate) fn r#near() {} }",
+        );
+        assert!(
+            out.contains("method `secret` must be `pub` to be called through `hot_fn!`"),
+            "{out}"
+        );
+        assert!(out.contains("pub trait __HotNotPub_secret"), "{out}");
+        assert!(
+            out.contains(
+                "pub fn secret < __R , __A0 , __A1 > (& self , _ : __A0 , _ : __A1) -> :: core :: result :: Result < __R , __hr :: HotError > where H : __HotNotPub_secret"
+            ),
+            "{out}"
+        );
+        assert!(out.contains("method `near` must be `pub`"), "{out}");
+        assert!(out.contains("pub fn r#near < __R > (& self)"), "{out}");
+        assert!(
+            !out.contains("__hot_entry_secret") && !out.contains("secret :"),
+            "a method without `pub` is not exported: {out}"
+        );
     }
 
     const RETIRING: &str = "impl GameLogic {

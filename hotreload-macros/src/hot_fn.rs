@@ -3,6 +3,9 @@
 //! The call becomes `module.__hot_proxy().method(args...)`: a call of an ordinary inherent
 //! method that `#[hot_module]` generated with the user's own signature, so the compiler checks
 //! the method name, the argument count and every argument type against the module crate.
+//! `__hot_proxy` is spanned on the receiver and its call parentheses on the method, so an error
+//! blamed on the proxy (the bound that refuses a method without `pub`) underlines
+//! `module.method`.
 
 use proc_macro2::TokenStream;
 use quote::quote_spanned;
@@ -35,7 +38,8 @@ pub(crate) fn expand(input: TokenStream) -> syn::Result<TokenStream> {
             "hot methods are never generic; remove the turbofish",
         ));
     }
-    let proxy = quote_spanned!(receiver.span()=> (#receiver).__hot_proxy());
+    let proxy = quote_spanned!(receiver.span()=> (#receiver).__hot_proxy);
+    let proxy = quote_spanned!(method.span()=> #proxy());
     Ok(quote_spanned!(method.span()=> #proxy.#method(#args)))
 }
 

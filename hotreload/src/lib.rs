@@ -198,11 +198,13 @@ pub(crate) use shadow::ShadowDir;
 /// | `String`, `&str` | `RString`, `RStr<'_>` |
 /// | `Vec<T>`, `&[T]` (`T` crossing as itself) | `RVec<T>`, `RSlice<'_, T>` |
 /// | `Option<T>`, `Result<T, E>`, `Box<T>` | `ROption`, `RResult`, `RBox` |
+/// | `HashMap<K, V>`, `HashMap<K, V, S>`, `BTreeMap<K, V>` | `RVec<Tuple2<K, V>>`, collected back into the map type written |
 /// | tuples of 2 to 4 | `Tuple2` … `Tuple4` |
 /// | abi_stable's types, your `#[derive(StableAbi)]` types | themselves |
 ///
-/// Conversions nest (`Option<Result<Vec<String>, String>>`) and move owned buffers rather
-/// than copy them where abi_stable allows. The export table is written with the forms on the
+/// Conversions nest (`Option<Result<Vec<String>, String>>`, `HashMap<String, Vec<String>>`)
+/// and move owned buffers rather than copy them where abi_stable allows. A map crosses as its
+/// entries and is rebuilt on the other side with its own hasher (`S: Default`) or order. The export table is written with the forms on the
 /// right, so the layout check at load covers them. A type a method returns that is not
 /// converted must also implement [`Rehome`] (derive it).
 ///
@@ -223,7 +225,7 @@ pub(crate) use shadow::ShadowDir;
 /// or lifetime-generic impl, a `where` clause, a trait impl, `async`, `unsafe` or `extern`
 /// methods, variadics, `self` by value, `impl Trait` arguments, references other than `&str`
 /// and `&[T]`, returned references or borrowed types at any depth (`Option<&str>`,
-/// `RStr<'static>`), `HashMap`/`Rc`/`Arc` (with the abi_stable type to use instead), an
+/// `RStr<'static>`), `Rc`/`Arc`/`Cow` (with the abi_stable type to use instead), an
 /// `on_retire` naming no method of the block or one not shaped `fn(&mut self)`, and a state
 /// type that is not serde-serializable. `ui-tests/` holds one compile-fail case for each.
 #[doc(inline)]
@@ -258,6 +260,21 @@ pub use hotreload_macros::hot_module;
 /// # impl Inventory { pub fn add(&mut self, name: &str, count: u32) -> usize { 0 } }
 /// # fn call(inventory: &hotreload::Module<Inventory>) {
 /// let len = hotreload::hot_fn!(inventory.add("apple", "three")); // expected `u32`
+/// # }
+/// ```
+///
+/// A method of the block without `pub` is a helper the module keeps to itself; calling it is
+/// an error saying that it must be `pub` to be called through `hot_fn!`:
+///
+/// ```compile_fail,E0277
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Default, Serialize, Deserialize)] pub struct Inventory { n: u32 }
+/// #[hotreload::hot_module(version = 1)]
+/// impl Inventory {
+///     fn total(&self) -> u32 { self.n }
+/// }
+/// # fn call(inventory: &hotreload::Module<Inventory>) {
+/// let total = hotreload::hot_fn!(inventory.total()); // `total` must be `pub`
 /// # }
 /// ```
 #[doc(inline)]

@@ -16,6 +16,6 @@ pub(crate) use other::{
 };
 
 mod permissions;
-pub(crate) use permissions::read_trusted;
+pub(crate) use permissions::copy_trusted;
 #[cfg(unix)]
 pub(crate) use permissions::{effective_uid, unsafe_directory};

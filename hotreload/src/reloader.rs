@@ -464,7 +464,9 @@ impl HotReloader {
     }
 
     /// Runs `hook` before every reload; an `Err(reason)` vetoes the reload
-    /// ([`HotError::Vetoed`]), and the running version keeps serving.
+    /// ([`HotError::Vetoed`]), and the running version keeps serving. It is asked before the
+    /// artifact is read: a `reload_module` that then finds the serving build's bytes in a
+    /// touched or re-linked file does nothing more (an unchanged report, no event).
     pub fn before_reload(
         &self,
         hook: impl Fn(&ReloadRequest<'_>) -> Result<(), String> + Send + Sync + 'static,
@@ -681,7 +683,7 @@ impl Shared {
     pub(crate) fn reload(
         &self,
         core: &ModuleCore,
-        bytes: Option<crate::transaction::stage::ArtifactBytes>,
+        bytes: Option<crate::transaction::stage::ArtifactCopy>,
     ) -> Result<ReloadReport, HotError> {
         let module = core.spec.name.clone();
         let current = core.version();
@@ -691,13 +693,14 @@ impl Shared {
             current: current.as_ref(),
         };
         // An unchanged artifact costs one `stat` and sends no event (the watcher, which
-        // passes the bytes it read, has its own check of the digest).
+        // passes the copy it made, has made the same checks).
         let permitted = core.access.may_replace_here(&module);
         if permitted.is_ok() && bytes.is_none() {
             if let Some(report) = transaction::unchanged(core)? {
                 return Ok(report);
             }
         }
+        // Asked before anything is read: a veto costs nothing.
         let allowed = permitted.and_then(|()| {
             self.hooks
                 .before(&request)
@@ -706,6 +709,18 @@ impl Shared {
                     reason,
                 })
         });
+        let mut bytes = bytes;
+        if allowed.is_ok() && bytes.is_none() {
+            // Another file, or the same one touched: the same bytes are still no reload (and
+            // send no event). A copy that fails is made again, and reported, by the
+            // transaction.
+            if let Ok(copy) = transaction::stage::copy_artifact(&core.spec, &core.shadow) {
+                if let Some(report) = transaction::same_bytes(core, &copy)? {
+                    return Ok(report);
+                }
+                bytes = Some(copy);
+            }
+        }
         let outcome = match allowed {
             Err(refused) => Err(refused),
             Ok(()) => {

@@ -115,6 +115,24 @@ pub fn variants(target_tmpdir: &str) -> &'static BuiltVariants {
     })
 }
 
+/// The variants of `tests/fixtures/greeter`, built once per test process into
+/// `<target_tmpdir>/fixtures/greeter`, beside the counter's and into the same target directory
+/// (so the dependencies compile once): `v1`, and `v2` with another weight in `tally`.
+pub fn greeter_variants(target_tmpdir: &str) -> &'static BuiltVariants {
+    static BUILT: OnceLock<BuiltVariants> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let work = Path::new(target_tmpdir).join("fixtures");
+        VariantBuilder::new(root.join("fixtures/greeter"), work.join("greeter"))
+            .lockfile(root.join("../Cargo.lock"))
+            .target_dir(work.join("target"))
+            .variant("v1", |v| v)
+            .variant("v2", |v| v.edit("src/lib.rs", "1 // WEIGHT", "2 // WEIGHT"))
+            .build()
+            .unwrap_or_else(|err| panic!("building the greeter variants failed: {err}"))
+    })
+}
+
 /// `variants(env!("CARGO_TARGET_TMPDIR"))`, from an integration test.
 #[macro_export]
 macro_rules! variants {

@@ -1,10 +1,21 @@
-//! The corpus of bad artifacts and failing modules. For each case: a typed error (or event)
-//! naming the module and what is wrong; the running version serving with its state
-//! unchanged (a checksum of the whole state before and after); no file descriptor and no
-//! mapping leaked. One test runs the cases in turn, so the process-wide counts are its own.
+//! What goes wrong, and what is left afterwards.
+//!
+//! The corpus of bad builds is one table (`corpus`): each case is a name, how the bad artifact
+//! is made (a variant build of the counter fixture, bytes, a `v2` made unsafe to load, or no
+//! file at all) and what its refusal must say. One runner offers every case to a running v1
+//! and checks the typed error and its message naming the module and what is wrong; v1 still
+//! serving with its whole state equal before and after; the refused build's shadow copy
+//! deleted and its image unmapped; and, once the reloader is dropped, no file descriptor and
+//! no mapping left over. One test runs the cases in turn, so the process-wide counts are its
+//! own.
+//!
+//! The other tests are faults of builds that load: a constructor that panics, a method that
+//! panics during or after probation, and rollback.
 
 use std::collections::BTreeSet;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 use abi_stable::std_types::RString;
@@ -13,30 +24,342 @@ use hotreload::{
     Event, HotError, HotReloader, Module, ModuleFault, ModuleOptions, Probation, Rejection,
     RollbackState, hot_fn,
 };
-use hotreload_tests::{Sandbox, one_at_a_time, open_fds, variants, wait_for};
+use hotreload_tests::{
+    Sandbox, assert_v1_serves, one_at_a_time, open_fds, sha256_hex, variants, wait_for,
+};
 
-/// Shadow copies mapped into this process, under any reloader's shadow directory.
-fn mapped_shadow_copies() -> BTreeSet<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines()
-        .filter_map(|l| l.find('/').map(|i| l[i..].to_owned()))
-        .filter(|path| path.contains("/hotreload-") && path.contains("libcounter.so"))
-        .collect()
+/// One bad build offered to a running v1.
+struct Case {
+    name: &'static str,
+    offer: Offer,
+    /// What v1 is registered with, besides its artifact path.
+    options: fn() -> ModuleOptions,
+    /// Checks the error of the refused reload: its variant, and a message that names what is
+    /// wrong.
+    check: fn(&HotError),
 }
 
-fn checksum(module: &Module<Counter>) -> u64 {
-    let snapshot = hot_fn!(module.snapshot()).unwrap();
-    let mut hasher = DefaultHasher::new();
-    format!("{snapshot:?}").hash(&mut hasher);
-    hasher.finish()
+/// How the bad artifact gets to the path the module is registered at.
+enum Offer {
+    /// A variant of the counter fixture (`hotreload_tests::variants`).
+    Variant(&'static str),
+    /// Bytes made by the test.
+    Bytes(fn() -> Vec<u8>),
+    /// `v2`, then made unsafe to load by this change to the artifact's path.
+    UnsafeV2(fn(&Path)),
+    /// Nothing: v1's artifact is deleted.
+    Missing,
 }
 
-/// A running v1 counter with a distinctive state.
+impl Case {
+    fn new(name: &'static str, offer: Offer, check: fn(&HotError)) -> Self {
+        Case {
+            name,
+            offer,
+            options: ModuleOptions::new,
+            check,
+        }
+    }
+
+    fn registered_with(self, options: fn() -> ModuleOptions) -> Self {
+        Case { options, ..self }
+    }
+}
+
+/// Every bad build, with what its refusal must say.
+fn corpus() -> Vec<Case> {
+    use Offer::{Bytes, Missing, UnsafeV2, Variant};
+    vec![
+        Case::new("an empty file", Bytes(Vec::new), |err| {
+            assert_eq!(not_a_library(err), "the file is empty");
+            assert!(err.to_string().ends_with("the file is empty"), "{err}");
+        }),
+        Case::new("random bytes", Bytes(random_bytes), |err| {
+            let reason = not_a_library(err);
+            assert!(reason.starts_with("not an object file"), "{reason}");
+        }),
+        Case::new(
+            "the first half of a valid build",
+            Bytes(|| {
+                let whole = variant_bytes("v2");
+                whole[..whole.len() / 2].to_vec()
+            }),
+            |err| {
+                // Its section headers, at the end of the file, are cut off.
+                let reason = not_a_library(err);
+                assert!(reason.starts_with("not an object file"), "{reason}");
+            },
+        ),
+        Case::new(
+            "an ELF for another architecture",
+            Bytes(|| {
+                let mut elf = variant_bytes("v2");
+                // e_machine, little-endian, at offset 18: AArch64 (183).
+                elf[18..20].copy_from_slice(&183u16.to_le_bytes());
+                elf
+            }),
+            |err| {
+                let reason = not_a_library(err);
+                assert!(reason.contains("built for Aarch64"), "{reason}");
+            },
+        ),
+        Case::new(
+            "a shared library that is not a module",
+            Bytes(mapped_c_library),
+            no_counter_descriptor,
+        ),
+        Case::new(
+            "a library with an unresolved symbol",
+            Variant("unresolved_symbol"),
+            |err| match err {
+                HotError::Open {
+                    module, message, ..
+                } => {
+                    assert_eq!(module, "counter");
+                    assert!(
+                        message.contains("hotreload_symbol_that_no_library_defines"),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected Open, got {other:?}"),
+            },
+        ),
+        Case::new(
+            "a build against another framework ABI",
+            Variant("wrong_abi"),
+            |err| {
+                let abi = hotreload::__private::ABI_VERSION;
+                assert_eq!(
+                    rejected(err),
+                    &Rejection::AbiVersion {
+                        expected: abi,
+                        found: 999
+                    }
+                );
+                assert_eq!(
+                    err.to_string(),
+                    format!("counter rejected: framework ABI version 999, host has {abi}")
+                );
+            },
+        ),
+        Case::new(
+            "a changed parameter type",
+            Variant("bad_signature"),
+            |err| {
+                layout_mismatch(
+                    err,
+                    "method 'add', parameter 1 ('n'): expected i64, found f64",
+                );
+                let HotError::Rejected { detail, .. } = err else {
+                    unreachable!()
+                };
+                assert!(
+                    detail.as_deref().is_some_and(|d| d.lines().count() > 5),
+                    "the full report is kept apart"
+                );
+            },
+        ),
+        Case::new(
+            "a changed parameter type, as the sources spell it",
+            Variant("param_type_changed"),
+            |err| {
+                layout_mismatch(
+                    err,
+                    "method 'join', parameter 2 ('sep'): expected &str, found String",
+                )
+            },
+        ),
+        Case::new("a parameter added", Variant("param_added"), |err| {
+            layout_mismatch(err, "method 'add': takes 2 parameters, the host expects 1")
+        }),
+        Case::new(
+            "a changed tuple parameter",
+            Variant("tuple_changed"),
+            |err| {
+                layout_mismatch(
+                    err,
+                    "method 'measure', parameter 1 ('text'): expected (String, u8), found (String, u16)",
+                )
+            },
+        ),
+        Case::new("a changed return type", Variant("return_changed"), |err| {
+            layout_mismatch(err, "method 'calls', return type: expected u64, found u32")
+        }),
+        Case::new("a renamed method", Variant("method_renamed"), |err| {
+            layout_mismatch(err, "method 'calls' is missing")
+        }),
+        Case::new("another API version", Variant("api_v2"), |err| {
+            assert_eq!(
+                rejected(err),
+                &Rejection::ApiVersion {
+                    found: 2,
+                    accepted: 1..=1
+                }
+            );
+            assert_eq!(
+                err.to_string(),
+                "counter rejected: API version 2, host accepts 1"
+            );
+        }),
+        Case::new(
+            "another module's build",
+            Variant("other_module"),
+            no_counter_descriptor,
+        ),
+        Case::new(
+            "a descriptor symbol that is not a descriptor",
+            Variant("bad_magic"),
+            |err| assert_eq!(rejected(err), &Rejection::BadMagic),
+        ),
+        Case::new(
+            "a descriptor symbol smaller than a descriptor",
+            Variant("short_descriptor"),
+            |err| {
+                let size = |n: usize| n as u64;
+                assert_eq!(
+                    rejected(err),
+                    &Rejection::DescriptorSize {
+                        abi: hotreload::__private::ABI_VERSION,
+                        expected: size(size_of::<hotreload::__private::ModuleDescriptor>()),
+                        found: size(size_of::<hotreload::__private::DescriptorPrefix>()),
+                    }
+                );
+            },
+        ),
+        Case::new(
+            "a build with panic = \"abort\"",
+            Variant("panic_abort"),
+            |err| {
+                assert_eq!(rejected(err), &Rejection::PanicAbort);
+                let message = err.to_string();
+                assert!(
+                    message.contains("panic = \"abort\"") && message.contains("panic = \"unwind\""),
+                    "says how to fix it: {message}"
+                );
+            },
+        ),
+        Case::new(
+            "a restore that panics",
+            Variant("restore_panic"),
+            |err| match err {
+                HotError::Restore {
+                    fault: ModuleFault::Panicked(message),
+                    ..
+                } => assert!(
+                    message.starts_with("restore exploded on purpose (at "),
+                    "{message}"
+                ),
+                other => panic!("expected a restore panic, got {other:?}"),
+            },
+        ),
+        Case::new(
+            "state the new build cannot decode",
+            Variant("restore_error"),
+            |err| match err {
+                HotError::Restore {
+                    generation,
+                    from_generation,
+                    fault: ModuleFault::Failed(message),
+                    ..
+                } => {
+                    assert_eq!((*generation, *from_generation), (2, 1));
+                    assert!(message.contains("missing field `required`"), "{message}");
+                    assert!(message.contains("schema v1"), "{message}");
+                }
+                other => panic!("expected a restore failure, got {other:?}"),
+            },
+        ),
+        Case::new(
+            "another state schema without a migration",
+            Variant("schema_v2"),
+            |err| match err {
+                HotError::Restore {
+                    fault: ModuleFault::Failed(message),
+                    ..
+                } => assert_eq!(
+                    message,
+                    "state schema v1 (saved by API v1) cannot be restored by a build of schema \
+                     v2: no migration between them"
+                ),
+                other => panic!("expected a restore failure, got {other:?}"),
+            },
+        ),
+        Case::new("a missing artifact", Missing, |err| {
+            assert!(
+                matches!(err, HotError::ArtifactNotFound { module, .. } if module == "counter"),
+                "{err:?}"
+            );
+        }),
+        Case::new(
+            "a world-writable artifact",
+            UnsafeV2(|artifact| set_mode(artifact, 0o666)),
+            |err| {
+                let reason = unsafe_artifact(err);
+                assert!(
+                    reason.contains("chmod go-w"),
+                    "says how to fix it: {reason}"
+                );
+            },
+        ),
+        Case::new(
+            "a directory writable by others without the sticky bit",
+            UnsafeV2(|artifact| set_mode(artifact.parent().unwrap(), 0o777)),
+            |err| {
+                let reason = unsafe_artifact(err);
+                assert!(
+                    reason.starts_with("directory ") && reason.contains("has no sticky bit"),
+                    "{reason}"
+                );
+            },
+        ),
+        Case::new(
+            "an artifact whose digest is not pinned",
+            Variant("v2"),
+            |err| match err {
+                HotError::NotPinned { sha256, .. } => {
+                    assert_eq!(sha256, &sha256_hex(&variant_bytes("v2")))
+                }
+                other => panic!("expected NotPinned, got {other:?}"),
+            },
+        )
+        .registered_with(|| ModuleOptions::new().pin_sha256([sha256_hex(&variant_bytes("v1"))])),
+    ]
+}
+
+#[test]
+fn every_bad_build_is_refused_by_name_and_loses_nothing() {
+    let _serial = one_at_a_time();
+    let corpus = corpus();
+    let failed: Vec<String> = corpus
+        .iter()
+        .filter_map(|case| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                leaves_nothing_behind(|| {
+                    let running = Running::start((case.options)());
+                    (case.check)(&running.offer(&case.offer));
+                    running.assert_unchanged();
+                })
+            }));
+            outcome
+                .err()
+                .map(|panic| format!("{}: {}", case.name, panic_message(&*panic)))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failed.len(),
+        corpus.len(),
+        failed.join("\n")
+    );
+}
+
+/// A running v1 counter with a distinctive state, registered from a sandbox of its own.
 struct Running {
     sandbox: Sandbox,
     reloader: HotReloader,
     module: Module<Counter>,
-    checksum: u64,
+    before: counter::Snapshot,
 }
 
 impl Running {
@@ -47,53 +370,120 @@ impl Running {
             hot_fn!(module.add(n)).unwrap();
         }
         hot_fn!(module.set_label(RString::from("fault corpus"))).unwrap();
-        let checksum = checksum(&module);
+        let before = hot_fn!(module.snapshot()).unwrap();
         Running {
             sandbox,
             reloader,
             module,
-            checksum,
+            before,
         }
     }
 
-    fn reload_bytes(&self, bytes: &[u8]) -> HotError {
-        self.sandbox.install_bytes(bytes);
-        self.reloader
-            .reload_module("counter")
-            .expect_err("the reload must be refused")
+    /// Puts `offer` at the artifact path and reloads; returns the error the reload must give.
+    fn offer(&self, offer: &Offer) -> HotError {
+        let artifact = self.sandbox.artifact();
+        match offer {
+            Offer::Variant(variant) => self.sandbox.install(variant),
+            Offer::Bytes(make) => self.sandbox.install_bytes(&make()),
+            Offer::UnsafeV2(spoil) => {
+                self.sandbox.install("v2");
+                spoil(&artifact);
+            }
+            Offer::Missing => std::fs::remove_file(&artifact).unwrap(),
+        }
+        match self.reloader.reload_module("counter") {
+            Ok(report) => panic!("the reload should have been refused, got {report:?}"),
+            Err(err) => err,
+        }
     }
 
-    fn assert_unchanged(&self, case: &str) {
+    /// v1 serves, with the state it had, and nothing of the refused build is left: its
+    /// shadow copy is deleted and its image unmapped (contained panics register no
+    /// thread-local destructor, so even a build that panicked really goes away).
+    fn assert_unchanged(&self) {
+        assert_v1_serves(&self.module, &self.before);
+        let live = self.module.version().unwrap().shadow;
+        let shadow_dir = live.parent().unwrap();
+        let files: Vec<_> = std::fs::read_dir(shadow_dir).unwrap().collect();
         assert_eq!(
-            self.module.version().unwrap().generation,
+            files.len(),
             1,
-            "{case}: still load #1"
+            "the refused build's shadow copy is deleted: {files:?}"
         );
-        assert_eq!(hot_fn!(self.module.build_tag()).unwrap(), 1, "{case}");
+        let shadow_dir = shadow_dir.to_str().unwrap();
+        let mapped: BTreeSet<String> = mapped_files()
+            .into_iter()
+            .filter(|path| path.starts_with(shadow_dir))
+            .collect();
         assert_eq!(
-            checksum(&self.module),
-            self.checksum,
-            "{case}: state unchanged"
+            mapped.into_iter().collect::<Vec<_>>(),
+            [live.display().to_string()],
+            "mapped shadow copies"
+        );
+        assert!(
+            self.reloader
+                .retired_versions("counter")
+                .unwrap()
+                .is_empty()
         );
     }
 }
 
-/// Runs `case` against a fresh running counter; checks the outcome, the state, and that no
-/// descriptor or mapping outlives it.
-fn case(name: &str, options: ModuleOptions, check: impl FnOnce(&Running)) {
+/// Runs `body`, then checks that it left no file descriptor open and no shadow copy mapped.
+fn leaves_nothing_behind(body: impl FnOnce()) {
     let fds = open_fds();
     let maps = mapped_shadow_copies();
-    {
-        let running = Running::start(options);
-        check(&running);
-        running.assert_unchanged(name);
-    }
-    assert_eq!(open_fds(), fds, "{name}: file descriptors leaked");
-    assert_eq!(
-        mapped_shadow_copies(),
-        maps,
-        "{name}: shadow copies still mapped"
-    );
+    body();
+    assert_eq!(open_fds(), fds, "file descriptors leaked");
+    assert_eq!(mapped_shadow_copies(), maps, "shadow copies still mapped");
+}
+
+/// The files mapped into this process.
+fn mapped_files() -> BTreeSet<String> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines()
+        .filter_map(|l| l.find('/').map(|i| l[i..].to_owned()))
+        .collect()
+}
+
+/// Shadow copies mapped into this process, under any reloader's shadow directory.
+fn mapped_shadow_copies() -> BTreeSet<String> {
+    mapped_files()
+        .into_iter()
+        .filter(|path| path.contains("/hotreload-") && path.contains("libcounter.so"))
+        .collect()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("(a panic without a message)")
+}
+
+fn variant_bytes(variant: &str) -> Vec<u8> {
+    std::fs::read(variants!().artifact(variant)).expect("variant library")
+}
+
+fn random_bytes() -> Vec<u8> {
+    (0u32..100_000)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect()
+}
+
+/// The C library this process runs on: a shared library, and no module.
+fn mapped_c_library() -> Vec<u8> {
+    let libc = mapped_files()
+        .into_iter()
+        .find(|path| path.rsplit('/').next() == Some("libc.so.6"))
+        .expect("glibc is mapped");
+    std::fs::read(libc).unwrap()
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn not_a_library(err: &HotError) -> &str {
@@ -106,6 +496,23 @@ fn not_a_library(err: &HotError) -> &str {
     }
 }
 
+fn no_counter_descriptor(err: &HotError) {
+    match err {
+        HotError::NoDescriptor { module, symbol, .. } => {
+            assert_eq!(
+                (module.as_str(), symbol.as_str()),
+                ("counter", "hotreload_module__counter")
+            );
+        }
+        other => panic!("expected a missing descriptor, got {other:?}"),
+    }
+    assert!(
+        err.to_string()
+            .ends_with("it is not a build of this module"),
+        "{err}"
+    );
+}
+
 fn rejected(err: &HotError) -> &Rejection {
     match err {
         HotError::Rejected { module, reason, .. } => {
@@ -116,204 +523,73 @@ fn rejected(err: &HotError) -> &Rejection {
     }
 }
 
-fn system_library() -> Option<Vec<u8>> {
-    [
-        "/lib/x86_64-linux-gnu/libm.so.6",
-        "/usr/lib/x86_64-linux-gnu/libm.so.6",
-        "/lib64/libm.so.6",
-    ]
-    .iter()
-    .find_map(|p| std::fs::read(p).ok())
+/// A layout rejection summed up in `line`.
+fn layout_mismatch(err: &HotError, line: &str) {
+    assert!(matches!(rejected(err), Rejection::Layout(_)), "{err:?}");
+    assert_eq!(err.to_string(), format!("counter rejected: {line}"));
 }
 
-#[test]
-fn every_fault_is_typed_and_loses_nothing() {
-    let _serial = one_at_a_time();
-    let v = variants!();
-    let defaults = ModuleOptions::new;
-    let bytes = |variant: &str| std::fs::read(v.artifact(variant)).unwrap();
-
-    case("empty file", defaults(), |r| {
-        assert_eq!(not_a_library(&r.reload_bytes(&[])), "the file is empty");
-    });
-    case("random bytes", defaults(), |r| {
-        let random: Vec<u8> = (0u32..100_000)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
-            .collect();
-        assert!(not_a_library(&r.reload_bytes(&random)).starts_with("not an object file"));
-    });
-    case("first half of a valid build", defaults(), |r| {
-        let whole = bytes("v2");
-        let err = r.reload_bytes(&whole[..whole.len() / 2]);
-        not_a_library(&err);
-    });
-    case("ELF for another architecture", defaults(), |r| {
-        let mut elf = bytes("v2");
-        // e_machine, little-endian, at offset 18: AArch64 (183).
-        elf[18..20].copy_from_slice(&183u16.to_le_bytes());
-        let err = r.reload_bytes(&elf);
-        assert!(not_a_library(&err).contains("built for Aarch64"), "{err}");
-    });
-    if let Some(libm) = system_library() {
-        case("a shared library that is not a module", defaults(), |r| {
-            let err = r.reload_bytes(&libm);
-            assert!(matches!(err, HotError::NoDescriptor { .. }), "{err:?}");
-        });
-    }
-    case("an unresolved symbol", defaults(), |r| {
-        let err = r.reload_bytes(&bytes("unresolved_symbol"));
-        match &err {
-            HotError::Open { message, .. } => {
-                assert!(
-                    message.contains("hotreload_symbol_that_no_library_defines"),
-                    "{message}"
-                )
-            }
-            other => panic!("expected Open, got {other:?}"),
+fn unsafe_artifact(err: &HotError) -> &str {
+    match err {
+        HotError::UnsafeArtifact { module, reason, .. } => {
+            assert_eq!(module, "counter");
+            reason
         }
-    });
-    case("another framework ABI", defaults(), |r| {
-        let err = r.reload_bytes(&bytes("wrong_abi"));
-        assert!(matches!(
-            rejected(&err),
-            Rejection::AbiVersion { found: 999, .. }
-        ));
-    });
-    case("a layout mismatch", defaults(), |r| {
-        let err = r.reload_bytes(&bytes("bad_signature"));
-        assert!(matches!(rejected(&err), Rejection::Layout(_)));
-    });
-    case("an API version mismatch", defaults(), |r| {
-        let err = r.reload_bytes(&bytes("api_v2"));
-        assert!(matches!(
-            rejected(&err),
-            Rejection::ApiVersion { found: 2, .. }
-        ));
-    });
-    case("another module's build", defaults(), |r| {
-        let err = r.reload_bytes(&bytes("other_module"));
-        assert!(matches!(err, HotError::NoDescriptor { .. }), "{err:?}");
-    });
-    case("restore panics", defaults(), |r| {
-        let err = r.reload_bytes(&bytes("restore_panic"));
-        assert!(
-            matches!(
-                err,
-                HotError::Restore {
-                    fault: ModuleFault::Panicked(_),
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-    });
-    case(
-        "state cannot be decoded (restore returns an error)",
-        defaults(),
-        |r| {
-            let err = r.reload_bytes(&bytes("restore_error"));
-            assert!(
-                matches!(
-                    err,
-                    HotError::Restore {
-                        fault: ModuleFault::Failed(_),
-                        ..
-                    }
-                ),
-                "{err:?}"
-            );
-        },
-    );
-    case("a world-writable artifact", defaults(), |r| {
-        use std::os::unix::fs::PermissionsExt;
-        r.sandbox.install("v2");
-        let path = r.sandbox.artifact();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let err = r.reloader.reload_module("counter").unwrap_err();
-        assert!(matches!(err, HotError::UnsafeArtifact { .. }), "{err:?}");
-        assert!(
-            err.to_string().contains("chmod go-w"),
-            "says how to fix it: {err}"
-        );
-    });
-    case(
-        "a directory writable by others without the sticky bit",
-        defaults(),
-        |r| {
-            use std::os::unix::fs::PermissionsExt;
-            r.sandbox.install("v2");
-            let dir = r.sandbox.path().to_path_buf();
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-            let err = r.reloader.reload_module("counter").unwrap_err();
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-            assert!(matches!(err, HotError::UnsafeArtifact { .. }), "{err:?}");
-        },
-    );
-    let pinned_v1 = hotreload_tests::sha256_hex(&bytes("v1"));
-    case(
-        "an artifact whose digest is not pinned",
-        defaults().pin_sha256([pinned_v1]),
-        |r| {
-            let v2 = bytes("v2");
-            let err = r.reload_bytes(&v2);
-            match &err {
-                HotError::NotPinned { sha256, .. } => {
-                    assert_eq!(sha256, &hotreload_tests::sha256_hex(&v2))
-                }
-                other => panic!("expected NotPinned, got {other:?}"),
-            }
-        },
-    );
-    case(
-        "a method that panics after probation",
-        defaults().probation(Probation::calls(2)),
-        |r| {
-            // The first load is not on probation: only reloads are.
-            let err = hot_fn!(r.module.explode(RString::from("boom"))).unwrap_err();
-            assert!(matches!(
-                err,
-                HotError::Call {
-                    fault: ModuleFault::Panicked(_),
-                    ..
-                }
-            ));
-            assert_eq!(r.module.version().unwrap().generation, 1, "version kept");
-        },
-    );
+        other => panic!("expected UnsafeArtifact, got {other:?}"),
+    }
+}
+
+/// The complement of the corpus's "another API version": a host that accepts a range takes it.
+#[test]
+fn another_api_version_is_taken_when_the_host_accepts_it() {
+    let _serial = one_at_a_time();
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) =
+        sandbox.register_with("v1", ModuleOptions::new().accept_api_versions(1..=2));
+    hot_fn!(module.add(4)).unwrap();
+    let before = hot_fn!(module.snapshot()).unwrap();
+    sandbox.install("api_v2");
+    reloader
+        .reload_module("counter")
+        .expect("API v2 is accepted");
+    assert_eq!(module.version().unwrap().api_version, 2);
+    assert_eq!(hot_fn!(module.snapshot()).unwrap(), before, "state carried");
 }
 
 #[test]
 fn a_constructor_that_panics_loads_nothing_and_leaks_nothing() {
     let _serial = one_at_a_time();
-    let sandbox = Sandbox::new(variants!());
-    let reloader = HotReloader::new();
-    let module = reloader
-        .register_with::<Counter>(
-            ModuleOptions::new()
-                .artifact(sandbox.artifact())
-                .wait_for_artifact(),
-        )
-        .unwrap();
-    sandbox.install("ctor_panic");
-    let err = reloader.reload_module("counter").unwrap_err();
-    match &err {
-        HotError::Construct {
-            fault: ModuleFault::Panicked(message),
-            ..
-        } => assert!(
-            message.starts_with("the constructor fails on purpose"),
-            "{message}"
-        ),
-        other => panic!("expected Construct, got {other:?}"),
-    }
-    assert!(module.version().is_none());
-    assert!(matches!(
-        hot_fn!(module.calls()),
-        Err(HotError::NotLoaded { .. })
-    ));
-    sandbox.install("v1");
-    reloader.reload_module("counter").unwrap();
-    assert_eq!(hot_fn!(module.add(2)).unwrap(), 2);
+    leaves_nothing_behind(|| {
+        let sandbox = Sandbox::new(variants!());
+        let reloader = HotReloader::new();
+        let module = reloader
+            .register_with::<Counter>(
+                ModuleOptions::new()
+                    .artifact(sandbox.artifact())
+                    .wait_for_artifact(),
+            )
+            .unwrap();
+        sandbox.install("ctor_panic");
+        let err = reloader.reload_module("counter").unwrap_err();
+        match &err {
+            HotError::Construct {
+                fault: ModuleFault::Panicked(message),
+                ..
+            } => assert!(
+                message.starts_with("the constructor fails on purpose"),
+                "{message}"
+            ),
+            other => panic!("expected Construct, got {other:?}"),
+        }
+        assert!(module.version().is_none());
+        assert!(matches!(
+            hot_fn!(module.calls()),
+            Err(HotError::NotLoaded { .. })
+        ));
+        sandbox.install("v1");
+        reloader.reload_module("counter").unwrap();
+        assert_eq!(hot_fn!(module.add(2)).unwrap(), 2);
+    });
 }
 
 #[test]
@@ -361,6 +637,98 @@ fn a_panic_during_probation_rolls_back_with_the_snapshot() {
     );
 }
 
+/// v2, reloaded over v1 with `probation` and given some state of its own.
+fn v2_on_probation(sandbox: &Sandbox, probation: Probation) -> (HotReloader, Module<Counter>) {
+    let (reloader, module) = sandbox.register_with("v1", ModuleOptions::new().probation(probation));
+    hot_fn!(module.add(1)).unwrap();
+    sandbox.install("v2");
+    let report = reloader.reload_module("counter").unwrap();
+    assert_eq!(report.to.generation, 2);
+    (reloader, module)
+}
+
+/// Off probation, a panicking call is an error of load #2, and load #2 keeps serving with its
+/// state: nothing is rolled back, and v1 is still kept for a rollback on request.
+fn assert_a_panic_keeps_v2(
+    reloader: &HotReloader,
+    module: &Module<Counter>,
+    events: &Receiver<Event>,
+) {
+    let before = hot_fn!(module.snapshot()).unwrap();
+    let err = hot_fn!(module.explode(RString::from("off probation"))).unwrap_err();
+    match &err {
+        HotError::Call {
+            generation: 2,
+            fault: ModuleFault::Panicked(message),
+            ..
+        } => assert!(message.starts_with("off probation"), "{message}"),
+        other => panic!("expected a panicked call of load #2, got {other:?}"),
+    }
+    assert_eq!(module.version().unwrap().generation, 2, "v2 is kept");
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 2);
+    assert_eq!(
+        hot_fn!(module.snapshot()).unwrap(),
+        before,
+        "with its state"
+    );
+    let rollbacks: Vec<Event> = events
+        .try_iter()
+        .filter(|e| matches!(e, Event::RolledBack { .. }))
+        .collect();
+    assert!(rollbacks.is_empty(), "{rollbacks:?}");
+    assert_eq!(reloader.history("counter").unwrap().len(), 1, "v1 kept");
+}
+
+/// `ProbationEnded` events in `events` so far, by generation.
+fn probations_ended(events: &Receiver<Event>) -> Vec<u64> {
+    events
+        .try_iter()
+        .filter_map(|e| match e {
+            Event::ProbationEnded { generation, .. } => Some(generation),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_method_that_panics_after_probation_is_an_error_and_the_version_stays() {
+    let _serial = one_at_a_time();
+    leaves_nothing_behind(|| {
+        let sandbox = Sandbox::new(variants!());
+        let (reloader, module) = v2_on_probation(&sandbox, Probation::calls(3));
+        let events = reloader.subscribe();
+        for n in [1, 2, 3] {
+            hot_fn!(module.add(n)).unwrap();
+        }
+        assert_eq!(
+            hot_fn!(module.snapshot()).unwrap().total,
+            1 + 2 * 6,
+            "v2 counted its calls"
+        );
+        assert_eq!(
+            probations_ended(&events),
+            [2],
+            "one ProbationEnded for load #2"
+        );
+        assert_a_panic_keeps_v2(&reloader, &module, &events);
+    });
+}
+
+#[test]
+fn a_version_marked_good_is_off_probation() {
+    let _serial = one_at_a_time();
+    leaves_nothing_behind(|| {
+        let sandbox = Sandbox::new(variants!());
+        let (reloader, module) =
+            v2_on_probation(&sandbox, Probation::duration(Duration::from_secs(3600)));
+        let events = reloader.subscribe();
+        hot_fn!(module.add(5)).unwrap();
+        reloader.mark_good("counter").unwrap();
+        assert_eq!(probations_ended(&events), [2], "marked good");
+        assert_a_panic_keeps_v2(&reloader, &module, &events);
+    });
+}
+
 #[test]
 fn rollback_uses_the_current_state_when_the_older_version_reads_it() {
     let _serial = one_at_a_time();
@@ -379,56 +747,51 @@ fn rollback_uses_the_current_state_when_the_older_version_reads_it() {
     let err = reloader.rollback("counter").unwrap_err();
     assert!(matches!(err, HotError::NoHistory { .. }), "{err:?}");
 
-    // A newer version whose state the older one cannot read: the snapshot serves.
+    // A refused reload keeps nothing; the next reload keeps the version it replaces.
     sandbox.install("restore_error");
     let err = reloader.reload_module("counter").unwrap_err();
     assert!(matches!(err, HotError::Restore { .. }));
+    assert!(reloader.history("counter").unwrap().is_empty());
     sandbox.install("v2_field");
     reloader.reload_module("counter").unwrap();
     assert_eq!(reloader.history("counter").unwrap().len(), 1);
 }
 
 #[test]
-fn a_version_marked_good_is_off_probation() {
+fn rollback_uses_the_snapshot_when_the_older_version_cannot_read_the_state() {
     let _serial = one_at_a_time();
     let sandbox = Sandbox::new(variants!());
-    let (reloader, module) = sandbox.register_with(
-        "v1",
-        ModuleOptions::new().probation(Probation::duration(Duration::from_secs(3600))),
-    );
+    // `restore_error` has a field more, `required`, that v2 lacks: v2 reads its state (serde
+    // skips the field), but it cannot read v2's.
+    let (reloader, module) = sandbox.register("restore_error");
+    hot_fn!(module.add(7)).unwrap();
+    hot_fn!(module.set_label(RString::from("saved at the reload"))).unwrap();
+    let at_reload = hot_fn!(module.snapshot()).unwrap();
     sandbox.install("v2");
     reloader.reload_module("counter").unwrap();
-    reloader.mark_good("counter").unwrap();
-    let err = hot_fn!(module.explode(RString::from("after"))).unwrap_err();
-    assert!(matches!(err, HotError::Call { .. }));
-    assert_eq!(
-        module.version().unwrap().generation,
-        2,
-        "kept: its probation ended"
-    );
-}
-
-#[test]
-fn a_probation_that_ends_by_itself_says_so() {
-    let _serial = one_at_a_time();
-    let sandbox = Sandbox::new(variants!());
-    let (reloader, module) =
-        sandbox.register_with("v1", ModuleOptions::new().probation(Probation::calls(3)));
-    sandbox.install("v2");
-    reloader.reload_module("counter").unwrap();
+    assert_eq!(hot_fn!(module.snapshot()).unwrap(), at_reload, "v2 took it");
+    hot_fn!(module.add(5)).unwrap();
+    hot_fn!(module.set_label(RString::from("v2's, lost"))).unwrap();
+    assert_ne!(hot_fn!(module.snapshot()).unwrap(), at_reload);
     let events = reloader.subscribe();
-    for _ in 0..3 {
-        hot_fn!(module.bump()).unwrap();
-    }
-    let ended: Vec<u64> = events
+
+    let report = reloader.rollback("counter").unwrap();
+    assert_eq!(report.state, RollbackState::Snapshot);
+    assert_eq!((report.from.generation, report.to.generation), (2, 1));
+    let rollbacks: Vec<String> = events
         .try_iter()
-        .filter_map(|e| match e {
-            Event::ProbationEnded { generation, .. } => Some(generation),
-            _ => None,
-        })
+        .filter(|e| matches!(e, Event::RolledBack { .. }))
+        .map(|e| e.to_string())
         .collect();
-    assert_eq!(ended, [2], "one ProbationEnded for load #2");
-    // Off probation: a panic now is an error, not a rollback.
-    hot_fn!(module.explode(RString::from("after"))).unwrap_err();
-    assert_eq!(module.version().unwrap().generation, 2);
+    assert_eq!(
+        rollbacks,
+        ["counter: rolled back from load #2 to load #1 with the snapshot state (requested)"]
+    );
+    assert_eq!(module.version().unwrap().generation, 1);
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
+    assert_eq!(
+        hot_fn!(module.snapshot()).unwrap(),
+        at_reload,
+        "the snapshot serves"
+    );
 }

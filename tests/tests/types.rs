@@ -1,8 +1,12 @@
 //! Ordinary Rust types crossing a real reload boundary both ways: strings (non-ASCII),
-//! vectors (empty and large), slices, boxes, tuples, nested options and results.
+//! vectors (empty and large), slices, boxes, tuples, nested options and results, hash and
+//! sorted maps (empty and large, with a hasher of their own).
 
-use hotreload::hot_fn;
-use hotreload_tests::{Sandbox, variants};
+use std::collections::{BTreeMap, HashMap};
+
+use greeter::{FixedHasher, Greeter};
+use hotreload::{HotReloader, ModuleOptions, hot_fn};
+use hotreload_tests::{Sandbox, greeter_variants, variants};
 
 #[test]
 fn ordinary_types_cross_both_ways() {
@@ -49,4 +53,74 @@ fn ordinary_types_cross_both_ways() {
     assert_eq!(report.closed[0].still_mapped, Some(false), "and unmapped");
     assert_eq!(kept, "Grüße/日本語/🦀");
     assert_eq!(large.iter().sum::<u64>(), 999_999 * 1_000_000 / 2);
+}
+
+#[test]
+fn maps_cross_both_ways_and_outlive_their_version() {
+    let variants = greeter_variants(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let artifact = dir.path().join(hotreload::library_file_name("greeter"));
+    hotreload::harness::install(variants.artifact("v1"), &artifact).expect("install v1");
+    let reloader = HotReloader::new();
+    // No history: a replaced version is closed at once.
+    let greeter = reloader
+        .register_with::<Greeter>(ModuleOptions::new().artifact(&artifact).history(0))
+        .unwrap_or_else(|err| panic!("registering the greeter failed: {err}"));
+
+    // A few thousand entries, non-ASCII keys, an empty key.
+    let mut words: HashMap<String, u32> = (0..4000).map(|i| (format!("wört{i}·日本"), i)).collect();
+    words.extend([
+        ("🦀".to_owned(), 7),
+        ("Grüße".to_owned(), 3),
+        (String::new(), 0),
+    ]);
+    let tally: BTreeMap<String, u64> = hot_fn!(greeter.tally(words.clone())).unwrap();
+    let expected: BTreeMap<String, u64> = words
+        .iter()
+        .map(|(word, &count)| (word.clone(), u64::from(count)))
+        .collect();
+    assert_eq!(tally.len(), 4003);
+    assert_eq!(tally, expected);
+    assert_eq!(tally.first_key_value(), Some((&String::new(), &0)));
+    assert_eq!(tally.last_key_value(), Some((&"🦀".to_owned(), &7)));
+
+    let lengths: HashMap<u64, Vec<String>, FixedHasher> =
+        hot_fn!(greeter.by_length(tally.clone())).unwrap();
+    let mut expected_lengths: HashMap<u64, Vec<String>, FixedHasher> = HashMap::default();
+    for word in tally.keys() {
+        expected_lengths
+            .entry(word.chars().count() as u64)
+            .or_default()
+            .push(word.clone());
+    }
+    assert_eq!(lengths, expected_lengths);
+    assert_eq!(lengths[&0], [""]);
+    assert_eq!(lengths[&1], ["🦀"]);
+    assert_eq!(lengths[&5], ["Grüße"]);
+
+    // Empty maps, both ways.
+    assert_eq!(
+        hot_fn!(greeter.tally(HashMap::new())).unwrap(),
+        BTreeMap::new()
+    );
+    assert!(
+        hot_fn!(greeter.by_length(BTreeMap::new()))
+            .unwrap()
+            .is_empty()
+    );
+
+    // Maps returned by a version stay valid after it is replaced and closed, and the next
+    // version's conversions are its own.
+    hotreload::harness::install(variants.artifact("v2"), &artifact).expect("install v2");
+    let report = reloader.reload_module("greeter").unwrap();
+    assert_eq!(
+        report.closed.len(),
+        1,
+        "the version that made them is closed"
+    );
+    assert_eq!(report.closed[0].still_mapped, Some(false), "and unmapped");
+    assert_eq!(tally, expected);
+    assert_eq!(lengths, expected_lengths);
+    let doubled = hot_fn!(greeter.tally(HashMap::from([("ß".to_owned(), 21)]))).unwrap();
+    assert_eq!(doubled, BTreeMap::from([("ß".to_owned(), 42)]));
 }

@@ -9,8 +9,8 @@
 //! directory from the link's own up to `/`) must be owned by the user or root and writable by
 //! neither group nor others; the one exception is the `/tmp` convention: a directory others
 //! may write is accepted when it has the sticky bit and belongs to root, since then nobody
-//! else can rename or remove what the user put there. The bytes are read from the descriptor
-//! that was checked, so a file swapped in after the check is never the one loaded.
+//! else can rename or remove what the user put there. The bytes are copied from the
+//! descriptor that was checked, so a file swapped in after the check is never the one loaded.
 
 use std::fs;
 use std::io;
@@ -21,25 +21,23 @@ use std::path::Path;
 use crate::error::HotError;
 use crate::version::ArtifactIdentity;
 
-/// The artifact's bytes, read from a descriptor whose file and directories were found safe
-/// to load (the one way an artifact's bytes come into the runtime), and which file that was.
+/// Copies the artifact's bytes into `to`, from a descriptor whose file and directories were
+/// found safe to load (the one way an artifact's bytes come into the runtime), and says which
+/// file that was. Between two files, the copy stays in the kernel (`copy_file_range`).
 #[cfg(unix)]
-pub(crate) fn read_trusted(
+pub(crate) fn copy_trusted(
     module: &str,
     path: &Path,
-) -> Result<(Vec<u8>, Option<ArtifactIdentity>), HotError> {
-    use std::io::Read;
-
+    to: &mut fs::File,
+) -> Result<Option<ArtifactIdentity>, HotError> {
     let me = effective_uid().map_err(|source| read_error(module, path, source))?;
     // A linker renaming its output into place can replace the file between the open and the
     // lookup of its real path; the new file is opened and checked from the start.
     for _ in 0..ATTEMPTS {
         if let Some(mut file) = open_checked(module, path, me)? {
             let identity = file.metadata().ok().and_then(|m| ArtifactIdentity::of(&m));
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)
-                .map_err(|source| read_error(module, path, source))?;
-            return Ok((bytes, identity));
+            io::copy(&mut file, to).map_err(|source| read_error(module, path, source))?;
+            return Ok(identity);
         }
     }
     Err(read_error(
@@ -52,14 +50,16 @@ pub(crate) fn read_trusted(
     ))
 }
 
-/// Without Unix permissions there is nothing to check: the bytes as read.
+/// Without Unix permissions there is nothing to check: the bytes as they are.
 #[cfg(not(unix))]
-pub(crate) fn read_trusted(
+pub(crate) fn copy_trusted(
     module: &str,
     path: &Path,
-) -> Result<(Vec<u8>, Option<ArtifactIdentity>), HotError> {
-    let bytes = fs::read(path).map_err(|source| read_error(module, path, source))?;
-    Ok((bytes, None))
+    to: &mut fs::File,
+) -> Result<Option<ArtifactIdentity>, HotError> {
+    let mut file = fs::File::open(path).map_err(|source| read_error(module, path, source))?;
+    io::copy(&mut file, to).map_err(|source| read_error(module, path, source))?;
+    Ok(None)
 }
 
 /// How many times a file replaced during its check is opened again.

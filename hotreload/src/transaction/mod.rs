@@ -97,9 +97,10 @@ pub struct ReloadReport {
     pub closed: Vec<RetiredVersion>,
     /// Versions held open by earlier retires that this reload found free and closed.
     pub released: Vec<RetiredVersion>,
-    /// The artifact was the very file the serving version was read from (same device, inode,
-    /// size and times): nothing was read or loaded, `from` and `to` are the serving version,
-    /// and no event was sent.
+    /// The artifact was the build that serves: the very file the serving version was read
+    /// from (same device, inode, size and times: nothing was read), or a file with the same
+    /// bytes (copied and hashed, `timings.stage`, then discarded). Nothing was loaded, `from`
+    /// and `to` are the serving version, and no event was sent.
     pub unchanged: bool,
 }
 
@@ -140,16 +141,21 @@ fn load_verified(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
-    bytes: Option<stage::ArtifactBytes>,
+    bytes: Option<stage::ArtifactCopy>,
     timings: &mut StepTimings,
 ) -> Result<LoadedVersion, Box<Refused>> {
+    // A copy made before the transaction (by the watcher, or by a reload that first checked
+    // whether the content changed) counts in this step's time.
+    let copied_before = bytes
+        .as_ref()
+        .map_or(Duration::ZERO, stage::ArtifactCopy::took);
     let staged = step("stage", &mut timings.stage, || {
-        let bytes = match bytes {
-            Some(read) => read,
-            None => stage::read_artifact(spec)?,
+        let copy = match bytes {
+            Some(copy) => copy,
+            None => stage::copy_artifact(spec, shadow)?,
         };
-        let sha256 = Some(bytes.sha256().to_owned());
-        stage::stage(spec, shadow, generation, Some(bytes)).map_err(|err| {
+        let sha256 = Some(copy.sha256().to_owned());
+        stage::stage(spec, shadow, generation, copy).map_err(|err| {
             Box::new(Refused {
                 err,
                 opened: None,
@@ -157,6 +163,7 @@ fn load_verified(
             })
         })
     })?;
+    timings.stage += copied_before;
     let sha256 = Some(staged.sha256.clone());
     let opened = step("open", &mut timings.open, || {
         open::open(spec, staged, generation)
@@ -223,7 +230,7 @@ pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live
 /// A whole reload of `core`'s artifact (its current bytes, or `bytes` already read from it).
 pub(crate) fn reload(
     core: &ModuleCore,
-    bytes: Option<stage::ArtifactBytes>,
+    bytes: Option<stage::ArtifactCopy>,
 ) -> Result<ReloadReport, HotError> {
     // Refused before anything is staged: another thread than a local module's owner, or
     // from inside one of the module's calls. From here on this thread counts as inside an
@@ -311,8 +318,9 @@ pub(crate) fn reload(
     })
 }
 
-/// When the artifact is the very file the serving version was read from: the report of a
-/// reload that has nothing to do, after one `stat`.
+/// A reload of the build that serves: answered without a transaction when the artifact is
+/// the very file the serving version was read from (same device, inode, size and times: one
+/// `stat`).
 pub(crate) fn unchanged(core: &ModuleCore) -> Result<Option<ReloadReport>, HotError> {
     let book = core.book_for_query()?;
     let Some(serving) = book.serving_identity else {
@@ -325,15 +333,42 @@ pub(crate) fn unchanged(core: &ModuleCore) -> Result<Option<ReloadReport>, HotEr
     if now != Some(serving) {
         return Ok(None);
     }
+    Ok(core.version().map(unchanged_report))
+}
+
+/// A reload of a copy whose bytes are the serving version's (cargo re-linked the same build,
+/// a file was touched): answered without a transaction, and the file remembered as the
+/// serving one, so that the next reload of it costs one `stat`.
+pub(crate) fn same_bytes(
+    core: &ModuleCore,
+    copy: &stage::ArtifactCopy,
+) -> Result<Option<ReloadReport>, HotError> {
     let Some(current) = core.version() else {
         return Ok(None);
     };
-    Ok(Some(ReloadReport {
+    if current.sha256 != copy.sha256() {
+        return Ok(None);
+    }
+    let mut book = core.book_for_query()?;
+    if core
+        .version()
+        .is_some_and(|v| v.generation == current.generation)
+    {
+        book.serving_identity = copy.identity();
+    }
+    drop(book);
+    let mut report = unchanged_report(current);
+    report.timings.stage = copy.took();
+    Ok(Some(report))
+}
+
+fn unchanged_report(current: VersionInfo) -> ReloadReport {
+    ReloadReport {
         from: Some(current.clone()),
         to: current,
         timings: StepTimings::default(),
         closed: Vec::new(),
         released: Vec::new(),
         unchanged: true,
-    }))
+    }
 }

@@ -4,16 +4,19 @@
 //! gate. The artifact is opened once, and the open file and every directory above its real
 //! path are checked as OpenSSH checks key files (see `os::permissions`): only this process's
 //! user or root may have written it or may rename anything on the way to it, except in a
-//! sticky directory owned by root such as `/tmp`. Its bytes are read from that same
-//! descriptor into memory once; those very bytes are hashed, checked and written to the
-//! shadow copy, so neither a file swapped in after the check nor a writer still busy with the
-//! artifact can make us open something other than what was checked. [`ArtifactBytes`] are
-//! only made by that read. The build output itself is never opened as a library: one mapped
-//! from a file that the next build rewrites would fault (SIGBUS) on the next page it touches.
+//! sticky directory owned by root such as `/tmp`. Its bytes are copied from that same
+//! descriptor, once, into a new file in the private shadow directory (by the kernel:
+//! `copy_file_range`), and that copy is what is hashed, checked and then opened: neither a
+//! file swapped in after the check nor a writer still busy with the artifact can make us open
+//! something other than what was checked, and no other user can write the copy. An
+//! [`ArtifactCopy`] is only made by that copy. The build output itself is never opened as a
+//! library: one mapped from a file that the next build rewrites would fault (SIGBUS) on the
+//! next page it touches.
 
 use std::fs;
-use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use object::{Object, ObjectKind, ObjectSegment, ObjectSymbol};
 
@@ -23,78 +26,99 @@ use crate::module::ModuleSpec;
 use crate::os;
 use crate::version::{ArtifactIdentity, ShadowFile};
 
-/// An artifact's bytes with their digest, read once from a descriptor whose file and
-/// directories passed the permission check: only [`read_artifact`] makes them.
-pub(crate) struct ArtifactBytes {
-    bytes: Vec<u8>,
+/// A copy of an artifact in the shadow directory, mapped for reading, with its digest: made
+/// only by [`copy_artifact`], from a descriptor whose file and directories passed the
+/// permission check. Deleted when dropped, unless [`stage`] made it a version's shadow copy.
+pub(crate) struct ArtifactCopy {
+    /// `None` once staged.
+    path: Option<PathBuf>,
+    map: Option<memmap2::Mmap>,
     sha256: String,
     identity: Option<ArtifactIdentity>,
+    /// Copying and hashing.
+    took: Duration,
 }
 
-impl ArtifactBytes {
+impl ArtifactCopy {
     pub(crate) fn bytes(&self) -> &[u8] {
-        &self.bytes
+        self.map.as_deref().unwrap_or_default()
     }
 
     /// SHA-256 of the bytes, in hex.
     pub(crate) fn sha256(&self) -> &str {
         &self.sha256
     }
+
+    /// Which file the bytes were copied from.
+    pub(crate) fn identity(&self) -> Option<ArtifactIdentity> {
+        self.identity
+    }
+
+    /// The time spent copying and hashing.
+    pub(crate) fn took(&self) -> Duration {
+        self.took
+    }
 }
 
-/// Stages the artifact's current bytes, or `read` when the caller has just read them (the
-/// watcher does, to tell a complete file from one still being written).
+impl Drop for ArtifactCopy {
+    fn drop(&mut self) {
+        self.map = None;
+        if let Some(path) = self.path.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Stages `copy` (the artifact's bytes as just copied) as version `generation`: checks it,
+/// and moves it to the version's shadow path.
 pub(crate) fn stage(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
-    read: Option<ArtifactBytes>,
+    mut copy: ArtifactCopy,
 ) -> Result<ShadowFile, HotError> {
     let artifact = &spec.artifact;
-    let ArtifactBytes {
-        bytes,
-        sha256,
-        identity,
-    } = match read {
-        Some(read) => read,
-        None => read_artifact(spec)?,
-    };
     if let Some(pinned) = &spec.pinned {
-        if !pinned.iter().any(|p| p.eq_ignore_ascii_case(&sha256)) {
+        if !pinned.iter().any(|p| p.eq_ignore_ascii_case(&copy.sha256)) {
             return Err(HotError::NotPinned {
                 module: spec.name.clone(),
                 path: artifact.clone(),
-                sha256,
+                sha256: copy.sha256.clone(),
             });
         }
     }
-    let file = parse_library(&bytes).map_err(|reason| HotError::NotALibrary {
+    let bytes = copy.bytes();
+    let len = bytes.len() as u64;
+    let file = parse_library(bytes).map_err(|reason| HotError::NotALibrary {
         module: spec.name.clone(),
         path: artifact.clone(),
         reason,
     })?;
     let descriptor_size = check_descriptor_symbol(&file, spec)?;
     let path = shadow_path(spec, shadow, generation);
-    write_new(&path, &bytes).map_err(|source| HotError::Shadow {
+    copy.map = None;
+    let from = copy.path.as_ref().map_or_else(PathBuf::new, Clone::clone);
+    fs::rename(&from, &path).map_err(|source| HotError::Shadow {
         module: spec.name.clone(),
         path: path.clone(),
         source: source.into(),
     })?;
-    tracing::debug!(shadow = %path.display(), len = bytes.len(), "staged");
+    copy.path = None;
+    tracing::debug!(shadow = %path.display(), len, "staged");
     Ok(ShadowFile {
         path,
         artifact: artifact.clone(),
-        len: bytes.len() as u64,
-        sha256,
+        len,
+        sha256: std::mem::take(&mut copy.sha256),
         descriptor_size,
-        identity,
+        identity: copy.identity,
     })
 }
 
 /// The SHA-256 of `bytes`, in lower-case hex: how versions and artifacts are identified.
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    // ring's SHA-256 is assembly: about 1.4 GB/s here in a debug build as in a release one,
+    // ring's SHA-256 is assembly: about 1 GB/s here in a debug build as in a release one,
     // where a pure-Rust SHA-256 compiled without optimisation (a user's debug workspace)
     // hashes a 36 MB debug module in 1.3 s.
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
@@ -107,16 +131,46 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
-/// The artifact's bytes, read once after its permissions were checked on the open file: the
-/// one way an artifact's bytes come in.
-pub(crate) fn read_artifact(spec: &ModuleSpec) -> Result<ArtifactBytes, HotError> {
-    let (bytes, identity) = os::read_trusted(&spec.name, &spec.artifact)?;
-    let sha256 = sha256_hex(&bytes);
-    Ok(ArtifactBytes {
-        bytes,
-        sha256,
-        identity,
-    })
+/// Copies the artifact into a new file of the shadow directory (after its permissions were
+/// checked on the open file: the one way an artifact's bytes come in), maps the copy and
+/// hashes it.
+pub(crate) fn copy_artifact(
+    spec: &ModuleSpec,
+    shadow: &ShadowDir,
+) -> Result<ArtifactCopy, HotError> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let started = Instant::now();
+    let path = shadow.path().join(format!(
+        "{}-incoming-{}",
+        spec.name,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let shadow_error = |path: &Path, source: std::io::Error| HotError::Shadow {
+        module: spec.name.clone(),
+        path: path.to_path_buf(),
+        source: source.into(),
+    };
+    let mut file = create_private(&path).map_err(|e| shadow_error(&path, e))?;
+    // From here on the file is removed when `copy` is dropped, whatever fails.
+    let mut copy = ArtifactCopy {
+        path: Some(path.clone()),
+        map: None,
+        sha256: String::new(),
+        identity: None,
+        took: Duration::ZERO,
+    };
+    copy.identity = os::copy_trusted(&spec.name, &spec.artifact, &mut file)?;
+    if file.metadata().map_err(|e| shadow_error(&path, e))?.len() > 0 {
+        // SAFETY: the file is this process's own, new (`create_new`), in a 0700 directory of
+        // this process's user, and nothing in this process writes, truncates or removes it
+        // while the map exists: the map is dropped before the file is renamed or removed
+        // (`stage`, `Drop`). Mapping an empty file fails, hence the length check.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| shadow_error(&path, e))?;
+        copy.map = Some(map);
+    }
+    copy.sha256 = sha256_hex(copy.bytes());
+    copy.took = started.elapsed();
+    Ok(copy)
 }
 
 /// `<shadow dir>/<module>-<generation>-<artifact file name>`: unique per version.
@@ -130,14 +184,13 @@ pub(crate) fn shadow_path(spec: &ModuleSpec, shadow: &ShadowDir, generation: u64
         .join(format!("{}-{generation}-{file_name}", spec.name))
 }
 
-/// Writes a new file that only the owner can read, write or execute.
-fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Creates a new file that only the owner can read, write or execute.
+fn create_private(path: &Path) -> std::io::Result<fs::File> {
     let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.read(true).write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o700);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)
+    options.open(path)
 }
 
 /// Checks that `bytes` are a whole shared library for this machine, without loading it.

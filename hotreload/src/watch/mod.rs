@@ -32,7 +32,7 @@ use crate::build::{BuildDone, Builds};
 use crate::error::HotError;
 use crate::events::Event;
 use crate::reloader::Shared;
-use crate::transaction::stage::{check_library, read_artifact};
+use crate::transaction::stage::{check_library, copy_artifact};
 
 /// Where reloads found by the watcher are applied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -481,7 +481,7 @@ impl WatchLoop {
             return;
         };
         let path = core.spec.artifact.clone();
-        let read = match read_artifact(&core.spec) {
+        let read = match copy_artifact(&core.spec, &core.shadow) {
             Ok(read) => Some(read),
             Err(HotError::ArtifactNotFound { .. }) => return self.report_missing(module, path),
             Err(HotError::UnsafeArtifact { .. }) => None,
@@ -501,8 +501,8 @@ impl WatchLoop {
                     reason,
                 });
             }
-            let serving = core.version().map(|v| v.sha256);
-            if serving.as_deref() == Some(read.sha256()) || core.was_refused(read.sha256()) {
+            let serving = crate::transaction::same_bytes(&core, read).ok().flatten();
+            if serving.is_some() || core.was_refused(read.sha256()) {
                 tracing::debug!(module, "artifact unchanged, or the build last refused");
                 return;
             }

@@ -7,7 +7,7 @@ pub struct Game {
 
 #[hotreload::hot_module(version = 1)]
 impl Game {
-    pub fn rename(&mut self, name: std::collections::HashMap<u8, String>) {
+    pub fn rename(&mut self, name: std::sync::Arc<String>) {
         let _ = name;
     }
 }

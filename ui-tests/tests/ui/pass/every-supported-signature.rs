@@ -1,3 +1,6 @@
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
+
 use abi_stable::StableAbi;
 use abi_stable::std_types::{RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2};
 use hotreload::{Rehome, hot_fn};
@@ -78,6 +81,25 @@ impl World {
         (self.name.clone(), names, value)
     }
 
+    pub fn index(
+        &self,
+        counts: HashMap<String, u32>,
+        hashed: HashMap<u8, Vec<String>, BuildHasherDefault<std::hash::DefaultHasher>>,
+        nested: Option<BTreeMap<(u8, String), HashMap<String, Box<Vec<String>>>>>,
+    ) -> (
+        BTreeMap<String, u64>,
+        HashMap<String, Option<String>, BuildHasherDefault<std::hash::DefaultHasher>>,
+    ) {
+        let sorted = counts.into_iter().map(|(k, v)| (k, u64::from(v))).collect();
+        let names = hashed
+            .into_values()
+            .flatten()
+            .map(|name| (name.clone(), Some(name)))
+            .collect();
+        let _ = nested;
+        (sorted, names)
+    }
+
     fn private_helper(&self) -> usize {
         self.points.len()
     }
@@ -103,6 +125,17 @@ fn host(world: &hotreload::Module<World>) -> Result<(), hotreload::HotError> {
         &[1, 2, 3],
         vec![(1, "a".to_owned())],
         Some(Ok(Box::new(7)))
+    ))?;
+    let (_sorted, _names): (
+        BTreeMap<String, u64>,
+        HashMap<String, Option<String>, BuildHasherDefault<std::hash::DefaultHasher>>,
+    ) = hot_fn!(world.index(
+        HashMap::from([("a".to_owned(), 1)]),
+        HashMap::default(),
+        Some(BTreeMap::from([(
+            (1, "b".to_owned()),
+            HashMap::from([("c".to_owned(), Box::new(vec!["d".to_owned()]))])
+        )]))
     ))?;
     Ok(())
 }
