@@ -239,6 +239,26 @@ impl Access {
         }
     }
 
+    /// As [`permit_replace`](Self::permit_replace) if no call is in flight at this moment;
+    /// `None` at once otherwise, having held no caller back (beyond the instant of trying).
+    pub(crate) fn try_permit_replace<'a>(
+        &'a self,
+        mark: &TransactionMark<'a>,
+    ) -> Option<ReplacePermit<'a>> {
+        debug_assert!(std::ptr::eq(mark.access, self));
+        let guard = match self.lock.try_write() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(ReplacePermit {
+            access: self,
+            _guard: guard,
+            // SAFETY: as in `permit_replace`: the write lock is held.
+            live: unsafe { &mut *self.live.get() },
+        })
+    }
+
     /// The checks of [`begin_transaction`](Self::begin_transaction), without beginning one:
     /// to refuse early, before any hook runs.
     pub(crate) fn may_replace_here(&self, module: &str) -> Result<(), HotError> {

@@ -216,6 +216,19 @@ pub enum HotError {
         module: String,
     },
 
+    /// A reload found no moment without a call in flight within its patience, and the
+    /// module's [`Quiesce`](crate::Quiesce) policy says to give up: nothing changed.
+    #[error(
+        "module `{module}`: calls were in flight for all of {waited:?}; the reload gave up and \
+         the running version keeps serving"
+    )]
+    Busy {
+        /// The module.
+        module: String,
+        /// How long it looked for a moment without calls.
+        waited: std::time::Duration,
+    },
+
     /// Module code called back into the host, which called the same module again on the same
     /// thread in a way that would make two references to its state, one of them mutable: a
     /// call inside a `&mut self` call, or a `&mut self` call inside any call.

@@ -131,7 +131,7 @@ pub use events::{Event, ReloadRequest};
 pub use locate::library_file_name;
 pub use module::HotModule;
 pub use rehome::Rehome;
-pub use reloader::{HotReloader, ModuleOptions, Probation};
+pub use reloader::{HotReloader, ModuleOptions, Probation, Quiesce, WhenBusy};
 pub use transaction::rollback::{RollbackReport, RollbackState};
 pub use transaction::{ReloadReport, StepTimings};
 pub use version::RetiredVersion;

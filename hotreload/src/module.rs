@@ -85,6 +85,8 @@ pub(crate) struct ModuleSpec {
     pub keep_loaded: bool,
     /// How long a closing version's workers get to return.
     pub worker_stop_timeout: std::time::Duration,
+    /// How a reload waits for the calls in progress.
+    pub quiesce: crate::Quiesce,
 }
 
 impl ModuleSpec {

@@ -32,6 +32,7 @@ pub struct ModuleOptions {
     probation: Option<Probation>,
     keep_loaded: bool,
     worker_stop_timeout: std::time::Duration,
+    quiesce: Quiesce,
 }
 
 impl Default for ModuleOptions {
@@ -46,8 +47,47 @@ impl Default for ModuleOptions {
             probation: None,
             keep_loaded: false,
             worker_stop_timeout: std::time::Duration::from_secs(1),
+            quiesce: Quiesce::default(),
         }
     }
+}
+
+/// How a reload gets the module to itself for prepare and commit (saving the state with the
+/// old code, restoring it with the new one, and the swap), which no call may overlap.
+///
+/// First it looks for a moment with no call in flight, without holding anyone back: new calls
+/// keep starting and running on the old version while it looks (trying, and backing off from
+/// a few hundred nanoseconds up to a millisecond between tries). A module whose calls are
+/// short gets such a moment at once. If `patience` passes without one (a long call, or calls
+/// overlapping without a gap), it does what `then` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quiesce {
+    /// How long to look for a moment with no call in flight.
+    pub patience: std::time::Duration,
+    /// What to do when there was none.
+    pub then: WhenBusy,
+}
+
+impl Default for Quiesce {
+    /// 100 ms, then [`WhenBusy::Block`].
+    fn default() -> Self {
+        Quiesce {
+            patience: std::time::Duration::from_millis(100),
+            then: WhenBusy::Block,
+        }
+    }
+}
+
+/// What a reload does when its [`Quiesce::patience`] ran out with calls still in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WhenBusy {
+    /// Hold new calls back and wait for the calls in progress to return (they are counted in
+    /// [`StepTimings::wait`](crate::StepTimings::wait) and the pause).
+    Block,
+    /// Give up with [`HotError::Busy`]: nothing changed, and the watcher tries again after
+    /// the same patience (a `reload_module` caller decides for itself).
+    GiveUp,
 }
 
 /// A window after each reload during which a panic in the new version rolls the module back
@@ -164,6 +204,15 @@ impl ModuleOptions {
     /// retire once they have.
     pub fn worker_stop_timeout(mut self, timeout: std::time::Duration) -> Self {
         self.worker_stop_timeout = timeout;
+        self
+    }
+
+    /// How a reload waits for the calls in progress before it swaps versions (see
+    /// [`Quiesce`]): by default it waits up to 100 ms for a moment with no call in flight
+    /// without holding back new calls, then holds them back until the calls in progress have
+    /// returned.
+    pub fn quiesce(mut self, quiesce: Quiesce) -> Self {
+        self.quiesce = quiesce;
         self
     }
 
@@ -338,6 +387,7 @@ impl HotReloader {
             probation: options.probation,
             keep_loaded: options.keep_loaded,
             worker_stop_timeout: options.worker_stop_timeout,
+            quiesce: options.quiesce,
             name: name.clone(),
         };
         let shadow = self.shared.shadow()?;
@@ -407,8 +457,11 @@ impl HotReloader {
             .filter_map(|name| {
                 let core = self.shared.core(&name).ok()?;
                 let outcome = self.shared.reload(&core, None);
-                if let Err(HotError::WrongThread { .. } | HotError::ReloadDuringCall { .. }) =
-                    &outcome
+                if let Err(
+                    HotError::WrongThread { .. }
+                    | HotError::ReloadDuringCall { .. }
+                    | HotError::Busy { .. },
+                ) = &outcome
                 {
                     // Not this thread's or this moment's to apply: still pending.
                     self.shared.mark_pending(&name);

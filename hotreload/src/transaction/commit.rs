@@ -21,8 +21,15 @@ pub(crate) fn commit(
     new: LoadedVersion,
     timings: &mut StepTimings,
 ) -> Result<Committed, Box<(HotError, LoadedVersion)>> {
-    // Waits for every call in progress to return; new calls wait here until the swap.
-    let mut live = core.access.permit_replace(mark);
+    // Waits for a moment with no call in flight (new calls are held back only once the
+    // module's patience is spent, and from here until the swap).
+    let quiesced = match super::quiesce::acquire(core, mark, false) {
+        Ok(quiesced) => quiesced,
+        Err(err) => return Err(Box::new((err, new))),
+    };
+    timings.quiesce = quiesced.looked;
+    timings.wait = quiesced.held_back;
+    let mut live = quiesced.permit;
 
     let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
     let started = Instant::now();

@@ -24,6 +24,7 @@ pub(crate) mod commit;
 pub(crate) mod open;
 pub(crate) mod prepare;
 pub(crate) mod probation;
+pub(crate) mod quiesce;
 pub(crate) mod retire;
 pub(crate) mod rollback;
 pub(crate) mod stage;
@@ -46,6 +47,12 @@ pub struct StepTimings {
     pub open: Duration,
     /// ABI, name, layout and API version checks.
     pub verify: Duration,
+    /// Looking for a moment with no call in flight, without holding new calls back (see
+    /// [`Quiesce`](crate::Quiesce)).
+    pub quiesce: Duration,
+    /// Waiting for the calls in progress to return with new calls held back: zero unless
+    /// the module's patience ran out.
+    pub wait: Duration,
     /// Saving the old state and restoring it into the new version (callers wait).
     pub prepare: Duration,
     /// Publishing the new version (callers wait).
@@ -57,12 +64,20 @@ pub struct StepTimings {
 impl StepTimings {
     /// The whole transaction.
     pub fn total(&self) -> Duration {
-        self.stage + self.open + self.verify + self.prepare + self.commit + self.retire
+        self.stage
+            + self.open
+            + self.verify
+            + self.quiesce
+            + self.wait
+            + self.prepare
+            + self.commit
+            + self.retire
     }
 
-    /// How long calls were held back: prepare and commit.
+    /// How long new calls were held back: the wait (if the patience ran out), prepare and
+    /// commit. No caller was blocked longer than this by the reload.
     pub fn pause(&self) -> Duration {
-        self.prepare + self.commit
+        self.wait + self.prepare + self.commit
     }
 }
 
@@ -72,8 +87,16 @@ impl std::fmt::Display for StepTimings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "stage {:.2?}, open {:.2?}, verify {:.2?}, prepare {:.2?}, commit {:.2?}, retire {:.2?}",
-            self.stage, self.open, self.verify, self.prepare, self.commit, self.retire
+            "stage {:.2?}, open {:.2?}, verify {:.2?}, ",
+            self.stage, self.open, self.verify
+        )?;
+        if !self.quiesce.is_zero() || !self.wait.is_zero() {
+            write!(f, "quiesce {:.2?}, wait {:.2?}, ", self.quiesce, self.wait)?;
+        }
+        write!(
+            f,
+            "prepare {:.2?}, commit {:.2?}, retire {:.2?}",
+            self.prepare, self.commit, self.retire
         )
     }
 }

@@ -48,7 +48,8 @@ pub(crate) fn rollback(
 ) -> Result<Option<RollbackReport>, HotError> {
     let mark = core.access.begin_transaction(&core.spec.name)?;
     let mut book = core.book();
-    let mut live = core.access.permit_replace(&mark);
+    // A recovery: it never gives up, it waits once the module's patience is spent.
+    let mut live = super::quiesce::acquire(core, &mark, true)?.permit;
     let Some(running) = live.as_ref() else {
         return Err(HotError::NoHistory {
             module: core.spec.name.clone(),

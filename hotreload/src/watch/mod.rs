@@ -64,7 +64,8 @@ impl Default for WatchOptions {
 }
 
 impl WatchOptions {
-    /// Background reloads, a 2 ms settle time for artifacts and 20 ms for sources.
+    /// Background reloads, a 2 ms settle time for artifacts being written or removed and
+    /// 20 ms for sources.
     pub fn new() -> Self {
         Self::default()
     }
@@ -75,8 +76,10 @@ impl WatchOptions {
         self
     }
 
-    /// How long after an artifact's last event its check waits for further events of the
-    /// same burst. It only merges bursts: completeness is checked on the file itself.
+    /// How long after an artifact's removal (or while it is being written) its check waits
+    /// for further events of the same burst. A close after writing, a create or a rename into
+    /// place is checked at once: completeness is checked on the file itself, and a build
+    /// identical to the one serving is not reloaded again.
     pub fn settle(mut self, settle: Duration) -> Self {
         self.settle = settle;
         self
@@ -204,22 +207,37 @@ impl WatchLoop {
                 Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
                 None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             };
-            match message {
-                Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(Msg::Fs(Ok(event))) => self.on_fs_event(event),
-                Ok(Msg::Fs(Err(err))) => self.emit(Event::WatchError {
-                    message: err.to_string(),
-                }),
-                Ok(Msg::Rescan) => self.rescan(),
-                Ok(Msg::Build(done)) => self.on_build_done(done),
+            let mut stop = match message {
+                Ok(message) => self.handle(message),
+                Err(RecvTimeoutError::Disconnected) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
+            // Everything already queued first (one rename comes as several events): the checks
+            // that are due then see the whole burst at once.
+            while !stop {
+                let Ok(message) = rx.try_recv() else { break };
+                stop = self.handle(message);
             }
-            if self.shared.strong_count() == 0 {
+            if stop || self.shared.strong_count() == 0 {
                 break;
             }
             self.run_due();
         }
         self.builds.stop();
+    }
+
+    /// Handles one message; `true` when the loop must stop.
+    fn handle(&mut self, message: Msg) -> bool {
+        match message {
+            Msg::Stop => return true,
+            Msg::Fs(Ok(event)) => self.on_fs_event(event),
+            Msg::Fs(Err(err)) => self.emit(Event::WatchError {
+                message: err.to_string(),
+            }),
+            Msg::Rescan => self.rescan(),
+            Msg::Build(done) => self.on_build_done(done),
+        }
+        false
     }
 
     fn emit(&self, event: Event) {
@@ -333,7 +351,9 @@ impl WatchLoop {
         for (index, path) in event.paths.iter().enumerate() {
             if let Some(module) = self.anchors.module_of(path) {
                 match artifact_change(&event.kind, index) {
-                    Change::Complete => self.schedule(&module),
+                    // One such event can prove the file complete: the check reads it at once
+                    // (and tells a complete library from a partial one itself).
+                    Change::Complete => self.schedule_now(&module),
                     Change::Writing => self.extend(&module),
                     // Cargo removes the old library and links the new one at once: look after
                     // the burst, and say "missing" only if it is still gone.
@@ -513,8 +533,18 @@ impl WatchLoop {
             // and not offered again; after a veto, a failed save or an I/O error, the same
             // build is tried again at its next change event.
             Apply::Background if !core.access.has_owner() => {
-                // Events and hooks report the outcome.
-                let _ = shared.reload(&core, read);
+                // Events and hooks report the outcome. A reload that gave up waiting for a
+                // moment without calls is tried again after the same patience.
+                if let Err(HotError::Busy { .. }) = shared.reload(&core, read) {
+                    let now = Instant::now();
+                    self.due.insert(
+                        module.to_owned(),
+                        Due {
+                            first: now,
+                            at: now + core.spec.quiesce.patience,
+                        },
+                    );
+                }
             }
             Apply::Background | Apply::OnPoll => shared.mark_pending(module),
         }
