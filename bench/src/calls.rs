@@ -1,8 +1,11 @@
 //! Call overhead: nanoseconds per call of `add(u64, u64) -> u64`, each way there is to call it.
+//! Each figure is a median over rounds, with the fastest and slowest round beside it, in wall
+//! time and in the calling threads' CPU time (which a busy machine's other work does not
+//! inflate).
 
 use std::hint::black_box;
 use std::sync::{Arc, Barrier};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bench_module::BenchState;
 use hotreload::{HotReloader, LocalModule, Module, ModuleOptions, hot_fn};
@@ -10,30 +13,87 @@ use hotreload::{HotReloader, LocalModule, Module, ModuleOptions, hot_fn};
 use crate::Plan;
 use crate::fixtures::{Fixtures, install};
 use crate::hlr::{self, Instance};
-use crate::report::Report;
+use crate::report::{CallCost, Report};
 
-/// Median over `rounds` of the mean time per call of `iters` calls.
-fn ns_per_call(rounds: usize, iters: u64, mut call: impl FnMut(u64) -> u64) -> f64 {
+/// The CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec, and CLOCK_THREAD_CPUTIME_ID is a clock
+    // every Linux has; on failure `now` stays zero.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// Wall and CPU nanoseconds per call of one round.
+#[derive(Clone, Copy)]
+struct Round {
+    wall_ns: f64,
+    cpu_ns: f64,
+}
+
+/// `rounds` rounds of `iters` calls, after `iters / 10` unmeasured ones; `before_round` runs
+/// before each (a barrier, for rounds that several threads run at once).
+fn rounds_of(
+    rounds: usize,
+    iters: u64,
+    call: &mut impl FnMut(u64) -> u64,
+    mut before_round: impl FnMut(),
+) -> Vec<Round> {
     let mut sink = 0u64;
     for i in 0..iters / 10 {
         sink = sink.wrapping_add(call(black_box(i)));
     }
-    let mut samples: Vec<f64> = (0..rounds)
+    let measured = (0..rounds)
         .map(|_| {
+            before_round();
+            let cpu = thread_cpu_time();
             let started = Instant::now();
             for i in 0..iters {
                 sink = sink.wrapping_add(call(black_box(i)));
             }
-            started.elapsed().as_nanos() as f64 / iters as f64
+            let wall = started.elapsed();
+            let cpu = thread_cpu_time().saturating_sub(cpu);
+            Round {
+                wall_ns: wall.as_nanos() as f64 / iters as f64,
+                cpu_ns: cpu.as_nanos() as f64 / iters as f64,
+            }
         })
         .collect();
     black_box(sink);
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    measured
 }
 
-/// Per-thread ns per call with `threads` threads calling at once.
-fn ns_per_call_threads<F>(threads: usize, rounds: usize, iters: u64, make: impl Fn() -> F) -> f64
+/// One thread calling.
+fn one_thread(
+    key: &'static str,
+    label: &'static str,
+    rounds: usize,
+    iters: u64,
+    mut call: impl FnMut(u64) -> u64,
+) -> CallCost {
+    let measured = rounds_of(rounds, iters, &mut call, || {});
+    CallCost {
+        key,
+        label,
+        threads: 1,
+        wall_ns: measured.iter().map(|r| r.wall_ns).collect(),
+        cpu_ns: measured.iter().map(|r| r.cpu_ns).collect(),
+    }
+}
+
+/// `threads` threads calling at once, each round started together; a round's figure is the
+/// mean over the threads of their cost per call.
+fn threads_at_once<F>(
+    key: &'static str,
+    label: &'static str,
+    threads: usize,
+    rounds: usize,
+    iters: u64,
+    make: impl Fn() -> F,
+) -> CallCost
 where
     F: FnMut(u64) -> u64 + Send + 'static,
 {
@@ -43,13 +103,26 @@ where
             let mut call = make();
             let start = Arc::clone(&start);
             std::thread::spawn(move || {
-                start.wait();
-                ns_per_call(rounds, iters, &mut call)
+                rounds_of(rounds, iters, &mut call, || {
+                    start.wait();
+                })
             })
         })
         .collect();
-    let per_thread: Vec<f64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    per_thread.iter().sum::<f64>() / per_thread.len() as f64
+    let per_thread: Vec<Vec<Round>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("a calling thread panicked"))
+        .collect();
+    let mean = |round: usize, pick: fn(&Round) -> f64| {
+        per_thread.iter().map(|t| pick(&t[round])).sum::<f64>() / threads as f64
+    };
+    CallCost {
+        key,
+        label,
+        threads,
+        wall_ns: (0..rounds).map(|r| mean(r, |r| r.wall_ns)).collect(),
+        cpu_ns: (0..rounds).map(|r| mean(r, |r| r.cpu_ns)).collect(),
+    }
 }
 
 pub fn run(
@@ -57,18 +130,26 @@ pub fn run(
     plan: Plan,
     report: &mut Report,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let rounds = plan.pick(9, 3);
+    let rounds = plan.pick(9, 5);
     let iters = plan.pick(20_000_000, 2_000_000) as u64;
     let cores = report.cores;
 
-    let direct = ns_per_call(rounds, iters, |i| BenchState::add(i, 1));
+    let direct = one_thread("direct", "direct static call (rlib)", rounds, iters, |i| {
+        BenchState::add(i, 1)
+    });
 
     // SAFETY: the bench module's library runs no initialisers beyond std's; `bench_raw_add`
     // is `extern "C" fn(u64, u64) -> u64` in its source, and the library outlives the calls.
     let library = unsafe { libloading::Library::new(&fixtures.module[0]) }?;
     // SAFETY: as above: the symbol has this exact type.
     let raw: extern "C" fn(u64, u64) -> u64 = unsafe { *library.get(b"bench_raw_add\0")? };
-    let fn_ptr = ns_per_call(rounds, iters, |i| raw(i, 1));
+    let fn_ptr = one_thread(
+        "fn_ptr",
+        "cached raw function pointer into the dylib",
+        rounds,
+        iters,
+        |i| raw(i, 1),
+    );
 
     let dir = fixtures.scratch("calls");
     let artifact = dir.join(hotreload::library_file_name("bench_module"));
@@ -76,52 +157,58 @@ pub fn run(
     let reloader = HotReloader::new();
     let module: Module<BenchState> =
         reloader.register_with(ModuleOptions::new().artifact(&artifact))?;
-    let shared = ns_per_call(rounds, iters, |i| hot_fn!(module.add(i, 1)).unwrap());
+    let shared = one_thread(
+        "hot_fn_shared",
+        "hot_fn! through a shared Module handle, 1 thread",
+        rounds,
+        iters,
+        |i| hot_fn!(module.add(i, 1)).unwrap(),
+    );
     let local_dir = fixtures.scratch("calls-local");
     let local_artifact = local_dir.join(hotreload::library_file_name("bench_module"));
     install(&fixtures.module[0], &local_artifact)?;
     let local_reloader = HotReloader::new();
     let local: LocalModule<BenchState> =
         local_reloader.register_local_with(ModuleOptions::new().artifact(&local_artifact))?;
-    let local_ns = ns_per_call(rounds, iters, |i| hot_fn!(local.add(i, 1)).unwrap());
-    let all_cores = ns_per_call_threads(cores, rounds, iters, || {
-        let module = module.clone();
-        move |i| hot_fn!(module.add(i, 1)).unwrap()
-    });
+    let local_cost = one_thread(
+        "hot_fn",
+        "hot_fn! through a LocalModule (one thread, no lock)",
+        rounds,
+        iters,
+        |i| hot_fn!(local.add(i, 1)).unwrap(),
+    );
+    let all_cores = threads_at_once(
+        "hot_fn_all_cores",
+        "hot_fn! shared handle, all cores at once (per thread)",
+        cores,
+        rounds,
+        iters,
+        || {
+            let module = module.clone();
+            move |i| hot_fn!(module.add(i, 1)).unwrap()
+        },
+    );
 
     hlr::prepare(fixtures)?;
     let hlr_iters = iters / 10;
-    let hlr_one = ns_per_call(rounds, hlr_iters, |i| Instance::Fast.add(i, 1));
-    let hlr_two = ns_per_call_threads(2, rounds, hlr_iters, || |i| Instance::Fast.add(i, 1));
+    let hlr_one = one_thread(
+        "hot_lib_reloader",
+        "hot-lib-reloader, 1 thread",
+        rounds,
+        hlr_iters,
+        |i| Instance::Fast.add(i, 1),
+    );
+    let hlr_two = threads_at_once(
+        "hot_lib_reloader_2_threads",
+        "hot-lib-reloader, 2 threads at once (per thread)",
+        2,
+        rounds,
+        hlr_iters,
+        || |i| Instance::Fast.add(i, 1),
+    );
 
     report.calls = vec![
-        ("direct", "direct static call (rlib)", direct),
-        (
-            "fn_ptr",
-            "cached raw function pointer into the dylib",
-            fn_ptr,
-        ),
-        (
-            "hot_fn",
-            "hot_fn! through a LocalModule (one thread, no lock)",
-            local_ns,
-        ),
-        (
-            "hot_fn_shared",
-            "hot_fn! through a shared Module handle, 1 thread",
-            shared,
-        ),
-        (
-            "hot_fn_all_cores",
-            "hot_fn! shared handle, all cores at once (per thread)",
-            all_cores,
-        ),
-        ("hot_lib_reloader", "hot-lib-reloader, 1 thread", hlr_one),
-        (
-            "hot_lib_reloader_2_threads",
-            "hot-lib-reloader, 2 threads at once (per thread)",
-            hlr_two,
-        ),
+        direct, fn_ptr, local_cost, shared, all_cores, hlr_one, hlr_two,
     ];
     drop(library);
     Ok(())

@@ -2,6 +2,7 @@
 //! where a reloader watches.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use hotreload::harness::VariantBuilder;
 pub use hotreload::harness::install;
@@ -56,4 +57,20 @@ impl Fixtures {
         std::fs::create_dir_all(&dir).expect("scratch directory");
         dir
     }
+}
+
+/// As [`install`] (written beside `to`, then renamed over it), returning the moment the
+/// rename was called and how long it took to return. The new build is complete at the call,
+/// and in place as soon as the rename takes effect; the call returns only after the replaced
+/// file has been freed, which can take milliseconds, and a watcher may have reloaded by
+/// then: latencies count from the call.
+pub fn install_timed(from: &Path, to: &Path) -> std::io::Result<(Instant, Duration)> {
+    let name = to
+        .file_name()
+        .map_or_else(|| "artifact".into(), |n| n.to_string_lossy().into_owned());
+    let beside = to.with_file_name(format!(".{name}.incoming"));
+    std::fs::copy(from, &beside)?;
+    let renaming = Instant::now();
+    std::fs::rename(&beside, to)?;
+    Ok((renaming, renaming.elapsed()))
 }

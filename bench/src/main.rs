@@ -2,8 +2,13 @@
 //!
 //! `cargo run --release -p hotreload-bench` builds the fixture modules (release), then
 //! measures call overhead, reload latency, the stall callers see during a reload, and memory
-//! over many reloads. It prints a table and writes `target/hotreload-bench/report.json` and
-//! `target/hotreload-bench/report.svg`. `--quick` runs fewer rounds (for CI).
+//! over many reloads. It prints tables and the project's targets (each MET or MISSED), and
+//! writes `target/hotreload-bench/report.json` and `target/hotreload-bench/report.svg`.
+//! `--quick` runs fewer rounds (for CI).
+//!
+//! A p99 is reported only from at least [`report::P99_MIN_SAMPLES`] samples; with fewer, the
+//! figure is the largest sample and is labelled "max of N" (and its `p99` key in
+//! `report.json` is null). Missing a target does not fail the run; an error does.
 
 mod calls;
 mod fixtures;
@@ -12,11 +17,19 @@ mod memory;
 mod reloads;
 mod report;
 mod stall;
+mod targets;
 
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use report::Report;
+
+/// How long the benchmark waits for something that takes milliseconds (a reload, a watch)
+/// before it stops with an error naming it: long enough for a machine that other work
+/// keeps busy.
+pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// How long each benchmark runs.
 #[derive(Clone, Copy)]
@@ -40,6 +53,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .join("..")
         .canonicalize()?;
     let out = root.join("target/hotreload-bench");
+    let _one_run = one_run_at_a_time(&out)?;
     println!("building the fixture modules (release; the first run compiles dependencies)...");
     let fixtures = fixtures::Fixtures::build(&root, &out)?;
     println!(
@@ -68,4 +82,44 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if plan.quick { "quick" } else { "full" }
     );
     Ok(())
+}
+
+/// Waits until no other run of the benchmark is under way, and keeps others waiting until
+/// the returned lock is dropped: runs share `target/hotreload-bench` (hot-lib-reloader's
+/// library directory is fixed when the benchmark is compiled), and a run starting would
+/// remove the files of one in progress.
+fn one_run_at_a_time(out: &Path) -> Result<File, Box<dyn std::error::Error>> {
+    std::fs::create_dir_all(out)?;
+    let path = out.join("run.lock");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)?;
+    let try_lock = || {
+        // SAFETY: flock on a descriptor this function owns, open for its whole use; the lock
+        // goes with the descriptor when the file is dropped.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    };
+    if try_lock() {
+        return Ok(lock);
+    }
+    println!(
+        "waiting for another run of the benchmark to finish (it holds {})...",
+        path.display()
+    );
+    // A full run with its builds takes a few minutes.
+    let patience = Duration::from_secs(20 * 60);
+    let started = Instant::now();
+    while !try_lock() {
+        if started.elapsed() > patience {
+            return Err(format!(
+                "another run of the benchmark held {} for {patience:?} and has not finished",
+                path.display()
+            )
+            .into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(lock)
 }

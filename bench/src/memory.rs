@@ -8,6 +8,10 @@ use crate::Plan;
 use crate::fixtures::{Fixtures, install};
 use crate::report::{Memory, Report};
 
+/// Replaced versions each module keeps loaded for rollback (the default, spelled out: the
+/// memory target allows this many mapped copies plus the live one).
+const HISTORY: usize = 3;
+
 fn resident_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -41,7 +45,7 @@ fn scenario(
     install(&fixtures.module[0], &artifact)?;
     let reloader = HotReloader::new();
     let module: Module<BenchState> =
-        reloader.register_with(ModuleOptions::new().artifact(&artifact))?;
+        reloader.register_with(ModuleOptions::new().artifact(&artifact).history(HISTORY))?;
     // Counted from each reload's report: the reloader remembers only its last retired
     // versions.
     let reported = std::cell::Cell::new(0usize);
@@ -77,6 +81,7 @@ fn scenario(
         .into_owned();
     Ok(Memory {
         reloads,
+        history: HISTORY,
         mapped_copies: mapped_under(&shadow_dir),
         rss_growth_kb: after.saturating_sub(before) as i64,
         still_mapped_reported: reported.get(),

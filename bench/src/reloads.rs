@@ -1,25 +1,29 @@
-//! Reload latency: from the moment a complete new artifact is in place (the rename has
-//! returned) to the first call answered by the new build.
+//! Reload latency: from the rename that puts a complete new artifact in place (timed from
+//! the call: see [`install_timed`]) to the first call answered by the new build. Each
+//! library's watcher is known to be watching, and has taken one unmeasured reload, before
+//! the first measured one.
 
+use std::path::Path;
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use bench_module::BenchState;
 use hotreload::{Event, HotReloader, Module, ModuleOptions, StepTimings, hot_fn};
 
-use crate::Plan;
-use crate::fixtures::{Fixtures, install};
+use crate::fixtures::{Fixtures, install, install_timed};
 use crate::hlr::{self, Instance};
 use crate::report::{Report, percentile};
+use crate::{PATIENCE, Plan};
 
-/// How long to wait for a reload before calling it lost.
-const PATIENCE: Duration = Duration::from_secs(30);
+/// The bench module's name, as the events name it.
+const MODULE: &str = "bench_state";
 
 pub fn run(
     fixtures: &Fixtures,
     plan: Plan,
     report: &mut Report,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let rounds = plan.pick(40, 10);
+    let rounds = plan.pick(200, 20);
     let dir = fixtures.scratch("reloads");
     let artifact = dir.join(hotreload::library_file_name("bench_module"));
     install(&fixtures.module[0], &artifact)?;
@@ -29,32 +33,24 @@ pub fn run(
     hot_fn!(module.resize(1024))?;
     let events = reloader.subscribe();
     reloader.start_watching()?;
+    wait_until_watching(&events, &artifact)?;
+    reload(
+        fixtures,
+        &module,
+        &events,
+        &artifact,
+        1,
+        "the unmeasured first reload",
+    )?;
 
-    let mut latencies = Vec::with_capacity(rounds);
-    let mut steps: Vec<StepTimings> = Vec::with_capacity(rounds);
     for round in 0..rounds {
-        let build = (round + 1) % 2;
-        install(&fixtures.module[build], &artifact)?;
-        let in_place = Instant::now();
-        while hot_fn!(module.build())? != build as u64 + 1 {
-            if in_place.elapsed() > PATIENCE {
-                return Err(format!("reload {round} never happened").into());
-            }
-            // Both libraries are polled the same way: a call, then a yield, so that a reloader
-            // thread waiting for a lock (hot-lib-reloader's `try_write`) gets its chance.
-            std::thread::yield_now();
-        }
-        latencies.push(in_place.elapsed());
-        loop {
-            match events.recv_timeout(PATIENCE)? {
-                Event::Reloaded { timings, .. } => break steps.push(timings),
-                Event::ReloadFailed { reason, .. } => return Err(reason.into()),
-                _ => {}
-            }
-        }
+        let build = round % 2;
+        let what = format!("reload {} of {rounds}", round + 1);
+        let measured = reload(fixtures, &module, &events, &artifact, build, &what)?;
+        report.reload_ms.push(measured.latency.as_secs_f64() * 1e3);
+        report.rename_us.push(measured.rename.as_secs_f64() * 1e6);
+        report.steps.push(measured.steps);
     }
-    report.reload_ms = latencies.iter().map(|d| d.as_secs_f64() * 1e3).collect();
-    report.steps = steps;
     drop(reloader);
 
     hlr::prepare(fixtures)?;
@@ -65,47 +61,123 @@ pub fn run(
     Ok(())
 }
 
-/// hot-lib-reloader's reload latency, measured the same way.
+/// Waits for the watcher to say it watches the artifact: from then on no change is missed.
+fn wait_until_watching(
+    events: &Receiver<Event>,
+    artifact: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Watching { module, .. }) if module == MODULE => return Ok(()),
+            Ok(Event::WatchError { message }) => {
+                return Err(format!(
+                    "hotreload's watcher failed to watch {}: {message}",
+                    artifact.display()
+                )
+                .into());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "hotreload's watcher did not report watching {} within {PATIENCE:?}",
+                    artifact.display()
+                )
+                .into());
+            }
+        }
+    }
+}
+
+/// One reload as measured.
+struct Measured {
+    /// From the rename's call to the first answer from the new build.
+    latency: Duration,
+    /// The rename's call to its return.
+    rename: Duration,
+    steps: StepTimings,
+}
+
+/// Puts module build `build` (0 or 1) in place, polls until a call answers from it, then
+/// takes the reload's step timings from its `Reloaded` event. `what` names the reload in
+/// errors.
+fn reload(
+    fixtures: &Fixtures,
+    module: &Module<BenchState>,
+    events: &Receiver<Event>,
+    artifact: &Path,
+    build: usize,
+    what: &str,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    let serves = build as u64 + 1;
+    let (in_place, rename) = install_timed(&fixtures.module[build], artifact)?;
+    while hot_fn!(module.build())? != serves {
+        if in_place.elapsed() > PATIENCE {
+            let refused = events.try_iter().find_map(|event| match event {
+                Event::ReloadFailed { reason, .. } => Some(reason),
+                _ => None,
+            });
+            return Err(format!(
+                "hotreload did not serve build {serves} within {PATIENCE:?} of it being put in \
+                 place ({what}){}",
+                refused.map_or_else(String::new, |r| format!("; it refused it: {r}"))
+            )
+            .into());
+        }
+        // Both libraries are polled the same way: a call, then a yield, so that a reloader
+        // thread waiting for a lock (hot-lib-reloader's `try_write`) gets its chance.
+        std::thread::yield_now();
+    }
+    let latency = in_place.elapsed();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::Reloaded { timings, .. }) => {
+                return Ok(Measured {
+                    latency,
+                    rename,
+                    steps: timings,
+                });
+            }
+            Ok(Event::ReloadFailed { reason, .. }) => {
+                return Err(format!("hotreload failed a reload ({what}): {reason}").into());
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Err(format!(
+                    "hotreload served build {serves} but sent no Reloaded event within \
+                     {PATIENCE:?} ({what})"
+                )
+                .into());
+            }
+        }
+    }
+}
+
+/// hot-lib-reloader's reload latency, measured the same way, each build put in place once
+/// its watcher watches the file there.
 fn hlr_latencies(
     fixtures: &Fixtures,
     instance: Instance,
     rounds: usize,
 ) -> Result<Vec<f64>, Box<dyn std::error::Error>> {
-    let mut current = warm_up(fixtures, instance)?;
+    warm_up(fixtures, instance)?;
     let mut latencies = Vec::with_capacity(rounds);
-    for round in 0..rounds {
-        let next = if current == 1 { 1 } else { 0 };
-        hlr::install_build(fixtures, instance, next)?;
-        let in_place = Instant::now();
-        while instance.build() != next as u64 + 1 {
-            if in_place.elapsed() > PATIENCE {
-                return Err(format!("hot-lib-reloader reload {round} never happened").into());
-            }
-            std::thread::yield_now();
-        }
-        latencies.push(in_place.elapsed().as_secs_f64() * 1e3);
-        current = next as u64 + 1;
+    for _ in 0..rounds {
+        hlr::wait_until_watching(instance)?;
+        let latency = hlr::reload(fixtures, instance)?;
+        latencies.push(latency.as_secs_f64() * 1e3);
     }
     Ok(latencies)
 }
 
-/// hot-lib-reloader sets up its file watch in the background at its first call: a build put
-/// in place before the watch is there is never seen. One unmeasured reload, its build put in
-/// place again each second until the instance has taken it, makes sure it watches. Returns
-/// the build serving after it.
-fn warm_up(fixtures: &Fixtures, instance: Instance) -> Result<u64, Box<dyn std::error::Error>> {
-    let first = instance.build();
-    let next = if first == 1 { 1 } else { 0 };
-    let started = Instant::now();
-    while instance.build() != next as u64 + 1 {
-        if started.elapsed() > PATIENCE {
-            return Err("hot-lib-reloader never took a first new build".into());
-        }
-        hlr::install_build(fixtures, instance, next)?;
-        let put = Instant::now();
-        while instance.build() != next as u64 + 1 && put.elapsed() < Duration::from_secs(1) {
-            std::thread::yield_now();
-        }
-    }
-    Ok(next as u64 + 1)
+/// The instance's first call loads its library and starts its watcher (if an earlier
+/// benchmark has not); once the watcher watches, one unmeasured reload.
+fn warm_up(fixtures: &Fixtures, instance: Instance) -> Result<(), Box<dyn std::error::Error>> {
+    instance.build();
+    hlr::wait_until_watching(instance)?;
+    hlr::reload(fixtures, instance)?;
+    Ok(())
 }

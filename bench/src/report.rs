@@ -1,10 +1,17 @@
-//! The results: a table on stdout, `report.json`, and `report.svg`.
+//! The results: tables on stdout, `report.json`, and `report.svg`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use hotreload::StepTimings;
 use plotters::prelude::*;
 use serde_json::{Value, json};
+
+use crate::targets;
+
+/// Fewest samples a p99 is taken from. With fewer, the tail figure is the largest sample and
+/// says so ("max of N"), and the `p99` keys of `report.json` are null.
+pub const P99_MIN_SAMPLES: usize = 200;
 
 /// Longest calls per window, in µs.
 pub struct Stall {
@@ -14,17 +21,56 @@ pub struct Stall {
 
 pub struct Memory {
     pub reloads: usize,
+    /// Replaced versions kept for rollback.
+    pub history: usize,
     pub mapped_copies: usize,
     pub rss_growth_kb: i64,
     pub still_mapped_reported: usize,
+}
+
+/// One way of calling `add`: ns per call in each round (the mean over the threads calling
+/// at once), in wall time and in the calling threads' CPU time.
+pub struct CallCost {
+    pub key: &'static str,
+    pub label: &'static str,
+    pub threads: usize,
+    pub wall_ns: Vec<f64>,
+    pub cpu_ns: Vec<f64>,
+}
+
+impl CallCost {
+    /// The median round's wall time per call.
+    pub fn median(&self) -> f64 {
+        percentile(&self.wall_ns, 50.0)
+    }
+
+    pub fn cpu_median(&self) -> f64 {
+        percentile(&self.cpu_ns, 50.0)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "rounds": self.wall_ns.len(),
+            "threads": self.threads,
+            "median": self.median(),
+            "min": min(&self.wall_ns),
+            "max": max(&self.wall_ns),
+            "cpu_median": self.cpu_median(),
+            "cpu_min": min(&self.cpu_ns),
+            "cpu_max": max(&self.cpu_ns),
+        })
+    }
 }
 
 pub struct Report {
     pub cores: usize,
     pub cpu: String,
     pub module_len: u64,
-    pub calls: Vec<(&'static str, &'static str, f64)>,
+    pub calls: Vec<CallCost>,
     pub reload_ms: Vec<f64>,
+    /// How long the rename of each reload of `reload_ms` took to return, in µs.
+    pub rename_us: Vec<f64>,
+    /// The step timings of the reloads of `reload_ms`, in the same order.
     pub steps: Vec<StepTimings>,
     pub hlr_reload_ms: Vec<f64>,
     pub hlr_fast_reload_ms: Vec<f64>,
@@ -46,8 +92,104 @@ pub fn percentile(values: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn max(values: &[f64]) -> f64 {
+pub fn max(values: &[f64]) -> f64 {
     values.iter().copied().fold(0.0, f64::max)
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().reduce(f64::min).unwrap_or(0.0)
+}
+
+/// The tail of some samples: their p99 when there are enough of them, else their maximum.
+pub struct Tail {
+    pub value: f64,
+    pub samples: usize,
+    pub is_p99: bool,
+}
+
+pub fn tail(values: &[f64]) -> Tail {
+    let is_p99 = values.len() >= P99_MIN_SAMPLES;
+    Tail {
+        value: if is_p99 {
+            percentile(values, 99.0)
+        } else {
+            max(values)
+        },
+        samples: values.len(),
+        is_p99,
+    }
+}
+
+impl Tail {
+    /// "p99 of 200", "max of 40".
+    pub fn label(&self) -> String {
+        let what = if self.is_p99 { "p99" } else { "max" };
+        format!("{what} of {}", self.samples)
+    }
+
+    /// For a `p99` key of report.json: null when there were too few samples for one.
+    fn p99_json(&self) -> Value {
+        if self.is_p99 {
+            json!(self.value)
+        } else {
+            Value::Null
+        }
+    }
+}
+
+/// A figure with about three significant digits.
+pub fn fig(value: f64) -> String {
+    let magnitude = value.abs();
+    if magnitude >= 100.0 {
+        format!("{value:.0}")
+    } else if magnitude >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
+    }
+}
+
+/// A step of a reload: its key in report.json, its label in the table, its time.
+type Step = (&'static str, &'static str, fn(&StepTimings) -> Duration);
+
+/// The steps of a reload.
+const STEPS: [Step; 6] = [
+    ("stage", "stage (copy + hash + checks)", |t| t.stage),
+    ("open", "open (dlopen, descriptor lookup)", |t| t.open),
+    ("verify", "verify (ABI, name, layout, API version)", |t| {
+        t.verify
+    }),
+    (
+        "prepare",
+        "prepare (save + restore state; callers wait)",
+        |t| t.prepare,
+    ),
+    ("commit", "commit (publish; callers wait)", |t| t.commit),
+    (
+        "retire",
+        "retire (old state and library; callers do not wait)",
+        |t| t.retire,
+    ),
+];
+
+/// Printed widths: the label, then each column.
+const LABEL: usize = 60;
+const COLUMN: usize = 10;
+
+fn header(title: &str, columns: &[&str]) {
+    print!("\n{title:<LABEL$}");
+    for c in columns {
+        print!(" {c:>COLUMN$}");
+    }
+    println!();
+}
+
+fn row(label: &str, cells: &[String]) {
+    print!("{label:<LABEL$}");
+    for c in cells {
+        print!(" {c:>COLUMN$}");
+    }
+    println!();
 }
 
 impl Report {
@@ -66,6 +208,7 @@ impl Report {
             module_len,
             calls: Vec::new(),
             reload_ms: Vec::new(),
+            rename_us: Vec::new(),
             steps: Vec::new(),
             hlr_reload_ms: Vec::new(),
             hlr_fast_reload_ms: Vec::new(),
@@ -77,62 +220,84 @@ impl Report {
         }
     }
 
-    fn stall(&self, size: &str) -> Option<&Stall> {
+    pub fn call(&self, key: &str) -> Option<&CallCost> {
+        self.calls.iter().find(|c| c.key == key)
+    }
+
+    pub fn stall(&self, size: &str) -> Option<&Stall> {
         self.stalls.iter().find(|(s, _)| *s == size).map(|(_, s)| s)
     }
 
-    fn step_medians_us(&self) -> Value {
-        let median = |pick: fn(&StepTimings) -> std::time::Duration| {
-            let us: Vec<f64> = self
-                .steps
-                .iter()
-                .map(|t| pick(t).as_secs_f64() * 1e6)
-                .collect();
-            percentile(&us, 50.0)
-        };
-        json!({
-            "stage": median(|t| t.stage),
-            "open": median(|t| t.open),
-            "verify": median(|t| t.verify),
-            "prepare": median(|t| t.prepare),
-            "commit": median(|t| t.commit),
-            "retire": median(|t| t.retire),
-        })
+    /// µs of one step in each reload.
+    fn step_us(&self, pick: fn(&StepTimings) -> Duration) -> Vec<f64> {
+        self.steps
+            .iter()
+            .map(|t| pick(t).as_secs_f64() * 1e6)
+            .collect()
+    }
+
+    /// µs of each reload's latency spent outside the steps callers wait for: the rename until
+    /// the watcher hears of it, the file event's delivery, and the first call.
+    fn outside_steps_us(&self) -> Vec<f64> {
+        self.reload_ms
+            .iter()
+            .zip(&self.steps)
+            .map(|(ms, t)| {
+                let steps = t.stage + t.open + t.verify + t.prepare + t.commit;
+                ms * 1e3 - steps.as_secs_f64() * 1e6
+            })
+            .collect()
+    }
+
+    fn steps_json(&self, figure: impl Fn(&[f64]) -> Value) -> Value {
+        let steps: serde_json::Map<String, Value> = STEPS
+            .iter()
+            .map(|(key, _, pick)| ((*key).to_owned(), figure(&self.step_us(*pick))))
+            .collect();
+        Value::Object(steps)
     }
 
     pub fn to_json(&self) -> Value {
         let calls: serde_json::Map<String, Value> = self
             .calls
             .iter()
-            .map(|(key, _, ns)| ((*key).to_owned(), json!(ns)))
+            .map(|c| (c.key.to_owned(), json!(c.median())))
+            .collect();
+        let call_detail: serde_json::Map<String, Value> = self
+            .calls
+            .iter()
+            .map(|c| (c.key.to_owned(), c.to_json()))
             .collect();
         let mut stall = serde_json::Map::new();
         for (size, s) in &self.stalls {
+            let (during, baseline) = (tail(&s.during_reload_us), tail(&s.baseline_us));
             stall.insert(
                 format!("p50_{size}"),
                 json!(percentile(&s.during_reload_us, 50.0)),
             );
-            stall.insert(
-                format!("p99_{size}"),
-                json!(percentile(&s.during_reload_us, 99.0)),
-            );
+            stall.insert(format!("p99_{size}"), during.p99_json());
             stall.insert(format!("max_{size}"), json!(max(&s.during_reload_us)));
+            stall.insert(format!("windows_{size}"), json!(during.samples));
+            stall.insert(format!("baseline_p99_{size}"), baseline.p99_json());
             stall.insert(
-                format!("baseline_p99_{size}"),
-                json!(percentile(&s.baseline_us, 99.0)),
+                format!("baseline_p50_{size}"),
+                json!(percentile(&s.baseline_us, 50.0)),
             );
+            stall.insert(format!("baseline_max_{size}"), json!(max(&s.baseline_us)));
+            stall.insert(format!("baseline_windows_{size}"), json!(baseline.samples));
         }
         if let Some(base) = self.stall("1kb") {
             stall.insert(
                 "baseline_p50".into(),
                 json!(percentile(&base.baseline_us, 50.0)),
             );
-            stall.insert(
-                "baseline_p99".into(),
-                json!(percentile(&base.baseline_us, 99.0)),
-            );
+            stall.insert("baseline_p99".into(), tail(&base.baseline_us).p99_json());
             stall.insert("baseline_max".into(), json!(max(&base.baseline_us)));
         }
+        stall.insert(
+            "baseline_load".into(),
+            json!("the reloading thread copies memory through the baseline windows"),
+        );
         if let Some(h) = &self.hlr_stall {
             stall.insert(
                 "hot_lib_reloader_p50".into(),
@@ -140,22 +305,32 @@ impl Report {
             );
             stall.insert(
                 "hot_lib_reloader_p99".into(),
-                json!(percentile(&h.during_reload_us, 99.0)),
+                tail(&h.during_reload_us).p99_json(),
             );
             stall.insert(
                 "hot_lib_reloader_max".into(),
                 json!(max(&h.during_reload_us)),
             );
             stall.insert(
+                "hot_lib_reloader_windows".into(),
+                json!(h.during_reload_us.len()),
+            );
+            stall.insert(
                 "hot_lib_reloader_baseline_p99".into(),
-                json!(percentile(&h.baseline_us, 99.0)),
+                tail(&h.baseline_us).p99_json(),
+            );
+            stall.insert(
+                "hot_lib_reloader_baseline_max".into(),
+                json!(max(&h.baseline_us)),
             );
         }
         let memory = |m: &Option<Memory>| match m {
             Some(m) => json!({
                 "reloads": m.reloads,
+                "history": m.history,
                 "mapped_copies_after_1000": m.mapped_copies,
                 "rss_growth_kb_after_1000": m.rss_growth_kb,
+                "rss_growth_kb_per_reload": m.rss_growth_kb as f64 / m.reloads.max(1) as f64,
                 "versions_reported_still_mapped": m.still_mapped_reported,
             }),
             None => Value::Null,
@@ -167,24 +342,38 @@ impl Report {
                 memory(&self.memory_tls),
             );
         }
+        let hotreload = tail(&self.reload_ms);
+        let (hlr, hlr_fast) = (tail(&self.hlr_reload_ms), tail(&self.hlr_fast_reload_ms));
         json!({
             "machine": { "cores": self.cores, "cpu": self.cpu },
             "module_bytes": self.module_len,
+            "p99_min_samples": P99_MIN_SAMPLES,
             "call_ns": calls,
+            "call_ns_rounds": call_detail,
             "reload_ms": {
                 "reloads": self.reload_ms.len(),
                 "p50": percentile(&self.reload_ms, 50.0),
-                "p99": percentile(&self.reload_ms, 99.0),
+                "p99": hotreload.p99_json(),
                 "max": max(&self.reload_ms),
-                "steps_median_us": self.step_medians_us(),
+                "steps_median_us": self.steps_json(|us| json!(percentile(us, 50.0))),
+                "steps_p99_us": self.steps_json(|us| tail(us).p99_json()),
+                "steps_max_us": self.steps_json(|us| json!(max(us))),
+                "outside_steps_median_us": percentile(&self.outside_steps_us(), 50.0),
+                "rename_median_us": percentile(&self.rename_us, 50.0),
+                "rename_max_us": max(&self.rename_us),
+                "hot_lib_reloader_reloads": hlr.samples,
                 "hot_lib_reloader_p50": percentile(&self.hlr_reload_ms, 50.0),
-                "hot_lib_reloader_p99": percentile(&self.hlr_reload_ms, 99.0),
+                "hot_lib_reloader_p99": hlr.p99_json(),
+                "hot_lib_reloader_max": max(&self.hlr_reload_ms),
+                "hot_lib_reloader_debounce_50ms_reloads": hlr_fast.samples,
                 "hot_lib_reloader_debounce_50ms_p50": percentile(&self.hlr_fast_reload_ms, 50.0),
-                "hot_lib_reloader_debounce_50ms_p99": percentile(&self.hlr_fast_reload_ms, 99.0),
+                "hot_lib_reloader_debounce_50ms_p99": hlr_fast.p99_json(),
+                "hot_lib_reloader_debounce_50ms_max": max(&self.hlr_fast_reload_ms),
             },
             "stall_us": stall,
             "state_mb_s": self.state_mb_s,
             "memory": memory_json,
+            "targets": targets::check(self).iter().map(targets::Check::to_json).collect::<Vec<_>>(),
         })
     }
 
@@ -195,16 +384,28 @@ impl Report {
             self.cpu,
             self.module_len as f64 / 1e6
         );
-        println!(
-            "\n{:<58} {:>12}",
-            "call overhead, add(u64, u64) -> u64", "ns/call"
+
+        let rounds = self.calls.first().map_or(0, |c| c.wall_ns.len());
+        header(
+            &format!("call overhead, add(u64, u64) -> u64, ns/call ({rounds} rounds)"),
+            &["median", "min", "max", "CPU med"],
         );
-        for (_, label, ns) in &self.calls {
-            println!("{label:<58} {ns:>12.2}");
+        for c in &self.calls {
+            row(
+                c.label,
+                &[
+                    fig(c.median()),
+                    fig(min(&c.wall_ns)),
+                    fig(max(&c.wall_ns)),
+                    fig(c.cpu_median()),
+                ],
+            );
         }
-        println!(
-            "\n{:<58} {:>8} {:>8}",
-            "reload latency (artifact in place -> new build answers)", "p50 ms", "p99 ms"
+        println!("(CPU med: the calling threads' CPU time per call, median round)");
+
+        header(
+            "reload latency (rename called -> new build answers)",
+            &["reloads", "p50 ms", "tail ms", "tail"],
         );
         let rows = [
             ("hotreload (watcher, defaults)", &self.reload_ms),
@@ -218,49 +419,84 @@ impl Report {
             ),
         ];
         for (label, values) in rows {
-            println!(
-                "{label:<58} {:>8.2} {:>8.2}",
-                percentile(values, 50.0),
-                percentile(values, 99.0)
+            let t = tail(values);
+            row(
+                label,
+                &[
+                    values.len().to_string(),
+                    fig(percentile(values, 50.0)),
+                    fig(t.value),
+                    t.label(),
+                ],
             );
         }
-        println!("steps, median µs: {}", self.step_medians_us());
-        println!(
-            "\n{:<58} {:>8} {:>8} {:>8}",
-            "caller stall (longest call per window)", "p50 µs", "p99 µs", "max µs"
+
+        header(
+            &format!(
+                "steps of a hotreload reload ({} Reloaded events)",
+                self.steps.len()
+            ),
+            &["p50 µs", "tail µs", "tail"],
         );
-        for (size, s) in &self.stalls {
-            let label = format!("hotreload, {size} state, during reload");
-            println!(
-                "{label:<58} {:>8.1} {:>8.1} {:>8.1}",
-                percentile(&s.during_reload_us, 50.0),
-                percentile(&s.during_reload_us, 99.0),
-                max(&s.during_reload_us)
+        for (_, label, pick) in STEPS {
+            let us = self.step_us(pick);
+            let t = tail(&us);
+            row(
+                label,
+                &[fig(percentile(&us, 50.0)), fig(t.value), t.label()],
             );
-            let label = format!("hotreload, {size} state, baseline");
-            println!(
-                "{label:<58} {:>8.1} {:>8.1} {:>8.1}",
-                percentile(&s.baseline_us, 50.0),
-                percentile(&s.baseline_us, 99.0),
-                max(&s.baseline_us)
+        }
+        for (label, us) in [
+            (
+                "rest of the latency (rename, file event, first call)",
+                self.outside_steps_us(),
+            ),
+            (
+                "the rename, call to return (overlaps the above)",
+                self.rename_us.clone(),
+            ),
+        ] {
+            let t = tail(&us);
+            row(
+                label,
+                &[fig(percentile(&us, 50.0)), fig(t.value), t.label()],
+            );
+        }
+
+        header(
+            "caller stall: longest call per window (1 caller thread)",
+            &["windows", "p50 µs", "tail µs", "tail"],
+        );
+        let stall_row = |label: &str, values: &[f64]| {
+            let t = tail(values);
+            row(
+                label,
+                &[
+                    values.len().to_string(),
+                    fig(percentile(values, 50.0)),
+                    fig(t.value),
+                    t.label(),
+                ],
+            );
+        };
+        for (size, s) in &self.stalls {
+            stall_row(
+                &format!("hotreload, {size} state, during reload"),
+                &s.during_reload_us,
+            );
+            stall_row(
+                &format!("hotreload, {size} state, baseline"),
+                &s.baseline_us,
             );
         }
         if let Some(h) = &self.hlr_stall {
-            let label = "hot-lib-reloader, during reload";
-            println!(
-                "{label:<58} {:>8.1} {:>8.1} {:>8.1}",
-                percentile(&h.during_reload_us, 50.0),
-                percentile(&h.during_reload_us, 99.0),
-                max(&h.during_reload_us)
-            );
-            let label = "hot-lib-reloader, baseline";
-            println!(
-                "{label:<58} {:>8.1} {:>8.1} {:>8.1}",
-                percentile(&h.baseline_us, 50.0),
-                percentile(&h.baseline_us, 99.0),
-                max(&h.baseline_us)
-            );
+            stall_row("hot-lib-reloader, during reload", &h.during_reload_us);
+            stall_row("hot-lib-reloader, baseline", &h.baseline_us);
         }
+        println!(
+            "(baseline: a window as long as the reload before it, the reloading thread copying \
+             memory throughout)"
+        );
         println!("save+restore throughput: {:.0} MB/s", self.state_mb_s);
         for (label, m) in [
             ("no thread-local destructors", &self.memory_plain),
@@ -268,11 +504,19 @@ impl Report {
         ] {
             if let Some(m) = m {
                 println!(
-                    "memory after {} reloads, {label}: {} shadow copies mapped ({} reported still mapped), RSS {:+} kB",
-                    m.reloads, m.mapped_copies, m.still_mapped_reported, m.rss_growth_kb
+                    "memory after {} reloads (history {}), {label}: {} shadow copies mapped ({} \
+                     reported still mapped), RSS {:+} kB ({:+.1} kB per reload)",
+                    m.reloads,
+                    m.history,
+                    m.mapped_copies,
+                    m.still_mapped_reported,
+                    m.rss_growth_kb,
+                    m.rss_growth_kb as f64 / m.reloads.max(1) as f64
                 );
             }
         }
+
+        targets::print(&targets::check(self));
     }
 
     pub fn write(&self, out: &Path) -> Result<(), Box<dyn std::error::Error>> {
@@ -299,8 +543,8 @@ impl Report {
         let calls: Vec<(String, f64)> = self
             .calls
             .iter()
-            .filter(|(key, _, _)| *key != "hot_fn_shared")
-            .map(|(key, _, ns)| ((*key).to_owned(), ns.max(0.01)))
+            .filter(|c| c.key != "hot_fn_shared")
+            .map(|c| (c.key.to_owned(), c.median().max(0.01)))
             .collect();
         bars(&left, "call overhead, ns/call (log)", &calls, true)?;
 
