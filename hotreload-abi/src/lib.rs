@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -157,6 +157,22 @@ pub struct LifecycleEntries {
     pub join_workers: extern "C" fn(timeout_ms: u64) -> EntryResult<u32>,
     /// Lowers the stop signal: the version serves again (a rollback), and may start workers.
     pub resume_workers: extern "C" fn() -> EntryResult<()>,
+    /// Gives the module what it may ask the host that loaded it. Called once, after
+    /// verification and before any other entry.
+    pub attach: extern "C" fn(host: HostHooks) -> EntryResult<()>,
+}
+
+/// What a module may ask the host that loaded it, from any of the module's threads, for as
+/// long as the module is loaded.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct HostHooks {
+    /// Whether the calling thread is inside a call the host is making into a module (a method
+    /// through either kind of handle) or inside a reload of one. Asked by the module's panic
+    /// hook, only when a panic happens: module code runs on a thread the host is calling from
+    /// only inside an entry, which contains the panic; a panic on a thread the module started
+    /// itself, outside every entry, is not contained and is reported as usual. Never panics.
+    pub in_call: extern "C" fn() -> bool,
 }
 
 /// The envelope around a module's serialized state.

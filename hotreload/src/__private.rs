@@ -7,15 +7,16 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Once;
+use std::sync::{Once, OnceLock};
 
 pub use abi_stable::StableAbi;
 pub use abi_stable::std_types::{
     RBox, ROption, RResult, RSlice, RStr, RString, RVec, Tuple2, Tuple3, Tuple4,
 };
 pub use hotreload_abi::{
-    ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, LifecycleEntries,
-    MethodDescription, ModuleDescriptor, PANIC_ABORT, PANIC_UNWIND, StateEnvelope, StatePtr,
+    ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, HostHooks,
+    LifecycleEntries, MethodDescription, ModuleDescriptor, PANIC_ABORT, PANIC_UNWIND,
+    StateEnvelope, StatePtr,
 };
 
 pub use crate::call::{CallPath, LocalModule, Module};
@@ -80,38 +81,71 @@ pub const fn assert_hot_arg<T: HotArg>() {}
 /// Compile-time check that `T` can be returned.
 pub const fn assert_hot_return<T: HotReturn>() {}
 
-/// Runs module code, turning a panic into [`EntryError::Panicked`] so that it never unwinds
-/// across the `extern "C"` boundary (where it would abort the process).
+/// Runs a method's code (the shims `#[hot_module]` generates), turning a panic into
+/// [`EntryError::Panicked`] so that it never unwinds across the `extern "C"` boundary (where it
+/// would abort the process).
 ///
 /// The message carries the panic's location. Contained panics are not printed: the host gets
 /// them as errors. Panics outside entries (in threads the module spawns) still reach the
 /// hook that was installed before.
+///
+/// Nothing but `catch_unwind` runs per call: no thread-local (one in a library costs a
+/// `__tls_get_addr`) and no check that the panic hook is installed. The hook is installed when
+/// the host attaches the module (before any other entry runs), and whether a panic happens
+/// inside an entry is decided only when one happens (see `inside_entry`).
+#[inline(always)]
 pub fn contain<R>(f: impl FnOnce() -> R) -> EntryResult<R> {
-    QUIET_HOOK.call_once(install_quiet_hook);
-    CONTAINED.with(|depth| depth.set(depth.get() + 1));
-    let result = catch_unwind(AssertUnwindSafe(f));
-    CONTAINED.with(|depth| depth.set(depth.get() - 1));
-    match result {
+    match catch_unwind(AssertUnwindSafe(f)) {
         Ok(value) => RResult::ROk(value),
-        Err(payload) => {
-            let mut message = panic_message(&*payload);
-            if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
-                message.push_str(&format!(" (at {site})"));
-            }
-            RResult::RErr(EntryError::Panicked(message.into()))
-        }
+        Err(payload) => RResult::RErr(contained(payload)),
     }
+}
+
+/// The error a contained panic becomes: its message and, if the hook recorded it, where.
+#[cold]
+#[inline(never)]
+fn contained(payload: Box<dyn Any + Send>) -> EntryError {
+    let mut message = panic_message(&*payload);
+    if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
+        message.push_str(&format!(" (at {site})"));
+    }
+    EntryError::Panicked(message.into())
+}
+
+/// As [`contain`], for the lifecycle and worker entries: the host may run these outside every
+/// call it counts (the first construct, a drop), so they count themselves, in a thread-local
+/// that only these rare entries touch. They also install the panic hook if `attach` has not.
+pub(crate) fn contain_lifecycle<R>(f: impl FnOnce() -> R) -> EntryResult<R> {
+    QUIET_HOOK.call_once(install_quiet_hook);
+    IN_LIFECYCLE.with(|depth| depth.set(depth.get() + 1));
+    let result = contain(f);
+    IN_LIFECYCLE.with(|depth| depth.set(depth.get() - 1));
+    result
 }
 
 static QUIET_HOOK: Once = Once::new();
 
+/// What the host that loaded this image lets it ask (see [`HostHooks`]); set by `attach`.
+static HOST: OnceLock<HostHooks> = OnceLock::new();
+
 // Both thread-locals are `const`-initialised and hold no `Drop` type, so they register no
 // thread-local destructor: a destructor would keep the module mapped after it is unloaded.
+// Neither is touched by a method call that does not panic.
 std::thread_local! {
-    /// How many `contain` calls are running on this thread.
-    static CONTAINED: Cell<u32> = const { Cell::new(0) };
+    /// How many lifecycle or worker entries are running on this thread.
+    static IN_LIFECYCLE: Cell<u32> = const { Cell::new(0) };
     /// Where the last contained panic on this thread happened.
     static LAST_PANIC_SITE: Cell<Option<PanicSite>> = const { Cell::new(None) };
+}
+
+/// Whether the panicking thread is inside an entry of this module, whose `contain` will catch
+/// the panic: a lifecycle or worker entry (they count themselves), or a method call, which the
+/// host counts for both kinds of handle (its frames for shared handles and reloads, its
+/// counters for local ones): asked only now, when a panic happens. Module code runs on a
+/// thread inside a host call only inside an entry; a thread the module started runs its code
+/// outside every entry, unless it called into the host, which called an entry.
+fn inside_entry() -> bool {
+    IN_LIFECYCLE.with(Cell::get) > 0 || HOST.get().is_some_and(|host| (host.in_call)())
 }
 
 /// `file:line:column`, in a fixed buffer (no allocation to free at thread exit).
@@ -135,7 +169,7 @@ impl std::fmt::Display for PanicSite {
 fn install_quiet_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        if CONTAINED.with(Cell::get) == 0 {
+        if !inside_entry() {
             return previous(info);
         }
         let site = info.location().map(|location| {
@@ -197,11 +231,20 @@ pub const fn lifecycle_entries<T: HotModule>() -> LifecycleEntries {
         retire: retire::<T>,
         join_workers: crate::worker::join_workers,
         resume_workers: crate::worker::resume_workers,
+        attach,
     }
 }
 
+/// The `attach` entry: keeps what the host lets this image ask, and installs the panic hook.
+extern "C" fn attach(host: HostHooks) -> EntryResult<()> {
+    contain_lifecycle(|| {
+        // Attached once per image; a second `attach` (there is none) would keep the first.
+        let _ = HOST.set(host);
+    })
+}
+
 extern "C" fn retire<T: HotModule>(state: StatePtr) -> EntryResult<()> {
-    let retired = contain(|| {
+    let retired = contain_lifecycle(|| {
         // SAFETY: the host retires a state once, after its version stopped serving and the
         // last call that used it returned, and before it destroys it: nothing else refers to
         // the state while the hook runs.
@@ -217,11 +260,11 @@ fn into_state_ptr<T>(state: T) -> StatePtr {
 }
 
 extern "C" fn construct<T: HotState>() -> EntryResult<StatePtr> {
-    contain(|| into_state_ptr(T::default()))
+    contain_lifecycle(|| into_state_ptr(T::default()))
 }
 
 extern "C" fn destroy<T: HotState>(state: StatePtr) -> EntryResult<()> {
-    contain(|| {
+    contain_lifecycle(|| {
         // SAFETY: the host calls `destroy` once per state, with a pointer this module made
         // with `into_state_ptr::<T>`, after the last call that used it has returned.
         drop(unsafe { Box::from_raw(state.0.cast::<T>()) });
@@ -229,7 +272,7 @@ extern "C" fn destroy<T: HotState>(state: StatePtr) -> EntryResult<()> {
 }
 
 extern "C" fn save<T: HotModule>(state: StatePtr) -> EntryResult<RVec<u8>> {
-    let saved = contain(|| {
+    let saved = contain_lifecycle(|| {
         // SAFETY: the host holds its write lock while saving, so no call mutates the state.
         let state = unsafe { state_ref::<T>(state) };
         let payload = rmp_serde::to_vec_named(state)
@@ -247,7 +290,7 @@ extern "C" fn save<T: HotModule>(state: StatePtr) -> EntryResult<RVec<u8>> {
 }
 
 extern "C" fn restore<T: HotModule>(bytes: RSlice<'_, u8>) -> EntryResult<StatePtr> {
-    let restored = contain(|| {
+    let restored = contain_lifecycle(|| {
         let envelope: StateEnvelope = rmp_serde::from_slice(bytes.as_slice())
             .map_err(|e| format!("the state envelope cannot be decoded: {e}"))?;
         if envelope.module != T::MODULE_NAME {

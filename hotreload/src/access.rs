@@ -29,7 +29,11 @@
 //! Which calls run on the current thread is kept in the host (a thread-local list of frames
 //! for shared handles and transactions, a counter in the module for local calls): a
 //! thread-local in the host costs a few instructions, one inside a module's library goes
-//! through `__tls_get_addr`.
+//! through `__tls_get_addr`. The same record answers a module's panic hook, which asks only
+//! when a panic happens whether it happened inside a call (see [`HOST_HOOKS`]); each module
+//! with an owner thread is listed on that thread for it while a local handle exists.
+
+mod lock;
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
@@ -37,17 +41,18 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread::ThreadId;
 
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use crossbeam_utils::sync::ShardedLockWriteGuard;
 
+use self::lock::{CallLock, ExclusiveGuard, ReadGuard};
 use crate::VersionInfo;
 use crate::error::HotError;
 use crate::version::Live;
 
 /// The live version of one module and the rules of access to it.
 pub(crate) struct Access {
-    /// Orders access to `live`. Sharded: a reader locks only its own thread's shard, so calls
-    /// from several cores do not write one shared counter.
-    lock: ShardedLock<()>,
+    /// Orders access to `live`. A reader writes only a counter of its own thread's (see
+    /// [`lock`]), so calls from several cores write no shared memory.
+    lock: CallLock,
     /// `None` until a first build has loaded (a module registered before it was built).
     live: UnsafeCell<Option<Live>>,
     /// The thread a `LocalModule` is bound to, if the module was registered as one.
@@ -139,8 +144,78 @@ struct Pushed {
 }
 
 impl Drop for Pushed {
+    #[inline(always)]
     fn drop(&mut self) {
         INNERMOST.with(|innermost| innermost.set(self.outer));
+    }
+}
+
+/// What every loaded module may ask this host (given to it by its `attach` entry).
+pub(crate) const HOST_HOOKS: hotreload_abi::HostHooks = hotreload_abi::HostHooks {
+    in_call: in_call_on_this_thread,
+};
+
+/// Whether a call into a module (through either kind of handle) or a transaction runs on this
+/// thread. A module's panic hook asks, only when a panic happens, whether the entry it panics
+/// in will contain it; no call pays for the question.
+extern "C" fn in_call_on_this_thread() -> bool {
+    if !INNERMOST.with(Cell::get).is_null() {
+        return true;
+    }
+    let mut listed = LISTED.with(Cell::get);
+    while !listed.is_null() {
+        // SAFETY: every node reachable from `LISTED` is alive: a `Listing` links its boxed node
+        // on this thread and unlinks it, on this thread (it is neither `Send` nor `Sync`),
+        // before the box is freed.
+        let node = unsafe { &*listed };
+        // SAFETY: the listed `Access` outlives its listing (the contract of `list_locally`).
+        // Its call counter is written only on this thread, its owner.
+        if unsafe { &*node.access }.local.load(Ordering::Relaxed) != 0 {
+            return true;
+        }
+        listed = node.next.get();
+    }
+    false
+}
+
+/// A module with an owner thread, listed on that thread while a local handle to it exists:
+/// a node of the thread's list, so that [`in_call_on_this_thread`] can read its call counter.
+struct Listed {
+    access: *const Access,
+    next: Cell<*const Listed>,
+}
+
+std::thread_local! {
+    /// The first module listed on this thread.
+    static LISTED: Cell<*const Listed> = const { Cell::new(std::ptr::null()) };
+}
+
+/// Keeps a module listed on its owner thread; unlinks it when dropped (on that thread: it is
+/// neither `Send` nor `Sync`).
+pub(crate) struct Listing {
+    node: Box<Listed>,
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        let node: *const Listed = &*self.node;
+        LISTED.with(|first| {
+            if first.get() == node {
+                first.set(self.node.next.get());
+                return;
+            }
+            let mut at = first.get();
+            while !at.is_null() {
+                // SAFETY: as in `in_call_on_this_thread`: every node reachable from `LISTED`
+                // is alive, and only this thread links or unlinks them.
+                let current = unsafe { &*at };
+                if current.next.get() == node {
+                    current.next.set(self.node.next.get());
+                    return;
+                }
+                at = current.next.get();
+            }
+        });
     }
 }
 
@@ -148,7 +223,7 @@ impl Access {
     pub(crate) fn new(live: Option<Live>, owner: Option<ThreadId>) -> Self {
         Access {
             info: Mutex::new(live.as_ref().map(|l| l.version.info.clone())),
-            lock: ShardedLock::new(()),
+            lock: CallLock::new(),
             live: UnsafeCell::new(live),
             owner,
             local: AtomicU32::new(0),
@@ -168,6 +243,22 @@ impl Access {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Lists this module on this thread, its owner, until the listing drops: a module's panic
+    /// hook then sees its local calls (see [`in_call_on_this_thread`]).
+    ///
+    /// # Safety
+    /// On the owner thread of a module that has one; `self` must neither move nor be dropped
+    /// before the listing is.
+    pub(crate) unsafe fn list_locally(&self) -> Listing {
+        debug_assert_eq!(self.owner, Some(std::thread::current().id()));
+        let node = Box::new(Listed {
+            access: self,
+            next: Cell::new(LISTED.with(Cell::get)),
+        });
+        LISTED.with(|first| first.set(&*node));
+        Listing { node }
     }
 
     /// Whether this module reloads only on its owner thread.
@@ -283,47 +374,37 @@ impl Access {
     /// recorded in this thread's list of calls while `call` runs.
     ///
     /// Written for the common case (no call of any module running on this thread): one
-    /// thread-local load, the lock, and the frame kept in locals, so nothing large is moved.
+    /// thread-local load, the lock, and the frame kept in locals, so nothing large is moved;
+    /// a refusal is made an error by the caller, out of line ([`Refused::into_error`]).
     #[inline(always)]
     pub(crate) fn shared_call<R>(
         &self,
-        module: &str,
-        method: &'static str,
         mode: Mode,
-        call: impl FnOnce(Option<&Live>) -> Result<R, HotError>,
-    ) -> Result<R, HotError> {
+        call: impl FnOnce(Option<&Live>) -> R,
+    ) -> Result<R, Refused> {
         let outer = INNERMOST.with(Cell::get);
         // Whether to lock: always when no call runs on this thread (the common case).
-        let lock = outer.is_null() || self.nested_needs_lock(module, method, mode)?;
+        let lock = outer.is_null() || self.nested_needs_lock(mode)?;
         // One call site for `call`, so that it is inlined here. A poisoned lock only means a
         // host-side panic while it was held (in `Rehome`, say); calls never leave `live`
         // half-updated.
         let _guard = match (lock, mode) {
             (false, _) => None,
-            (true, Mode::Shared) => Some(Locked::Read(
-                self.lock.read().unwrap_or_else(PoisonError::into_inner),
-            )),
-            (true, _) => Some(Locked::Write(
-                self.lock.write().unwrap_or_else(PoisonError::into_inner),
-            )),
+            (true, Mode::Shared) => Some(Locked::Read(self.lock.read())),
+            (true, _) => Some(Locked::Write(self.lock.write_exclusive())),
         };
-        self.enter(mode, outer, call)
+        Ok(self.enter(mode, outer, call))
     }
 
     /// For a call made while other calls run on this thread: whether it must lock (no call
     /// of this module runs here), may run without (a `&self` call inside a `&self` call,
     /// whose read lock keeps the version live), or is refused (it would alias the state).
     #[inline(never)]
-    fn nested_needs_lock(
-        &self,
-        module: &str,
-        method: &'static str,
-        mode: Mode,
-    ) -> Result<bool, HotError> {
+    fn nested_needs_lock(&self, mode: Mode) -> Result<bool, Refused> {
         match (running_here(self), mode) {
             (None, _) => Ok(true),
             (Some(Mode::Shared), Mode::Shared) => Ok(false),
-            (Some(running), _) => Err(reentrant(module, method, mode, running)),
+            (Some(running), _) => Err(Refused { mode, running }),
         }
     }
 
@@ -357,22 +438,28 @@ impl Access {
     /// see [`LocalCall`]): refused if it would re-enter a running call in a way that aliases
     /// the state. Takes no lock.
     ///
+    /// Written for the call path of the fastest handle: one load and one store of the counter;
+    /// a refusal is made an error by the caller, out of line ([`Refused::into_error`]).
+    ///
     /// # Safety
     /// Only on the owner thread of a module that has one.
     #[inline(always)]
-    pub(crate) unsafe fn local_call(
-        &self,
-        module: &str,
-        method: &'static str,
-        mode: Mode,
-    ) -> Result<LocalCall<'_>, HotError> {
+    pub(crate) unsafe fn local_call(&self, mode: Mode) -> Result<LocalCall<'_>, Refused> {
         debug_assert_eq!(self.owner, Some(std::thread::current().id()));
         let running = self.local.load(Ordering::Relaxed);
         let next = match (running, mode) {
             (0, Mode::Exclusive | Mode::Transaction) => EXCLUSIVE,
-            (EXCLUSIVE, _) => return Err(reentrant(module, method, mode, Mode::Exclusive)),
+            (EXCLUSIVE, _) => {
+                return Err(Refused {
+                    mode,
+                    running: Mode::Exclusive,
+                });
+            }
             (_, Mode::Exclusive | Mode::Transaction) => {
-                return Err(reentrant(module, method, mode, Mode::Shared));
+                return Err(Refused {
+                    mode,
+                    running: Mode::Shared,
+                });
             }
             (n, Mode::Shared) => n + 1,
         };
@@ -381,6 +468,23 @@ impl Access {
             access: self,
             before: running,
         })
+    }
+}
+
+/// A call refused because it would re-enter a running call of the module in a way that
+/// aliases the state.
+#[derive(Clone, Copy)]
+pub(crate) struct Refused {
+    mode: Mode,
+    running: Mode,
+}
+
+impl Refused {
+    /// The error, named after `module`'s `method`.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn into_error(self, module: &str, method: &'static str) -> HotError {
+        reentrant(module, method, self.mode, self.running)
     }
 }
 
@@ -396,8 +500,8 @@ fn reentrant(module: &str, method: &'static str, mode: Mode, running: Mode) -> H
 
 /// The lock a call through a shared handle holds until it returns.
 enum Locked<'a> {
-    Read(#[allow(dead_code)] ShardedLockReadGuard<'a, ()>),
-    Write(#[allow(dead_code)] ShardedLockWriteGuard<'a, ()>),
+    Read(#[allow(dead_code)] ReadGuard<'a>),
+    Write(#[allow(dead_code)] ExclusiveGuard<'a>),
 }
 
 /// The right to replace the live version: the write lock, taken on a thread allowed to

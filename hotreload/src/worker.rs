@@ -162,7 +162,7 @@ pub(crate) fn raise_stop() {
 /// The `join_workers` entry: raises the stop signal, waits up to `timeout_ms` for the workers
 /// to return, joins those that did, and returns how many still run.
 pub(crate) extern "C" fn join_workers(timeout_ms: u64) -> EntryResult<u32> {
-    crate::__private::contain(|| {
+    crate::__private::contain_lifecycle(|| {
         raise_stop();
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         let mut workers = workers();
@@ -196,5 +196,5 @@ pub(crate) extern "C" fn join_workers(timeout_ms: u64) -> EntryResult<u32> {
 
 /// The `resume_workers` entry: the version serves again and may start workers.
 pub(crate) extern "C" fn resume_workers() -> EntryResult<()> {
-    crate::__private::contain(|| STOP.store(false, Ordering::Release))
+    crate::__private::contain_lifecycle(|| STOP.store(false, Ordering::Release))
 }

@@ -9,8 +9,9 @@
 //! no mapping left over. One test runs the cases in turn, so the process-wide counts are its
 //! own.
 //!
-//! The other tests are faults of builds that load: a constructor that panics, a method that
-//! panics during or after probation, and rollback.
+//! The other tests are faults of builds that load: a constructor that panics, which panics
+//! stay quiet and which are reported, a method that panics during or after probation, and
+//! rollback.
 
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -590,6 +591,122 @@ fn a_constructor_that_panics_loads_nothing_and_leaks_nothing() {
         reloader.reload_module("counter").unwrap();
         assert_eq!(hot_fn!(module.add(2)).unwrap(), 2);
     });
+}
+
+/// A panic that an entry contains is quiet, and its error names where it happened; a panic in
+/// a thread the module started, outside every entry, reaches the hook installed before
+/// hotreload's (std's, which prints it), even while that thread is inside a call it made into
+/// the module through the host. Through both kinds of handle, and in a lifecycle entry.
+///
+/// The module's std prints to the process's stderr, which the test harness does not capture:
+/// the scenario runs in a child process (this test, run again), whose stderr is read here.
+#[test]
+fn contained_panics_are_quiet_and_the_others_are_reported() {
+    const CHILD: &str = "HOTRELOAD_TESTS_PANIC_REPORTS_CHILD";
+    const NAME: &str = "contained_panics_are_quiet_and_the_others_are_reported";
+    if std::env::var_os(CHILD).is_some() {
+        return panic_reports_scenario();
+    }
+    // The child's pipes are file descriptors of this process: not while another test counts.
+    let _serial = one_at_a_time();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .expect("run the scenario in a child process");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the scenario failed:\n{stderr}");
+    for handle in ["shared", "local"] {
+        // std's hook: "thread '<unnamed>' (id) panicked at src/lib.rs:140:13:\n<message>".
+        let reported = "panicked at src/lib.rs:";
+        assert!(
+            stderr.contains(&format!(":\nthread panic ({handle})\n")) && stderr.contains(reported),
+            "the thread's panic ({handle}) was not reported:\n{stderr}"
+        );
+        for quiet in ["contained panic", "nested panic"] {
+            assert!(
+                !stderr.contains(&format!("{quiet} ({handle})")),
+                "a contained panic was printed:\n{stderr}"
+            );
+        }
+    }
+    assert!(
+        !stderr.contains("the constructor fails on purpose"),
+        "{stderr}"
+    );
+}
+
+/// The child's part of `contained_panics_are_quiet_and_the_others_are_reported`.
+fn panic_reports_scenario() {
+    static SHARED: std::sync::OnceLock<Module<Counter>> = std::sync::OnceLock::new();
+    extern "C" fn nested_shared(_: u64) -> u64 {
+        let module = SHARED.get().unwrap();
+        assert_contained(
+            hot_fn!(module.explode(RString::from("nested panic (shared)"))),
+            "nested panic (shared)",
+        );
+        0
+    }
+    extern "C" fn nothing(_: u64) -> u64 {
+        0
+    }
+
+    let sandbox = Sandbox::new(variants!());
+    let (_reloader, module) = sandbox.register("v1");
+    let module = SHARED.get_or_init(|| module);
+    assert_contained(
+        hot_fn!(module.explode(RString::from("contained panic (shared)"))),
+        "contained panic (shared)",
+    );
+    let nested = counter::HostCallback {
+        func: nested_shared,
+    };
+    let message = RString::from("thread panic (shared)");
+    assert!(hot_fn!(module.panic_in_thread(message, nested)).unwrap());
+
+    let local_sandbox = Sandbox::new(variants!());
+    local_sandbox.install("v1");
+    let local_reloader = HotReloader::new();
+    let local = local_reloader
+        .register_local_with::<Counter>(ModuleOptions::new().artifact(local_sandbox.artifact()))
+        .unwrap();
+    assert_contained(
+        hot_fn!(local.explode(RString::from("contained panic (local)"))),
+        "contained panic (local)",
+    );
+    let message = RString::from("thread panic (local)");
+    let nothing = counter::HostCallback { func: nothing };
+    assert!(hot_fn!(local.panic_in_thread(message, nothing)).unwrap());
+
+    let ctor_sandbox = Sandbox::new(variants!());
+    ctor_sandbox.install("ctor_panic");
+    let err = HotReloader::new()
+        .register_with::<Counter>(ModuleOptions::new().artifact(ctor_sandbox.artifact()))
+        .unwrap_err();
+    match &err {
+        HotError::Construct {
+            fault: ModuleFault::Panicked(message),
+            ..
+        } => assert!(
+            message.starts_with("the constructor fails on purpose (at "),
+            "{message}"
+        ),
+        other => panic!("expected Construct, got {other:?}"),
+    }
+}
+
+/// `result` is the error of a contained panic with `message`, and where it happened.
+fn assert_contained<T: std::fmt::Debug>(result: Result<T, HotError>, message: &str) {
+    match result {
+        Err(HotError::Call {
+            fault: ModuleFault::Panicked(text),
+            ..
+        }) => assert!(
+            text.starts_with(&format!("{message} (at ")) && text.contains("lib.rs:"),
+            "{text}"
+        ),
+        other => panic!("expected a contained panic, got {other:?}"),
+    }
 }
 
 #[test]

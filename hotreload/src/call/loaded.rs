@@ -4,11 +4,11 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use abi_stable::std_types::RResult;
-use hotreload_abi::{EntryResult, StatePtr};
+use hotreload_abi::{EntryError, EntryResult, StatePtr};
 
 use super::CallPath;
 use crate::VersionInfo;
-use crate::access::Mode;
+use crate::access::{Listing, Mode, Refused};
 use crate::error::HotError;
 use crate::module::{HotModule, ModuleCore};
 use crate::rehome::Rehome;
@@ -30,6 +30,9 @@ pub struct Module<T> {
 /// safe point (the watcher queues what it finds) or `reload_module`. Elsewhere, or from
 /// inside one of its calls, a reload is refused with a typed error.
 pub struct LocalModule<T> {
+    /// Lists the module on this thread for the panic hooks of modules. Declared before
+    /// `core`, so it is dropped first: the listed `Access` lives in `core`.
+    _listing: Listing,
     core: Arc<ModuleCore>,
     // A raw pointer: neither `Send` nor `Sync`.
     _state: PhantomData<*const T>,
@@ -62,16 +65,33 @@ impl<T> std::fmt::Debug for LocalModule<T> {
     }
 }
 
+impl<T: HotModule> Module<T> {
+    pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
+        Module {
+            core,
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<T: HotModule> LocalModule<T> {
+    /// On the owner thread of `core`'s module (`register_local` makes it there).
+    pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
+        // SAFETY: `register_local` calls this on the thread it made the owner; the `Access`
+        // is inside the `Arc`, so it does not move, and the handle drops the listing before
+        // its `core` (field order).
+        let listing = unsafe { core.access.list_locally() };
+        LocalModule {
+            _listing: listing,
+            core,
+            _state: PhantomData,
+        }
+    }
+}
+
 macro_rules! handle_common {
     ($handle:ident) => {
         impl<T: HotModule> $handle<T> {
-            pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
-                $handle {
-                    core,
-                    _state: PhantomData,
-                }
-            }
-
             /// The module's name.
             pub fn name(&self) -> &str {
                 &self.core.spec.name
@@ -102,17 +122,21 @@ impl<T: HotModule> Module<T> {
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
         let core = &*self.core;
-        let result = core
+        let result = match core
             .access
-            .shared_call(&core.spec.name, method, mode, |live| {
-                run::<T, R>(live, core, method, call)
-            });
-        core.finish_call(&result);
-        result
+            .shared_call(mode, |live| run::<T, R>(live, core, method, call))
+        {
+            Ok(result) => result,
+            Err(refused) => Err(refusal(core, method, refused)),
+        };
+        finish(core, result)
     }
 }
 
 impl<T: HotModule> LocalModule<T> {
+    /// The whole call, inlined into the caller's `hot_fn!`: the re-entry counter, the live
+    /// version, the table entry, the result; everything else is out of line, on the paths
+    /// that fail.
     #[inline(always)]
     fn call<R: Rehome>(
         &self,
@@ -120,17 +144,14 @@ impl<T: HotModule> LocalModule<T> {
         mode: Mode,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
+        let core = &*self.core;
         // SAFETY: a `LocalModule` exists only for a module with an owner thread (it is made
         // by `register_local`), and it is neither `Send` nor `Sync`, so this is that thread.
-        let entered = unsafe {
-            self.core
-                .access
-                .local_call(&self.core.spec.name, method, mode)
+        let result = match unsafe { core.access.local_call(mode) } {
+            Ok(entered) => run::<T, R>(entered.live(), core, method, call),
+            Err(refused) => Err(refusal(core, method, refused)),
         };
-        let result =
-            entered.and_then(|entered| run::<T, R>(entered.live(), &self.core, method, call));
-        self.core.finish_call(&result);
-        result
+        finish(core, result)
     }
 }
 
@@ -141,6 +162,7 @@ macro_rules! call_path_through_table {
         impl<T: HotModule> super::sealed::Sealed for $handle<T> {}
 
         impl<T: HotModule> CallPath<T> for $handle<T> {
+            #[inline(always)]
             unsafe fn call_shared<A, R, F: Rehome>(
                 &self,
                 method: &'static str,
@@ -153,6 +175,7 @@ macro_rules! call_path_through_table {
                     .map(back)
             }
 
+            #[inline(always)]
             unsafe fn call_exclusive<A, R, F: Rehome>(
                 &self,
                 method: &'static str,
@@ -171,18 +194,17 @@ macro_rules! call_path_through_table {
 call_path_through_table!(Module);
 call_path_through_table!(LocalModule);
 
+/// The call in the live version. A failure comes back boxed: while the call's guards drop,
+/// the result stays two words (in registers when `R` is small).
 #[inline(always)]
 fn run<T: HotModule, R: Rehome>(
     live: Option<&Live>,
     core: &ModuleCore,
     method: &'static str,
     call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
-) -> Result<R, HotError> {
+) -> Result<R, Box<HotError>> {
     let Some(live) = live else {
-        return Err(HotError::NotLoaded {
-            module: core.spec.name.clone(),
-            method,
-        });
+        return Err(not_loaded(core, method));
     };
     // SAFETY: the module was registered with `T::Table`'s layout as the expected layout, and
     // no version is made live before verification found its table's layout compatible with
@@ -192,12 +214,59 @@ fn run<T: HotModule, R: Rehome>(
     match call(table, live.state) {
         // Rebuilt with the host's code while the version is still held (see `rehome`).
         RResult::ROk(value) => Ok(value.rehome()),
-        RResult::RErr(err) => Err(HotError::Call {
-            module: live.version.info.module.clone(),
-            method,
-            generation: live.version.info.generation,
-            api_version: live.version.info.api_version,
-            fault: err.into(),
-        }),
+        RResult::RErr(err) => Err(failed(live, method, err)),
     }
+}
+
+/// After a call, outside every lock: probation's accounting (one relaxed load when none
+/// runs), then the error, if any, out of its box. Until here a result is two words, so that
+/// it stays in registers while the call's guards drop and the caller takes it apart.
+#[inline(always)]
+fn finish<R>(core: &ModuleCore, result: Result<R, Box<HotError>>) -> Result<R, HotError> {
+    let result = if core.probation.is_on() {
+        finish_on_probation(core, result)
+    } else {
+        result
+    };
+    result.map_err(|failed| *failed)
+}
+
+#[cold]
+#[inline(never)]
+fn finish_on_probation<R>(
+    core: &ModuleCore,
+    result: Result<R, Box<HotError>>,
+) -> Result<R, Box<HotError>> {
+    let result = result.map_err(|failed| *failed);
+    core.finish_call(&result);
+    result.map_err(Box::new)
+}
+
+#[cold]
+#[inline(never)]
+fn refusal(core: &ModuleCore, method: &'static str, refused: Refused) -> Box<HotError> {
+    Box::new(refused.into_error(&core.spec.name, method))
+}
+
+#[cold]
+#[inline(never)]
+fn not_loaded(core: &ModuleCore, method: &'static str) -> Box<HotError> {
+    Box::new(HotError::NotLoaded {
+        module: core.spec.name.clone(),
+        method,
+    })
+}
+
+/// The error of a call whose entry returned `err`; made while the version is still held (the
+/// message is copied out of the module's memory).
+#[cold]
+#[inline(never)]
+fn failed(live: &Live, method: &'static str, err: EntryError) -> Box<HotError> {
+    Box::new(HotError::Call {
+        module: live.version.info.module.clone(),
+        method,
+        generation: live.version.info.generation,
+        api_version: live.version.info.api_version,
+        fault: err.into(),
+    })
 }

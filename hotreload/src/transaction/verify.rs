@@ -28,7 +28,16 @@ pub(crate) fn verify(
     opened: OpenedLibrary,
 ) -> Result<LoadedVersion, Box<(HotError, OpenedLibrary)>> {
     match check(spec, &opened) {
-        Ok((info, table, lifecycle)) => Ok(opened.into_verified(info, table, lifecycle)),
+        Ok((info, table, lifecycle)) => {
+            // Before any other entry: the module's panic hook asks the host whether a panic
+            // is inside a call. It cannot fail but by a panic, which it contains.
+            if let abi_stable::std_types::RResult::RErr(err) =
+                (lifecycle.attach)(crate::access::HOST_HOOKS)
+            {
+                tracing::warn!(module = %spec.name, "attaching the module failed: {err:?}");
+            }
+            Ok(opened.into_verified(info, table, lifecycle))
+        }
         Err(err) => Err(Box::new((err, opened))),
     }
 }
