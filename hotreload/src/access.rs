@@ -4,10 +4,12 @@
 //! guards it hands out, and nothing else touches the cell that holds it.
 //!
 //! # The rules
-//! - **Shared handle ([`Module`](crate::Module)) calls** hold the module's lock for the
-//!   call's whole duration: read for `&self` methods and associated functions, write for
-//!   `&mut self` methods. A reload takes the write lock, so it waits for calls in progress and
-//!   calls wait for it.
+//! - **Shared handle ([`Module`](crate::Module)) calls** hold the module's lock (see `lock`:
+//!   a read side that writes only the calling thread's own slot) for the call's whole
+//!   duration: read for `&self` methods and associated functions, write for `&mut self`
+//!   methods. A reload takes the write lock, so no call overlaps prepare and commit; it first
+//!   tries for it without waiting (`transaction::quiesce`), so that calls keep running while
+//!   it looks for a moment with none in flight.
 //! - **Local handle ([`LocalModule`](crate::LocalModule)) calls** take no lock. The module has
 //!   an owner thread; its handle cannot leave that thread, and its live version is replaced
 //!   only on that thread between calls, so no call of it overlaps a replacement.

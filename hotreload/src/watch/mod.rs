@@ -2,11 +2,15 @@
 //!
 //! One thread, `hotreload-watch`, receives the file events (inotify through `notify`) and the
 //! ends of builds. A trigger for an artifact (it was closed after writing, created or renamed
-//! into place) schedules a check a short settle time later, extended by every further event
-//! for it, so that one burst of a linker's or cargo's writes, renames and links gives one
-//! check. The check reads the artifact once; a file that is not a complete library yet (a
-//! writer paused halfway) is not loaded, and the next close or rename triggers again. A
-//! complete artifact identical to the version serving is ignored.
+//! into place) is checked at once, after the events already queued (one rename comes as
+//! several); a removal, or a write in progress, waits a short settle time for the rest of its
+//! burst, and an artifact gone for [`MISSING_GRACE`] is reported missing. The check copies the
+//! artifact once; a file that is not a complete library yet (a writer paused halfway) is not
+//! loaded, and the next close or rename triggers again. A complete artifact identical to the
+//! version serving (or to the last build refused for a fault of its own) is ignored, so one
+//! burst of a linker's or cargo's writes, renames and links gives one reload. A reload that
+//! gave up waiting for a moment without calls ([`HotError::Busy`]) is tried again after the
+//! module's quiesce patience.
 //!
 //! Who runs what:
 //! - [`Apply::Background`]: the watcher thread runs the whole reload transaction; callers on
