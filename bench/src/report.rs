@@ -184,6 +184,29 @@ fn header(title: &str, columns: &[&str]) {
     println!();
 }
 
+/// A row of how many samples, their median, their tail and what the tail is.
+fn counted_row(label: &str, values: &[f64]) {
+    let t = tail(values);
+    row(
+        label,
+        &[
+            values.len().to_string(),
+            fig(percentile(values, 50.0)),
+            fig(t.value),
+            t.label(),
+        ],
+    );
+}
+
+/// A row of the samples' median, their tail and what the tail is.
+fn distribution_row(label: &str, values: &[f64]) {
+    let t = tail(values);
+    row(
+        label,
+        &[fig(percentile(values, 50.0)), fig(t.value), t.label()],
+    );
+}
+
 fn row(label: &str, cells: &[String]) {
     print!("{label:<LABEL$}");
     for c in cells {
@@ -419,16 +442,7 @@ impl Report {
             ),
         ];
         for (label, values) in rows {
-            let t = tail(values);
-            row(
-                label,
-                &[
-                    values.len().to_string(),
-                    fig(percentile(values, 50.0)),
-                    fig(t.value),
-                    t.label(),
-                ],
-            );
+            counted_row(label, values);
         }
 
         header(
@@ -439,12 +453,7 @@ impl Report {
             &["p50 µs", "tail µs", "tail"],
         );
         for (_, label, pick) in STEPS {
-            let us = self.step_us(pick);
-            let t = tail(&us);
-            row(
-                label,
-                &[fig(percentile(&us, 50.0)), fig(t.value), t.label()],
-            );
+            distribution_row(label, &self.step_us(pick));
         }
         for (label, us) in [
             (
@@ -456,42 +465,26 @@ impl Report {
                 self.rename_us.clone(),
             ),
         ] {
-            let t = tail(&us);
-            row(
-                label,
-                &[fig(percentile(&us, 50.0)), fig(t.value), t.label()],
-            );
+            distribution_row(label, &us);
         }
 
         header(
             "caller stall: longest call per window (1 caller thread)",
             &["windows", "p50 µs", "tail µs", "tail"],
         );
-        let stall_row = |label: &str, values: &[f64]| {
-            let t = tail(values);
-            row(
-                label,
-                &[
-                    values.len().to_string(),
-                    fig(percentile(values, 50.0)),
-                    fig(t.value),
-                    t.label(),
-                ],
-            );
-        };
         for (size, s) in &self.stalls {
-            stall_row(
+            counted_row(
                 &format!("hotreload, {size} state, during reload"),
                 &s.during_reload_us,
             );
-            stall_row(
+            counted_row(
                 &format!("hotreload, {size} state, baseline"),
                 &s.baseline_us,
             );
         }
         if let Some(h) = &self.hlr_stall {
-            stall_row("hot-lib-reloader, during reload", &h.during_reload_us);
-            stall_row("hot-lib-reloader, baseline", &h.baseline_us);
+            counted_row("hot-lib-reloader, during reload", &h.during_reload_us);
+            counted_row("hot-lib-reloader, baseline", &h.baseline_us);
         }
         println!(
             "(baseline: a window as long as the reload before it, the reloading thread copying \

@@ -3,9 +3,10 @@
 //! (and counts that pause) or gives up, as the module's `Quiesce` policy says.
 
 use std::sync::{Condvar, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use hotreload::{HotError, ModuleOptions, Quiesce, WhenBusy, hot_fn};
+use hotreload::{HotError, HotReloader, ModuleOptions, Quiesce, WhenBusy, hot_fn};
 use hotreload_tests::{Sandbox, variants};
 
 /// Whether the long call is inside the host callback, and whether it may return.
@@ -40,6 +41,25 @@ fn release() {
     GATE.lock().unwrap().1 = true;
     GATE_CHANGED.notify_all();
 }
+
+/// A `&self` call that waits inside the module until [`release`]d; returns once it is in.
+fn start_long_call(module: &hotreload::Module<counter::Counter>) -> JoinHandle<u64> {
+    *GATE.lock().unwrap() = (false, false);
+    let module = module.clone();
+    let long = std::thread::spawn(move || hot_fn!(module.call_back_shared(HOLD)).unwrap());
+    wait_until_held();
+    long
+}
+
+/// `reload_module("counter")` on a thread of its own.
+fn reload_in_background(reloader: HotReloader) -> JoinHandle<(HotReloader, Reloaded)> {
+    std::thread::spawn(move || {
+        let report = reloader.reload_module("counter");
+        (reloader, report)
+    })
+}
+
+type Reloaded = Result<hotreload::ReloadReport, HotError>;
 
 /// Short calls made while `busy` is not finished: the longest one, and how many. The long
 /// call is released after `release_after` by a thread of its own: a reload that holds new
@@ -80,17 +100,9 @@ fn a_reload_behind_a_long_call_holds_nobody_back_until_its_patience_runs_out() {
             then: WhenBusy::Block,
         }),
     );
-    *GATE.lock().unwrap() = (false, false);
-    let long = {
-        let module = module.clone();
-        std::thread::spawn(move || hot_fn!(module.call_back_shared(HOLD)).unwrap())
-    };
-    wait_until_held();
+    let long = start_long_call(&module);
     sandbox.install("v2");
-    let reload = std::thread::spawn(move || {
-        let report = reloader.reload_module("counter");
-        (reloader, report)
-    });
+    let reload = reload_in_background(reloader);
     let (longest, calls) = short_calls_until(&module, &reload, Duration::from_millis(300));
     let (reloader, report) = reload.join().unwrap();
     let report = report.unwrap();
@@ -121,12 +133,7 @@ fn a_reload_behind_a_long_call_holds_nobody_back_until_its_patience_runs_out() {
         }),
     );
     hot_fn!(module.add(3)).unwrap();
-    *GATE.lock().unwrap() = (false, false);
-    let long = {
-        let module = module.clone();
-        std::thread::spawn(move || hot_fn!(module.call_back_shared(HOLD)).unwrap())
-    };
-    wait_until_held();
+    let long = start_long_call(&module);
     sandbox.install("v2");
     let err = reloader.reload_module("counter").unwrap_err();
     assert!(
@@ -145,17 +152,9 @@ fn a_reload_behind_a_long_call_holds_nobody_back_until_its_patience_runs_out() {
     // 3. The default (100 ms, then `Block`): once the patience is spent, new calls wait for
     //    the long one, and the report counts that pause.
     let (reloader, module) = sandbox.register("v1");
-    *GATE.lock().unwrap() = (false, false);
-    let long = {
-        let module = module.clone();
-        std::thread::spawn(move || hot_fn!(module.call_back_shared(HOLD)).unwrap())
-    };
-    wait_until_held();
+    let long = start_long_call(&module);
     sandbox.install("v2");
-    let reload = std::thread::spawn(move || {
-        let report = reloader.reload_module("counter");
-        (reloader, report)
-    });
+    let reload = reload_in_background(reloader);
     let (longest, _) = short_calls_until(&module, &reload, Duration::from_millis(400));
     let (_reloader, report) = reload.join().unwrap();
     let report = report.unwrap();
