@@ -129,7 +129,8 @@ static QUIET_HOOK: Once = Once::new();
 static HOST: OnceLock<HostHooks> = OnceLock::new();
 
 // Both thread-locals are `const`-initialised and hold no `Drop` type, so they register no
-// thread-local destructor: a destructor would keep the module mapped after it is unloaded.
+// thread-local destructor (the runtime would keep it, and run it when the version closes, on
+// every thread that ever panicked in a call).
 // Neither is touched by a method call that does not panic.
 std::thread_local! {
     /// How many lifecycle or worker entries are running on this thread.

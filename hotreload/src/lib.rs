@@ -81,9 +81,14 @@
 //! # Known limits
 //! - Statics, `thread_local!`s and logging globals inside a module are the module's own and
 //!   start fresh with every version.
-//! - On glibc, a library that registered thread-local destructors stays mapped after it is
-//!   closed; [`RetiredVersion::still_mapped`] (in [`ReloadReport::closed`]) says when that
-//!   happened.
+//! - Thread-local destructors a module registers (a `thread_local!` with a `Drop` type,
+//!   `rand`'s thread RNG, std's threads) are kept by the runtime, not by glibc, and run on
+//!   their own threads: when their version closes (the closing thread's), at a thread's next
+//!   call through a handle (another thread's; the version stays held until then), or when
+//!   the thread ends. One registered where the runtime cannot take it (during its thread's
+//!   exit, or by a library the module itself opened) goes to glibc, which then keeps the
+//!   library mapped; [`RetiredVersion::still_mapped`] (in [`ReloadReport::closed`]) says
+//!   when that happened.
 //! - Loading a library runs its initialisers: the permission check on the artifact (its file
 //!   and every directory up to `/`, on the opened descriptor) and
 //!   [`ModuleOptions::pin_sha256`] are the gate. A module is code you run, not a sandbox.

@@ -2,6 +2,10 @@
 //! image is still mapped. Linux (glibc) is where this is built and tested.
 
 #[cfg(unix)]
+mod thread_exit;
+#[cfg(unix)]
+pub(crate) use thread_exit::{DtorSlots, ImageDtors, catch_up};
+#[cfg(unix)]
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::{
@@ -10,6 +14,8 @@ pub(crate) use unix::{
 
 #[cfg(not(unix))]
 mod other;
+#[cfg(not(unix))]
+pub(crate) use other::{DtorSlots, ImageDtors, catch_up};
 #[cfg(not(unix))]
 pub(crate) use other::{
     RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census, thread_in_image,

@@ -4,6 +4,7 @@
 
 use std::ffi::c_void;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use abi_stable::std_types::RResult;
 use hotreload_abi::{LifecycleEntries, StatePtr};
@@ -60,6 +61,8 @@ pub(crate) struct ShadowFile {
     pub descriptor_size: u64,
     /// Which file the artifact was when its bytes were read.
     pub identity: Option<ArtifactIdentity>,
+    /// Where the library refers to the C library's thread-local destructor registration.
+    pub dtor_slots: os::DtorSlots,
 }
 
 impl Drop for ShadowFile {
@@ -84,11 +87,13 @@ pub(crate) struct Image {
     /// The process's threads just before the library was opened: none of them was started
     /// by its code (see `os::thread_in_image`).
     census: os::ThreadCensus,
+    /// Its thread-local destructors, when the runtime took them over from the C library.
+    dtors: Option<Arc<os::ImageDtors>>,
 }
 
 impl Image {
     pub(crate) fn new(
-        handle: libloading::Library,
+        (handle, dtors): (libloading::Library, Option<Arc<os::ImageDtors>>),
         shadow: ShadowFile,
         census: os::ThreadCensus,
     ) -> Self {
@@ -96,6 +101,7 @@ impl Image {
             handle: Some(handle),
             shadow,
             census,
+            dtors,
         }
     }
 
@@ -106,15 +112,26 @@ impl Image {
         }
     }
 
-    /// Why a thread may still run in the image, if one may.
-    pub(crate) fn thread_inside(&self) -> Option<String> {
-        os::thread_in_image(&self.shadow.path, &self.census)
+    /// Why the image must stay mapped, if it must: a thread-local destructor of it pending
+    /// on another thread (this thread's run now), or a thread that may still run in it.
+    pub(crate) fn in_use(&self) -> Option<String> {
+        self.dtors
+            .as_ref()
+            .and_then(|dtors| dtors.settle())
+            .or_else(|| os::thread_in_image(&self.shadow.path, &self.census))
     }
 
     /// Closes the library without checking the process's threads again: for a caller that
     /// has just found nothing running in it (a second look could only be less sure: a thread
     /// busy on a CPU cannot be read, and the image would then be left mapped for good).
     pub(crate) fn close_checked(mut self) {
+        self.close();
+    }
+
+    fn close(&mut self) {
+        if let Some(dtors) = &self.dtors {
+            dtors.forget();
+        }
         drop(self.handle.take());
     }
 
@@ -127,18 +144,18 @@ impl Image {
 
 impl Drop for Image {
     fn drop(&mut self) {
-        let Some(handle) = self.handle.take() else {
+        if self.handle.is_none() {
             return;
-        };
-        if let Some(reason) = self.thread_inside() {
+        }
+        if let Some(reason) = self.in_use() {
             tracing::warn!(
                 shadow = %self.shadow.path.display(),
                 "a library is left mapped for the rest of the process: {reason}"
             );
-            std::mem::forget(handle);
+            std::mem::forget(self.handle.take());
             return;
         }
-        drop(handle);
+        self.close();
     }
 }
 
@@ -254,7 +271,7 @@ impl Held {
     pub(crate) fn still_in_use(&mut self) -> bool {
         let reason = match self.join_workers.map(|join| workers_running(join, 0)) {
             Some(Some(reason)) => Some(reason),
-            _ => self.image.thread_inside(),
+            _ => self.image.in_use(),
         };
         match reason {
             Some(reason) => {
@@ -332,7 +349,6 @@ impl LoadedVersion {
     /// must stay mapped, if it must: a worker still running, or another thread that may
     /// return into it.
     pub(crate) fn still_in_use(&self, timeout_ms: u64) -> Option<String> {
-        workers_running(self.lifecycle.join_workers, timeout_ms)
-            .or_else(|| self.image.thread_inside())
+        workers_running(self.lifecycle.join_workers, timeout_ms).or_else(|| self.image.in_use())
     }
 }

@@ -90,16 +90,20 @@ fn two_thousand_reloads_under_four_calling_threads() {
 
 #[test]
 #[ignore = "minutes: run with --ignored (CI does)"]
-fn reloads_of_a_module_with_thread_local_destructors_are_reported() {
+fn reloads_of_a_module_with_thread_local_destructors_unmap_each_closed_version() {
     let _serial = one_at_a_time();
     const RELOADS: usize = 200;
     let sandbox = Sandbox::new(variants!());
     let (reloader, module) = sandbox.register_with("v1", ModuleOptions::new().history(HISTORY));
     hot_fn!(module.touch_thread_local()).unwrap();
-    let rss = resident_kb();
     let builds = [sandbox.variant_bytes("v2"), sandbox.variant_bytes("v1")];
     let mut reported = 0;
+    let mut rss = resident_kb();
     for i in 0..RELOADS {
+        // The first reloads warm the allocator up: memory is counted from the tenth.
+        if i == 10 {
+            rss = resident_kb();
+        }
         sandbox.install_bytes(&builds[i % 2]);
         let report = reloader.reload_module("counter").unwrap();
         reported += report
@@ -113,11 +117,18 @@ fn reloads_of_a_module_with_thread_local_destructors_are_reported() {
     let growth = resident_kb() as i64 - rss as i64;
     println!(
         "thread-local destructors: {RELOADS} reloads, {mapped} shadow copies mapped, \
-         {reported} closed versions reported still mapped, resident {growth:+} kB \
-         ({:.0} kB per reload)",
-        growth as f64 / RELOADS as f64
+         {reported} closed versions reported still mapped, resident {growth:+} kB over the \
+         last {} ({:.1} kB per reload)",
+        RELOADS - 10,
+        growth as f64 / (RELOADS - 10) as f64
     );
-    // Every version closed so far stayed mapped, and the runtime said so each time.
-    assert_eq!(reported, RELOADS - HISTORY);
-    assert_eq!(mapped, RELOADS + 1);
+    // The runtime ran this thread's destructors of each version it closed: every one was
+    // unmapped, and memory does not grow with the reloads.
+    assert_eq!(reported, 0);
+    assert!(mapped <= HISTORY + 1, "{mapped} mapped");
+    assert!(
+        growth < ((RELOADS - 10) * 100) as i64,
+        "resident memory grew {growth} kB over {} reloads",
+        RELOADS - 10
+    );
 }

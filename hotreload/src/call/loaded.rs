@@ -218,11 +218,14 @@ fn run<T: HotModule, R: Rehome>(
     }
 }
 
-/// After a call, outside every lock: probation's accounting (one relaxed load when none
-/// runs), then the error, if any, out of its box. Until here a result is two words, so that
-/// it stays in registers while the call's guards drop and the caller takes it apart.
+/// After a call, outside every lock: the thread's thread-local destructors of closed
+/// versions, if one was closed since its last call (a relaxed load otherwise; see
+/// `os::thread_exit`), probation's accounting (one relaxed load when none runs), then the
+/// error, if any, out of its box. Until here a result is two words, so that it stays in
+/// registers while the call's guards drop and the caller takes it apart.
 #[inline(always)]
 fn finish<R>(core: &ModuleCore, result: Result<R, Box<HotError>>) -> Result<R, HotError> {
+    crate::os::catch_up();
     let result = if core.probation.is_on() {
         finish_on_probation(core, result)
     } else {

@@ -2,10 +2,37 @@
 
 use std::path::Path;
 
-pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+pub(crate) fn open_library(
+    path: &Path,
+    _slots: &DtorSlots,
+) -> Result<(libloading::Library, Option<std::sync::Arc<ImageDtors>>), libloading::Error> {
     // SAFETY: as for Unix: the file is a private shadow copy of a registered module.
-    unsafe { libloading::Library::new(path) }
+    unsafe { libloading::Library::new(path) }.map(|library| (library, None))
 }
+
+/// Thread-local destructors stay the platform's: nothing to find.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DtorSlots;
+
+impl DtorSlots {
+    pub(crate) fn find(_file: &object::File<'_>) -> DtorSlots {
+        DtorSlots
+    }
+}
+
+/// Never made on this platform.
+#[derive(Debug)]
+pub(crate) struct ImageDtors;
+
+impl ImageDtors {
+    pub(crate) fn settle(&self) -> Option<String> {
+        None
+    }
+
+    pub(crate) fn forget(self: &std::sync::Arc<Self>) {}
+}
+
+pub(crate) fn catch_up() {}
 
 /// Whether `a` and `b` name one file, as far as their canonical paths tell.
 pub(crate) fn same_file(a: &Path, b: &Path) -> bool {

@@ -6,8 +6,18 @@ use std::path::Path;
 use libloading::os::unix::{Library, RTLD_LOCAL, RTLD_NOW};
 
 /// Opens `path` with every symbol resolved now (an unresolved symbol fails here, not at the
-/// first call) and local visibility (two versions' symbols never interpose).
-pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloading::Error> {
+/// first call) and local visibility (two versions' symbols never interpose), and takes over
+/// its thread-local destructors (see [`super::thread_exit`]) where its file has `slots`.
+pub(crate) fn open_library(
+    path: &Path,
+    slots: &super::DtorSlots,
+) -> Result<
+    (
+        libloading::Library,
+        Option<std::sync::Arc<super::ImageDtors>>,
+    ),
+    libloading::Error,
+> {
     // SAFETY: loading a library runs its initialisers (any code its author put in
     // `.init_array`, a C library's constructors, a crate like `ctor`), which nothing here can
     // check: that is the trust model. The runtime opens only a private shadow copy, in a 0700
@@ -15,7 +25,11 @@ pub(crate) fn open_library(path: &Path) -> Result<libloading::Library, libloadin
     // and that passed the permission check of `stage` (no other user could have written it)
     // and, when the host pinned digests, whose SHA-256 is one of them.
     let library = unsafe { Library::open(Some(path), RTLD_NOW | RTLD_LOCAL) }?;
-    Ok(library.into())
+    let handle = library.into_raw();
+    let dtors = super::thread_exit::take_over(handle, slots);
+    // SAFETY: the handle `into_raw` just gave up, open, owned again by one `Library`.
+    let library = unsafe { Library::from_raw(handle) };
+    Ok((library.into(), dtors))
 }
 
 /// Whether `a` and `b` name one file (the same device and inode: a hard link counts).

@@ -77,12 +77,13 @@ pub(crate) fn open(
     generation: u64,
 ) -> Result<OpenedLibrary, HotError> {
     let census = os::thread_census().unwrap_or_default();
-    let handle = os::open_library(&shadow.path).map_err(|err| HotError::Open {
-        module: spec.name.clone(),
-        path: shadow.artifact.clone(),
-        generation,
-        message: error_chain(&err),
-    })?;
+    let handle =
+        os::open_library(&shadow.path, &shadow.dtor_slots).map_err(|err| HotError::Open {
+            module: spec.name.clone(),
+            path: shadow.artifact.clone(),
+            generation,
+            message: error_chain(&err),
+        })?;
     let symbol = descriptor_symbol(&spec.name);
     let image = Image::new(handle, shadow, census);
     // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a

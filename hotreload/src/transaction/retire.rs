@@ -14,10 +14,14 @@
 //!
 //! A version kept for one of these reasons is "held": an event says why, and every later
 //! retire checks it again and closes it once nothing runs in it. When a version is closed,
-//! its library is closed and its shadow copy deleted. glibc keeps a library mapped after
-//! `dlclose` once it has registered a thread-local destructor (a `thread_local!` with a `Drop`
-//! type, which std itself registers in threads it starts), so the runtime then checks whether
-//! the image really went away, and says so.
+//! its library is closed and its shadow copy deleted.
+//!
+//! Thread-local destructors of the version (a `thread_local!` with a `Drop` type, which std
+//! itself registers in threads it starts) are the runtime's, not glibc's (see
+//! `os::thread_exit`): the closing thread runs its own first, and a version whose
+//! destructors are still pending on other threads is held until those threads have run them
+//! (at their next call, or as they end). glibc keeps a library mapped after `dlclose` if one
+//! reached it anyway, so the runtime checks whether the image really went away, and says so.
 
 use crate::VersionInfo;
 use crate::module::{Book, ModuleSpec};
@@ -64,7 +68,7 @@ pub(crate) fn close(version: LoadedVersion, book: &mut Book, spec: &ModuleSpec) 
 /// Closes a build refused before it was verified (its initialisers ran), or holds it if a
 /// thread it started may still run in it.
 pub(crate) fn close_unverified(info: VersionInfo, image: Image, book: &mut Book) -> RetiredVersion {
-    match image.thread_inside() {
+    match image.in_use() {
         Some(reason) => hold(Held::unverified(info, image, reason), book),
         None => unmap(info, image),
     }

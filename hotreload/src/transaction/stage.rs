@@ -95,6 +95,7 @@ pub(crate) fn stage(
         reason,
     })?;
     let descriptor_size = check_descriptor_symbol(&file, spec)?;
+    let dtor_slots = os::DtorSlots::find(&file);
     let path = shadow_path(spec, shadow, generation);
     copy.map = None;
     let from = copy.path.as_ref().map_or_else(PathBuf::new, Clone::clone);
@@ -112,6 +113,7 @@ pub(crate) fn stage(
         sha256: std::mem::take(&mut copy.sha256),
         descriptor_size,
         identity: copy.identity,
+        dtor_slots,
     })
 }
 

@@ -1,0 +1,384 @@
+//! Thread-local destructors of loaded libraries, kept and run by the runtime instead of the C
+//! library, so that a version that used a `thread_local!` with a destructor can be unmapped.
+//!
+//! A thread-local whose type has a destructor (a `thread_local!` holding a `Vec`, `rand`'s
+//! thread RNG, `tracing`'s dispatcher, every thread std starts) registers that destructor on
+//! first use in each thread with glibc's `__cxa_thread_atexit_impl`, naming the library it
+//! lives in. glibc then never unmaps that library: `dlclose` leaves a library with registered
+//! destructors mapped, and nothing takes a registration back. Every version of such a module
+//! would stay mapped for the life of the process (about a megabyte per reload).
+//!
+//! So the runtime takes the registration over when it opens a library. The library reaches
+//! `__cxa_thread_atexit_impl` through slots the dynamic loader fills with its address (found
+//! in the file's dynamic relocations when it is staged, [`DtorSlots::find`]); right after
+//! `dlopen`, before any code of the library runs but its initialisers, those slots are
+//! pointed at [`register`] here ([`take_over`]). A destructor registered through it goes on a
+//! list of the registering thread, held in the host's own thread-local (the host is never
+//! unloaded), and runs on that thread:
+//! - when the thread ends, in reverse order of registration, as glibc would run it;
+//! - when its version is closed, if the closing thread is the one that registered it;
+//! - otherwise at the thread's first call through a handle after the version was closed.
+//!
+//! A version whose destructors are still pending on another thread stays held (mapped) until
+//! that thread has run them; the next retire then closes it like any held version. A
+//! destructor registered while its thread's list is itself being destroyed (at thread exit),
+//! or by a library this runtime did not open, goes to glibc as before, and its library stays
+//! mapped (a closed version's report says so).
+//!
+//! Written here because no maintained crate redirects one import of a loaded library; the
+//! part that writes to the library's memory is a few lines, checked against what the loader
+//! put there before anything is changed.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The C library's function that the slots hold, and that [`register`] replaces.
+const SYMBOL: &str = "__cxa_thread_atexit_impl";
+
+/// A thread-local destructor as glibc receives it.
+type Dtor = unsafe extern "C" fn(*mut c_void);
+
+/// Where a library file refers to `__cxa_thread_atexit_impl`, read from its dynamic
+/// relocations and program headers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct DtorSlots {
+    /// Addresses (relative to the load address) of the slots the loader fills with the
+    /// function's address.
+    slots: Vec<u64>,
+    /// The range the loader makes read-only after relocating (`PT_GNU_RELRO`).
+    relro: Option<(u64, u64)>,
+    /// The ranges of the writable loaded segments.
+    writable: Vec<(u64, u64)>,
+    /// The lowest and highest address of the loaded segments.
+    span: (u64, u64),
+}
+
+impl DtorSlots {
+    /// Reads them from a parsed library.
+    pub(crate) fn find(file: &object::File<'_>) -> DtorSlots {
+        use object::read::elf::ProgramHeader;
+        use object::{Object, ObjectSymbol, ObjectSymbolTable, RelocationTarget};
+        let mut found = DtorSlots::default();
+        let (Some(relocations), Some(symbols)) =
+            (file.dynamic_relocations(), file.dynamic_symbol_table())
+        else {
+            return found;
+        };
+        for (offset, relocation) in relocations {
+            let RelocationTarget::Symbol(index) = relocation.target() else {
+                continue;
+            };
+            let named = symbols
+                .symbol_by_index(index)
+                .is_ok_and(|s| s.name_bytes().ok() == Some(SYMBOL.as_bytes()));
+            if named && relocation.addend() == 0 {
+                found.slots.push(offset);
+            }
+        }
+        let object::File::Elf64(elf) = file else {
+            found.slots.clear();
+            return found;
+        };
+        let endian = elf.endian();
+        let mut low = u64::MAX;
+        let mut high = 0;
+        for header in elf.elf_program_headers() {
+            let start = header.p_vaddr(endian);
+            let end = start.saturating_add(header.p_memsz(endian));
+            match header.p_type(endian) {
+                object::elf::PT_LOAD => {
+                    low = low.min(start);
+                    high = high.max(end);
+                    if header.p_flags(endian) & object::elf::PF_W != 0 {
+                        found.writable.push((start, end));
+                    }
+                }
+                object::elf::PT_GNU_RELRO => found.relro = Some((start, end)),
+                _ => {}
+            }
+        }
+        found.span = (low.min(high), high);
+        found
+    }
+
+    /// Whether the library refers to the function at all.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+/// The thread-local destructors of one opened library, kept by the runtime.
+#[derive(Debug)]
+pub(crate) struct ImageDtors {
+    /// Where the library is mapped: `dso` arguments inside it are its.
+    start: usize,
+    end: usize,
+    /// Destructors registered and not yet run, on every thread's list.
+    pending: AtomicUsize,
+    /// Raised when the version is closed while other threads' destructors are pending: those
+    /// threads run them at their next call.
+    closing: AtomicBool,
+}
+
+/// The libraries whose registrations the runtime has taken over. Looked up on each
+/// registration (once per thread-local per thread), changed on each open and close.
+static IMAGES: Mutex<Vec<Arc<ImageDtors>>> = Mutex::new(Vec::new());
+
+/// Bumped each time a version is closed with destructors pending on other threads: a thread
+/// that has not seen the latest value looks at its list at its next call.
+static CLOSED: AtomicU32 = AtomicU32::new(0);
+
+/// A destructor registered by a thread, for an image.
+struct Entry {
+    dtor: Dtor,
+    object: *mut c_void,
+    image: Arc<ImageDtors>,
+}
+
+impl Entry {
+    fn run(self) {
+        // SAFETY: `dtor` and `object` are what the library's code registered on this thread,
+        // as it would have with glibc; the library is mapped (its image is closed only once
+        // no destructor of it is pending), and each entry is taken off the list before it
+        // runs, so it runs once.
+        unsafe { (self.dtor)(self.object) };
+        self.image.pending.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// A thread's pending destructors: run in reverse order when the thread ends.
+struct ThreadList(RefCell<Vec<Entry>>);
+
+impl ThreadList {
+    /// Takes the last entry that `pick` accepts off the list.
+    fn take_last(&self, pick: impl Fn(&Entry) -> bool) -> Option<Entry> {
+        let mut entries = self.0.borrow_mut();
+        let index = entries.iter().rposition(pick)?;
+        Some(entries.remove(index))
+    }
+
+    /// Runs, last registered first, every entry `pick` accepts, including those that the
+    /// destructors register as they run. No borrow is held while a destructor runs.
+    fn run_all(&self, pick: impl Fn(&Entry) -> bool) {
+        while let Some(entry) = self.take_last(&pick) {
+            entry.run();
+        }
+    }
+}
+
+impl Drop for ThreadList {
+    fn drop(&mut self) {
+        self.run_all(|_| true);
+    }
+}
+
+std::thread_local! {
+    static LIST: ThreadList = const { ThreadList(RefCell::new(Vec::new())) };
+    /// The value of [`CLOSED`] this thread last acted on: `const` without a destructor, so
+    /// reading it on the call path costs a load.
+    static SEEN: Cell<u32> = const { Cell::new(0) };
+}
+
+/// What the library's slots point to after [`take_over`]: keeps the destructor on the
+/// calling thread's list if the address is in a library the runtime opened, else hands it to
+/// glibc as the library would have. Never unwinds.
+unsafe extern "C" fn register(dtor: Dtor, object: *mut c_void, dso: *mut c_void) -> i32 {
+    if let Some(image) = find(dso as usize) {
+        image.pending.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            dtor,
+            object,
+            image: Arc::clone(&image),
+        };
+        if LIST
+            .try_with(move |list| list.0.borrow_mut().push(entry))
+            .is_ok()
+        {
+            return 0;
+        }
+        // The list is being destroyed: this thread is ending. glibc takes the destructor
+        // (and keeps the library mapped).
+        image.pending.fetch_sub(1, Ordering::Release);
+    }
+    match glibc_register() {
+        // SAFETY: the C library's own function, with the arguments the library passed.
+        Some(glibc) => unsafe { glibc(dtor, object, dso) },
+        None => -1,
+    }
+}
+
+/// The taken-over image that `address` lies in.
+fn find(address: usize) -> Option<Arc<ImageDtors>> {
+    IMAGES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .find(|image| (image.start..image.end).contains(&address))
+        .cloned()
+}
+
+type Register = unsafe extern "C" fn(Dtor, *mut c_void, *mut c_void) -> i32;
+
+/// glibc's `__cxa_thread_atexit_impl`, as the process's global scope resolves it.
+fn glibc_register() -> Option<Register> {
+    static FOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let address = *FOUND.get_or_init(|| {
+        // SAFETY: `dlsym` with a NUL-terminated name; `RTLD_DEFAULT` searches the global
+        // scope, where a library opened `RTLD_LOCAL` is not: the C library's definition.
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_thread_atexit_impl".as_ptr()) as usize }
+    });
+    // SAFETY: a non-null address of that symbol is that function, whose C signature this is.
+    (address != 0).then(|| unsafe { std::mem::transmute::<usize, Register>(address) })
+}
+
+/// Points the library's slots for `__cxa_thread_atexit_impl` at [`register`], right after
+/// `dlopen` (`handle`) and before any of its code but its initialisers has run. `None` if the
+/// library does not refer to the function, or if a slot does not hold what the loader should
+/// have put there (then nothing is changed, and the library registers with glibc as usual).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub(crate) fn take_over(handle: *mut c_void, found: &DtorSlots) -> Option<Arc<ImageDtors>> {
+    if found.is_empty() {
+        return None;
+    }
+    let glibc = glibc_register()? as usize;
+    let mut map: *mut usize = std::ptr::null_mut();
+    // SAFETY: `handle` is a library handle from `dlopen`, not yet closed; `RTLD_DI_LINKMAP`
+    // stores a `struct link_map *` through the pointer given.
+    let status = unsafe {
+        libc::dlinfo(
+            handle,
+            libc::RTLD_DI_LINKMAP,
+            (&raw mut map).cast::<c_void>(),
+        )
+    };
+    if status != 0 || map.is_null() {
+        return None;
+    }
+    // SAFETY: `l_addr`, the difference between the file's addresses and the loaded ones, is
+    // the first field of glibc's public `struct link_map` (`<link.h>`), a pointer-sized word.
+    let base = unsafe { map.read() };
+    let slots: Vec<*mut usize> = found
+        .slots
+        .iter()
+        .map(|&slot| base.wrapping_add(slot as usize) as *mut usize)
+        .collect();
+    let inside = |slot: u64, ranges: &[(u64, u64)]| {
+        ranges
+            .iter()
+            .any(|&(start, end)| start <= slot && slot.saturating_add(8) <= end)
+    };
+    for (&slot, &address) in found.slots.iter().zip(&slots) {
+        let mapped = inside(slot, &found.writable);
+        // SAFETY: the slot lies in a writable loaded segment of the library (checked just
+        // above), mapped while `handle` is open; an aligned word read.
+        if !mapped || address.align_offset(8) != 0 || unsafe { address.read_volatile() } != glibc {
+            tracing::debug!("a slot for {SYMBOL} does not hold the C library's address");
+            return None;
+        }
+    }
+    let image = Arc::new(ImageDtors {
+        start: base.wrapping_add(found.span.0 as usize),
+        end: base.wrapping_add(found.span.1 as usize),
+        pending: AtomicUsize::new(0),
+        closing: AtomicBool::new(false),
+    });
+    IMAGES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(Arc::clone(&image));
+    let page = page_size();
+    // The pages the loader made read-only: those wholly inside `PT_GNU_RELRO` (it rounds the
+    // end down; a last partial page stays writable).
+    let read_only = found.relro.map(|(start, end)| {
+        let start = base.wrapping_add(start as usize) & !(page - 1);
+        let end = base.wrapping_add(end as usize) & !(page - 1);
+        start..end
+    });
+    for &address in &slots {
+        let page_start = address as usize & !(page - 1);
+        let protected = read_only
+            .as_ref()
+            .is_some_and(|pages| pages.contains(&page_start));
+        let page_start = page_start as *mut c_void;
+        if protected {
+            // SAFETY: the page holding the slot is one of the library's own, made read-only
+            // by the loader after relocation; it is made writable for the one store below,
+            // on a library whose code no thread has entered yet (bar its initialisers).
+            let status =
+                unsafe { libc::mprotect(page_start, page, libc::PROT_READ | libc::PROT_WRITE) };
+            if status != 0 {
+                tracing::debug!("cannot make the page of a slot for {SYMBOL} writable");
+                continue;
+            }
+        }
+        // SAFETY: an aligned word of the library's data, checked above to hold glibc's
+        // function, replaced by a function of the same C signature.
+        unsafe { address.write_volatile(register as Register as usize) };
+        if protected {
+            // SAFETY: as above: restores the protection the loader gave the page.
+            unsafe { libc::mprotect(page_start, page, libc::PROT_READ) };
+        }
+    }
+    Some(image)
+}
+
+/// Elsewhere libraries register with the platform as usual.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub(crate) fn take_over(_handle: *mut c_void, _found: &DtorSlots) -> Option<Arc<ImageDtors>> {
+    None
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn page_size() -> usize {
+    // SAFETY: `sysconf` has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(size).unwrap_or(4096)
+}
+
+impl ImageDtors {
+    /// Before the version is closed: runs this thread's pending destructors of the image and
+    /// says how many other threads' are still pending. If some are, those threads run them
+    /// at their next call.
+    pub(crate) fn settle(&self) -> Option<String> {
+        let _ = LIST.try_with(|list| list.run_all(|entry| std::ptr::eq(&*entry.image, self)));
+        let pending = self.pending.load(Ordering::Acquire);
+        if pending == 0 {
+            return None;
+        }
+        if !self.closing.swap(true, Ordering::Relaxed) {
+            CLOSED.fetch_add(1, Ordering::Release);
+        }
+        Some(format!(
+            "{pending} thread-local destructor(s) of it are pending on other threads (each \
+             thread runs its own at its next call through a handle, or when it ends)"
+        ))
+    }
+
+    /// When the image is closed (no destructor pending): registrations stop coming here.
+    pub(crate) fn forget(self: &Arc<Self>) {
+        IMAGES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|image| !Arc::ptr_eq(image, self));
+    }
+}
+
+/// On the call path: if a version was closed since this thread last looked, runs this
+/// thread's pending destructors of closing versions. A relaxed load and a compare otherwise.
+#[inline(always)]
+pub(crate) fn catch_up() {
+    let closed = CLOSED.load(Ordering::Relaxed);
+    if SEEN.with(Cell::get) != closed {
+        run_closing();
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn run_closing() {
+    let closed = CLOSED.load(Ordering::Acquire);
+    SEEN.with(|seen| seen.set(closed));
+    let _ = LIST.try_with(|list| list.run_all(|entry| entry.image.closing.load(Ordering::Relaxed)));
+}
