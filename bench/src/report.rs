@@ -153,8 +153,8 @@ pub fn fig(value: f64) -> String {
 type Step = (&'static str, &'static str, fn(&StepTimings) -> Duration);
 
 /// The steps of a reload.
-const STEPS: [Step; 6] = [
-    ("stage", "stage (copy + hash + checks)", |t| t.stage),
+const STEPS: [Step; 7] = [
+    ("stage", "stage (copy + checks)", |t| t.stage),
     ("open", "open (dlopen, descriptor lookup)", |t| t.open),
     ("verify", "verify (ABI, name, layout, API version)", |t| {
         t.verify
@@ -165,6 +165,7 @@ const STEPS: [Step; 6] = [
         |t| t.prepare,
     ),
     ("commit", "commit (publish; callers wait)", |t| t.commit),
+    ("hash", "hash (SHA-256, after the swap)", |t| t.hash),
     (
         "retire",
         "retire (old state and library; callers do not wait)",

@@ -48,7 +48,7 @@ use crossbeam_utils::sync::ShardedLockWriteGuard;
 use self::lock::{CallLock, ExclusiveGuard, ReadGuard};
 use crate::VersionInfo;
 use crate::error::HotError;
-use crate::version::Live;
+use crate::version::{Live, Sha256Cell};
 
 /// The live version of one module and the rules of access to it.
 pub(crate) struct Access {
@@ -64,8 +64,8 @@ pub(crate) struct Access {
     local: AtomicU32,
     /// The live version's description, published by each replacement: version queries read
     /// it without touching `live` (so they never wait for a call or a reload, and never alias
-    /// a replacement in progress on their own thread).
-    info: Mutex<Option<VersionInfo>>,
+    /// a replacement in progress on their own thread). The digest is filled outside the lock.
+    info: Mutex<Option<(VersionInfo, Sha256Cell)>>,
 }
 
 /// `Access::local` while a `&mut self` call runs through the `LocalModule`.
@@ -224,7 +224,7 @@ impl Drop for Listing {
 impl Access {
     pub(crate) fn new(live: Option<Live>, owner: Option<ThreadId>) -> Self {
         Access {
-            info: Mutex::new(live.as_ref().map(|l| l.version.info.clone())),
+            info: Mutex::new(live.as_ref().map(published)),
             lock: CallLock::new(),
             live: UnsafeCell::new(live),
             owner,
@@ -241,10 +241,15 @@ impl Access {
 
     /// The version serving now, as last published.
     pub(crate) fn version(&self) -> Option<VersionInfo> {
-        self.info
+        let published = self
+            .info
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        published.map(|(info, sha256)| VersionInfo {
+            sha256: sha256.get(),
+            ..info
+        })
     }
 
     /// Lists this module on this thread, its owner, until the listing drops: a module's panic
@@ -522,9 +527,17 @@ impl Drop for ReplacePermit<'_> {
             .access
             .info
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) =
-            self.live.as_ref().map(|live| live.version.info.clone());
+            .unwrap_or_else(PoisonError::into_inner) = self.live.as_ref().map(published);
     }
+}
+
+/// What a replacement publishes of the live version: its description and the cell of its
+/// digest (which may not be computed yet: never under the module's locks).
+fn published(live: &Live) -> (VersionInfo, Sha256Cell) {
+    (
+        live.version.info.clone(),
+        live.version.image.shadow.sha256.clone(),
+    )
 }
 
 /// A reload or rollback in progress on this thread (see [`Access::begin_transaction`]).

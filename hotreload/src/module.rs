@@ -120,9 +120,9 @@ pub(crate) struct ModuleCore {
     /// The live version and the rules of access to it.
     pub access: Access,
     book: Mutex<Book>,
-    /// The digest of the last build refused for a fault of its own (see
-    /// [`HotError::is_build_fault`]): the watcher does not offer it again.
-    refused_build: Mutex<Option<String>>,
+    /// The last build refused for a fault of its own (see [`HotError::is_build_fault`]):
+    /// the watcher does not offer it again.
+    refused_build: Mutex<Option<RefusedBuild>>,
     /// The probation in progress, if any.
     pub probation: Probation,
     /// The reloader, for a rollback the call path starts (probation) and its events.
@@ -135,6 +135,13 @@ impl Drop for ModuleCore {
         let book = self.book.get_mut().unwrap_or_else(PoisonError::into_inner);
         crate::transaction::retire::retire_all(live, book, &self.spec);
     }
+}
+
+/// A build refused for a fault of its own, as the watcher recognises it again.
+#[derive(Debug, Clone)]
+pub(crate) struct RefusedBuild {
+    pub len: u64,
+    pub sha256: String,
 }
 
 impl Book {
@@ -178,12 +185,20 @@ impl ModuleCore {
         self.access.version()
     }
 
-    /// The bookkeeping, for a transaction (which holds it throughout).
-    /// Records the outcome of a failed reload of the build with digest `sha256`: remembered
-    /// if the build itself is at fault, forgotten otherwise (a veto, a failed save, an I/O
-    /// error: the same build is worth another try).
-    pub(crate) fn remember_refused(&self, err: &HotError, sha256: Option<&str>) {
-        let remembered = sha256.filter(|_| err.is_build_fault()).map(str::to_owned);
+    /// Records the outcome of a failed reload of the build `refused` describes (its length
+    /// and digest, asked for only if needed): remembered if the build itself is at fault,
+    /// forgotten otherwise (a veto, a failed save, an I/O error: the same build is worth
+    /// another try).
+    pub(crate) fn remember_refused(
+        &self,
+        err: &HotError,
+        refused: impl FnOnce() -> Option<RefusedBuild>,
+    ) {
+        let remembered = if err.is_build_fault() {
+            refused()
+        } else {
+            None
+        };
         *self
             .refused_build
             .lock()
@@ -198,13 +213,17 @@ impl ModuleCore {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    /// Whether the build with digest `sha256` was the last one refused for its own fault.
-    pub(crate) fn was_refused(&self, sha256: &str) -> bool {
-        self.refused_build
+    /// Whether `copy` holds the build last refused for its own fault (hashed only if its
+    /// length is that build's).
+    pub(crate) fn was_refused(&self, copy: &crate::transaction::stage::ArtifactCopy) -> bool {
+        let refused = self
+            .refused_build
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .as_deref()
-            == Some(sha256)
+            .clone();
+        refused.is_some_and(|build| {
+            build.len == copy.bytes().len() as u64 && build.sha256 == copy.sha256()
+        })
     }
 
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {

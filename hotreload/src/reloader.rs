@@ -568,11 +568,7 @@ impl HotReloader {
     pub fn history(&self, name: &str) -> Result<Vec<VersionInfo>, HotError> {
         let core = self.shared.core(name)?;
         let book = core.book_for_query()?;
-        Ok(book
-            .history
-            .iter()
-            .map(|k| k.version.info.clone())
-            .collect())
+        Ok(book.history.iter().map(|k| k.version.info()).collect())
     }
 
     /// The names of the registered modules, sorted.

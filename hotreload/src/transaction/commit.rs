@@ -50,6 +50,7 @@ pub(crate) fn commit(
     let _commit_span = tracing::debug_span!("step", step = "commit").entered();
     let started = Instant::now();
     let info = new.info.clone();
+    let sha256 = new.image.shadow.sha256.clone();
     let identity = new.image.shadow.identity;
     let old = live.replace(Live {
         version: new,
@@ -61,6 +62,7 @@ pub(crate) fn commit(
         old,
         snapshot,
         info,
+        sha256,
         identity,
     })
 }
@@ -71,8 +73,9 @@ pub(crate) struct Committed {
     pub old: Option<Live>,
     /// The state it saved for the new version: kept for rollback.
     pub snapshot: Option<Vec<u8>>,
-    /// The version serving now.
+    /// The version serving now (its digest still to compute, from `sha256`).
     pub info: VersionInfo,
+    pub sha256: crate::version::Sha256Cell,
     /// Which file it was read from.
     pub identity: Option<crate::version::ArtifactIdentity>,
 }

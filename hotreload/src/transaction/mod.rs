@@ -33,7 +33,7 @@ pub(crate) mod verify;
 use std::time::{Duration, Instant};
 
 use crate::error::HotError;
-use crate::module::{ModuleCore, ModuleSpec};
+use crate::module::{ModuleCore, ModuleSpec, RefusedBuild};
 use crate::version::{Live, LoadedVersion, RetiredVersion};
 use crate::{ShadowDir, VersionInfo};
 
@@ -41,7 +41,8 @@ use crate::{ShadowDir, VersionInfo};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StepTimings {
-    /// Reading, checking and copying the artifact.
+    /// Copying the artifact and checking the copy (it is not hashed before the swap, unless
+    /// the module pins digests).
     pub stage: Duration,
     /// dlopen and descriptor lookup.
     pub open: Duration,
@@ -57,6 +58,9 @@ pub struct StepTimings {
     pub prepare: Duration,
     /// Publishing the new version (callers wait).
     pub commit: Duration,
+    /// The SHA-256 of the new version's bytes, for its [`VersionInfo`], after the swap
+    /// (callers do not wait).
+    pub hash: Duration,
     /// Destroying the old state and closing the old library (callers do not wait).
     pub retire: Duration,
 }
@@ -71,6 +75,7 @@ impl StepTimings {
             + self.wait
             + self.prepare
             + self.commit
+            + self.hash
             + self.retire
     }
 
@@ -81,8 +86,8 @@ impl StepTimings {
     }
 }
 
-/// `stage 14.25ms, open 193.73µs, verify 520.77µs, prepare 93.51µs, commit 1.80µs, retire
-/// 310.20µs`
+/// `stage 14.25ms, open 193.73µs, verify 520.77µs, prepare 93.51µs, commit 1.80µs, hash
+/// 880.12µs, retire 310.20µs`
 impl std::fmt::Display for StepTimings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -95,8 +100,8 @@ impl std::fmt::Display for StepTimings {
         }
         write!(
             f,
-            "prepare {:.2?}, commit {:.2?}, retire {:.2?}",
-            self.prepare, self.commit, self.retire
+            "prepare {:.2?}, commit {:.2?}, hash {:.2?}, retire {:.2?}",
+            self.prepare, self.commit, self.hash, self.retire
         )
     }
 }
@@ -173,29 +178,40 @@ fn load_verified(
         .as_ref()
         .map_or(Duration::ZERO, stage::ArtifactCopy::took);
     let staged = step("stage", &mut timings.stage, || {
-        let copy = match bytes {
+        let mut copy = match bytes {
             Some(copy) => copy,
             None => stage::copy_artifact(spec, shadow)?,
         };
-        let sha256 = Some(copy.sha256().to_owned());
-        stage::stage(spec, shadow, generation, copy).map_err(|err| {
+        stage::stage(spec, shadow, generation, &mut copy).map_err(|err| {
+            let build = err.is_build_fault().then(|| RefusedBuild {
+                len: copy.bytes().len() as u64,
+                sha256: copy.sha256().to_owned(),
+            });
             Box::new(Refused {
                 err,
                 opened: None,
-                sha256,
+                build,
             })
         })
     })?;
     timings.stage += copied_before;
-    let sha256 = Some(staged.sha256.clone());
+    // Hashed only if the build is refused for its own fault (`open` hashes a copy it
+    // cannot open before the copy goes).
+    let (len, sha256) = (staged.len, staged.sha256.clone());
+    let refused_build = move |err: &HotError| {
+        err.is_build_fault().then(|| RefusedBuild {
+            len,
+            sha256: sha256.get(),
+        })
+    };
     let opened = step("open", &mut timings.open, || {
         open::open(spec, staged, generation)
     })
     .map_err(|err| {
         Box::new(Refused {
+            build: refused_build(&err),
             err,
             opened: None,
-            sha256: sha256.clone(),
         })
     })?;
     step("verify", &mut timings.verify, || {
@@ -204,19 +220,19 @@ fn load_verified(
     .map_err(|refused| {
         let (err, opened) = *refused;
         Box::new(Refused {
+            build: refused_build(&err),
             err,
             opened: Some(opened),
-            sha256,
         })
     })
 }
 
-/// Why a new build will not serve, with the library if it was opened and the digest of the
-/// bytes if they were read.
+/// Why a new build will not serve, with the library if it was opened and, if the build is at
+/// fault, what the watcher needs to recognise it.
 struct Refused {
     err: HotError,
     opened: Option<open::OpenedLibrary>,
-    sha256: Option<String>,
+    build: Option<RefusedBuild>,
 }
 
 impl From<HotError> for Box<Refused> {
@@ -224,7 +240,7 @@ impl From<HotError> for Box<Refused> {
         Box::new(Refused {
             err,
             opened: None,
-            sha256: None,
+            build: None,
         })
     }
 }
@@ -241,6 +257,9 @@ pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live
     let state = step("prepare", &mut timings.prepare, || {
         prepare::construct(&version)
     })?;
+    step("hash", &mut timings.hash, || {
+        version.image.shadow.sha256.get()
+    });
     tracing::info!(
         artifact = %version.info.artifact.display(),
         api_version = version.info.api_version,
@@ -267,7 +286,12 @@ pub(crate) fn reload(
     let result = match load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings) {
         Ok(version) => commit::commit(core, &mark, version, &mut timings).map_err(|refused| {
             let (err, refused) = *refused;
-            core.remember_refused(&err, Some(&refused.info.sha256));
+            core.remember_refused(&err, || {
+                Some(RefusedBuild {
+                    len: refused.info.artifact_len,
+                    sha256: refused.info().sha256,
+                })
+            });
             // Closed like a version that stops serving: held if a thread it started in
             // `restore` may still run in it.
             let closed = retire::close(refused, &mut book, &core.spec);
@@ -277,12 +301,8 @@ pub(crate) fn reload(
             err
         }),
         Err(refused) => {
-            let Refused {
-                err,
-                opened,
-                sha256,
-            } = *refused;
-            core.remember_refused(&err, sha256.as_deref());
+            let Refused { err, opened, build } = *refused;
+            core.remember_refused(&err, || build);
             if let Some(opened) = opened {
                 let (info, image) = opened.into_refused(&core.spec.name);
                 let closed = retire::close_unverified(info, image, &mut book);
@@ -308,10 +328,13 @@ pub(crate) fn reload(
             return Err(err);
         }
     };
-    let to = committed.info;
+    let to = step("hash", &mut timings.hash, || VersionInfo {
+        sha256: committed.sha256.get(),
+        ..committed.info
+    });
     book.serving_identity = committed.identity;
     core.remember_refused_none();
-    let from = committed.old.as_ref().map(|old| old.version.info.clone());
+    let from = committed.old.as_ref().map(|old| old.version.info());
     let (closed, released) = match committed.old {
         Some(old) => step("retire", &mut timings.retire, || {
             retire::retire(old, committed.snapshot, &mut book, &core.spec)
@@ -369,7 +392,7 @@ pub(crate) fn same_bytes(
     let Some(current) = core.version() else {
         return Ok(None);
     };
-    if current.sha256 != copy.sha256() {
+    if !copy.same_as(&current.shadow, current.artifact_len) {
         return Ok(None);
     }
     let mut book = core.book_for_query()?;

@@ -50,7 +50,7 @@ impl OpenedLibrary {
             state_version: 0,
             artifact: shadow.artifact.clone(),
             artifact_len: shadow.len,
-            sha256: shadow.sha256.clone(),
+            sha256: shadow.sha256.get(),
             shadow: shadow.path.clone(),
             loaded_at: std::time::SystemTime::now(),
         };
@@ -77,13 +77,17 @@ pub(crate) fn open(
     generation: u64,
 ) -> Result<OpenedLibrary, HotError> {
     let census = os::thread_census().unwrap_or_default();
-    let handle =
-        os::open_library(&shadow.path, &shadow.dtor_slots).map_err(|err| HotError::Open {
+    // A copy refused here is hashed before it goes (see `Sha256Cell`): the watcher
+    // recognises the refused build by its digest.
+    let handle = os::open_library(&shadow.path, &shadow.dtor_slots).map_err(|err| {
+        shadow.sha256.get();
+        HotError::Open {
             module: spec.name.clone(),
             path: shadow.artifact.clone(),
             generation,
             message: error_chain(&err),
-        })?;
+        }
+    })?;
     let symbol = descriptor_symbol(&spec.name);
     let image = Image::new(handle, shadow, census);
     // SAFETY: a data symbol's value is its address; `*const ModuleDescriptor` is only a
@@ -95,10 +99,13 @@ pub(crate) fn open(
             .get::<*const ModuleDescriptor>(symbol.as_bytes())
     }
     .map(|sym| *sym)
-    .map_err(|_| HotError::NoDescriptor {
-        module: spec.name.clone(),
-        path: image.shadow.artifact.clone(),
-        symbol: symbol.clone(),
+    .map_err(|_| {
+        image.shadow.sha256.get();
+        HotError::NoDescriptor {
+            module: spec.name.clone(),
+            path: image.shadow.artifact.clone(),
+            symbol: symbol.clone(),
+        }
     })?;
     tracing::debug!(symbol, "descriptor found");
     Ok(OpenedLibrary {

@@ -61,7 +61,7 @@ pub(crate) fn close(version: LoadedVersion, book: &mut Book, spec: &ModuleSpec) 
     }
     match version.still_in_use(spec.worker_stop_timeout_ms()) {
         Some(reason) => hold(Held::version(version, reason), book),
-        None => unmap(version.info, version.image),
+        None => unmap(version.info(), version.image),
     }
 }
 

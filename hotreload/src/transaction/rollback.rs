@@ -88,7 +88,7 @@ pub(crate) fn rollback(
             }
         },
     };
-    let to = kept.version.info.clone();
+    let to = kept.version.info();
     book.serving_identity = kept.version.image.shadow.identity;
     // The version serves again: it may start workers again.
     if let RResult::RErr(err) = (kept.version.lifecycle.resume_workers)() {
@@ -107,7 +107,7 @@ pub(crate) fn rollback(
     let Some(old) = old else {
         unreachable!("a version was live above, under the same locks")
     };
-    let from = old.version.info.clone();
+    let from = old.version.info();
     let closed = retire::close(old.into_version(), &mut book, &core.spec);
     book.record_retired([closed.clone()]);
     tracing::info!(

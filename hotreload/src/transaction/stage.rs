@@ -6,7 +6,7 @@
 //! user or root may have written it or may rename anything on the way to it, except in a
 //! sticky directory owned by root such as `/tmp`. Its bytes are copied from that same
 //! descriptor, once, into a new file in the private shadow directory (by the kernel:
-//! `copy_file_range`), and that copy is what is hashed, checked and then opened: neither a
+//! `copy_file_range`), and that copy is what is checked, opened and hashed: neither a
 //! file swapped in after the check nor a writer still busy with the artifact can make us open
 //! something other than what was checked, and no other user can write the copy. An
 //! [`ArtifactCopy`] is only made by that copy. The build output itself is never opened as a
@@ -24,18 +24,20 @@ use crate::ShadowDir;
 use crate::error::HotError;
 use crate::module::ModuleSpec;
 use crate::os;
-use crate::version::{ArtifactIdentity, ShadowFile};
+use crate::version::{ArtifactIdentity, Sha256Cell, ShadowFile};
 
-/// A copy of an artifact in the shadow directory, mapped for reading, with its digest: made
-/// only by [`copy_artifact`], from a descriptor whose file and directories passed the
-/// permission check. Deleted when dropped, unless [`stage`] made it a version's shadow copy.
+/// A copy of an artifact in the shadow directory, mapped for reading: made only by
+/// [`copy_artifact`], from a descriptor whose file and directories passed the permission
+/// check. Deleted when dropped, unless [`stage`] made it a version's shadow copy.
 pub(crate) struct ArtifactCopy {
     /// `None` once staged.
     path: Option<PathBuf>,
     map: Option<memmap2::Mmap>,
-    sha256: String,
+    /// Computed when first asked: only a pinned module, or a refused build, needs it
+    /// before the swap.
+    sha256: std::sync::OnceLock<String>,
     identity: Option<ArtifactIdentity>,
-    /// Copying and hashing.
+    /// Copying.
     took: Duration,
 }
 
@@ -44,9 +46,27 @@ impl ArtifactCopy {
         self.map.as_deref().unwrap_or_default()
     }
 
-    /// SHA-256 of the bytes, in hex.
+    /// SHA-256 of the bytes, in hex (hashed on the first call).
     pub(crate) fn sha256(&self) -> &str {
-        &self.sha256
+        self.sha256.get_or_init(|| sha256_hex(self.bytes()))
+    }
+
+    /// Whether the bytes are those of the file at `path` (a version's shadow copy) of
+    /// `len` bytes: compared byte for byte, with no digest, when the lengths agree.
+    pub(crate) fn same_as(&self, path: &Path, len: u64) -> bool {
+        let bytes = self.bytes();
+        if bytes.len() as u64 != len {
+            return false;
+        }
+        let Ok(file) = fs::File::open(path) else {
+            return false;
+        };
+        // SAFETY: a shadow copy, this process's own in its 0700 directory, never written
+        // after it was staged; the map lives for this comparison only.
+        match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(other) => other[..] == *bytes,
+            Err(_) => false,
+        }
     }
 
     /// Which file the bytes were copied from.
@@ -54,7 +74,7 @@ impl ArtifactCopy {
         self.identity
     }
 
-    /// The time spent copying and hashing.
+    /// The time spent copying.
     pub(crate) fn took(&self) -> Duration {
         self.took
     }
@@ -75,15 +95,16 @@ pub(crate) fn stage(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
-    mut copy: ArtifactCopy,
+    copy: &mut ArtifactCopy,
 ) -> Result<ShadowFile, HotError> {
     let artifact = &spec.artifact;
     if let Some(pinned) = &spec.pinned {
-        if !pinned.iter().any(|p| p.eq_ignore_ascii_case(&copy.sha256)) {
+        let sha256 = copy.sha256();
+        if !pinned.iter().any(|p| p.eq_ignore_ascii_case(sha256)) {
             return Err(HotError::NotPinned {
                 module: spec.name.clone(),
                 path: artifact.clone(),
-                sha256: copy.sha256.clone(),
+                sha256: sha256.to_owned(),
             });
         }
     }
@@ -106,11 +127,15 @@ pub(crate) fn stage(
     })?;
     copy.path = None;
     tracing::debug!(shadow = %path.display(), len, "staged");
+    let sha256 = Sha256Cell::new(path.clone());
+    if let Some(hex) = copy.sha256.get() {
+        sha256.set(hex);
+    }
     Ok(ShadowFile {
         path,
         artifact: artifact.clone(),
         len,
-        sha256: std::mem::take(&mut copy.sha256),
+        sha256,
         descriptor_size,
         identity: copy.identity,
         dtor_slots,
@@ -133,9 +158,20 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
         })
 }
 
+/// The SHA-256 of the file at `path` (a shadow copy), in hex.
+pub(crate) fn sha256_of_file(path: &Path) -> std::io::Result<String> {
+    let file = fs::File::open(path)?;
+    if file.metadata()?.len() == 0 {
+        return Ok(sha256_hex(&[]));
+    }
+    // SAFETY: a shadow copy, this process's own in its 0700 directory, never written after
+    // it was staged; the map lives for this hash only.
+    let map = unsafe { memmap2::Mmap::map(&file) }?;
+    Ok(sha256_hex(&map))
+}
+
 /// Copies the artifact into a new file of the shadow directory (after its permissions were
-/// checked on the open file: the one way an artifact's bytes come in), maps the copy and
-/// hashes it.
+/// checked on the open file: the one way an artifact's bytes come in), and maps the copy.
 pub(crate) fn copy_artifact(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
@@ -157,7 +193,7 @@ pub(crate) fn copy_artifact(
     let mut copy = ArtifactCopy {
         path: Some(path.clone()),
         map: None,
-        sha256: String::new(),
+        sha256: std::sync::OnceLock::new(),
         identity: None,
         took: Duration::ZERO,
     };
@@ -170,7 +206,6 @@ pub(crate) fn copy_artifact(
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| shadow_error(&path, e))?;
         copy.map = Some(map);
     }
-    copy.sha256 = sha256_hex(copy.bytes());
     copy.took = started.elapsed();
     Ok(copy)
 }

@@ -153,7 +153,8 @@ fn check(
         state_version: descriptor.state_version,
         artifact: opened.shadow().artifact.clone(),
         artifact_len: opened.shadow().len,
-        sha256: opened.shadow().sha256.clone(),
+        // Filled from the shadow copy when asked (`LoadedVersion::info`).
+        sha256: String::new(),
         shadow: opened.shadow().path.clone(),
         loaded_at: SystemTime::now(),
     };

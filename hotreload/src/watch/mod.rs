@@ -526,7 +526,7 @@ impl WatchLoop {
                 });
             }
             let serving = crate::transaction::same_bytes(&core, read).ok().flatten();
-            if serving.is_some() || core.was_refused(read.sha256()) {
+            if serving.is_some() || core.was_refused(read) {
                 tracing::debug!(module, "artifact unchanged, or the build last refused");
                 return;
             }
