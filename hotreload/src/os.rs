@@ -4,7 +4,10 @@
 #[cfg(unix)]
 mod thread_exit;
 #[cfg(unix)]
-pub(crate) use thread_exit::{DtorSlots, ImageDtors, catch_up};
+pub(crate) use thread_exit::{DtorSlots, ImageDtors};
+// The call path of loaded modules only (not built with the `static` feature).
+#[cfg(all(unix, not(feature = "static")))]
+pub(crate) use thread_exit::catch_up;
 #[cfg(unix)]
 mod unix;
 #[cfg(unix)]
@@ -15,7 +18,9 @@ pub(crate) use unix::{
 #[cfg(not(unix))]
 mod other;
 #[cfg(not(unix))]
-pub(crate) use other::{DtorSlots, ImageDtors, catch_up};
+pub(crate) use other::{DtorSlots, ImageDtors};
+#[cfg(all(not(unix), not(feature = "static")))]
+pub(crate) use other::catch_up;
 #[cfg(not(unix))]
 pub(crate) use other::{
     RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census, thread_in_image,
