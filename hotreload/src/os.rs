@@ -17,10 +17,10 @@ pub(crate) use unix::{
 
 #[cfg(not(unix))]
 mod other;
-#[cfg(not(unix))]
-pub(crate) use other::{DtorSlots, ImageDtors};
 #[cfg(all(not(unix), not(feature = "static")))]
 pub(crate) use other::catch_up;
+#[cfg(not(unix))]
+pub(crate) use other::{DtorSlots, ImageDtors};
 #[cfg(not(unix))]
 pub(crate) use other::{
     RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census, thread_in_image,
