@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -52,6 +52,10 @@ pub struct ModuleDescriptor {
     pub api_version: u32,
     /// The version of the state schema, recorded in every state envelope the module writes.
     pub state_version: u32,
+    /// The state migrations the module declares (`#[migrate(from = k)]` up, `#[migrate(to =
+    /// k)]` down): with them its `restore` reads older schemas and its `save` writes older
+    /// ones. Up steps run `k -> k + 1`, down steps `k + 1 -> k`; each chain is contiguous.
+    pub migrations: RSlice<'static, MigrationStep>,
     /// The panic strategy the module was built with: [`PANIC_UNWIND`] or [`PANIC_ABORT`].
     /// Panics can only be contained (returned to the host as errors) with `unwind`.
     pub panic_strategy: u32,
@@ -62,13 +66,45 @@ pub struct ModuleDescriptor {
     /// The exported methods as the module's source declares them, in Rust spelling: what a
     /// refusal names when the export table's layout differs. The layout check decides.
     pub methods: RSlice<'static, MethodDescription>,
-    /// The `StableAbi` layout of the export table.
+    /// The `StableAbi` layout of [`LifecycleEntries`], the first field of the export table.
     ///
-    /// The layout lives inside the module's image: it must not be kept past the lifetime of
-    /// the loaded library, whatever its `'static` says.
-    pub table_layout: &'static TypeLayout,
-    /// Points to the export table, a `#[repr(C)]` struct whose layout is `table_layout`.
+    /// Layouts live inside the module's image: they must not be kept past the lifetime of
+    /// the loaded library, whatever their `'static` says.
+    pub lifecycle_layout: &'static TypeLayout,
+    /// Each exported method's entry in the table: its name, layout and place. The host
+    /// looks up each method it was compiled with by name and checks its layout alone, so a
+    /// build may add methods (and declare them in any order).
+    pub entries: RSlice<'static, TableEntry>,
+    /// The size of the export table in bytes.
+    pub table_size: usize,
+    /// Points to the export table, a `#[repr(C)]` struct of [`LifecycleEntries`] then one
+    /// `extern "C" fn` pointer per method, at the offsets `entries` give.
     pub table: *const c_void,
+}
+
+/// One method's entry in an export table.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct TableEntry {
+    /// The method's name.
+    pub name: RStr<'static>,
+    /// The `StableAbi` layout of a `#[repr(C)]` struct whose one field, named after the
+    /// method, has the entry's function pointer type.
+    pub layout: &'static TypeLayout,
+    /// Where the function pointer is in the table, in bytes.
+    pub offset: usize,
+}
+
+/// One state migration a module declares, for the host to check and name.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrationStep {
+    /// The schema it reads.
+    pub from: u32,
+    /// The schema it makes: `from + 1` (up) or `from - 1` (down).
+    pub to: u32,
+    /// The function that does it, as the source names it.
+    pub name: RStr<'static>,
 }
 
 /// [`ModuleDescriptor::panic_strategy`] of a module built with `panic = "unwind"`.
@@ -145,9 +181,11 @@ pub struct LifecycleEntries {
     pub construct: extern "C" fn() -> EntryResult<StatePtr>,
     /// Drops a state made by this module.
     pub destroy: extern "C" fn(state: StatePtr) -> EntryResult<()>,
-    /// Encodes the state as a MessagePack [`StateEnvelope`].
-    pub save: extern "C" fn(state: StatePtr) -> EntryResult<RVec<u8>>,
-    /// Decodes a [`StateEnvelope`] into a new state.
+    /// Encodes the state as a MessagePack [`StateEnvelope`] of schema `schema`: the module's
+    /// own, or an older one it declares a way down to (its down migrations run first).
+    pub save: extern "C" fn(state: StatePtr, schema: u32) -> EntryResult<RVec<u8>>,
+    /// Decodes a [`StateEnvelope`] into a new state: of the module's own schema, or of an
+    /// older one it declares a way up from (its up migrations run, one step at a time).
     pub restore: extern "C" fn(envelope: RSlice<'_, u8>) -> EntryResult<StatePtr>,
     /// Runs the module's retire hook on a state whose version stops serving (before it is
     /// destroyed), then raises the stop signal of the version's workers.

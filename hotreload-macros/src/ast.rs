@@ -5,6 +5,7 @@ use syn::{FnArg, Ident, ImplItem, ItemImpl, LitInt, LitStr, Pat, ReturnType, Typ
 
 use crate::attr::Args;
 use crate::check::{self, Errors};
+use crate::migrate::{self, Chains};
 
 /// One `#[hot_module]` impl block, ready to expand.
 pub(crate) struct Module<'a> {
@@ -22,6 +23,8 @@ pub(crate) struct Module<'a> {
     pub helpers: Vec<Helper<'a>>,
     /// `on_retire = method`: the method the retire hook calls.
     pub on_retire: Option<Ident>,
+    /// The `#[migrate]` steps between state schemas.
+    pub migrations: Chains<'a>,
 }
 
 /// How an exported method receives the state.
@@ -64,10 +67,15 @@ impl<'a> Module<'a> {
         check::impl_block(item, errors);
         let mut methods = Vec::new();
         let mut helpers = Vec::new();
+        let mut steps = Vec::new();
         for impl_item in &item.items {
             let ImplItem::Fn(func) = impl_item else {
                 continue;
             };
+            if let Some(attr) = migrate::attribute(func) {
+                steps.extend(migrate::step(func, attr, errors));
+                continue;
+            }
             if !matches!(func.vis, Visibility::Public(_)) {
                 helpers.push(Helper {
                     ident: &func.sig.ident,
@@ -91,13 +99,17 @@ impl<'a> Module<'a> {
             Some(name) => name,
             None => LitStr::new(&snake_case(&type_name(&item.self_ty)?), Span::call_site()),
         };
+        let state_version = args
+            .state_version
+            .unwrap_or_else(|| LitInt::new("1", Span::call_site()));
+        let schema = state_version.base10_parse::<u32>().unwrap_or(1);
+        let migrations = Chains::new(steps, schema, errors);
         Some(Module {
             self_ty: &item.self_ty,
             name,
             api_version: args.version?,
-            state_version: args
-                .state_version
-                .unwrap_or_else(|| LitInt::new("1", Span::call_site())),
+            state_version,
+            migrations,
             methods,
             helpers,
             on_retire: args.on_retire,

@@ -40,17 +40,23 @@ pub(crate) fn hot_module(args: TokenStream, input: TokenStream) -> TokenStream {
         }
     };
     let module = Module::from_syn(&item, args, &mut errors);
-    match (errors.into_result(), module) {
-        (Ok(()), Some(module)) => {
-            let generated = generate(&module);
-            quote!(#item #generated)
+    let generated = match (errors.into_result(), module) {
+        (Ok(()), Some(module)) => generate(&module),
+        (Err(err), _) => err.into_compile_error(),
+        (Ok(()), None) => TokenStream::new(),
+    };
+    let item = without_migrate_attributes(item);
+    quote!(#item #generated)
+}
+
+/// The user's block as written, but for the `#[migrate]` attributes, which are this macro's.
+fn without_migrate_attributes(mut item: ItemImpl) -> ItemImpl {
+    for impl_item in &mut item.items {
+        if let syn::ImplItem::Fn(func) = impl_item {
+            func.attrs.retain(|attr| !attr.path().is_ident("migrate"));
         }
-        (Err(err), _) => {
-            let err = err.into_compile_error();
-            quote!(#err #item)
-        }
-        (Ok(()), None) => quote!(#item),
     }
+    item
 }
 
 fn first_span(tokens: &TokenStream) -> Span {
@@ -69,7 +75,30 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     let state_version = &module.state_version;
     let symbol = format!("{DESCRIPTOR_SYMBOL_PREFIX}{}", name.value());
 
-    let table_fields = module.methods.iter().map(table_field);
+    let table_fields: Vec<TokenStream> = module.methods.iter().map(table_field).collect();
+    // One struct per method, with the method's table field alone: its layout is checked
+    // by name, so that a build may add methods.
+    let entry_types: Vec<syn::Ident> = module
+        .methods
+        .iter()
+        .map(|m| format_ident!("__HotEntry_{}", m.ident.unraw()))
+        .collect();
+    let entry_structs = entry_types.iter().zip(&table_fields).map(|(ty, field)| {
+        quote! {
+            #[repr(C)]
+            #[derive(::abi_stable::StableAbi)]
+            pub struct #ty { #field }
+        }
+    });
+    let entries = module.methods.iter().zip(&entry_types).map(|(m, ty)| {
+        let ident = m.ident;
+        let name = ident.unraw().to_string();
+        quote!(__hr::TableEntry {
+            name: __hr::RStr::from_str(#name),
+            layout: <#ty as __hr::StableAbi>::LAYOUT,
+            offset: ::core::mem::offset_of!(__HotTable, #ident),
+        })
+    });
     let table_inits = module.methods.iter().map(|m| {
         let ident = m.ident;
         let shim = shim_name(m);
@@ -130,6 +159,8 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             })
         })
         .collect();
+    let migration_steps = module.migrations.descriptions();
+    let migrations = module.migrations.functions(self_ty);
     // Generated beside the user's impl block, so a private hook is in reach.
     let on_retire = module.on_retire.as_ref().map(|hook| {
         quote! {
@@ -171,6 +202,9 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 #(#table_fields,)*
             }
 
+            #(#entry_structs)*
+            const __HOT_ENTRIES: &[__hr::TableEntry] = &[#(#entries),*];
+
             #(#shims)*
 
             static __HOT_TABLE: __HotTable = __HotTable {
@@ -180,6 +214,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
 
             #(#description_lists)*
             const __HOT_METHODS: &[__hr::MethodDescription] = &[#(#method_descriptions),*];
+            const __HOT_MIGRATIONS: &[__hr::MigrationStep] = &[#(#migration_steps),*];
 
             #[unsafe(export_name = #symbol)]
             pub static __HOT_DESCRIPTOR: __hr::ModuleDescriptor = __hr::ModuleDescriptor {
@@ -187,6 +222,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 abi_version: __hr::ABI_VERSION,
                 api_version: #api_version,
                 state_version: #state_version,
+                migrations: __hr::RSlice::from_slice(__HOT_MIGRATIONS),
                 panic_strategy: if ::core::cfg!(panic = "unwind") {
                     __hr::PANIC_UNWIND
                 } else {
@@ -195,7 +231,9 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 module_name: __hr::RStr::from_str(#name),
                 crate_name: __hr::RStr::from_str(::core::env!("CARGO_CRATE_NAME")),
                 methods: __hr::RSlice::from_slice(__HOT_METHODS),
-                table_layout: <__HotTable as __hr::StableAbi>::LAYOUT,
+                lifecycle_layout: <__hr::LifecycleEntries as __hr::StableAbi>::LAYOUT,
+                entries: __hr::RSlice::from_slice(__HOT_ENTRIES),
+                table_size: ::core::mem::size_of::<__HotTable>(),
                 table: &__HOT_TABLE as *const __HotTable as *const ::core::ffi::c_void,
             };
 
@@ -206,6 +244,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 const API_VERSION: u32 = #api_version;
                 const STATE_VERSION: u32 = #state_version;
                 const METHODS: &'static [__hr::MethodSignature] = &[#(#method_signatures),*];
+                const ENTRIES: &'static [__hr::TableEntry] = __HOT_ENTRIES;
                 type Table = __HotTable;
                 type Proxy<'m, H: __hr::CallPath<Self> + 'm> = HotMethods<'m, H>;
 
@@ -214,6 +253,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 }
 
                 #on_retire
+                #migrations
             }
 
             /// Typed access to the loaded version, used by `hot_fn!`.

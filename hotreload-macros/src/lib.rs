@@ -8,6 +8,7 @@ mod check;
 mod convert;
 mod expand;
 mod hot_fn;
+mod migrate;
 mod rehome;
 
 use proc_macro::TokenStream;

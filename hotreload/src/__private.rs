@@ -15,8 +15,8 @@ pub use abi_stable::std_types::{
 };
 pub use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, HostHooks,
-    LifecycleEntries, MethodDescription, ModuleDescriptor, PANIC_ABORT, PANIC_UNWIND,
-    StateEnvelope, StatePtr,
+    LifecycleEntries, MethodDescription, MigrationStep, ModuleDescriptor, PANIC_ABORT,
+    PANIC_UNWIND, StateEnvelope, StatePtr, TableEntry,
 };
 
 pub use crate::call::{CallPath, LocalModule, Module};
@@ -272,15 +272,19 @@ extern "C" fn destroy<T: HotState>(state: StatePtr) -> EntryResult<()> {
     })
 }
 
-extern "C" fn save<T: HotModule>(state: StatePtr) -> EntryResult<RVec<u8>> {
+extern "C" fn save<T: HotModule>(state: StatePtr, schema: u32) -> EntryResult<RVec<u8>> {
     let saved = contain_lifecycle(|| {
         // SAFETY: the host holds its write lock while saving, so no call mutates the state.
         let state = unsafe { state_ref::<T>(state) };
-        let payload = rmp_serde::to_vec_named(state)
-            .map_err(|e| format!("cannot encode the state of `{}`: {e}", T::MODULE_NAME))?;
+        let payload = if schema == T::STATE_VERSION {
+            rmp_serde::to_vec_named(state)
+                .map_err(|e| format!("cannot encode the state of `{}`: {e}", T::MODULE_NAME))?
+        } else {
+            state.downgrade(schema)?
+        };
         let envelope = StateEnvelope {
             module: T::MODULE_NAME.to_owned(),
-            state_version: T::STATE_VERSION,
+            state_version: schema,
             api_version: T::API_VERSION,
             payload,
         };
@@ -303,14 +307,9 @@ extern "C" fn restore<T: HotModule>(bytes: RSlice<'_, u8>) -> EntryResult<StateP
         }
         if envelope.state_version != T::STATE_VERSION {
             // Never decoded as if it were this schema: a state that happens to decode could
-            // still mean something else.
-            return Err(format!(
-                "state schema v{} (saved by API v{}) cannot be restored by a build of schema \
-                 v{}: no migration between them",
-                envelope.state_version,
-                envelope.api_version,
-                T::STATE_VERSION
-            ));
+            // still mean something else. An older schema goes up the declared steps.
+            let state = T::upgrade(envelope.state_version, &envelope.payload)?;
+            return Ok(into_state_ptr(state));
         }
         let state: T = rmp_serde::from_slice(&envelope.payload).map_err(|e| {
             format!(
@@ -323,6 +322,75 @@ extern "C" fn restore<T: HotModule>(bytes: RSlice<'_, u8>) -> EntryResult<StateP
         Ok(into_state_ptr(state))
     });
     flatten(restored)
+}
+
+/// Decodes the payload of an envelope of schema `schema` as `S` (the first step up's input).
+pub fn decode_schema<S: serde::de::DeserializeOwned>(
+    payload: &[u8],
+    schema: u32,
+) -> Result<S, String> {
+    rmp_serde::from_slice(payload).map_err(|e| {
+        format!(
+            "state schema v{schema} does not decode as the type its migration takes ({}): {e}",
+            std::any::type_name::<S>()
+        )
+    })
+}
+
+/// Encodes the last step down's value as the payload of an older schema.
+pub fn encode_schema<S: serde::Serialize>(value: &S) -> Result<Vec<u8>, String> {
+    rmp_serde::to_vec_named(value).map_err(|e| format!("cannot encode the migrated state: {e}"))
+}
+
+/// Runs one migration step, naming it in its failure or panic: "state schema v2 -> v3:
+/// from_v2 failed: ...".
+pub fn migration_step<O>(
+    from: u32,
+    to: u32,
+    name: &str,
+    step: impl FnOnce() -> Result<O, String>,
+) -> Result<O, String> {
+    match catch_unwind(AssertUnwindSafe(step)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(message)) => Err(format!(
+            "state schema v{from} -> v{to}: {name} failed: {message}"
+        )),
+        Err(payload) => {
+            let mut message = panic_message(&*payload);
+            if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
+                message.push_str(&format!(" (at {site})"));
+            }
+            Err(format!(
+                "state schema v{from} -> v{to}: {name} panicked: {message}"
+            ))
+        }
+    }
+}
+
+/// Why a build cannot read schema `schema`.
+pub fn no_way_up<T: HotModule>(schema: u32) -> String {
+    if schema > T::STATE_VERSION {
+        format!(
+            "state schema v{schema} is newer than this build's v{}, which declares no way down \
+             from it",
+            T::STATE_VERSION
+        )
+    } else {
+        format!(
+            "state schema v{schema} cannot be restored by a build of schema v{}: it declares no \
+             `#[migrate(from = {schema})]`",
+            T::STATE_VERSION
+        )
+    }
+}
+
+/// Why a build cannot write schema `schema`.
+pub fn no_way_down<T: HotModule>(schema: u32) -> String {
+    format!(
+        "this build (state schema v{}) cannot write schema v{schema}: it declares no \
+         `#[migrate(to = {schema})]`",
+        T::STATE_VERSION
+    )
 }
 
 fn flatten<R>(result: EntryResult<Result<R, String>>) -> EntryResult<R> {

@@ -39,7 +39,7 @@ mod lock;
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::thread::ThreadId;
 
@@ -48,7 +48,7 @@ use crossbeam_utils::sync::ShardedLockWriteGuard;
 use self::lock::{CallLock, ExclusiveGuard, ReadGuard};
 use crate::VersionInfo;
 use crate::error::HotError;
-use crate::version::{Live, Sha256Cell};
+use crate::version::{Live, Schema, Sha256Cell};
 
 /// The live version of one module and the rules of access to it.
 pub(crate) struct Access {
@@ -65,7 +65,11 @@ pub(crate) struct Access {
     /// The live version's description, published by each replacement: version queries read
     /// it without touching `live` (so they never wait for a call or a reload, and never alias
     /// a replacement in progress on their own thread). The digest is filled outside the lock.
-    info: Mutex<Option<(VersionInfo, Sha256Cell)>>,
+    info: Mutex<Option<Published>>,
+    /// `&mut self` calls made, through either handle (a rollback to a snapshot says how many
+    /// it loses). Written only under the write lock or on the owner thread: a load and a
+    /// store.
+    mutations: AtomicU64,
 }
 
 /// `Access::local` while a `&mut self` call runs through the `LocalModule`.
@@ -229,6 +233,7 @@ impl Access {
             live: UnsafeCell::new(live),
             owner,
             local: AtomicU32::new(0),
+            mutations: AtomicU64::new(0),
         }
     }
 
@@ -246,10 +251,31 @@ impl Access {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        published.map(|(info, sha256)| VersionInfo {
-            sha256: sha256.get(),
-            ..info
+        published.map(|published| VersionInfo {
+            sha256: published.sha256.get(),
+            ..published.info
         })
+    }
+
+    /// Counts a `&mut self` call: its caller holds the write lock, or is the owner thread.
+    #[inline(always)]
+    fn count_mutation(&self) {
+        let made = self.mutations.load(Ordering::Relaxed);
+        self.mutations.store(made + 1, Ordering::Relaxed);
+    }
+
+    /// The `&mut self` calls made so far.
+    pub(crate) fn mutations(&self) -> u64 {
+        self.mutations.load(Ordering::Relaxed)
+    }
+
+    /// The state schema of the version serving now, and its migrations.
+    pub(crate) fn schema(&self) -> Option<Schema> {
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|published| published.schema.clone())
     }
 
     /// Lists this module on this thread, its owner, until the listing drops: a module's panic
@@ -400,6 +426,9 @@ impl Access {
             (true, Mode::Shared) => Some(Locked::Read(self.lock.read())),
             (true, _) => Some(Locked::Write(self.lock.write_exclusive())),
         };
+        if mode == Mode::Exclusive {
+            self.count_mutation();
+        }
         Ok(self.enter(mode, outer, call))
     }
 
@@ -471,6 +500,9 @@ impl Access {
             (n, Mode::Shared) => n + 1,
         };
         self.local.store(next, Ordering::Relaxed);
+        if mode == Mode::Exclusive {
+            self.count_mutation();
+        }
         Ok(LocalCall {
             access: self,
             before: running,
@@ -531,13 +563,21 @@ impl Drop for ReplacePermit<'_> {
     }
 }
 
-/// What a replacement publishes of the live version: its description and the cell of its
-/// digest (which may not be computed yet: never under the module's locks).
-fn published(live: &Live) -> (VersionInfo, Sha256Cell) {
-    (
-        live.version.info.clone(),
-        live.version.image.shadow.sha256.clone(),
-    )
+/// What a replacement publishes of the live version: its description, the cell of its digest
+/// (which may not be computed yet: never under the module's locks) and its state schema.
+#[derive(Clone)]
+struct Published {
+    info: VersionInfo,
+    sha256: Sha256Cell,
+    schema: Schema,
+}
+
+fn published(live: &Live) -> Published {
+    Published {
+        info: live.version.info.clone(),
+        sha256: live.version.image.shadow.sha256.clone(),
+        schema: live.version.schema.clone(),
+    }
 }
 
 /// A reload or rollback in progress on this thread (see [`Access::begin_transaction`]).

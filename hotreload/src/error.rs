@@ -155,6 +155,29 @@ pub enum HotError {
         fault: ModuleFault,
     },
 
+    /// The running version's state cannot be carried to the new build's state schema (no
+    /// migration between them); refused before anything was touched.
+    #[error(
+        "module `{module}`: load #{generation} ({}) cannot take the state of load #{from_generation}, schema v{from} -> v{to}: {reason}",
+        path.display()
+    )]
+    StateSchema {
+        /// The module.
+        module: String,
+        /// The new build.
+        path: PathBuf,
+        /// The load number the new version would have had.
+        generation: u64,
+        /// The running version's load number.
+        from_generation: u64,
+        /// The running version's state schema.
+        from: u32,
+        /// The new build's state schema.
+        to: u32,
+        /// Which migration is missing.
+        reason: String,
+    },
+
     /// A method call did not return a value. The module stays loaded and usable.
     #[error("{module} (load #{generation}, API v{api_version}): method `{method}` {fault}")]
     Call {
@@ -343,6 +366,7 @@ impl HotError {
                 | HotError::Rejected { .. }
                 | HotError::Construct { .. }
                 | HotError::Restore { .. }
+                | HotError::StateSchema { .. }
                 | HotError::NotPinned { .. }
         )
     }

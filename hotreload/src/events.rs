@@ -86,6 +86,8 @@ pub enum Event {
         to: VersionInfo,
         /// Which state it was given.
         state: crate::RollbackState,
+        /// The state migrations run on the current state, in order.
+        migrations: Vec<String>,
         /// Why: "requested", or the panic that ended a probation.
         reason: String,
     },
@@ -207,15 +209,20 @@ impl std::fmt::Display for Event {
                 from,
                 to,
                 state,
+                migrations,
                 reason,
             } => write!(
                 f,
-                "{module}: rolled back from load #{} to load #{} with the {} state ({reason})",
+                "{module}: rolled back from load #{} to load #{} with the {} ({reason})",
                 from.generation,
                 to.generation,
                 match state {
-                    crate::RollbackState::Current => "current",
-                    _ => "snapshot",
+                    crate::RollbackState::Snapshot { calls_lost } => format!(
+                        "snapshot taken at the upgrade (the changes of {calls_lost} `&mut self` \
+                         call(s) since are lost)"
+                    ),
+                    _ if migrations.is_empty() => "current state".to_owned(),
+                    _ => format!("current state, migrated {}", migrations.join(", ")),
                 }
             ),
             Event::ProbationEnded { module, generation } => {

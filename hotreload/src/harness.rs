@@ -185,7 +185,9 @@ impl VariantBuilder {
             manifest.insert("workspace".into(), toml::Value::Table(toml::Table::new()));
             // The library gets a name of its own: cargo does not copy a fresh library to the
             // profile directory again, so one shared file name would hand out stale builds.
-            let variant_lib = format!("{lib_name}_{}", variant.name);
+            // A library name is an identifier: a variant named `v2-fails` builds
+            // `lib<crate>_v2_fails`.
+            let variant_lib = format!("{lib_name}_{}", variant.name.replace('-', "_"));
             set_lib_name(&mut manifest, &variant_lib);
             let file_name = crate::library_file_name(&variant_lib);
             copy_sources(&crate_dir, &dir)?;

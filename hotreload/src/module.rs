@@ -18,7 +18,6 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 
 use abi_stable::StableAbi;
-use abi_stable::type_layout::TypeLayout;
 
 use crate::access::Access;
 use crate::error::HotError;
@@ -52,7 +51,12 @@ pub unsafe trait HotModule: crate::__private::HotState {
     /// The exported methods' names and parameters, to explain layout differences.
     #[doc(hidden)]
     const METHODS: &'static [crate::__private::MethodSignature];
-    /// The export table, whose layout every loaded build must match.
+    /// Each method's entry in [`Table`](Self::Table): name, layout and offset. A loaded
+    /// build must have an entry of the same name and layout for each.
+    #[doc(hidden)]
+    const ENTRIES: &'static [crate::__private::TableEntry];
+    /// The export table as the host was compiled with it: the runtime fills one per loaded
+    /// version with that build's entries, found by name.
     #[doc(hidden)]
     type Table: StableAbi + 'static;
     /// The typed call surface `hot_fn!` uses, over either kind of handle.
@@ -64,13 +68,30 @@ pub unsafe trait HotModule: crate::__private::HotState {
     /// the state of a version that stops serving, before its workers are told to stop.
     #[doc(hidden)]
     fn on_retire(&mut self) {}
+    /// The state of an older schema (`#[migrate(from = k)]` steps), decoded and migrated up
+    /// to this build's, one step at a time.
+    #[doc(hidden)]
+    fn upgrade(schema: u32, payload: &[u8]) -> Result<Self, String>
+    where
+        Self: Sized,
+    {
+        let _ = payload;
+        Err(crate::__private::no_way_up::<Self>(schema))
+    }
+    /// The state migrated down to an older schema (`#[migrate(to = k)]` steps), encoded.
+    #[doc(hidden)]
+    fn downgrade(&self, schema: u32) -> Result<Vec<u8>, String> {
+        Err(crate::__private::no_way_down::<Self>(schema))
+    }
 }
 
 /// What the host expects of a module: fixed at registration.
 pub(crate) struct ModuleSpec {
     pub name: String,
     pub artifact: PathBuf,
-    pub expected_layout: &'static TypeLayout,
+    /// The methods' entries in the host's table type, and that type's size.
+    pub entries: &'static [crate::__private::TableEntry],
+    pub table_size: usize,
     pub methods: &'static [crate::__private::MethodSignature],
     pub accepted_api: RangeInclusive<u32>,
     /// The manifest of the crate to rebuild when its sources change, if the host asked.

@@ -7,8 +7,6 @@ use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use abi_stable::StableAbi;
-
 use crate::call::{LocalModule, Module};
 use crate::error::HotError;
 use crate::events::{Event, EventBus, Hooks, ReloadRequest};
@@ -374,7 +372,8 @@ impl HotReloader {
                     .artifact
                     .unwrap_or_else(|| locate::default_artifact(T::CRATE_NAME)),
             ),
-            expected_layout: <T::Table as StableAbi>::LAYOUT,
+            entries: T::ENTRIES,
+            table_size: std::mem::size_of::<T::Table>(),
             methods: T::METHODS,
             accepted_api: options
                 .accepted_api
@@ -696,6 +695,7 @@ impl Shared {
                     from: report.from.clone(),
                     to: report.to.clone(),
                     state: report.state,
+                    migrations: report.migrations.clone(),
                     reason: reason.to_owned(),
                 })
             }

@@ -2,7 +2,6 @@
 //! image (the library opened from it), loaded (verified), live (serving, with its state), kept (replaced, still loaded for rollback), retired
 //! (closed, or held mapped while a thread may still run in it).
 
-use std::ffi::c_void;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -200,21 +199,98 @@ impl Drop for Image {
     }
 }
 
+/// A version's state schema and the migrations its build declares, copied out of its
+/// descriptor.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Schema {
+    pub version: u32,
+    /// `(from, to, name)` of each step, up (`to = from + 1`) or down (`to = from - 1`).
+    pub steps: Vec<(u32, u32, String)>,
+}
+
+/// How a state is carried from one version to another: the schema the old build saves it as,
+/// and the migration steps on the way, named (`v1 -> v2 (from_v1)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Carry {
+    pub save_as: u32,
+    pub steps: Vec<String>,
+}
+
+impl Schema {
+    pub(crate) fn of(descriptor: &hotreload_abi::ModuleDescriptor) -> Self {
+        Schema {
+            version: descriptor.state_version,
+            steps: descriptor
+                .migrations
+                .iter()
+                .map(|step| (step.from, step.to, step.name.as_str().to_owned()))
+                .collect(),
+        }
+    }
+
+    fn step(&self, from: u32, to: u32) -> Option<String> {
+        self.steps
+            .iter()
+            .find(|step| step.0 == from && step.1 == to)
+            .map(|step| format!("v{from} -> v{to} ({})", step.2))
+    }
+
+    /// How a state of this schema reaches `new`'s: `new` migrates it up, or this build writes
+    /// it down; the reason if neither can.
+    pub(crate) fn carry_to(&self, new: &Schema) -> Result<Carry, String> {
+        let (old, target) = (self.version, new.version);
+        if target >= old {
+            let steps: Option<Vec<String>> = (old..target).map(|k| new.step(k, k + 1)).collect();
+            return steps
+                .map(|steps| Carry {
+                    save_as: old,
+                    steps,
+                })
+                .ok_or_else(|| {
+                    format!(
+                        "the new build (schema v{target}) declares no way up from v{old}: it needs \
+                     `#[migrate(from = k)]` for every k from {old} to {}",
+                        target - 1
+                    )
+                });
+        }
+        let steps: Option<Vec<String>> = (target..old).rev().map(|k| self.step(k + 1, k)).collect();
+        steps
+            .map(|steps| Carry {
+                save_as: target,
+                steps,
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the running build (schema v{old}) declares no way down to v{target}: it \
+                     needs `#[migrate(to = k)]` for every k from {} down to {target}",
+                    old - 1
+                )
+            })
+    }
+}
+
 /// A verified version: its table's layout matches the host's.
 pub(crate) struct LoadedVersion {
     /// Its description, but for the digest (empty here: see [`LoadedVersion::info`]).
     pub info: VersionInfo,
-    /// The export table, a static in the library's image.
-    pub table: *const c_void,
+    /// Its state schema and migrations.
+    pub schema: Schema,
+    /// The build's methods the host was not compiled with (it cannot call them).
+    pub unknown_methods: Vec<String>,
+    /// The export table as the host was compiled with it (`T::Table`), holding the build's
+    /// function pointers.
+    pub table: crate::transaction::verify::HostTable,
     /// The lifecycle entries, copied out of the table.
     pub lifecycle: LifecycleEntries,
     /// The library, open as long as the version exists.
     pub image: Image,
 }
 
-// SAFETY: `table` points to an immutable static in the library's image (a table of
-// `extern "C"` function pointers), which any thread may read while the library is open, and
-// the `LoadedVersion` owns the library (its `image`).
+// SAFETY: `table` is the host's copy of the build's entries (owned here and never written
+// after verification), function pointers into the library's image, which
+// any thread may call while the library is open, and the `LoadedVersion` owns the library
+// (its `image`).
 unsafe impl Send for LoadedVersion {}
 // SAFETY: see the `Send` impl; nothing in a `LoadedVersion` is mutated through `&self`.
 unsafe impl Sync for LoadedVersion {}
@@ -255,6 +331,8 @@ pub(crate) struct Kept {
     pub version: LoadedVersion,
     /// The state envelope it saved when it was replaced.
     pub snapshot: Vec<u8>,
+    /// The module's count of `&mut self` calls then (see `Access::mutations`).
+    pub mutations: u64,
 }
 
 /// A closed version kept mapped for now, with why: a verified version (whose workers the

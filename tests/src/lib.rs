@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use counter::Counter;
-use hotreload::harness::{BuiltVariants, VariantBuilder};
+use hotreload::harness::{BuiltVariants, Variant, VariantBuilder};
 use hotreload::{HotReloader, Module, ModuleOptions};
 
 /// The variants of `tests/fixtures/counter` the tests load, with the edits that make them.
@@ -139,6 +139,73 @@ macro_rules! variants {
     () => {
         $crate::variants(env!("CARGO_TARGET_TMPDIR"))
     };
+}
+
+/// The variants of `tests/fixtures/ledger`, built once per test process beside the counter's:
+/// `v1`, `v2` and `v3` (one state schema each, with migrations up from every older one and a
+/// way down from v3 to v2), `v2-fails` (its migration from v1 fails on more than two entries),
+/// `v3-panics` (its migration from v2 panics on any entry), `v3-no-down` (no way down), and
+/// the API changes of v1: `v1-grown` (two methods added, between the others) and
+/// `v1-without-set-owner` (`set_owner` no longer exported).
+pub fn ledger_variants(target_tmpdir: &str) -> &'static BuiltVariants {
+    static BUILT: OnceLock<BuiltVariants> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let work = Path::new(target_tmpdir).join("fixtures");
+        let schema = |v: Variant, file: &str| {
+            v.edit(
+                "src/lib.rs",
+                "include!(\"v1.rs\"); // SCHEMA",
+                &format!("include!(\"{file}\"); // SCHEMA"),
+            )
+        };
+        VariantBuilder::new(root.join("fixtures/ledger"), work.join("ledger"))
+            .lockfile(root.join("../Cargo.lock"))
+            .target_dir(work.join("target"))
+            .variant("v1", |v| v)
+            .variant("v2", |v| schema(v, "v2.rs"))
+            .variant("v3", |v| schema(v, "v3.rs"))
+            .variant("v2-fails", |v| {
+                schema(v, "v2.rs").edit(
+                    "src/v2.rs",
+                    "// MIGRATE_V1",
+                    "if old.entries.len() > 2 { return Err(format!(\"{} entries: too many to \
+                     convert\", old.entries.len())); }",
+                )
+            })
+            .variant("v3-panics", |v| {
+                schema(v, "v3.rs").edit(
+                    "src/v3.rs",
+                    "// MIGRATE_V2",
+                    "if !old.entries.is_empty() { panic!(\"cannot convert {} entries\", \
+                     old.entries.len()); }",
+                )
+            })
+            .variant("v1-grown", |v| {
+                v.edit(
+                    "src/v1.rs",
+                    "// MORE_METHODS",
+                    "pub fn total(&self) -> i64 { self.entries.iter().sum() }\n\
+                     pub fn clear(&mut self) { self.entries.clear(); }",
+                )
+            })
+            .variant("v1-without-set-owner", |v| {
+                v.edit(
+                    "src/v1.rs",
+                    "pub fn set_owner",
+                    "#[allow(dead_code)] fn set_owner",
+                )
+            })
+            .variant("v3-no-down", |v| {
+                schema(v, "v3.rs").edit(
+                    "src/v3.rs",
+                    "#[migrate(to = 2)] // DOWN",
+                    "#[allow(dead_code)]",
+                )
+            })
+            .build()
+            .unwrap_or_else(|err| panic!("building the ledger variants failed: {err}"))
+    })
 }
 
 /// A private directory holding the path a module is registered at, and what was put there.

@@ -273,16 +273,19 @@ fn corpus() -> Vec<Case> {
         Case::new(
             "another state schema without a migration",
             Variant("schema_v2"),
+            // Refused before anything is touched: the build declares no way up.
             |err| match err {
-                HotError::Restore {
-                    fault: ModuleFault::Failed(message),
+                HotError::StateSchema {
+                    from: 1,
+                    to: 2,
+                    reason,
                     ..
                 } => assert_eq!(
-                    message,
-                    "state schema v1 (saved by API v1) cannot be restored by a build of schema \
-                     v2: no migration between them"
+                    reason,
+                    "the new build (schema v2) declares no way up from v1: it needs \
+                     `#[migrate(from = k)]` for every k from 1 to 1"
                 ),
-                other => panic!("expected a restore failure, got {other:?}"),
+                other => panic!("expected a state schema refusal, got {other:?}"),
             },
         ),
         Case::new("a missing artifact", Missing, |err| {
@@ -744,7 +747,7 @@ fn a_panic_during_probation_rolls_back_with_the_snapshot() {
         unreachable!()
     };
     assert_eq!((from.generation, to.generation), (2, 1));
-    assert_eq!(*state, RollbackState::Snapshot);
+    assert!(matches!(state, RollbackState::Snapshot { .. }), "{state:?}");
     assert!(reason.contains("new code is broken"), "{reason}");
     assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);
     assert_eq!(
@@ -893,7 +896,8 @@ fn rollback_uses_the_snapshot_when_the_older_version_cannot_read_the_state() {
     let events = reloader.subscribe();
 
     let report = reloader.rollback("counter").unwrap();
-    assert_eq!(report.state, RollbackState::Snapshot);
+    // What it loses: the two `&mut self` calls made on v2.
+    assert_eq!(report.state, RollbackState::Snapshot { calls_lost: 2 });
     assert_eq!((report.from.generation, report.to.generation), (2, 1));
     let rollbacks: Vec<String> = events
         .try_iter()
@@ -902,7 +906,10 @@ fn rollback_uses_the_snapshot_when_the_older_version_cannot_read_the_state() {
         .collect();
     assert_eq!(
         rollbacks,
-        ["counter: rolled back from load #2 to load #1 with the snapshot state (requested)"]
+        [
+            "counter: rolled back from load #2 to load #1 with the snapshot taken at the upgrade \
+             (the changes of 2 `&mut self` call(s) since are lost) (requested)"
+        ]
     );
     assert_eq!(module.version().unwrap().generation, 1);
     assert_eq!(hot_fn!(module.build_tag()).unwrap(), 1);

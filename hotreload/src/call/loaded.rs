@@ -210,7 +210,7 @@ fn run<T: HotModule, R: Rehome>(
     // no version is made live before verification found its table's layout compatible with
     // it; the table is a static in the version's image, which stays mapped for the call: the
     // caller's guard from `access` keeps the version live until the call has returned.
-    let table = unsafe { &*live.version.table.cast::<T::Table>() };
+    let table = unsafe { &*live.version.table.as_ptr().cast::<T::Table>() };
     match call(table, live.state) {
         // Rebuilt with the host's code while the version is still held (see `rehome`).
         RResult::ROk(value) => Ok(value.rehome()),

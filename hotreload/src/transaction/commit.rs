@@ -21,6 +21,27 @@ pub(crate) fn commit(
     new: LoadedVersion,
     timings: &mut StepTimings,
 ) -> Result<Committed, Box<(HotError, LoadedVersion)>> {
+    // How the state reaches the new build's schema, or a refusal before anything is touched.
+    // Only transactions replace the live version, and this one holds the module's book.
+    let carry = match core.access.schema() {
+        Some(running) => match running.carry_to(&new.schema) {
+            Ok(carry) => Some(carry),
+            Err(reason) => {
+                let from_generation = core.version().map_or(0, |v| v.generation);
+                let err = HotError::StateSchema {
+                    module: new.info.module.clone(),
+                    path: new.info.artifact.clone(),
+                    generation: new.info.generation,
+                    from_generation,
+                    from: running.version,
+                    to: new.schema.version,
+                    reason,
+                };
+                return Err(Box::new((err, new)));
+            }
+        },
+        None => None,
+    };
     // Waits for a moment with no call in flight (new calls are held back only once the
     // module's patience is spent, and from here until the swap).
     let quiesced = match super::quiesce::acquire(core, mark, false) {
@@ -33,8 +54,9 @@ pub(crate) fn commit(
 
     let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
     let started = Instant::now();
+    let save_as = carry.as_ref().map_or(new.schema.version, |c| c.save_as);
     let prepared = match live.as_ref() {
-        Some(running) => prepare::save(running).and_then(|envelope| {
+        Some(running) => prepare::save(running, save_as).and_then(|envelope| {
             let state = prepare::restore(&new, &envelope, running.version.info.generation)?;
             Ok((state, Some(envelope)))
         }),
@@ -52,6 +74,8 @@ pub(crate) fn commit(
     let info = new.info.clone();
     let sha256 = new.image.shadow.sha256.clone();
     let identity = new.image.shadow.identity;
+    let mutations = core.access.mutations();
+    let unknown_methods = new.unknown_methods.clone();
     let old = live.replace(Live {
         version: new,
         state,
@@ -64,6 +88,9 @@ pub(crate) fn commit(
         info,
         sha256,
         identity,
+        migrations: carry.map(|c| c.steps).unwrap_or_default(),
+        mutations,
+        unknown_methods,
     })
 }
 
@@ -78,4 +105,10 @@ pub(crate) struct Committed {
     pub sha256: crate::version::Sha256Cell,
     /// Which file it was read from.
     pub identity: Option<crate::version::ArtifactIdentity>,
+    /// The state migrations run, named.
+    pub migrations: Vec<String>,
+    /// The module's count of `&mut self` calls at the swap.
+    pub mutations: u64,
+    /// The new build's methods the host was not compiled with.
+    pub unknown_methods: Vec<String>,
 }

@@ -125,9 +125,15 @@ pub struct ReloadReport {
     pub closed: Vec<RetiredVersion>,
     /// Versions held open by earlier retires that this reload found free and closed.
     pub released: Vec<RetiredVersion>,
+    /// The state migrations this reload ran, in order (`v1 -> v2 (from_v1)`); empty when the
+    /// new build has the running one's state schema.
+    pub migrations: Vec<String>,
+    /// The new build's methods that the host was not compiled with: it serves the methods
+    /// the host knows, and these wait for a host that declares them.
+    pub unknown_methods: Vec<String>,
     /// The artifact was the build that serves: the very file the serving version was read
     /// from (same device, inode, size and times: nothing was read), or a file with the same
-    /// bytes (copied and hashed, `timings.stage`, then discarded). Nothing was loaded, `from`
+    /// bytes (copied and compared with the serving copy, `timings.stage`, then discarded). Nothing was loaded, `from`
     /// and `to` are the serving version, and no event was sent.
     pub unchanged: bool,
 }
@@ -333,11 +339,19 @@ pub(crate) fn reload(
         ..committed.info
     });
     book.serving_identity = committed.identity;
+    let migrations = committed.migrations;
+    let unknown_methods = committed.unknown_methods;
     core.remember_refused_none();
     let from = committed.old.as_ref().map(|old| old.version.info());
     let (closed, released) = match committed.old {
         Some(old) => step("retire", &mut timings.retire, || {
-            retire::retire(old, committed.snapshot, &mut book, &core.spec)
+            retire::retire(
+                old,
+                committed.snapshot,
+                committed.mutations,
+                &mut book,
+                &core.spec,
+            )
         }),
         None => (Vec::new(), Vec::new()),
     };
@@ -360,6 +374,8 @@ pub(crate) fn reload(
         timings,
         closed,
         released,
+        migrations,
+        unknown_methods,
         unchanged: false,
     })
 }
@@ -415,6 +431,8 @@ fn unchanged_report(current: VersionInfo) -> ReloadReport {
         timings: StepTimings::default(),
         closed: Vec::new(),
         released: Vec::new(),
+        migrations: Vec::new(),
+        unknown_methods: Vec::new(),
         unchanged: true,
     }
 }

@@ -1,8 +1,6 @@
 //! Step 2: dlopen the shadow copy and find the module's descriptor.
 
-use std::ffi::c_void;
-
-use hotreload_abi::{LifecycleEntries, ModuleDescriptor, descriptor_symbol};
+use hotreload_abi::{ModuleDescriptor, descriptor_symbol};
 
 use crate::VersionInfo;
 use crate::error::HotError;
@@ -21,14 +19,18 @@ pub(crate) struct OpenedLibrary {
 
 impl OpenedLibrary {
     /// Called by verification once the descriptor and table are known to be sound.
-    pub(crate) fn into_verified(
-        self,
-        info: VersionInfo,
-        table: *const c_void,
-        lifecycle: LifecycleEntries,
-    ) -> LoadedVersion {
+    pub(crate) fn into_verified(self, checked: super::verify::Checked) -> LoadedVersion {
+        let super::verify::Checked {
+            info,
+            lifecycle,
+            schema,
+            table,
+            unknown_methods,
+        } = checked;
         LoadedVersion {
             info,
+            schema,
+            unknown_methods,
             table,
             lifecycle,
             image: self.image,

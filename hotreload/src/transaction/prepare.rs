@@ -20,11 +20,12 @@ pub(crate) fn construct(version: &LoadedVersion) -> Result<StatePtr, HotError> {
     }
 }
 
-/// The running state as an envelope, copied into the host's memory.
+/// The running state as an envelope of schema `schema` (the version's own, or an older one
+/// it declares a way down to), copied into the host's memory.
 ///
 /// The caller holds the module's write lock, so no call changes the state after this.
-pub(crate) fn save(live: &Live) -> Result<Vec<u8>, HotError> {
-    match (live.version.lifecycle.save)(live.state) {
+pub(crate) fn save(live: &Live, schema: u32) -> Result<Vec<u8>, HotError> {
+    match (live.version.lifecycle.save)(live.state, schema) {
         // Copied out: the RVec's buffer is freed through the old version's code, now.
         RResult::ROk(bytes) => Ok(bytes.as_slice().to_vec()),
         RResult::RErr(err) => Err(HotError::Save {

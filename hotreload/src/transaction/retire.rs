@@ -28,13 +28,15 @@ use crate::module::{Book, ModuleSpec};
 use crate::os;
 use crate::version::{Held, Image, Kept, Live, LoadedVersion, RetiredVersion};
 
-/// Retires `old` (with the state `snapshot` it saved when it was replaced), keeps it loaded
+/// Retires `old` (with the state `snapshot` it saved when it was replaced, after `mutations`
+/// `&mut self` calls of the module), keeps it loaded
 /// for rollback, and closes whatever falls out of the history, as well as held versions that
 /// nothing runs in any more. Returns the versions closed or newly held, and the held ones
 /// released.
 pub(crate) fn retire(
     old: Live,
     snapshot: Option<Vec<u8>>,
+    mutations: u64,
     book: &mut Book,
     spec: &ModuleSpec,
 ) -> (Vec<RetiredVersion>, Vec<RetiredVersion>) {
@@ -42,7 +44,11 @@ pub(crate) fn retire(
     let released = release_held(book, spec);
     let mut closed = Vec::new();
     match snapshot {
-        Some(snapshot) if spec.history > 0 => book.history.push_back(Kept { version, snapshot }),
+        Some(snapshot) if spec.history > 0 => book.history.push_back(Kept {
+            version,
+            snapshot,
+            mutations,
+        }),
         _ => closed.push(close(version, book, spec)),
     }
     while book.history.len() > spec.history {

@@ -1,7 +1,9 @@
 //! Going back to the previous version, kept loaded in the module's history (its artifact on
-//! disk is not needed). The state: the current one if the older version can read it,
-//! otherwise the snapshot that version saved when it was replaced. The version rolled back
-//! from is closed, not kept.
+//! disk is not needed). The state: the current one if it can be carried to the older
+//! version's schema (the same schema, or the newer build declares the way down:
+//! `#[migrate(to = k)]`) and the older version restores it; otherwise the snapshot that version
+//! saved when it was replaced, which loses the changes of the `&mut self` calls made since
+//! (the report counts them). The version rolled back from is closed, not kept.
 
 use super::prepare;
 use super::retire;
@@ -17,10 +19,15 @@ use crate::version::Live;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum RollbackState {
-    /// The state of the version rolled back from: the older version could read it.
+    /// The state of the version rolled back from, migrated down to the older schema if the
+    /// newer build declared the way (the steps are in [`RollbackReport::migrations`]).
     Current,
-    /// The state the older version had when it was replaced.
-    Snapshot,
+    /// The state the older version had when it was replaced: the changes made by the
+    /// `calls_lost` `&mut self` calls since then are lost.
+    Snapshot {
+        /// The `&mut self` calls made since the snapshot (through every version since).
+        calls_lost: u64,
+    },
 }
 
 /// What a rollback did.
@@ -33,6 +40,8 @@ pub struct RollbackReport {
     pub to: VersionInfo,
     /// The state it was given.
     pub state: RollbackState,
+    /// The state migrations run on the current state, in order (`v3 -> v2 (to_v2)`).
+    pub migrations: Vec<String>,
     /// The version rolled back from, closed (or held open while a thread may run in it).
     pub closed: crate::RetiredVersion,
 }
@@ -67,8 +76,20 @@ pub(crate) fn rollback(
     let current = if snapshot_only {
         None
     } else {
-        prepare::save(running)
-            .and_then(|envelope| prepare::restore(&kept.version, &envelope, from_generation))
+        let carried = running
+            .version
+            .schema
+            .carry_to(&kept.version.schema)
+            .map_err(|reason| format!("state schema: {reason}"))
+            .and_then(|carry| {
+                prepare::save(running, carry.save_as)
+                    .and_then(|envelope| {
+                        prepare::restore(&kept.version, &envelope, from_generation)
+                    })
+                    .map(|state| (state, carry.steps))
+                    .map_err(|err| err.to_string())
+            });
+        carried
             .inspect_err(|err| {
                 tracing::info!(
                     module = %core.spec.name,
@@ -77,11 +98,14 @@ pub(crate) fn rollback(
             })
             .ok()
     };
-    let (state, used) = match current {
-        Some(state) => (state, RollbackState::Current),
+    let (state, used, migrations) = match current {
+        Some((state, steps)) => (state, RollbackState::Current, steps),
         None => match prepare::restore(&kept.version, &kept.snapshot, kept.version.info.generation)
         {
-            Ok(state) => (state, RollbackState::Snapshot),
+            Ok(state) => {
+                let calls_lost = core.access.mutations().saturating_sub(kept.mutations);
+                (state, RollbackState::Snapshot { calls_lost }, Vec::new())
+            }
             Err(err) => {
                 book.history.push_back(kept);
                 return Err(err);
@@ -120,6 +144,7 @@ pub(crate) fn rollback(
         from,
         to,
         state: used,
+        migrations,
         closed,
     }))
 }

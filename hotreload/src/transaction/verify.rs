@@ -1,8 +1,9 @@
 //! Step 3: decide whether an opened library may serve this module, before anything running
 //! is touched. Checks, in order: the descriptor's magic and framework ABI version (before any
 //! other field is read), the descriptor's full size (from the file's symbol table), the panic
-//! strategy (only `unwind` lets a panic come back as an error), the module name, the export
-//! table's layout, the API version.
+//! strategy (only `unwind` lets a panic come back as an error), the module name, the layout
+//! of each method the host was compiled with (found by name: a build may add methods), the
+//! API version.
 
 mod layout;
 
@@ -11,6 +12,7 @@ use std::time::SystemTime;
 use abi_stable::abi_stability::abi_checking::{
     CheckingGlobals, check_layout_compatibility_with_globals,
 };
+use abi_stable::type_layout::TypeLayout;
 use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, LifecycleEntries, ModuleDescriptor,
     PANIC_ABORT, PANIC_UNWIND,
@@ -28,25 +30,22 @@ pub(crate) fn verify(
     opened: OpenedLibrary,
 ) -> Result<LoadedVersion, Box<(HotError, OpenedLibrary)>> {
     match check(spec, &opened) {
-        Ok((info, table, lifecycle)) => {
+        Ok(checked) => {
             // Before any other entry: the module's panic hook asks the host whether a panic
             // is inside a call. It cannot fail but by a panic, which it contains.
             if let abi_stable::std_types::RResult::RErr(err) =
-                (lifecycle.attach)(crate::access::HOST_HOOKS)
+                (checked.lifecycle.attach)(crate::access::HOST_HOOKS)
             {
                 tracing::warn!(module = %spec.name, "attaching the module failed: {err:?}");
             }
-            Ok(opened.into_verified(info, table, lifecycle))
+            Ok(opened.into_verified(checked))
         }
         Err(err) => Err(Box::new((err, opened))),
     }
 }
 
 /// The checks, in order; what a verified version is made of.
-fn check(
-    spec: &ModuleSpec,
-    opened: &OpenedLibrary,
-) -> Result<(VersionInfo, *const std::ffi::c_void, LifecycleEntries), HotError> {
+fn check(spec: &ModuleSpec, opened: &OpenedLibrary) -> Result<Checked, HotError> {
     let reject = |reason: Rejection, detail: Option<Box<str>>| HotError::Rejected {
         module: spec.name.clone(),
         path: opened.shadow().artifact.clone(),
@@ -111,27 +110,12 @@ fn check(
         ));
     }
 
-    // A private `CheckingGlobals` per check: the shared one caches layouts, and the module's
-    // layouts disappear when its version is unmapped. The error holds references into the
-    // module too; it is turned into text here and dropped.
-    let globals = CheckingGlobals::new();
-    if let Err(errors) = check_layout_compatibility_with_globals(
-        spec.expected_layout,
-        descriptor.table_layout,
-        &globals,
-    ) {
-        // Copied out: the descriptions live in the module's image.
-        let declared = layout::Declared::copy(descriptor.methods.as_slice());
-        let summary = layout::summarize(
-            &errors,
-            spec.expected_layout,
-            descriptor.table_layout,
-            spec.methods,
-            &declared,
-        );
-        let detail = errors.to_string().into_boxed_str();
-        return Err(reject(Rejection::Layout(summary), Some(detail)));
-    }
+    let (table, unknown_methods) = table(spec, descriptor).map_err(|(summary, detail)| {
+        reject(
+            Rejection::Layout(summary),
+            detail.map(String::into_boxed_str),
+        )
+    })?;
 
     if !spec.accepted_api.contains(&descriptor.api_version) {
         return Err(reject(
@@ -143,9 +127,7 @@ fn check(
         ));
     }
 
-    // SAFETY: the layout check above proved the table starts with `LifecycleEntries` (the
-    // host's expected table does), and the table is a static in the mapped image.
-    let lifecycle = unsafe { *descriptor.table.cast::<LifecycleEntries>() };
+    let lifecycle = table.lifecycle();
     let info = VersionInfo {
         module: spec.name.clone(),
         generation: opened.generation,
@@ -159,5 +141,115 @@ fn check(
         loaded_at: SystemTime::now(),
     };
     tracing::debug!(api_version = info.api_version, "verified");
-    Ok((info, descriptor.table, lifecycle))
+    Ok(Checked {
+        info,
+        lifecycle,
+        schema: crate::version::Schema::of(descriptor),
+        table,
+        unknown_methods,
+    })
+}
+
+/// What verification found a version to be.
+pub(crate) struct Checked {
+    pub info: VersionInfo,
+    pub lifecycle: LifecycleEntries,
+    pub schema: crate::version::Schema,
+    pub table: HostTable,
+    /// The build's methods that the host was not compiled with.
+    pub unknown_methods: Vec<String>,
+}
+
+/// A version's export table as the host was compiled with it (`T::Table`), filled with the
+/// build's entries: the lifecycle entries, then each method the host knows, found by name.
+/// Owned by the host, so the build's own table may have more methods, in any order.
+pub(crate) struct HostTable(Box<[usize]>);
+
+impl HostTable {
+    /// The table, for the call path to read as `T::Table`.
+    pub(crate) fn as_ptr(&self) -> *const std::ffi::c_void {
+        self.0.as_ptr().cast()
+    }
+
+    fn lifecycle(&self) -> LifecycleEntries {
+        // SAFETY: `table` wrote a whole `LifecycleEntries` (function pointers, word-sized and
+        // word-aligned) at the start of the words, which are at least that many.
+        unsafe { std::ptr::read(self.0.as_ptr().cast::<LifecycleEntries>()) }
+    }
+}
+
+/// The host's table for this build, and the build's methods the host does not know; or the
+/// first difference in the host's terms, with abi_stable's full report.
+fn table(
+    spec: &ModuleSpec,
+    descriptor: &ModuleDescriptor,
+) -> Result<(HostTable, Vec<String>), (String, Option<String>)> {
+    const WORD: usize = size_of::<usize>();
+    // Copied out: the descriptions live in the module's image.
+    let declared = layout::Declared::copy(descriptor.methods.as_slice());
+    // A private `CheckingGlobals` per verification: the shared one caches layouts, and the
+    // module's layouts disappear when its version is unmapped. Errors hold references into
+    // the module too; they are turned into text here and dropped.
+    let globals = CheckingGlobals::new();
+    let compare = |expected: &'static TypeLayout, found: &'static TypeLayout| {
+        check_layout_compatibility_with_globals(expected, found, &globals).map_err(|errors| {
+            let summary = layout::summarize(&errors, spec.methods, &declared);
+            (summary, Some(errors.to_string()))
+        })
+    };
+    compare(
+        <LifecycleEntries as abi_stable::StableAbi>::LAYOUT,
+        descriptor.lifecycle_layout,
+    )
+    .map_err(|(_, detail)| ("the lifecycle entries' layout differs".to_owned(), detail))?;
+    let lifecycle_words = size_of::<LifecycleEntries>() / WORD;
+    let table_words = descriptor.table_size / WORD;
+    let found = descriptor.entries.as_slice();
+    let malformed = |what: String| (format!("the export table is malformed: {what}"), None);
+    if table_words < lifecycle_words || descriptor.table.align_offset(WORD) != 0 {
+        return Err(malformed(format!("{} bytes", descriptor.table_size)));
+    }
+    let mut words = vec![0usize; spec.table_size / WORD].into_boxed_slice();
+    // SAFETY: the build's table is a static in its mapped image, aligned (checked above) and
+    // at least `table_size >= size_of::<LifecycleEntries>()` bytes (checked above), and
+    // starts with `LifecycleEntries` (its layout was checked just above); the host's table
+    // (`T::Table`) starts with it too, and has room for it (it is one of its fields).
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            descriptor.table.cast::<usize>(),
+            words.as_mut_ptr(),
+            lifecycle_words,
+        );
+    }
+    for expected in spec.entries {
+        let name = expected.name.as_str();
+        let Some(entry) = found.iter().find(|entry| entry.name.as_str() == name) else {
+            return Err((format!("method '{name}' is missing"), None));
+        };
+        compare(expected.layout, entry.layout)?;
+        if entry.offset % WORD != 0 || entry.offset / WORD >= table_words {
+            return Err(malformed(format!(
+                "method '{name}' at byte {} of {}",
+                entry.offset, descriptor.table_size
+            )));
+        }
+        // SAFETY: inside the build's table (checked just above: aligned, and before its
+        // end), a static of its image; the word is a function pointer of the layout just
+        // checked against the host's for this method.
+        let function = unsafe {
+            descriptor
+                .table
+                .cast::<usize>()
+                .add(entry.offset / WORD)
+                .read()
+        };
+        words[expected.offset / WORD] = function;
+    }
+    let unknown = found
+        .iter()
+        .map(|entry| entry.name.as_str())
+        .filter(|name| !spec.entries.iter().any(|e| e.name.as_str() == *name))
+        .map(str::to_owned)
+        .collect();
+    Ok((HostTable(words), unknown))
 }

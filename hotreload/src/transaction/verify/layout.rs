@@ -3,7 +3,7 @@
 //! types on both sides as the sources spell them.
 
 use abi_stable::abi_stability::abi_checking::{AbiInstability, AbiInstabilityErrors};
-use abi_stable::type_layout::{TLFieldOrFunction, TypeLayout};
+use abi_stable::type_layout::TLFieldOrFunction;
 
 use hotreload_abi::MethodDescription;
 
@@ -35,24 +35,18 @@ impl Declared {
     }
 }
 
-/// The table field that holds the lifecycle entries, named by `#[hot_module]`.
-const LIFECYCLE_FIELD: &str = "__lifecycle";
 /// abi_stable's name for a function's return value in a layout.
 const RETURNS: &str = "__returns";
 
-/// One line naming the first difference between the host's table and the module's.
+/// One line naming the first difference between the host's entry for a method and the
+/// module's (each a struct whose one field is named after the method).
 pub(crate) fn summarize(
     errors: &AbiInstabilityErrors,
-    expected: &'static TypeLayout,
-    found: &'static TypeLayout,
     methods: &[MethodSignature],
     declared: &Declared,
 ) -> String {
-    if let Some(line) = method_set_difference(expected, found) {
-        return line;
-    }
     let Some(first) = errors.errors.iter().find(|e| !e.errs.is_empty()) else {
-        return "the export table's layout differs".into();
+        return "the method's layout differs".into();
     };
     // The method the layout check stopped in, compared as both sources declare it.
     let method = first
@@ -114,36 +108,6 @@ fn declared_difference(name: &str, host: &[MethodSignature], module: &Declared) 
     })
 }
 
-fn field_names(layout: &'static TypeLayout) -> Vec<&'static str> {
-    layout
-        .get_fields()
-        .map(|fields| fields.iter().map(|f| f.name()).collect())
-        .unwrap_or_default()
-}
-
-/// Methods added, removed or moved: the most common change, said directly.
-fn method_set_difference(
-    expected: &'static TypeLayout,
-    found: &'static TypeLayout,
-) -> Option<String> {
-    let host = field_names(expected);
-    let module = field_names(found);
-    if host == module {
-        return None;
-    }
-    if let Some(missing) = host.iter().find(|name| !module.contains(name)) {
-        return Some(format!("method '{missing}' is missing"));
-    }
-    if let Some(extra) = module.iter().find(|name| !host.contains(name)) {
-        return Some(format!("method '{extra}' is not known to the host"));
-    }
-    Some(format!(
-        "methods are declared in another order: host has {}, module has {}",
-        host.join(", "),
-        module.join(", ")
-    ))
-}
-
 /// "method 'tick', parameter 1 ('dt')", from the path abi_stable took to the difference.
 ///
 /// abi_stable names function-pointer parameters `param_<i>`, counting the state parameter;
@@ -161,11 +125,7 @@ fn location<'a>(
             TLFieldOrFunction::Field(field) if depth == 0 => {
                 let name = field.name();
                 method = methods.iter().find(|m| m.name == name);
-                parts.push(if name == LIFECYCLE_FIELD {
-                    "lifecycle entries".into()
-                } else {
-                    format!("method '{name}'")
-                });
+                parts.push(format!("method '{name}'"));
             }
             TLFieldOrFunction::Function(_) => in_function = true,
             TLFieldOrFunction::Field(field) if in_function => {
