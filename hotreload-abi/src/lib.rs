@@ -56,6 +56,10 @@ pub struct ModuleDescriptor {
     /// k)]` down): with them its `restore` reads older schemas and its `save` writes older
     /// ones. Up steps run `k -> k + 1`, down steps `k + 1 -> k`; each chain is contiguous.
     pub migrations: RSlice<'static, MigrationStep>,
+    /// `#[hot_module(concurrent_save = true)]`: the module's `&self` methods never change its
+    /// state (no interior mutability written through `&self`), so the host may save the
+    /// state while `&self` calls run.
+    pub concurrent_save: bool,
     /// The panic strategy the module was built with: [`PANIC_UNWIND`] or [`PANIC_ABORT`].
     /// Panics can only be contained (returned to the host as errors) with `unwind`.
     pub panic_strategy: u32,

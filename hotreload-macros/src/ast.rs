@@ -25,6 +25,8 @@ pub(crate) struct Module<'a> {
     pub on_retire: Option<Ident>,
     /// The `#[migrate]` steps between state schemas.
     pub migrations: Chains<'a>,
+    /// `concurrent_save = true`.
+    pub concurrent_save: bool,
 }
 
 /// How an exported method receives the state.
@@ -110,6 +112,7 @@ impl<'a> Module<'a> {
             api_version: args.version?,
             state_version,
             migrations,
+            concurrent_save: args.concurrent_save.unwrap_or(false),
             methods,
             helpers,
             on_retire: args.on_retire,

@@ -18,9 +18,12 @@ pub(crate) struct Args {
     /// `on_retire = method`: a method of the impl block run on the state of a version that
     /// stops serving.
     pub on_retire: Option<Ident>,
+    /// `concurrent_save = true`: the `&self` methods never change the state, so a reload
+    /// may save it while they run.
+    pub concurrent_save: Option<bool>,
 }
 
-const KNOWN: &str = "expected `version`, `name`, `state_version` or `on_retire`";
+const KNOWN: &str = "expected `version`, `name`, `state_version`, `on_retire` or `concurrent_save`";
 
 impl Args {
     /// Parses the attribute's arguments, recording every problem in `errors`.
@@ -30,6 +33,7 @@ impl Args {
             name: None,
             state_version: None,
             on_retire: None,
+            concurrent_save: None,
         };
         let parser = Punctuated::<MetaNameValue, Token![,]>::parse_terminated;
         let metas = match parser.parse2(tokens) {
@@ -60,6 +64,12 @@ impl Args {
                     errors,
                 ),
                 "name" => set_once(&mut args.name, name_value(&meta, errors), &meta, errors),
+                "concurrent_save" => set_once(
+                    &mut args.concurrent_save,
+                    bool_value(&meta, errors),
+                    &meta,
+                    errors,
+                ),
                 "on_retire" => set_once(
                     &mut args.on_retire,
                     method_value(&meta, errors),
@@ -111,6 +121,21 @@ fn int_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<LitInt> {
         },
         other => {
             errors.spanned(other, format!("expected an integer, like `{name} = 1`"));
+            None
+        }
+    }
+}
+
+fn bool_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<bool> {
+    match &meta.value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Some(b.value),
+        other => {
+            errors.spanned(
+                other,
+                "expected `true` or `false`, like `concurrent_save = true`",
+            );
             None
         }
     }

@@ -73,6 +73,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     let name = &module.name;
     let api_version = &module.api_version;
     let state_version = &module.state_version;
+    let concurrent_save = module.concurrent_save;
     let symbol = format!("{DESCRIPTOR_SYMBOL_PREFIX}{}", name.value());
 
     let table_fields: Vec<TokenStream> = module.methods.iter().map(table_field).collect();
@@ -223,6 +224,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 api_version: #api_version,
                 state_version: #state_version,
                 migrations: __hr::RSlice::from_slice(__HOT_MIGRATIONS),
+                concurrent_save: #concurrent_save,
                 panic_strategy: if ::core::cfg!(panic = "unwind") {
                     __hr::PANIC_UNWIND
                 } else {

@@ -363,6 +363,21 @@ impl Access {
         }
     }
 
+    /// The first half of a permit to replace the live version, for the transaction `mark`
+    /// began: `&mut self` calls are excluded (waits for the one in flight), `&self` calls
+    /// through shared handles go on. The state may be read (saved) meanwhile.
+    pub(crate) fn permit_share<'a>(&'a self, mark: &TransactionMark<'a>) -> SharePermit<'a> {
+        debug_assert!(std::ptr::eq(mark.access, self));
+        let guard = self
+            .lock
+            .exclude_writers()
+            .unwrap_or_else(PoisonError::into_inner);
+        SharePermit {
+            access: self,
+            guard,
+        }
+    }
+
     /// As [`permit_replace`](Self::permit_replace) if no call is in flight at this moment;
     /// `None` at once otherwise, having held no caller back (beyond the instant of trying).
     pub(crate) fn try_permit_replace<'a>(
@@ -560,6 +575,49 @@ impl Drop for ReplacePermit<'_> {
             .info
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = self.live.as_ref().map(published);
+    }
+}
+
+/// Writers excluded, readers counted in slots still running: the live version may be read.
+/// Only [`Access::permit_share`] makes one.
+pub(crate) struct SharePermit<'a> {
+    access: &'a Access,
+    guard: ShardedLockWriteGuard<'a, ()>,
+}
+
+impl<'a> SharePermit<'a> {
+    /// The live version, to read beside `&self` calls.
+    pub(crate) fn live(&self) -> Option<&Live> {
+        // SAFETY: writers are excluded (the transaction holds `inner`'s write lock), so no
+        // `&mut self` call or replacement runs; `&self` calls also only read `live` (and the
+        // state, through shared references).
+        unsafe { (*self.access.live.get()).as_ref() }
+    }
+
+    /// The whole permit once no `&self` call is in flight at this moment; the share permit
+    /// back otherwise, having held no caller back beyond the instant of trying.
+    pub(crate) fn try_replace(self) -> Result<ReplacePermit<'a>, Self> {
+        if self.access.lock.try_exclude_readers() {
+            Ok(self.into_replace())
+        } else {
+            Err(self)
+        }
+    }
+
+    /// The whole permit: waits for the `&self` calls in flight, holding new ones back.
+    pub(crate) fn replace(self) -> ReplacePermit<'a> {
+        self.access.lock.exclude_readers();
+        self.into_replace()
+    }
+
+    fn into_replace(self) -> ReplacePermit<'a> {
+        let SharePermit { access, guard } = self;
+        ReplacePermit {
+            access,
+            _guard: guard,
+            // SAFETY: writers and readers are excluded now, as under `permit_replace`.
+            live: unsafe { &mut *access.live.get() },
+        }
     }
 }
 

@@ -206,6 +206,9 @@ pub(crate) struct Schema {
     pub version: u32,
     /// `(from, to, name)` of each step, up (`to = from + 1`) or down (`to = from - 1`).
     pub steps: Vec<(u32, u32, String)>,
+    /// `#[hot_module(concurrent_save = true)]`: the build's `&self` methods do not change
+    /// the state, so it may be saved while they run.
+    pub concurrent_save: bool,
 }
 
 /// How a state is carried from one version to another: the schema the old build saves it as,
@@ -225,6 +228,7 @@ impl Schema {
                 .iter()
                 .map(|step| (step.from, step.to, step.name.as_str().to_owned()))
                 .collect(),
+            concurrent_save: descriptor.concurrent_save,
         }
     }
 

@@ -235,3 +235,49 @@ fn a_build_without_a_method_the_host_calls_is_refused_naming_it() {
     );
     assert_eq!(ledger.describe(), "v1 owner= entries=[5]");
 }
+
+#[test]
+fn a_state_saved_beside_shared_calls_loses_no_change() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    // The ledger declares `concurrent_save`: `&self` calls go on while it is saved, and
+    // `&mut self` calls wait from the save to the swap.
+    let ledger = Ledger::start("v1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let added = Arc::new(AtomicU64::new(0));
+    let threads: Vec<_> = (0..2)
+        .map(|i| {
+            let module = ledger.module.clone();
+            let (stop, added) = (Arc::clone(&stop), Arc::clone(&added));
+            std::thread::spawn(move || {
+                let mut calls = 0u64;
+                while !stop.load(Ordering::Acquire) {
+                    if i == 0 {
+                        hot_fn!(module.add(1)).unwrap();
+                        added.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        let _ = hot_fn!(module.describe()).unwrap();
+                    }
+                    calls += 1;
+                }
+                calls
+            })
+        })
+        .collect();
+    let mut shared = 0;
+    for round in 0..20 {
+        let report = ledger
+            .reload(if round % 2 == 0 { "v1-grown" } else { "v1" })
+            .unwrap();
+        assert!(report.timings.prepare.is_zero(), "{}", report.timings);
+        shared += u32::from(!report.timings.prepare_shared.is_zero());
+    }
+    stop.store(true, Ordering::Release);
+    let calls: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(shared, 20, "every reload saved beside the calls");
+    assert!(calls.iter().all(|&c| c > 0), "{calls:?}");
+    // Every `&mut self` call made before, during and after the reloads is in the state.
+    let entries = ledger.add(1) - 1;
+    assert_eq!(entries, added.load(Ordering::Relaxed));
+}

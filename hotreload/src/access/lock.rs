@@ -202,6 +202,35 @@ impl CallLock {
         guard
     }
 
+    /// The first half of [`write`](Self::write): other writers (and readers without a slot)
+    /// are excluded, readers counted in slots keep coming and going. For a transaction that
+    /// reads the state beside `&self` calls; [`exclude_readers`](Self::exclude_readers) or
+    /// [`try_exclude_readers`](Self::try_exclude_readers) completes it.
+    pub(crate) fn exclude_writers(&self) -> LockResult<ShardedLockWriteGuard<'_, ()>> {
+        let guard = self.inner.write();
+        // Left raised by the last replacement, it would send every reader to `inner`.
+        self.writing.store(false, Ordering::SeqCst);
+        guard
+    }
+
+    /// With `inner` held by [`exclude_writers`](Self::exclude_writers): waits for the
+    /// readers counted in slots, holding new ones back.
+    pub(crate) fn exclude_readers(&self) {
+        self.writing.store(true, Ordering::SeqCst);
+        self.wait_for_readers();
+    }
+
+    /// As [`exclude_readers`](Self::exclude_readers) if no reader is counted at this moment;
+    /// `false` at once otherwise, new readers held back only for the instant of trying.
+    pub(crate) fn try_exclude_readers(&self) -> bool {
+        self.writing.store(true, Ordering::SeqCst);
+        if self.counted_readers() {
+            self.writing.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
     /// Exclusive access for a `&mut self` call; lowers `writing` when it drops.
     pub(crate) fn write_exclusive(&self) -> ExclusiveGuard<'_> {
         let guard = self.write().unwrap_or_else(PoisonError::into_inner);

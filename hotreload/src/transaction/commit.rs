@@ -3,10 +3,13 @@
 
 use std::time::Instant;
 
+use abi_stable::std_types::RResult;
+use hotreload_abi::StatePtr;
+
 use super::StepTimings;
 use super::prepare;
 use crate::VersionInfo;
-use crate::access::TransactionMark;
+use crate::access::{ReplacePermit, TransactionMark};
 use crate::error::HotError;
 use crate::module::ModuleCore;
 use crate::version::{Live, LoadedVersion};
@@ -42,32 +45,19 @@ pub(crate) fn commit(
         },
         None => None,
     };
-    // Waits for a moment with no call in flight (new calls are held back only once the
-    // module's patience is spent, and from here until the swap).
-    let quiesced = match super::quiesce::acquire(core, mark, false) {
-        Ok(quiesced) => quiesced,
-        Err(err) => return Err(Box::new((err, new))),
-    };
-    timings.quiesce = quiesced.looked;
-    timings.wait = quiesced.held_back;
-    let mut live = quiesced.permit;
-
-    let prepare_span = tracing::debug_span!("step", step = "prepare").entered();
-    let started = Instant::now();
     let save_as = carry.as_ref().map_or(new.schema.version, |c| c.save_as);
-    let prepared = match live.as_ref() {
-        Some(running) => prepare::save(running, save_as).and_then(|envelope| {
-            let state = prepare::restore(&new, &envelope, running.version.info.generation)?;
-            Ok((state, Some(envelope)))
-        }),
-        None => prepare::construct(&new).map(|state| (state, None)),
+    let beside_calls = carry.is_some()
+        && !core.access.has_owner()
+        && core.access.schema().is_some_and(|s| s.concurrent_save);
+    let prepared = if beside_calls {
+        prepare_beside_calls(core, mark, &new, save_as, timings)
+    } else {
+        prepare_alone(core, mark, &new, save_as, timings)
     };
-    let (state, snapshot) = match prepared {
+    let (mut live, state, snapshot) = match prepared {
         Ok(prepared) => prepared,
         Err(err) => return Err(Box::new((err, new))),
     };
-    timings.prepare = started.elapsed();
-    drop(prepare_span);
 
     let _commit_span = tracing::debug_span!("step", step = "commit").entered();
     let started = Instant::now();
@@ -92,6 +82,79 @@ pub(crate) fn commit(
         mutations,
         unknown_methods,
     })
+}
+
+/// The state for `new`, made with the module to this transaction alone: waits for a moment
+/// with no call in flight (new calls are held back only once the module's patience is spent,
+/// and from then until the swap).
+fn prepare_alone<'a>(
+    core: &'a ModuleCore,
+    mark: &TransactionMark<'a>,
+    new: &LoadedVersion,
+    save_as: u32,
+    timings: &mut StepTimings,
+) -> Result<Prepared<'a>, HotError> {
+    let quiesced = super::quiesce::acquire(core, mark, false)?;
+    timings.quiesce = quiesced.looked;
+    timings.wait = quiesced.held_back;
+    let live = quiesced.permit;
+    let _span = tracing::debug_span!("step", step = "prepare").entered();
+    let started = Instant::now();
+    let (state, snapshot) = carry_over(live.as_ref(), new, save_as)?;
+    timings.prepare = started.elapsed();
+    Ok((live, state, snapshot))
+}
+
+/// The state for `new`, saved and restored while `&self` calls go on (the running build
+/// declared `concurrent_save`: its `&self` methods do not change the state); `&mut self`
+/// calls wait from the start of the save to the swap, so the state saved is the state
+/// swapped out.
+fn prepare_beside_calls<'a>(
+    core: &'a ModuleCore,
+    mark: &TransactionMark<'a>,
+    new: &LoadedVersion,
+    save_as: u32,
+    timings: &mut StepTimings,
+) -> Result<Prepared<'a>, HotError> {
+    let waiting = Instant::now();
+    let sharing = core.access.permit_share(mark);
+    let span = tracing::debug_span!("step", step = "prepare").entered();
+    let started = Instant::now();
+    let (state, snapshot) = carry_over(sharing.live(), new, save_as)?;
+    timings.prepare_shared = started.elapsed();
+    drop(span);
+    let quiesced = match super::quiesce::upgrade(core, sharing) {
+        Ok(quiesced) => quiesced,
+        Err(err) => {
+            // Made by the new version, which will not serve: its code drops it.
+            if let RResult::RErr(fault) = (new.lifecycle.destroy)(state) {
+                tracing::warn!("dropping the unused state failed: {fault:?}");
+            }
+            return Err(err);
+        }
+    };
+    timings.quiesce = waiting.elapsed() - timings.prepare_shared;
+    timings.wait = quiesced.held_back;
+    Ok((quiesced.permit, state, snapshot))
+}
+
+/// The permit, the new version's state and the old one's envelope (`None` on a first load).
+type Prepared<'a> = (ReplacePermit<'a>, StatePtr, Option<Vec<u8>>);
+
+/// Saves the running state as `save_as` and restores it into `new`, or makes a fresh one.
+fn carry_over(
+    running: Option<&Live>,
+    new: &LoadedVersion,
+    save_as: u32,
+) -> Result<(StatePtr, Option<Vec<u8>>), HotError> {
+    match running {
+        Some(running) => {
+            let envelope = prepare::save(running, save_as)?;
+            let state = prepare::restore(new, &envelope, running.version.info.generation)?;
+            Ok((state, Some(envelope)))
+        }
+        None => prepare::construct(new).map(|state| (state, None)),
+    }
 }
 
 /// What a commit replaced.

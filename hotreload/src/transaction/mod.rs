@@ -54,8 +54,12 @@ pub struct StepTimings {
     /// Waiting for the calls in progress to return with new calls held back: zero unless
     /// the module's patience ran out.
     pub wait: Duration,
-    /// Saving the old state and restoring it into the new version (callers wait).
+    /// Saving the old state and restoring it into the new version, with every caller
+    /// waiting.
     pub prepare: Duration,
+    /// The same, with `&self` callers going on and only `&mut self` callers waiting: when
+    /// the running build declares `concurrent_save` (then `prepare` is zero).
+    pub prepare_shared: Duration,
     /// Publishing the new version (callers wait).
     pub commit: Duration,
     /// The SHA-256 of the new version's bytes, for its [`VersionInfo`], after the swap
@@ -74,15 +78,21 @@ impl StepTimings {
             + self.quiesce
             + self.wait
             + self.prepare
+            + self.prepare_shared
             + self.commit
             + self.hash
             + self.retire
     }
 
     /// How long new calls were held back: the wait (if the patience ran out), prepare and
-    /// commit. No caller was blocked longer than this by the reload.
+    /// commit. No `&self` caller was blocked longer than this by the reload.
     pub fn pause(&self) -> Duration {
         self.wait + self.prepare + self.commit
+    }
+
+    /// How long new `&mut self` calls were held back: the pause, and a `prepare_shared`.
+    pub fn exclusive_pause(&self) -> Duration {
+        self.pause() + self.prepare_shared
     }
 }
 
@@ -98,10 +108,15 @@ impl std::fmt::Display for StepTimings {
         if !self.quiesce.is_zero() || !self.wait.is_zero() {
             write!(f, "quiesce {:.2?}, wait {:.2?}, ", self.quiesce, self.wait)?;
         }
+        if self.prepare_shared.is_zero() {
+            write!(f, "prepare {:.2?}, ", self.prepare)?;
+        } else {
+            write!(f, "prepare {:.2?} beside calls, ", self.prepare_shared)?;
+        }
         write!(
             f,
-            "prepare {:.2?}, commit {:.2?}, hash {:.2?}, retire {:.2?}",
-            self.prepare, self.commit, self.hash, self.retire
+            "commit {:.2?}, hash {:.2?}, retire {:.2?}",
+            self.commit, self.hash, self.retire
         )
     }
 }

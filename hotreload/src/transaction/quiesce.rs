@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use crate::WhenBusy;
-use crate::access::{ReplacePermit, TransactionMark};
+use crate::access::{ReplacePermit, SharePermit, TransactionMark};
 use crate::error::HotError;
 use crate::module::ModuleCore;
 
@@ -30,17 +30,54 @@ pub(crate) fn acquire<'a>(
     mark: &TransactionMark<'a>,
     recovery: bool,
 ) -> Result<Quiesced<'a>, HotError> {
+    patiently(
+        core,
+        recovery,
+        (),
+        |()| core.access.try_permit_replace(mark).ok_or(()),
+        |()| core.access.permit_replace(mark),
+    )
+}
+
+/// Completes `sharing` (writers already excluded, the state read beside `&self` calls) into
+/// the permit to replace the live version, the same way: a moment with no `&self` call in
+/// flight, or the module's patience.
+pub(crate) fn upgrade<'a>(
+    core: &'a ModuleCore,
+    sharing: SharePermit<'a>,
+) -> Result<Quiesced<'a>, HotError> {
+    patiently(
+        core,
+        false,
+        sharing,
+        SharePermit::try_replace,
+        SharePermit::replace,
+    )
+}
+
+/// Tries `try_once` without holding callers back, backing off between tries, until the
+/// module's patience is spent; then waits (`wait`, holding new calls back) or gives up.
+fn patiently<'a, S>(
+    core: &'a ModuleCore,
+    recovery: bool,
+    mut state: S,
+    mut try_once: impl FnMut(S) -> Result<ReplacePermit<'a>, S>,
+    wait: impl FnOnce(S) -> ReplacePermit<'a>,
+) -> Result<Quiesced<'a>, HotError> {
     let policy = core.spec.quiesce;
     let started = Instant::now();
     let mut pause = Duration::from_nanos(200);
     loop {
-        if let Some(permit) = core.access.try_permit_replace(mark) {
-            return Ok(Quiesced {
-                permit,
-                looked: started.elapsed(),
-                held_back: Duration::ZERO,
-            });
-        }
+        state = match try_once(state) {
+            Ok(permit) => {
+                return Ok(Quiesced {
+                    permit,
+                    looked: started.elapsed(),
+                    held_back: Duration::ZERO,
+                });
+            }
+            Err(state) => state,
+        };
         let looked = started.elapsed();
         if looked >= policy.patience {
             if policy.then == WhenBusy::GiveUp && !recovery {
@@ -50,7 +87,7 @@ pub(crate) fn acquire<'a>(
                 });
             }
             let waiting = Instant::now();
-            let permit = core.access.permit_replace(mark);
+            let permit = wait(state);
             return Ok(Quiesced {
                 permit,
                 looked,
