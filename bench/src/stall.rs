@@ -167,19 +167,26 @@ impl Busy {
 }
 
 pub fn run(fixtures: &Fixtures, plan: Plan, report: &mut Report) -> Result<()> {
-    // (name, bytes of state, windows of each kind)
-    let sizes: &[(&str, u64, usize)] = if plan.quick {
-        &[("1kb", 1 << 10, 20), ("1mb", 1 << 20, 20)]
+    // (name, bytes of state, windows of each kind, whether the caller's method is `&self`).
+    // The module declares `concurrent_save`: a `&self` caller goes on while the state is
+    // saved and restored, a `&mut self` caller (`bump`) waits for it.
+    let sizes: &[(&str, u64, usize, bool)] = if plan.quick {
+        &[
+            ("1kb", 1 << 10, 20, false),
+            ("1mb", 1 << 20, 20, false),
+            ("1mb_shared", 1 << 20, 20, true),
+        ]
     } else {
         // 64 MB reloads take a few hundred milliseconds each: fewer of them.
         &[
-            ("1kb", 1 << 10, 200),
-            ("1mb", 1 << 20, 200),
-            ("64mb", 64 << 20, 40),
+            ("1kb", 1 << 10, 200, false),
+            ("1mb", 1 << 20, 200, false),
+            ("64mb", 64 << 20, 40, false),
+            ("64mb_shared", 64 << 20, 40, true),
         ]
     };
     let mut busy = Busy::new(fixtures.module_len() as usize);
-    for &(name, bytes, wanted) in sizes {
+    for &(name, bytes, wanted, shared) in sizes {
         let dir = fixtures.scratch("stall");
         let artifact = dir.join(hotreload::library_file_name("bench_module"));
         install(&fixtures.module[0], &artifact)?;
@@ -190,7 +197,11 @@ pub fn run(fixtures: &Fixtures, plan: Plan, report: &mut Report) -> Result<()> {
         let windows = Windows::new();
         let calling = module.clone();
         let caller = Arc::clone(&windows).caller(move || {
-            hot_fn!(calling.bump()).expect("no call fails during a reload");
+            if shared {
+                hot_fn!(calling.build()).expect("no call fails during a reload");
+            } else {
+                hot_fn!(calling.bump()).expect("no call fails during a reload");
+            }
         });
         let mut prepare = Vec::new();
         let measured = windows.measure(
@@ -200,7 +211,7 @@ pub fn run(fixtures: &Fixtures, plan: Plan, report: &mut Report) -> Result<()> {
             |round| Ok(install(&fixtures.module[(round + 1) % 2], &artifact)?),
             |_| {
                 let done = reloader.reload_module("bench_state")?;
-                prepare.push(done.timings.prepare);
+                prepare.push(done.timings.prepare + done.timings.prepare_shared);
                 Ok(())
             },
         );
@@ -221,6 +232,8 @@ pub fn run(fixtures: &Fixtures, plan: Plan, report: &mut Report) -> Result<()> {
         );
         report.stalls.push((name, stall));
         if name == "64mb" || (plan.quick && name == "1mb") {
+            // The exclusive pause: what `&mut self` callers wait (and `&self` ones, for a
+            // module without `concurrent_save`).
             report.state_mb_s = mb_s;
         }
     }

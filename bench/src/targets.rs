@@ -204,6 +204,19 @@ pub fn check(report: &Report) -> Vec<Check> {
             .over(windows, P99_MIN_SAMPLES, "windows"),
         );
     }
+    if let Some(s) = report.stall("64mb_shared") {
+        let during = tail(&s.during_reload_us);
+        checks.push(
+            Check::at_most(
+                "longest `&self` call during a reload (64 MB state): p99 <= 5 ms",
+                during.value / 1e3,
+                5.0,
+                "ms",
+                format!("{} during reloads", during.label()),
+            )
+            .over(during.samples, P99_MIN_SAMPLES, "windows"),
+        );
+    }
     if let Some(m) = &report.memory_tls {
         checks.push(
             Check::at_most(

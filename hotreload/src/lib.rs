@@ -190,11 +190,75 @@ pub(crate) use shadow::ShadowDir;
 ///   snake case (`GameLogic` → `game_logic`). The descriptor is exported as
 ///   `hotreload_module__<name>`, so two modules never collide.
 /// - `state_version = N`: the state schema version recorded in every saved state (1 by
-///   default).
+///   default). A build restores a state of its own schema; an older one only through the
+///   `#[migrate]` steps below, a newer one only if the running build writes it down to this
+///   one. Any other pair is refused before anything is touched (`HotError::StateSchema`).
+/// - `concurrent_save = true`: promises that no `&self` method changes the state (no
+///   `Mutex`, atomic or other interior mutability written through `&self`). A reload then
+///   saves and restores the state while `&self` calls go on; only `&mut self` calls wait for
+///   it (`StepTimings::prepare_shared`), and `&self` callers wait only for the swap. The
+///   state swapped out is exactly the one saved: no `&mut self` call runs in between. A
+///   `&self` method that did change the state could have that change lost in a reload.
 /// - `on_retire = method`: a method of the same impl block (it may be private), shaped
 ///   `fn method(&mut self)`; the hook runs on the old version's state when it stops serving,
 ///   before its workers ([`worker::spawn`]) are told to stop; it is where the module stops what
 ///   it started.
+///
+/// # State migrations
+/// Functions of the block marked `#[migrate(...)]` are the steps between state schemas; they
+/// are not exported. The old shapes need only serde (`#[derive(Deserialize)]` to read one,
+/// `Serialize` to write one down):
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Default, Serialize, Deserialize)]
+/// pub struct Player {
+///     name: String,
+///     health: u32, // schema v1 called it `hp`
+///     shield: u32, // new in schema v3
+/// }
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct PlayerV1 { name: String, hp: u32 }
+/// #[derive(Serialize, Deserialize)]
+/// pub struct PlayerV2 { name: String, health: u32 }
+///
+/// #[hotreload::hot_module(version = 1, state_version = 3)]
+/// impl Player {
+///     /// Schema v1 -> v2: `hp` renamed.
+///     #[migrate(from = 1)]
+///     fn from_v1(old: PlayerV1) -> PlayerV2 {
+///         PlayerV2 { name: old.name, health: old.hp }
+///     }
+///
+///     /// Schema v2 -> v3 (this build's): a field computed from the old ones. A step may
+///     /// fail: return `Result<_, E: Display>`.
+///     #[migrate(from = 2)]
+///     fn from_v2(old: PlayerV2) -> Result<Player, String> {
+///         let shield = old.health / 10;
+///         Ok(Player { name: old.name, health: old.health, shield })
+///     }
+///
+///     /// Schema v3 -> v2, for a rollback (or a reload of an older build) that keeps the
+///     /// current state: the first step down takes `&self`, the next ones the step before.
+///     #[migrate(to = 2)]
+///     fn to_v2(&self) -> PlayerV2 {
+///         PlayerV2 { name: self.name.clone(), health: self.health }
+///     }
+///
+///     pub fn health(&self) -> u32 {
+///         self.health
+///     }
+/// }
+/// ```
+///
+/// A state of schema 1 restored by this build runs `from_v1` then `from_v2`, each named in
+/// [`ReloadReport::migrations`] and in the error if it fails or panics ("state schema v2 ->
+/// v3: from_v2 failed: ..."); the old version keeps serving with its state then. The steps up
+/// must go one schema at a time to the build's own, the steps down one at a time from it:
+/// a gap is a compile error, and the compiler checks that each step's output is the next
+/// one's input.
 ///
 /// # Types in signatures
 /// | you write | crosses as |

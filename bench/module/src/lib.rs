@@ -21,7 +21,8 @@ std::thread_local! {
     static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-#[hotreload::hot_module(version = 1)]
+// No `&self` method changes the state: a reload may save it while they run.
+#[hotreload::hot_module(version = 1, concurrent_save = true)]
 impl BenchState {
     /// The call the overhead benchmark times.
     pub fn add(a: u64, b: u64) -> u64 {

@@ -1,11 +1,13 @@
 //! The hotreload demo: a game loop that keeps running while its logic is swapped.
 //!
-//! It builds the `game-logic` module and three edited copies of it, as a developer editing
+//! It builds the `game-logic` module and four edited copies of it, as a developer editing
 //! the source would, then runs the game and, between frames:
 //! 1. swaps in a build with a new scoring rule: the score and every entity carry over;
 //! 2. offers a build whose `tick` takes an `f64`: refused, with the reason in one line;
 //! 3. offers a build that panics while restoring the state: refused, nothing lost;
-//! 4. calls a method that panics: an error, and the next call works.
+//! 4. calls a method that panics: an error, and the next call works;
+//! 5. swaps in a build whose state gains a field (schema v2), computed from the old state by
+//!    its `#[migrate(from = 1)]` step, and which adds a method the host does not know yet.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -84,9 +86,7 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
         .join("../..")
         .canonicalize()?;
     let work = root.join("target/hotreload-demo");
-    println!(
-        "== Building game-logic and three edited copies (the first run compiles dependencies)"
-    );
+    println!("== Building game-logic and four edited copies (the first run compiles dependencies)");
     let started = Instant::now();
     let builds = build_variants(&root, &work)?;
     println!("   built in {:.1?}", started.elapsed());
@@ -153,6 +153,25 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
     );
     frames(&game, 1)?;
 
+    println!(
+        "\n== A build whose state gains a field, `leader` (schema v2), computed from the old state"
+    );
+    let before = hot_fn!(game.summary())?;
+    install(&builds, "leader", &artifact)?;
+    let report = reloader.reload_module("game_logic")?;
+    println!("   reloaded {report}");
+    println!("   state migrated: {}", report.migrations.join(", "));
+    println!(
+        "   the leader, computed by `from_v1` from the entities: x = {:.2} (rightmost was {:.2})",
+        hot_fn!(game.summary())?.rightmost,
+        before.rightmost
+    );
+    println!(
+        "   methods this build adds, which this host was not compiled with: {:?}",
+        report.unknown_methods
+    );
+    frames(&game, 2)?;
+
     let summary = hot_fn!(game.summary())?;
     println!(
         "\n== Done: {} ticks, score {}, {} entities; one process throughout, now on load #{}",
@@ -204,7 +223,7 @@ fn frames(game: &Module<GameLogic>, count: u32) -> Result<(), hotreload::HotErro
     Ok(())
 }
 
-/// The original module and three edits of it.
+/// The original module and four edits of it.
 fn build_variants(
     root: &Path,
     work: &Path,
@@ -220,6 +239,39 @@ fn build_variants(
                 "self.score += 10 * self.entities.len() as i64; // SCORING RULE",
             )
             .edit(LIB, "one point per entity per tick", "ten points per entity per tick")
+        })
+        .variant("leader", |v| {
+            v.edit(
+                LIB,
+                "self.score += self.entities.len() as i64; // SCORING RULE",
+                "self.score += 10 * self.entities.len() as i64; // SCORING RULE\n        \
+                 self.leader = self.entities.iter().map(|e| e.x).fold(self.leader, f32::max);",
+            )
+            .edit(LIB, "one point per entity per tick", "ten points per entity per tick")
+            .edit(
+                LIB,
+                "    entities: Vec<Entity>,\n}",
+                "    entities: Vec<Entity>,\n    /// How far the leading entity got.\n    \
+                 leader: f32,\n}\n\n/// The state before `leader`: schema v1.\n\
+                 #[derive(Deserialize)]\npub struct GameLogicV1 {\n    ticks: u64,\n    \
+                 score: i64,\n    entities: Vec<Entity>,\n}",
+            )
+            .edit(
+                LIB,
+                "#[hot_module(version = 1)]\nimpl GameLogic {",
+                "#[hot_module(version = 1, state_version = 2)]\nimpl GameLogic {\n    \
+                 /// Schema v1 had no leader: it is where the rightmost entity is.\n    \
+                 #[migrate(from = 1)]\n    fn from_v1(old: GameLogicV1) -> GameLogic {\n        \
+                 let leader = old.entities.iter().map(|e| e.x).fold(0.0, f32::max);\n        \
+                 GameLogic { ticks: old.ticks, score: old.score, entities: old.entities, leader }\n    \
+                 }\n\n    /// How far the leading entity got.\n    \
+                 pub fn leader(&self) -> f32 {\n        self.leader\n    }\n",
+            )
+            .edit(
+                LIB,
+                "rightmost: self.entities.iter().map(|e| e.x).fold(0.0, f32::max),",
+                "rightmost: self.leader,",
+            )
         })
         .variant("f64_tick", |v| {
             v.edit(
