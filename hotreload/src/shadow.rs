@@ -1,7 +1,12 @@
 //! The reloader's private directory of shadow copies: where each version's library is copied
 //! before it is opened.
 //!
-//! On Unix it is `<temp dir>/hotreload-<uid>/<pid>-<start>-<pid namespace>-<random>`. The
+//! On Unix it is `<base>/hotreload-<uid>/<pid>-<start>-<pid namespace>-<random>`, where the
+//! base is `$TMPDIR` if it is set; otherwise a memory filesystem if one is usable (the user's
+//! `$XDG_RUNTIME_DIR`, else `/dev/shm`: mounted without `noexec`, with at least 1 GiB free),
+//! so that copying a build never waits for the disk (on ext4, a 38 MB copy took 11 ms on a
+//! quiet disk and over 130 ms while the writeback of a build was busy); otherwise the system's
+//! temp dir. The
 //! per-user parent is mode 0700 and must belong to the user; each reloader's directory is
 //! 0700 too. The name is its owner's marker, made by the same `mkdir` as the directory (so
 //! no directory is ever without one): the process id, the process's start time (field 22 of
@@ -71,10 +76,51 @@ mod imp {
         Ok(dir)
     }
 
-    /// `<temp dir>/hotreload-<uid>`, made 0700 if it does not exist; refused if anyone but
-    /// the user could enter it, or replace it.
+    /// Where shadow copies go: see the module documentation.
+    fn base() -> PathBuf {
+        if std::env::var_os("TMPDIR").is_some() {
+            return std::env::temp_dir();
+        }
+        let runtime = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
+        runtime
+            .into_iter()
+            .chain([PathBuf::from("/dev/shm")])
+            .find(|dir| in_memory_and_usable(dir))
+            .unwrap_or_else(std::env::temp_dir)
+    }
+
+    /// Whether `dir` is on a memory filesystem that may hold libraries to run (not
+    /// `noexec`) and has room for a few debug builds.
+    fn in_memory_and_usable(dir: &Path) -> bool {
+        const ROOM: u64 = 1 << 30;
+        let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+            return false;
+        };
+        // SAFETY: both calls take a NUL-terminated path and fill the struct given, which
+        // is all-integer and valid zeroed.
+        let (fs, vfs) = unsafe {
+            let mut fs: libc::statfs = std::mem::zeroed();
+            let mut vfs: libc::statvfs = std::mem::zeroed();
+            if libc::statfs(path.as_ptr(), &mut fs) != 0
+                || libc::statvfs(path.as_ptr(), &mut vfs) != 0
+            {
+                return false;
+            }
+            (fs, vfs)
+        };
+        // The fields' integer types differ between targets: the casts are needed elsewhere.
+        #[allow(clippy::unnecessary_cast)]
+        let tmpfs = fs.f_type as i64 == libc::TMPFS_MAGIC as i64;
+        let exec = vfs.f_flag & libc::ST_NOEXEC == 0;
+        #[allow(clippy::unnecessary_cast)]
+        let free = (vfs.f_bavail as u64).saturating_mul(vfs.f_frsize as u64);
+        tmpfs && exec && free >= ROOM
+    }
+
+    /// `<base>/hotreload-<uid>`, made 0700 if it does not exist; refused if anyone but the
+    /// user could enter it, or replace it.
     fn user_dir() -> Result<PathBuf, HotError> {
-        let temp = std::env::temp_dir();
+        let temp = base();
         let me = os::effective_uid().map_err(shadow_error(&temp))?;
         let temp = fs::canonicalize(&temp).map_err(shadow_error(&temp))?;
         let dir = temp.join(format!("hotreload-{me}"));
