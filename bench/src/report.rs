@@ -153,7 +153,7 @@ pub fn fig(value: f64) -> String {
 type Step = (&'static str, &'static str, fn(&StepTimings) -> Duration);
 
 /// The steps of a reload.
-const STEPS: [Step; 7] = [
+const STEPS: [Step; 8] = [
     ("stage", "stage (copy + checks)", |t| t.stage),
     ("open", "open (dlopen, descriptor lookup)", |t| t.open),
     ("verify", "verify (ABI, name, layout, API version)", |t| {
@@ -163,6 +163,11 @@ const STEPS: [Step; 7] = [
         "prepare",
         "prepare (save + restore state; callers wait)",
         |t| t.prepare,
+    ),
+    (
+        "prepare_shared",
+        "prepare beside &self calls (concurrent_save)",
+        |t| t.prepare_shared,
     ),
     ("commit", "commit (publish; callers wait)", |t| t.commit),
     ("hash", "hash (SHA-256, after the swap)", |t| t.hash),
@@ -267,7 +272,7 @@ impl Report {
             .iter()
             .zip(&self.steps)
             .map(|(ms, t)| {
-                let steps = t.stage + t.open + t.verify + t.prepare + t.commit;
+                let steps = t.stage + t.open + t.verify + t.prepare + t.prepare_shared + t.commit;
                 ms * 1e3 - steps.as_secs_f64() * 1e6
             })
             .collect()

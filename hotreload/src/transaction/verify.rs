@@ -166,7 +166,9 @@ pub(crate) struct Checked {
 pub(crate) struct HostTable(Box<[usize]>);
 
 impl HostTable {
-    /// The table, for the call path to read as `T::Table`.
+    /// The table, for the call path to read as `T::Table` (inlined into the caller's
+    /// `hot_fn!`: a function of this crate is not, across crates, without the attribute).
+    #[inline(always)]
     pub(crate) fn as_ptr(&self) -> *const std::ffi::c_void {
         self.0.as_ptr().cast()
     }
