@@ -274,7 +274,9 @@ extern "C" fn destroy<T: HotState>(state: StatePtr) -> EntryResult<()> {
 
 extern "C" fn save<T: HotModule>(state: StatePtr, schema: u32) -> EntryResult<RVec<u8>> {
     let saved = contain_lifecycle(|| {
-        // SAFETY: the host holds its write lock while saving, so no call mutates the state.
+        // SAFETY: while saving, the host excludes every `&mut self` call (and, unless the
+        // module declares `concurrent_save`, every call): nothing mutates the state, and the
+        // `&self` calls that may run beside read it through shared references (`T: Sync`).
         let state = unsafe { state_ref::<T>(state) };
         let payload = if schema == T::STATE_VERSION {
             rmp_serde::to_vec_named(state)

@@ -170,6 +170,7 @@ impl Image {
 
     fn close(&mut self) {
         if let Some(dtors) = &self.dtors {
+            dtors.release_keys();
             dtors.forget();
         }
         drop(self.handle.take());

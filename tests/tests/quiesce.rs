@@ -116,8 +116,11 @@ fn a_reload_behind_a_long_call_holds_nobody_back_until_its_patience_runs_out() {
         longest < Duration::from_millis(50),
         "a short call waited {longest:?} behind a reload that was waiting"
     );
+    // The swap waited for the long call: the steps before it took as long as what was left
+    // of the call when the reload began (the load steps' share of it varies with the machine).
+    let t = &report.timings;
     assert!(
-        report.timings.quiesce >= Duration::from_millis(250),
+        t.stage + t.open + t.verify + t.quiesce >= Duration::from_millis(250),
         "{report}"
     );
     assert_eq!(report.timings.wait, Duration::ZERO, "{report}");

@@ -125,20 +125,28 @@ impl CallLock {
     #[inline(always)]
     pub(crate) fn read(&self) -> ReadGuard<'_> {
         let index = SLOT.with(Cell::get);
-        if let Some(count) = self.counts.get(usize::from(index)) {
-            let before = count.load(Ordering::Relaxed);
-            count.swap(before.wrapping_add(1), Ordering::SeqCst);
-            if !self.writing.load(Ordering::SeqCst) {
-                return ReadGuard {
-                    lock: self,
-                    read: Read::Counted { count, before },
-                    _not_send: PhantomData,
-                };
-            }
-            // A writer is there: leave the slot and wait for it on `inner`.
-            self.leave(count, before);
+        match self.read_counted(index) {
+            Some(guard) => guard,
+            None => self.read_slow(index),
         }
-        self.read_slow(index)
+    }
+
+    /// A read counted in this thread's slot, unless there is no slot or a writer is there.
+    #[inline(always)]
+    fn read_counted(&self, index: u8) -> Option<ReadGuard<'_>> {
+        let count = self.counts.get(usize::from(index))?;
+        let before = count.load(Ordering::Relaxed);
+        count.swap(before.wrapping_add(1), Ordering::SeqCst);
+        if !self.writing.load(Ordering::SeqCst) {
+            return Some(ReadGuard {
+                lock: self,
+                read: Read::Counted { count, before },
+                _not_send: PhantomData,
+            });
+        }
+        // A writer is there: leave the slot (the caller waits for it).
+        self.leave(count, before);
+        None
     }
 
     /// The reader without a slot, or that met a writer: `inner`'s read lock.
@@ -147,6 +155,19 @@ impl CallLock {
     fn read_slow(&self, index: u8) -> ReadGuard<'_> {
         if index == UNASSIGNED && assign_slot() != NO_SLOT {
             return self.read();
+        }
+        // A transaction that reads the state beside readers holds `inner` for long and raises
+        // `writing` only for the instant of each try: a reader that met such an instant goes
+        // back to its slot when `writing` is lowered again, rather than wait on `inner`.
+        let mut looks = 0;
+        while usize::from(index) < SLOTS && looks < 64 {
+            std::thread::yield_now();
+            looks += 1;
+            if !self.writing.load(Ordering::SeqCst) {
+                if let Some(guard) = self.read_counted(index) {
+                    return guard;
+                }
+            }
         }
         let guard = self.inner.read().unwrap_or_else(PoisonError::into_inner);
         // No writer holds `inner` now, and the next one raises `writing` again after taking

@@ -206,10 +206,11 @@ fn run<T: HotModule, R: Rehome>(
     let Some(live) = live else {
         return Err(not_loaded(core, method));
     };
-    // SAFETY: the module was registered with `T::Table`'s layout as the expected layout, and
-    // no version is made live before verification found its table's layout compatible with
-    // it; the table is a static in the version's image, which stays mapped for the call: the
-    // caller's guard from `access` keeps the version live until the call has returned.
+    // SAFETY: the version's table is the host's `T::Table`, filled by verification with the
+    // build's entry for each of the host's methods after checking that entry's layout against
+    // the host's; its function pointers point into the version's image, which stays mapped
+    // for the call: the caller's guard from `access` keeps the version live until the call
+    // has returned.
     let table = unsafe { &*live.version.table.as_ptr().cast::<T::Table>() };
     match call(table, live.state) {
         // Rebuilt with the host's code while the version is still held (see `rehome`).

@@ -36,6 +36,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// The C library's function that the slots hold, and that [`register`] replaces.
 const SYMBOL: &str = "__cxa_thread_atexit_impl";
+/// The other import taken over: std creates a pthread key whose destructor is in the library
+/// (`thread::current()`'s clean-up at thread exit), which would call into an unmapped image.
+const KEY_CREATE: &str = "pthread_key_create";
 
 /// A thread-local destructor as glibc receives it.
 type Dtor = unsafe extern "C" fn(*mut c_void);
@@ -45,8 +48,10 @@ type Dtor = unsafe extern "C" fn(*mut c_void);
 #[derive(Debug, Clone, Default)]
 pub(crate) struct DtorSlots {
     /// Addresses (relative to the load address) of the slots the loader fills with the
-    /// function's address.
+    /// address of `__cxa_thread_atexit_impl`.
     slots: Vec<u64>,
+    /// The same for `pthread_key_create`.
+    key_slots: Vec<u64>,
     /// The range the loader makes read-only after relocating (`PT_GNU_RELRO`).
     relro: Option<(u64, u64)>,
     /// The ranges of the writable loaded segments.
@@ -70,16 +75,19 @@ impl DtorSlots {
             let RelocationTarget::Symbol(index) = relocation.target() else {
                 continue;
             };
-            let named = symbols
+            let name = symbols
                 .symbol_by_index(index)
-                .is_ok_and(|s| s.name_bytes().ok() == Some(SYMBOL.as_bytes()));
-            if named && relocation.addend() == 0 {
-                found.slots.push(offset);
+                .ok()
+                .and_then(|s| s.name_bytes().ok());
+            match name {
+                _ if relocation.addend() != 0 => {}
+                Some(name) if name == SYMBOL.as_bytes() => found.slots.push(offset),
+                Some(name) if name == KEY_CREATE.as_bytes() => found.key_slots.push(offset),
+                _ => {}
             }
         }
         let object::File::Elf64(elf) = file else {
-            found.slots.clear();
-            return found;
+            return DtorSlots::default();
         };
         let endian = elf.endian();
         let mut low = u64::MAX;
@@ -103,9 +111,9 @@ impl DtorSlots {
         found
     }
 
-    /// Whether the library refers to the function at all.
+    /// Whether the library refers to neither function.
     pub(crate) fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.slots.is_empty() && self.key_slots.is_empty()
     }
 }
 
@@ -120,6 +128,11 @@ pub(crate) struct ImageDtors {
     /// Raised when the version is closed while other threads' destructors are pending: those
     /// threads run them at their next call.
     closing: AtomicBool,
+    /// The pthread keys the library created with a destructor of its own, deleted when it is
+    /// closed (their destructors would otherwise run in an unmapped image at thread exit).
+    keys: Mutex<Vec<(libc::pthread_key_t, Dtor)>>,
+    /// Why the library's pthread keys cannot be known, if they cannot: it then stays mapped.
+    keys_unknown: Option<String>,
 }
 
 /// The libraries whose registrations the runtime has taken over. Looked up on each
@@ -220,6 +233,7 @@ fn find(address: usize) -> Option<Arc<ImageDtors>> {
 }
 
 type Register = unsafe extern "C" fn(Dtor, *mut c_void, *mut c_void) -> i32;
+type KeyCreate = unsafe extern "C" fn(*mut libc::pthread_key_t, Option<Dtor>) -> i32;
 
 /// glibc's `__cxa_thread_atexit_impl`, as the process's global scope resolves it.
 fn glibc_register() -> Option<Register> {
@@ -233,16 +247,36 @@ fn glibc_register() -> Option<Register> {
     (address != 0).then(|| unsafe { std::mem::transmute::<usize, Register>(address) })
 }
 
-/// Points the library's slots for `__cxa_thread_atexit_impl` at [`register`], right after
-/// `dlopen` (`handle`) and before any of its code but its initialisers has run. `None` if the
-/// library does not refer to the function, or if a slot does not hold what the loader should
-/// have put there (then nothing is changed, and the library registers with glibc as usual).
+/// What the library's `pthread_key_create` slots point to after [`take_over`]: creates the
+/// key with glibc, and remembers it for the library whose code the destructor is.
+unsafe extern "C" fn key_create(key: *mut libc::pthread_key_t, dtor: Option<Dtor>) -> i32 {
+    // SAFETY: the library's own arguments, passed on as it would have to glibc.
+    let status = unsafe { libc::pthread_key_create(key, dtor) };
+    if let (0, Some(dtor)) = (status, dtor) {
+        if let Some(image) = find(dtor as usize) {
+            // SAFETY: glibc wrote the new key through `key` (status 0).
+            let created = unsafe { key.read() };
+            image
+                .keys
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push((created, dtor));
+        }
+    }
+    status
+}
+
+/// Points the library's slots for `__cxa_thread_atexit_impl` at [`register`] and those for
+/// `pthread_key_create` at [`key_create`], right after `dlopen` (`handle`) and before any of
+/// its code but its initialisers has run. `None` if the library refers to neither, or its
+/// load address cannot be known. A slot that does not hold what the loader should have put
+/// there is left alone: thread-local destructors then go to glibc (which keeps the library
+/// mapped); pthread keys then cannot be known, and the image is never unmapped.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub(crate) fn take_over(handle: *mut c_void, found: &DtorSlots) -> Option<Arc<ImageDtors>> {
     if found.is_empty() {
         return None;
     }
-    let glibc = glibc_register()? as usize;
     let mut map: *mut usize = std::ptr::null_mut();
     // SAFETY: `handle` is a library handle from `dlopen`, not yet closed; `RTLD_DI_LINKMAP`
     // stores a `struct link_map *` through the pointer given.
@@ -259,35 +293,73 @@ pub(crate) fn take_over(handle: *mut c_void, found: &DtorSlots) -> Option<Arc<Im
     // SAFETY: `l_addr`, the difference between the file's addresses and the loaded ones, is
     // the first field of glibc's public `struct link_map` (`<link.h>`), a pointer-sized word.
     let base = unsafe { map.read() };
-    let slots: Vec<*mut usize> = found
-        .slots
-        .iter()
-        .map(|&slot| base.wrapping_add(slot as usize) as *mut usize)
-        .collect();
-    let inside = |slot: u64, ranges: &[(u64, u64)]| {
-        ranges
-            .iter()
-            .any(|&(start, end)| start <= slot && slot.saturating_add(8) <= end)
-    };
-    for (&slot, &address) in found.slots.iter().zip(&slots) {
-        let mapped = inside(slot, &found.writable);
-        // SAFETY: the slot lies in a writable loaded segment of the library (checked just
-        // above), mapped while `handle` is open; an aligned word read.
-        if !mapped || address.align_offset(8) != 0 || unsafe { address.read_volatile() } != glibc {
-            tracing::debug!("a slot for {SYMBOL} does not hold the C library's address");
-            return None;
-        }
-    }
+    // SAFETY: `dlsym` with a NUL-terminated name; `RTLD_DEFAULT` finds the C library's.
+    let glibc_key_create =
+        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_create".as_ptr()) } as usize;
+    let ours = key_create as KeyCreate as usize;
+    let keys_unknown = (!found.key_slots.is_empty()
+        && (glibc_key_create == 0
+            || !redirect(found, base, &found.key_slots, glibc_key_create, ours)))
+    .then(|| {
+        format!("its {KEY_CREATE} could not be taken over: a pthread key it made may call into it")
+    });
     let image = Arc::new(ImageDtors {
         start: base.wrapping_add(found.span.0 as usize),
         end: base.wrapping_add(found.span.1 as usize),
         pending: AtomicUsize::new(0),
         closing: AtomicBool::new(false),
+        keys: Mutex::new(Vec::new()),
+        keys_unknown,
     });
+    // Registered before any slot points here: a registration finds its image.
     IMAGES
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .push(Arc::clone(&image));
+    if let Some(glibc) = glibc_register() {
+        if !found.slots.is_empty()
+            && !redirect(
+                found,
+                base,
+                &found.slots,
+                glibc as usize,
+                register as Register as usize,
+            )
+        {
+            tracing::debug!("{SYMBOL} not taken over: its destructors go to glibc");
+        }
+    }
+    Some(image)
+}
+
+/// Points every slot of `slots` (file addresses, loaded at `base`) at `to`, if each holds
+/// `expected` now and lies in a writable segment; changes nothing and says `false` otherwise.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn redirect(found: &DtorSlots, base: usize, slots: &[u64], expected: usize, to: usize) -> bool {
+    use std::sync::atomic::AtomicUsize as Word;
+    let inside = |slot: u64, ranges: &[(u64, u64)]| {
+        ranges
+            .iter()
+            .any(|&(start, end)| start <= slot && slot.saturating_add(8) <= end)
+    };
+    let addresses: Vec<*mut usize> = slots
+        .iter()
+        .map(|&slot| base.wrapping_add(slot as usize) as *mut usize)
+        .collect();
+    for (&slot, &address) in slots.iter().zip(&addresses) {
+        if !inside(slot, &found.writable) || address.align_offset(8) != 0 {
+            tracing::debug!("a slot is not an aligned word of a writable segment");
+            return false;
+        }
+        // SAFETY: the slot lies in a writable loaded segment of the library (checked just
+        // above), mapped while its handle is open, and is aligned (checked just above): read
+        // as an atomic word, as threads its initialisers started may read it.
+        let holds = unsafe { (*address.cast::<Word>()).load(Ordering::Relaxed) };
+        if holds != expected {
+            tracing::debug!("a slot does not hold the C library's address");
+            return false;
+        }
+    }
     let page = page_size();
     // The pages the loader made read-only: those wholly inside `PT_GNU_RELRO` (it rounds the
     // end down; a last partial page stays writable).
@@ -296,7 +368,8 @@ pub(crate) fn take_over(handle: *mut c_void, found: &DtorSlots) -> Option<Arc<Im
         let end = base.wrapping_add(end as usize) & !(page - 1);
         start..end
     });
-    for &address in &slots {
+    let mut all = true;
+    for &address in &addresses {
         let page_start = address as usize & !(page - 1);
         let protected = read_only
             .as_ref()
@@ -304,24 +377,26 @@ pub(crate) fn take_over(handle: *mut c_void, found: &DtorSlots) -> Option<Arc<Im
         let page_start = page_start as *mut c_void;
         if protected {
             // SAFETY: the page holding the slot is one of the library's own, made read-only
-            // by the loader after relocation; it is made writable for the one store below,
-            // on a library whose code no thread has entered yet (bar its initialisers).
+            // by the loader after relocation; it is made writable for the one store below.
             let status =
                 unsafe { libc::mprotect(page_start, page, libc::PROT_READ | libc::PROT_WRITE) };
             if status != 0 {
-                tracing::debug!("cannot make the page of a slot for {SYMBOL} writable");
+                all = false;
                 continue;
             }
         }
-        // SAFETY: an aligned word of the library's data, checked above to hold glibc's
-        // function, replaced by a function of the same C signature.
-        unsafe { address.write_volatile(register as Register as usize) };
+        // SAFETY: an aligned word of the library's data, checked above to hold the C
+        // library's function, replaced by a function of the same C signature; an atomic
+        // store, as threads its initialisers started may read it.
+        unsafe { (*address.cast::<Word>()).store(to, Ordering::Relaxed) };
         if protected {
             // SAFETY: as above: restores the protection the loader gave the page.
-            unsafe { libc::mprotect(page_start, page, libc::PROT_READ) };
+            if unsafe { libc::mprotect(page_start, page, libc::PROT_READ) } != 0 {
+                tracing::debug!("the page of a slot stays writable");
+            }
         }
     }
-    Some(image)
+    all
 }
 
 /// Elsewhere libraries register with the platform as usual.
@@ -342,6 +417,9 @@ impl ImageDtors {
     /// says how many other threads' are still pending. If some are, those threads run them
     /// at their next call.
     pub(crate) fn settle(&self) -> Option<String> {
+        if let Some(reason) = &self.keys_unknown {
+            return Some(reason.clone());
+        }
         let _ = LIST.try_with(|list| list.run_all(|entry| std::ptr::eq(&*entry.image, self)));
         let pending = self.pending.load(Ordering::Acquire);
         if pending == 0 {
@@ -354,6 +432,28 @@ impl ImageDtors {
             "{pending} thread-local destructor(s) of it are pending on other threads (each \
              thread runs its own at its next call through a handle, or when it ends)"
         ))
+    }
+
+    /// Just before the image is closed (no destructor pending): deletes the pthread keys it
+    /// created with a destructor of its own, after running this thread's (the closing one's)
+    /// on it. Another thread's value of such a key is left unrun: std's key holds no more than
+    /// a marker, and its clean-up (the thread's handle in the module's std) is leaked.
+    pub(crate) fn release_keys(&self) {
+        let keys = std::mem::take(&mut *self.keys.lock().unwrap_or_else(PoisonError::into_inner));
+        for (key, dtor) in keys.into_iter().rev() {
+            // SAFETY: a key glibc created for the library and not deleted yet; its destructor
+            // is the library's, mapped until this returns, run on this thread with this
+            // thread's value, as glibc would at thread exit, and only once (the value is
+            // cleared first). `pthread_key_delete` runs no destructor.
+            unsafe {
+                let value = libc::pthread_getspecific(key);
+                if !value.is_null() {
+                    libc::pthread_setspecific(key, std::ptr::null());
+                    dtor(value);
+                }
+                libc::pthread_key_delete(key);
+            }
+        }
     }
 
     /// When the image is closed (no destructor pending): registrations stop coming here.

@@ -151,7 +151,22 @@ fn carry_over(
         Some(running) => {
             let envelope = prepare::save(running, save_as)?;
             let state = prepare::restore(new, &envelope, running.version.info.generation)?;
-            Ok((state, Some(envelope)))
+            // The snapshot kept for a rollback to the running version is in its own schema.
+            let own = running.version.schema.version;
+            let snapshot = if save_as == own {
+                envelope
+            } else {
+                match prepare::save(running, own) {
+                    Ok(snapshot) => snapshot,
+                    Err(err) => {
+                        if let RResult::RErr(fault) = (new.lifecycle.destroy)(state) {
+                            tracing::warn!("dropping the unused state failed: {fault:?}");
+                        }
+                        return Err(err);
+                    }
+                }
+            };
+            Ok((state, Some(snapshot)))
         }
         None => prepare::construct(new).map(|state| (state, None)),
     }

@@ -23,7 +23,9 @@ pub(crate) fn construct(version: &LoadedVersion) -> Result<StatePtr, HotError> {
 /// The running state as an envelope of schema `schema` (the version's own, or an older one
 /// it declares a way down to), copied into the host's memory.
 ///
-/// The caller holds the module's write lock, so no call changes the state after this.
+/// The caller holds the module's write lock, or (a running build that declares
+/// `concurrent_save`) excludes `&mut self` calls while `&self` calls, which only read the
+/// state, go on: no call changes the state after this.
 pub(crate) fn save(live: &Live, schema: u32) -> Result<Vec<u8>, HotError> {
     match (live.version.lifecycle.save)(live.state, schema) {
         // Copied out: the RVec's buffer is freed through the old version's code, now.

@@ -208,7 +208,10 @@ fn table(
     let table_words = descriptor.table_size / WORD;
     let found = descriptor.entries.as_slice();
     let malformed = |what: String| (format!("the export table is malformed: {what}"), None);
-    if table_words < lifecycle_words || descriptor.table.align_offset(WORD) != 0 {
+    if descriptor.table.is_null()
+        || table_words < lifecycle_words
+        || descriptor.table.align_offset(WORD) != 0
+    {
         return Err(malformed(format!("{} bytes", descriptor.table_size)));
     }
     let mut words = vec![0usize; spec.table_size / WORD].into_boxed_slice();
@@ -229,7 +232,10 @@ fn table(
             return Err((format!("method '{name}' is missing"), None));
         };
         compare(expected.layout, entry.layout)?;
-        if entry.offset % WORD != 0 || entry.offset / WORD >= table_words {
+        if entry.offset % WORD != 0
+            || entry.offset / WORD < lifecycle_words
+            || entry.offset / WORD >= table_words
+        {
             return Err(malformed(format!(
                 "method '{name}' at byte {} of {}",
                 entry.offset, descriptor.table_size
