@@ -88,7 +88,9 @@
 //!   the thread ends. One registered where the runtime cannot take it (during its thread's
 //!   exit, or by a library the module itself opened) goes to glibc, which then keeps the
 //!   library mapped; [`RetiredVersion::still_mapped`] (in [`ReloadReport::closed`]) says
-//!   when that happened.
+//!   when that happened. The pthread keys a version creates with a destructor of its own
+//!   (std's, behind `std::thread::current()`) are deleted before it is unmapped; the
+//!   closing thread's value is run, other threads' are left (a small leak).
 //! - Loading a library runs its initialisers: the permission check on the artifact (its file
 //!   and every directory up to `/`, on the opened descriptor) and
 //!   [`ModuleOptions::pin_sha256`] are the gate. A module is code you run, not a sandbox.
