@@ -25,6 +25,13 @@
 //! or by a library this runtime did not open, goes to glibc as before, and its library stays
 //! mapped (a closed version's report says so).
 //!
+//! The library's `pthread_key_create` is taken over the same way ([`key_create`]): std makes
+//! a key whose destructor is its own code the first time a thread asks for
+//! `std::thread::current()`, and glibc would call it at that thread's exit, in an unmapped
+//! image. The keys a library made are deleted just before it is closed
+//! ([`ImageDtors::release_keys`]), the closing thread's value run first; an image whose slots
+//! for it cannot be taken over is never unmapped.
+//!
 //! Written here because no maintained crate redirects one import of a loaded library; the
 //! part that writes to the library's memory is a few lines, checked against what the loader
 //! put there before anything is changed.
@@ -235,14 +242,17 @@ fn find(address: usize) -> Option<Arc<ImageDtors>> {
 type Register = unsafe extern "C" fn(Dtor, *mut c_void, *mut c_void) -> i32;
 type KeyCreate = unsafe extern "C" fn(*mut libc::pthread_key_t, Option<Dtor>) -> i32;
 
-/// glibc's `__cxa_thread_atexit_impl`, as the process's global scope resolves it.
+/// The address of the C library's function `name` (0 if there is none), as the process's
+/// global scope resolves it: a library opened `RTLD_LOCAL` is not in it.
+fn glibc_function(name: &std::ffi::CStr) -> usize {
+    // SAFETY: `dlsym` with a NUL-terminated name and the `RTLD_DEFAULT` pseudo-handle.
+    unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) as usize }
+}
+
+/// glibc's `__cxa_thread_atexit_impl`.
 fn glibc_register() -> Option<Register> {
     static FOUND: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    let address = *FOUND.get_or_init(|| {
-        // SAFETY: `dlsym` with a NUL-terminated name; `RTLD_DEFAULT` searches the global
-        // scope, where a library opened `RTLD_LOCAL` is not: the C library's definition.
-        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"__cxa_thread_atexit_impl".as_ptr()) as usize }
-    });
+    let address = *FOUND.get_or_init(|| glibc_function(c"__cxa_thread_atexit_impl"));
     // SAFETY: a non-null address of that symbol is that function, whose C signature this is.
     (address != 0).then(|| unsafe { std::mem::transmute::<usize, Register>(address) })
 }
@@ -293,9 +303,7 @@ pub(crate) fn take_over(handle: *mut c_void, found: &DtorSlots) -> Option<Arc<Im
     // SAFETY: `l_addr`, the difference between the file's addresses and the loaded ones, is
     // the first field of glibc's public `struct link_map` (`<link.h>`), a pointer-sized word.
     let base = unsafe { map.read() };
-    // SAFETY: `dlsym` with a NUL-terminated name; `RTLD_DEFAULT` finds the C library's.
-    let glibc_key_create =
-        unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"pthread_key_create".as_ptr()) } as usize;
+    let glibc_key_create = glibc_function(c"pthread_key_create");
     let ours = key_create as KeyCreate as usize;
     let keys_unknown = (!found.key_slots.is_empty()
         && (glibc_key_create == 0
