@@ -442,7 +442,9 @@ impl HotReloader {
 
     /// Applies, on this thread, the reloads the watcher found ready since the last call (in
     /// [`Apply::OnPoll`](crate::Apply::OnPoll) mode). Call it where no call into the modules
-    /// is in progress, between two frames of a game loop say. Returns each module's outcome.
+    /// is in progress, between two frames of a game loop say. Returns each module's outcome,
+    /// leaving out a queued reload that found the serving build (the watcher can queue one
+    /// build twice: an event it handled while the first reload of it was being applied).
     pub fn poll(&self) -> Vec<(String, Result<ReloadReport, HotError>)> {
         let pending = std::mem::take(
             &mut *self
@@ -464,6 +466,9 @@ impl HotReloader {
                 {
                     // Not this thread's or this moment's to apply: still pending.
                     self.shared.mark_pending(&name);
+                }
+                if outcome.as_ref().is_ok_and(|report| report.unchanged) {
+                    return None;
                 }
                 Some((name, outcome))
             })
