@@ -437,3 +437,17 @@ pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// How many distinct shadow copies of `module`'s versions are mapped into this process (the
+/// files under the directory of its serving version's copy, in `/proc/self/maps`).
+pub fn mapped_shadow_copies<T: hotreload::HotModule>(module: &Module<T>) -> usize {
+    let shadow = module.version().expect("loaded").shadow;
+    let dir = shadow.parent().expect("shadow dir").to_path_buf();
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let files: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|line| line.find('/').map(|i| &line[i..]))
+        .filter(|path| Path::new(path.trim_end_matches(" (deleted)")).starts_with(&dir))
+        .collect();
+    files.len()
+}

@@ -4,21 +4,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use counter::Counter;
-use hotreload::{Module, ModuleOptions, hot_fn};
-use hotreload_tests::{Sandbox, one_at_a_time, open_fds, resident_kb, variants};
-
-fn mapped_under(module: &Module<Counter>) -> usize {
-    let shadow = module.version().unwrap().shadow;
-    let dir = shadow.parent().unwrap().to_str().unwrap().to_owned();
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let files: std::collections::BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|l| l.find('/').map(|i| &l[i..]))
-        .filter(|p| p.starts_with(&dir))
-        .collect();
-    files.len()
-}
+use hotreload::{ModuleOptions, hot_fn};
+use hotreload_tests::{
+    Sandbox, mapped_shadow_copies, one_at_a_time, open_fds, resident_kb, variants,
+};
 
 const HISTORY: usize = 3;
 
@@ -72,7 +61,7 @@ fn two_thousand_reloads_under_four_calling_threads() {
         held.is_empty(),
         "still held after the callers stopped: {held:?}"
     );
-    let mapped = mapped_under(&module);
+    let mapped = mapped_shadow_copies(&module);
     let growth = resident_kb() as i64 - rss as i64;
     println!(
         "soak: {RELOADS} reloads, {calls} calls, {failed} failed, counter {counted}, \
@@ -113,7 +102,7 @@ fn reloads_of_a_module_with_thread_local_destructors_unmap_each_closed_version()
             .count();
         hot_fn!(module.touch_thread_local()).unwrap();
     }
-    let mapped = mapped_under(&module);
+    let mapped = mapped_shadow_copies(&module);
     let growth = resident_kb() as i64 - rss as i64;
     println!(
         "thread-local destructors: {RELOADS} reloads, {mapped} shadow copies mapped, \

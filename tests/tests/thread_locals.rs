@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use hotreload::{ModuleOptions, RetiredVersion, hot_fn};
-use hotreload_tests::{Sandbox, variants};
+use hotreload_tests::{Sandbox, mapped_shadow_copies, variants};
 
 const RELOADS: usize = 12;
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -153,24 +153,6 @@ fn thread_local_destructors_run_on_their_threads_and_closed_versions_are_unmappe
         );
         assert_eq!(version.is_mapped_now(), Some(false));
     }
-    let shadows = version_dir(&module);
-    let mapped = mapped_under(&shadows);
+    let mapped = mapped_shadow_copies(&module);
     assert_eq!(mapped, 1, "only the serving version is mapped");
-}
-
-/// The directory of the module's shadow copies.
-fn version_dir(module: &hotreload::Module<counter::Counter>) -> PathBuf {
-    let shadow = module.version().expect("loaded").shadow;
-    shadow.parent().expect("shadow dir").to_path_buf()
-}
-
-/// Distinct files under `dir` mapped into this process.
-fn mapped_under(dir: &Path) -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    let files: std::collections::BTreeSet<&str> = maps
-        .lines()
-        .filter_map(|line| line.find('/').map(|i| &line[i..]))
-        .filter(|path| Path::new(path.trim_end_matches(" (deleted)")).starts_with(dir))
-        .collect();
-    files.len()
 }

@@ -126,10 +126,7 @@ fn prepare_beside_calls<'a>(
     let quiesced = match super::quiesce::upgrade(core, sharing) {
         Ok(quiesced) => quiesced,
         Err(err) => {
-            // Made by the new version, which will not serve: its code drops it.
-            if let RResult::RErr(fault) = (new.lifecycle.destroy)(state) {
-                tracing::warn!("dropping the unused state failed: {fault:?}");
-            }
+            discard(new, state);
             return Err(err);
         }
     };
@@ -159,9 +156,7 @@ fn carry_over(
                 match prepare::save(running, own) {
                     Ok(snapshot) => snapshot,
                     Err(err) => {
-                        if let RResult::RErr(fault) = (new.lifecycle.destroy)(state) {
-                            tracing::warn!("dropping the unused state failed: {fault:?}");
-                        }
+                        discard(new, state);
                         return Err(err);
                     }
                 }
@@ -169,6 +164,13 @@ fn carry_over(
             Ok((state, Some(snapshot)))
         }
         None => prepare::construct(new).map(|state| (state, None)),
+    }
+}
+
+/// Drops a state `new` made and that will not serve, with `new`'s code.
+fn discard(new: &LoadedVersion, state: StatePtr) {
+    if let RResult::RErr(fault) = (new.lifecycle.destroy)(state) {
+        tracing::warn!("dropping the unused state failed: {fault:?}");
     }
 }
 
