@@ -2,7 +2,10 @@
 //!
 //! Beside the user's impl block, unchanged, the expansion holds, in one `const _` scope:
 //! - one `extern "C"` shim per exported method, containing panics with `__private::contain`;
-//! - the export table (`#[repr(C)]`, `StableAbi`) whose first field is the lifecycle entries;
+//! - the export table (`#[repr(C)]`) whose first field is the lifecycle entries, and one
+//!   single-field `StableAbi` struct per method: each entry's layout is checked by name, so
+//!   the table as a whole derives no layout (its derive cost compile time and checked
+//!   nothing);
 //! - the descriptor, exported under `hotreload_module__<name>`;
 //! - the `HotModule` impl the host uses (with the `on_retire` hook, if one is named), and the
 //!   proxy whose methods `hot_fn!` calls;
@@ -197,7 +200,6 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             };
 
             #[repr(C)]
-            #[derive(::abi_stable::StableAbi)]
             pub struct __HotTable {
                 pub __lifecycle: __hr::LifecycleEntries,
                 #(#table_fields,)*

@@ -15,11 +15,13 @@
 //! build that says so, rather than leaving the host waiting for a file that never changes.
 //! Stopping the watcher kills the running builds and joins their threads.
 
+mod replay;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
-use std::io::{BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -27,11 +29,22 @@ use std::time::{Duration, Instant};
 use cargo_metadata::{DependencyKind, Message, Metadata, MetadataCommand, PackageId};
 
 use crate::locate::CargoLayout;
+use replay::{Replay, ReplayFailed, Unit};
 
 /// The result of one build, sent back to the watcher thread.
 pub(crate) struct BuildDone {
     pub module: String,
-    pub result: Result<Duration, String>,
+    pub result: Result<Built, String>,
+    /// Whether cargo ran (rather than only a replay of rustc), and the module's rustc command
+    /// if cargo compiled it.
+    cargo: Option<Option<Replay>>,
+}
+
+/// A build that produced the module's library.
+pub(crate) struct Built {
+    pub duration: Duration,
+    /// Whether rustc's command was replayed without cargo ([`replay`]).
+    pub replayed: bool,
 }
 
 /// What a module's build needs to know.
@@ -44,6 +57,18 @@ struct ModuleBuild {
     artifact: PathBuf,
     /// `--target-dir`, profile and `--target` of the host's layout.
     layout_args: Vec<OsString>,
+    /// The library's crate name, the package's directory and its workspace's root.
+    crate_name: String,
+    package_dir: PathBuf,
+    workspace_root: PathBuf,
+    /// The rustc command cargo ran for the module last, while it may be run again: never for
+    /// a package with a build script.
+    replay: Option<Replay>,
+    /// Whether a change since the last cargo build touched more than the module's own
+    /// sources.
+    cargo_needed: bool,
+    /// Whether the package has a build script: cargo builds it every time.
+    build_script: bool,
     running: Option<RunningBuild>,
     dirty: bool,
 }
@@ -135,15 +160,26 @@ impl Builds {
         let layout_args = CargoLayout::of(artifact)
             .map(|layout| layout.cargo_args())
             .unwrap_or_default();
+        let crate_name = package.targets.iter().find(|t| t.is_cdylib()).map_or_else(
+            || package.name.replace('-', "_"),
+            |t| t.name.replace('-', "_"),
+        );
+        let build_script = package.targets.iter().any(|t| t.is_custom_build());
         self.modules.insert(
             module.to_owned(),
             ModuleBuild {
                 package: package.name.to_string(),
                 package_id: package.id.clone(),
+                package_dir: manifest.parent().map(Path::to_path_buf).unwrap_or_default(),
                 manifest,
                 closure,
                 artifact: artifact.to_path_buf(),
                 layout_args,
+                crate_name,
+                workspace_root: metadata.workspace_root.clone().into_std_path_buf(),
+                replay: None,
+                cargo_needed: false,
+                build_script,
                 running: None,
                 dirty: false,
             },
@@ -151,9 +187,11 @@ impl Builds {
         Ok(NewRoots(new_roots))
     }
 
-    /// The modules a change at `path` must rebuild.
-    pub(crate) fn affected_by(&self, path: &Path) -> Vec<String> {
-        let packages: BTreeSet<&PackageId> = self
+    /// The modules a change at `path` must rebuild. Each one notes whether the change was
+    /// to its own library sources only (a replay of rustc can build it) or needs cargo.
+    pub(crate) fn note_change(&mut self, path: &Path) -> Vec<String> {
+        // Each package the path belongs to, and whether as a library source.
+        let packages: BTreeMap<&PackageId, bool> = self
             .roots
             .iter()
             .filter(|root| {
@@ -167,13 +205,22 @@ impl Builds {
                         )
                 }
             })
-            .map(|root| &root.package)
+            .map(|root| (&root.package, root.recursive))
             .collect();
-        self.modules
-            .iter()
-            .filter(|(_, build)| packages.iter().any(|p| build.closure.contains(*p)))
-            .map(|(module, _)| module.clone())
-            .collect()
+        let mut affected = Vec::new();
+        for (module, build) in &mut self.modules {
+            let mut touched = false;
+            for (package, source) in &packages {
+                if build.closure.contains(*package) {
+                    touched = true;
+                    build.cargo_needed |= !(*source && **package == build.package_id);
+                }
+            }
+            if touched {
+                affected.push(module.clone());
+            }
+        }
+        affected
     }
 
     /// Starts a build of `module`, or marks it dirty if one is running. Returns the package
@@ -194,6 +241,25 @@ impl Builds {
             package: build.package_id.clone(),
             artifact: build.artifact.clone(),
         };
+        let unit = OwnedUnit {
+            crate_name: build.crate_name.clone(),
+            package_dir: build.package_dir.clone(),
+            workspace_root: build.workspace_root.clone(),
+        };
+        let replay = match (&build.replay, build.cargo_needed || build.build_script) {
+            (Some(replay), false) => match replay.still_valid() {
+                Ok(()) => Some(replay.clone()),
+                Err(why) => {
+                    tracing::debug!(module, "cargo builds: {why}");
+                    None
+                }
+            },
+            _ => None,
+        };
+        if replay.is_none() {
+            // Whatever changed before now, this cargo build sees.
+            build.cargo_needed = false;
+        }
         let child = Arc::new(Mutex::new(None));
         let in_thread = Arc::clone(&child);
         let module = module.to_owned();
@@ -202,10 +268,33 @@ impl Builds {
             .spawn(move || {
                 let _runtime = crate::os::RuntimeThread::enter();
                 let started = Instant::now();
-                let result = run(&mut command, &in_thread, &expected.package)
+                let replayed = match replay.map(|r| r.run(&in_thread)) {
+                    Some(Ok(libraries)) => Some(Ok(libraries)),
+                    Some(Err(ReplayFailed::Compile(messages))) => Some(Err(messages)),
+                    Some(Err(ReplayFailed::Other(why))) => {
+                        tracing::info!(module, "replaying rustc failed, cargo builds: {why}");
+                        None
+                    }
+                    None => None,
+                };
+                let (result, cargo) = match replayed {
+                    Some(result) => (result, None),
+                    None => {
+                        let (result, captured) = run(&mut command, &in_thread, &expected, &unit);
+                        (result, Some(captured))
+                    }
+                };
+                let result = result
                     .and_then(|libraries| expected.check(&libraries))
-                    .map(|()| started.elapsed());
-                done(BuildDone { module, result });
+                    .map(|()| Built {
+                        duration: started.elapsed(),
+                        replayed: cargo.is_none(),
+                    });
+                done(BuildDone {
+                    module,
+                    result,
+                    cargo,
+                });
             });
         match spawned {
             Ok(thread) => {
@@ -219,13 +308,30 @@ impl Builds {
         }
     }
 
+    /// Whether a build of `module` is running: its artifact's events are its own writes,
+    /// and its end says when the artifact is complete.
+    pub(crate) fn is_running(&self, module: &str) -> bool {
+        self.modules
+            .get(module)
+            .is_some_and(|build| build.running.is_some())
+    }
+
     /// Records the end of a build and joins its thread. Returns the package, and whether
     /// another build must follow (sources changed while it ran).
-    pub(crate) fn finished(&mut self, module: &str) -> Option<(String, bool)> {
-        let build = self.modules.get_mut(module)?;
+    pub(crate) fn finished(&mut self, done: &mut BuildDone) -> Option<(String, bool)> {
+        let build = self.modules.get_mut(&done.module)?;
         if let Some(running) = build.running.take() {
             // It has sent its outcome: what is left of it is returning.
             let _ = running.thread.join();
+        }
+        match done.cargo.take() {
+            // Cargo compiled the module: its command is the one to replay.
+            Some(Some(captured)) => build.replay = Some(captured),
+            // Cargo found the module fresh: the command it would run is still the last one.
+            Some(None) if done.result.is_ok() => {
+                build.replay = build.replay.as_ref().map(Replay::restamped);
+            }
+            Some(None) | None => {}
         }
         let again = std::mem::take(&mut build.dirty);
         Some((build.package.clone(), again))
@@ -247,6 +353,23 @@ impl Builds {
                 let _ = child.kill();
             }
             let _ = running.thread.join();
+        }
+    }
+}
+
+/// [`Unit`], owned by a build's thread.
+struct OwnedUnit {
+    crate_name: String,
+    package_dir: PathBuf,
+    workspace_root: PathBuf,
+}
+
+impl OwnedUnit {
+    fn unit(&self) -> Unit<'_> {
+        Unit {
+            crate_name: &self.crate_name,
+            package_dir: &self.package_dir,
+            workspace_root: &self.workspace_root,
         }
     }
 }
@@ -334,6 +457,8 @@ fn cargo_command(build: &ModuleBuild) -> Command {
         .args([
             "build",
             "--lib",
+            // Prints each rustc command with its environment: the module's can be replayed.
+            "-vv",
             "--message-format",
             "json-render-diagnostics",
             "-p",
@@ -349,48 +474,80 @@ fn cargo_command(build: &ModuleBuild) -> Command {
     command
 }
 
-/// Runs cargo, keeping its process in `slot` while it runs. Returns the dynamic libraries
-/// its JSON messages say the build produced for the package it was asked to build; on
-/// failure, the compiler's messages (cargo renders them on stderr) without progress lines.
-fn run(
+/// A finished process's exit status and output.
+pub(super) struct Collected {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `command` to its end, keeping its process in `slot` while it runs (stopping the
+/// watcher kills it), and collects both of its outputs.
+pub(super) fn collect(
     command: &mut Command,
     slot: &Mutex<Option<Child>>,
-    package: &PackageId,
-) -> Result<Vec<PathBuf>, String> {
-    tracing::info!(?command, "building");
+) -> Result<Collected, String> {
+    let program = command.get_program().to_string_lossy().into_owned();
     let mut child = command
         .spawn()
-        .map_err(|e| format!("cannot run cargo: {e}"))?;
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
-    let (libraries, stderr) = std::thread::scope(|scope| {
-        let stderr = scope.spawn(move || {
-            let mut text = Vec::new();
-            if let Some(mut stderr) = stderr {
-                let _ = stderr.read_to_end(&mut text);
-            }
-            String::from_utf8_lossy(&text).into_owned()
-        });
-        let libraries = stdout.map(|out| dynamic_libraries(BufReader::new(out), package));
-        (
-            libraries.unwrap_or_default(),
-            stderr.join().unwrap_or_default(),
-        )
+    let read = |pipe: Option<Box<dyn Read + Send>>| {
+        let mut text = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut text);
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    let (stdout, stderr) = std::thread::scope(|scope| {
+        let stderr = scope.spawn(|| read(stderr.map(|p| Box::new(p) as Box<dyn Read + Send>)));
+        let stdout = read(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
+        (stdout, stderr.join().unwrap_or_default())
     });
-    // Both pipes are closed: cargo has exited (or is exiting). Taking it out of the slot
-    // means watching can no longer kill it, and it is reaped here.
+    // Both pipes are closed: the process has exited (or is exiting). Taking it out of the
+    // slot means watching can no longer kill it, and it is reaped here.
     let status = slot
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take()
         .map(|mut child| child.wait());
     match status {
-        Some(Ok(status)) if status.success() => Ok(libraries),
-        Some(Ok(_)) => Err(compiler_messages(&stderr)),
-        Some(Err(err)) => Err(format!("waiting for cargo: {err}")),
+        Some(Ok(status)) => Ok(Collected {
+            status,
+            stdout,
+            stderr,
+        }),
+        Some(Err(err)) => Err(format!("waiting for {program}: {err}")),
         None => Err("the build was stopped".into()),
     }
+}
+
+/// Runs cargo. Returns the dynamic libraries its JSON messages say the build produced for the
+/// module's package (on failure, the compiler's messages without progress lines), and the
+/// module's rustc command if cargo compiled it.
+fn run(
+    command: &mut Command,
+    slot: &Mutex<Option<Child>>,
+    expected: &Expected,
+    unit: &OwnedUnit,
+) -> (Result<Vec<PathBuf>, String>, Option<Replay>) {
+    tracing::info!(?command, "building");
+    let collected = match collect(command, slot) {
+        Ok(collected) => collected,
+        Err(err) => return (Err(err), None),
+    };
+    let captured = Replay::capture(&collected.stderr, &unit.unit());
+    let result = if collected.status.success() {
+        Ok(dynamic_libraries(
+            collected.stdout.as_bytes(),
+            &expected.package,
+        ))
+    } else {
+        Err(compiler_messages(&collected.stderr))
+    };
+    (result, captured)
 }
 
 /// The files of `package`'s `cdylib` artifacts in cargo's JSON messages, in order. Lines
@@ -421,6 +578,7 @@ fn compiler_messages(stderr: &str) -> String {
         .lines()
         .filter(|line| {
             let line = line.trim_start();
+            // `-vv` adds each command, each fresh unit and each build script's output.
             ![
                 "Compiling",
                 "Checking",
@@ -428,6 +586,10 @@ fn compiler_messages(stderr: &str) -> String {
                 "Finished",
                 "Building",
                 "Locking",
+                "Running",
+                "Fresh",
+                "Dirty",
+                "[",
             ]
             .iter()
             .any(|progress| line.starts_with(progress))

@@ -124,7 +124,7 @@ pub enum Event {
         /// The package built.
         package: String,
     },
-    /// Cargo built the module.
+    /// The module was built.
     BuildFinished {
         /// The module.
         module: String,
@@ -132,6 +132,10 @@ pub enum Event {
         package: String,
         /// How long the build took.
         duration: Duration,
+        /// `true` when only the module's own sources had changed and the runtime ran the
+        /// rustc command cargo used for it last time, without cargo; `false` for a cargo
+        /// build.
+        replayed: bool,
     },
     /// Cargo failed to build the module; the running version keeps serving.
     BuildFailed {
@@ -241,8 +245,14 @@ impl std::fmt::Display for Event {
             }
             Event::BuildStarted { module, package } => write!(f, "{module}: building {package}"),
             Event::BuildFinished {
-                module, duration, ..
-            } => write!(f, "{module}: built in {duration:.2?}"),
+                module,
+                duration,
+                replayed,
+                ..
+            } => {
+                let how = if *replayed { "rustc" } else { "cargo" };
+                write!(f, "{module}: built in {duration:.2?} ({how})")
+            }
             Event::BuildFailed {
                 module, message, ..
             } => write!(f, "{module}: build failed:\n{message}"),

@@ -17,8 +17,6 @@ use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::ThreadId;
 
-use abi_stable::StableAbi;
-
 use crate::access::Access;
 use crate::error::HotError;
 use crate::transaction::probation::Probation;
@@ -58,7 +56,7 @@ pub unsafe trait HotModule: crate::__private::HotState {
     /// The export table as the host was compiled with it: the runtime fills one per loaded
     /// version with that build's entries, found by name.
     #[doc(hidden)]
-    type Table: StableAbi + 'static;
+    type Table: 'static;
     /// The typed call surface `hot_fn!` uses, over either kind of handle.
     #[doc(hidden)]
     type Proxy<'m, H: crate::call::CallPath<Self> + 'm>;

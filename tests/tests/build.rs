@@ -1,6 +1,8 @@
 //! The reloader building its modules: edit a source, see the new behaviour with the state
 //! kept; a syntax error keeps the old version; a shared dependency rebuilds its dependents
-//! and no other module. Real cargo builds of a copy of the fixture crates.
+//! and no other module; an edit of a module's own sources replays the rustc command cargo
+//! ran for it, and anything else goes through cargo. Real cargo builds of a copy of the
+//! fixture crates.
 
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
@@ -90,6 +92,39 @@ fn reloaded(module: &str) -> impl Fn(&Event) -> bool + '_ {
     move |e| matches!(e, Event::Reloaded { module: m, .. } if m == module)
 }
 
+/// How each finished build of `module` among `events` was made: `true` for a replay of
+/// rustc, `false` for cargo.
+fn replays(events: &[Event], module: &str) -> Vec<bool> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::BuildFinished {
+                module: m,
+                replayed,
+                ..
+            } if m == module => Some(*replayed),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Runs `cargo build` of `krate` in the fixture workspace as a user would, into the target
+/// directory the reloader builds into; returns cargo's stderr.
+fn cargo_build(workspace: &FixtureWorkspace, krate: &str) -> String {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = std::process::Command::new(cargo)
+        .args(["build", "--lib", "-p", krate, "--manifest-path"])
+        .arg(workspace.root.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&workspace.target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .expect("cargo");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "cargo build failed:\n{stderr}");
+    stderr
+}
+
 #[test]
 fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     let s = setup();
@@ -112,6 +147,9 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     );
     assert_eq!(builds_started(&seen, "counter"), 1, "{seen:#?}");
     assert_none_missing(&seen);
+    // Watching began with a build that found the module fresh: cargo had no command to show
+    // for it, so this first edit goes through cargo (which shows it).
+    assert_eq!(replays(&seen, "counter"), [false], "{seen:#?}");
     assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 2);
     assert_eq!(
         hot_fn!(s.counter.snapshot()).unwrap().total,
@@ -143,6 +181,11 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     assert_eq!(builds_started(&seen, "greeter"), 1);
     assert_none_missing(&seen);
     assert_eq!(builds_started(&seen, "shouter"), 1);
+    // A dependency changed: cargo decides, even for a module whose command is known.
+    assert!(
+        !replays(&seen, "greeter").contains(&true) && !replays(&seen, "shouter").contains(&true),
+        "{seen:#?}"
+    );
     assert_eq!(
         hot_fn!(s.greeter.greet(RString::from("Ada")))
             .unwrap()
@@ -162,12 +205,15 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     );
     assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 2);
 
-    // 3. A syntax error: the build fails with the compiler's message; the old code serves.
+    // 3. A syntax error (a replay of rustc: only the module's source changed): the build
+    //    fails with the compiler's message, and no cargo build follows it; the old code
+    //    serves.
     s.workspace
         .edit("counter", "pub fn calls(&self)", "pub fn calls(&self,");
     let seen = wait_for(&s.events, BUILD_TIMEOUT, "build failed", |e| {
         matches!(e, Event::BuildFailed { .. })
     });
+    assert_eq!(builds_started(&seen, "counter"), 1, "{seen:#?}");
     let Some(Event::BuildFailed {
         module, message, ..
     }) = seen.last()
@@ -218,10 +264,47 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     });
     assert_eq!(max_running, 1, "one build at a time: {seen:#?}");
     assert_none_missing(&seen);
+    let built = replays(&seen, "counter");
+    assert!(
+        !built.is_empty() && built.iter().all(|r| *r),
+        "edits of the module's own source replay rustc: {seen:#?}"
+    );
     assert_eq!(
         hot_fn!(s.counter.snapshot()).unwrap().total,
         42,
         "state kept throughout"
     );
+
+    // 5. The replayed library is the one cargo builds: cargo, run by hand now, compiles the
+    //    module once more (its record predates the replayed sources), the runtime takes that
+    //    build too, and it behaves the same; a second `cargo build` finds nothing to do.
+    let stderr = cargo_build(&s.workspace, "hotreload-fixture-counter");
+    assert!(
+        stderr.contains("Compiling hotreload-fixture-counter"),
+        "{stderr}"
+    );
+    s.reloader.reload_module("counter").unwrap();
+    assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 4);
+    assert_eq!(hot_fn!(s.counter.snapshot()).unwrap().total, 42);
+    let stderr = cargo_build(&s.workspace, "hotreload-fixture-counter");
+    assert!(!stderr.contains("Compiling"), "{stderr}");
+
+    // 6. The manifest changed: cargo builds, even though only the module's package changed.
+    let manifest = s.workspace.manifest("counter");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n# edited\n");
+    std::fs::write(&manifest, text).unwrap();
+    // (A replay may still come first: the build that step 4's edit queued can end after
+    // the reload the step waited for.)
+    wait_for(
+        &s.events,
+        BUILD_TIMEOUT,
+        "counter built by cargo",
+        |e| matches!(e, Event::BuildFinished { module, replayed: false, .. } if module == "counter"),
+    );
+    s.workspace.edit("counter", "4 // TAG", "5 // TAG");
+    wait_for(&s.events, BUILD_TIMEOUT, "counter at tag 5", |e| {
+        reloaded("counter")(e) && hot_fn!(s.counter.build_tag()).unwrap() == 5
+    });
     drop(s.reloader);
 }

@@ -41,6 +41,11 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
+/// No build-directory lock where `flock` is not: cargo's own builds are not excluded.
+pub(crate) fn lock_exclusive(_file: &std::fs::File) -> std::io::Result<()> {
+    Ok(())
+}
+
 pub(crate) fn is_mapped(_path: &Path) -> Option<bool> {
     None
 }

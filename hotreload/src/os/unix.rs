@@ -41,6 +41,24 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
+/// Waits for an exclusive `flock` on `file`, as cargo takes on its build directory; released
+/// when the file is closed. (`File::lock` does the same from Rust 1.89, above this crate's
+/// minimum.)
+pub(crate) fn lock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor `file` owns and keeps open for this call; it reads or
+        // writes no memory of this process.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(());
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Whether an image loaded from `path` is mapped into this process; `None` without `/proc`.
 pub(crate) fn is_mapped(path: &Path) -> Option<bool> {
     mappings(path).map(|(image, _)| !image.is_empty())

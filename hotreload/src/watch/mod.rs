@@ -354,6 +354,10 @@ impl WatchLoop {
         let mut reanchor = false;
         for (index, path) in event.paths.iter().enumerate() {
             if let Some(module) = self.anchors.module_of(path) {
+                if self.builds.is_running(&module) {
+                    // The build's own writes: its end checks the artifact, complete by then.
+                    continue;
+                }
                 match artifact_change(&event.kind, index) {
                     // One such event can prove the file complete: the check reads it at once
                     // (and tells a complete library from a partial one itself).
@@ -379,7 +383,7 @@ impl WatchLoop {
                 reanchor = true;
             }
             if is_edit(&event.kind) {
-                for module in self.builds.affected_by(path) {
+                for module in self.builds.note_change(path) {
                     let now = Instant::now();
                     let due = self.build_due.entry(module).or_insert(Due {
                         first: now,
@@ -444,19 +448,21 @@ impl WatchLoop {
         }
     }
 
-    fn on_build_done(&mut self, done: BuildDone) {
-        let Some((package, again)) = self.builds.finished(&done.module) else {
+    fn on_build_done(&mut self, mut done: BuildDone) {
+        let Some((package, again)) = self.builds.finished(&mut done) else {
             return;
         };
         match done.result {
-            Ok(duration) => {
+            Ok(built) => {
                 self.emit(Event::BuildFinished {
                     module: done.module.clone(),
                     package,
-                    duration,
+                    duration: built.duration,
+                    replayed: built.replayed,
                 });
-                // The artifact's own events trigger too; the check is idempotent.
-                self.schedule_now(&done.module);
+                // The artifact is complete: checked at once, with no settle time.
+                self.due.remove(&done.module);
+                self.check(&done.module);
             }
             Err(message) => self.emit(Event::BuildFailed {
                 module: done.module.clone(),
