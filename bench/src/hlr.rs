@@ -31,6 +31,20 @@ pub mod fast {
     hot_functions_from_file!("bench/hlr/src/lib.rs");
 }
 
+/// The edit loop's instance: over the debug build of a copy of `bench/hlr` (library
+/// `bench_hlr_live`) in the edit benchmark's target directory, as its users point it at
+/// `target/debug`; default debounce.
+#[hot_lib_reloader::hot_module(
+    dylib = "bench_hlr_live",
+    lib_dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../target/hotreload-bench/edit/target/debug"
+    )
+)]
+pub mod edit {
+    hot_functions_from_file!("bench/hlr/src/lib.rs");
+}
+
 /// Where both instances find their library.
 pub fn lib_dir() -> PathBuf {
     PathBuf::from(concat!(
@@ -44,6 +58,8 @@ pub fn lib_dir() -> PathBuf {
 pub enum Instance {
     Default,
     Fast,
+    /// The edit loop's.
+    Edit,
 }
 
 impl Instance {
@@ -51,6 +67,7 @@ impl Instance {
         match self {
             Instance::Default => default::build(),
             Instance::Fast => fast::build(),
+            Instance::Edit => edit::build(),
         }
     }
 
@@ -58,22 +75,30 @@ impl Instance {
         match self {
             Instance::Default => default::add(a, b),
             Instance::Fast => fast::add(a, b),
+            Instance::Edit => edit::add(a, b),
         }
     }
 
     fn debounce(self) -> Duration {
         match self {
-            Instance::Default => Duration::from_millis(500),
+            Instance::Default | Instance::Edit => Duration::from_millis(500),
             Instance::Fast => Duration::from_millis(50),
         }
     }
 
     fn file(self) -> PathBuf {
-        let name = match self {
-            Instance::Default => "bench_hlr_default",
-            Instance::Fast => "bench_hlr_fast",
+        let (dir, name) = match self {
+            Instance::Default => (lib_dir(), "bench_hlr_default"),
+            Instance::Fast => (lib_dir(), "bench_hlr_fast"),
+            Instance::Edit => (
+                PathBuf::from(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../target/hotreload-bench/edit/target/debug"
+                )),
+                "bench_hlr_live",
+            ),
         };
-        lib_dir().join(hotreload::library_file_name(name))
+        dir.join(hotreload::library_file_name(name))
     }
 }
 

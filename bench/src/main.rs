@@ -1,16 +1,19 @@
 //! hotreload's benchmarks, against hot-lib-reloader, in one run on one machine.
 //!
 //! `cargo run --release -p hotreload-bench` builds the fixture modules (release), then
-//! measures call overhead, reload latency, the stall callers see during a reload, and memory
-//! over many reloads. It prints tables and the project's targets (each MET or MISSED), and
-//! writes `target/hotreload-bench/report.json` and `target/hotreload-bench/report.svg`.
-//! `--quick` runs fewer rounds (for CI).
+//! measures call overhead, reload latency, the stall callers see during a reload, memory
+//! over many reloads, and the edit loop (a source saved -> the new code answering, with the
+//! runtime building debug builds, beside hot-lib-reloader's workflow). It prints tables and
+//! the project's targets (each MET or MISSED), and writes `target/hotreload-bench/report.json`
+//! and `target/hotreload-bench/report.svg`. `--quick` runs fewer rounds (for CI); `--only
+//! calls|reloads|stall|memory|edits` (repeatable) runs those sections alone.
 //!
 //! A p99 is reported only from at least [`report::P99_MIN_SAMPLES`] samples; with fewer, the
 //! figure is the largest sample and is labelled "max of N" (and its `p99` key in
 //! `report.json` is null). Missing a target does not fail the run; an error does.
 
 mod calls;
+mod edits;
 mod fixtures;
 mod hlr;
 mod memory;
@@ -30,6 +33,25 @@ use report::Report;
 /// before it stops with an error naming it: long enough for a machine that other work
 /// keeps busy.
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits for the event `pick` answers for (with `Ok` to stop there, `Err` to fail with that
+/// message), up to [`PATIENCE`]; `what` names what was awaited when nothing came.
+pub fn await_event<T>(
+    events: &std::sync::mpsc::Receiver<hotreload::Event>,
+    what: &str,
+    mut pick: impl FnMut(hotreload::Event) -> Option<Result<T, String>>,
+) -> Result<T, Box<dyn std::error::Error>> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(event) = events.recv_timeout(left) else {
+            return Err(format!("{what}: nothing within {PATIENCE:?}").into());
+        };
+        if let Some(result) = pick(event) {
+            return result.map_err(Into::into);
+        }
+    }
+}
 
 /// How long each benchmark runs.
 #[derive(Clone, Copy)]
@@ -63,14 +85,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let mut report = Report::new(fixtures.module_len());
-    println!("call overhead...");
-    calls::run(&fixtures, plan, &mut report)?;
-    println!("reload latency...");
-    reloads::run(&fixtures, plan, &mut report)?;
-    println!("caller stall...");
-    stall::run(&fixtures, plan, &mut report)?;
-    println!("memory...");
-    memory::run(&fixtures, plan, &mut report)?;
+    let args: Vec<String> = std::env::args().collect();
+    let only: Vec<&str> = args
+        .windows(2)
+        .filter(|pair| pair[0] == "--only")
+        .map(|pair| pair[1].as_str())
+        .collect();
+    let runs = |section: &str| only.is_empty() || only.contains(&section);
+    if runs("calls") {
+        println!("call overhead...");
+        calls::run(&fixtures, plan, &mut report)?;
+    }
+    if runs("reloads") {
+        println!("reload latency...");
+        reloads::run(&fixtures, plan, &mut report)?;
+    }
+    if runs("stall") {
+        println!("caller stall...");
+        stall::run(&fixtures, plan, &mut report)?;
+    }
+    if runs("memory") {
+        println!("memory...");
+        memory::run(&fixtures, plan, &mut report)?;
+    }
+    if runs("edits") {
+        println!("edit loop (debug builds; the first run compiles dependencies)...");
+        edits::run(&root, &out, plan, &mut report)?;
+    }
 
     report.print();
     report.write(&out)?;

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::mpsc::Receiver;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bench_module::BenchState;
 use hotreload::{Event, HotReloader, Module, ModuleOptions, StepTimings, hot_fn};
@@ -13,7 +13,7 @@ use hotreload::{Event, HotReloader, Module, ModuleOptions, StepTimings, hot_fn};
 use crate::fixtures::{Fixtures, install, install_timed};
 use crate::hlr::{self, Instance};
 use crate::report::{Report, percentile};
-use crate::{PATIENCE, Plan};
+use crate::{PATIENCE, Plan, await_event};
 
 /// The bench module's name, as the events name it.
 const MODULE: &str = "bench_state";
@@ -66,28 +66,12 @@ fn wait_until_watching(
     events: &Receiver<Event>,
     artifact: &Path,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(Event::Watching { module, .. }) if module == MODULE => return Ok(()),
-            Ok(Event::WatchError { message }) => {
-                return Err(format!(
-                    "hotreload's watcher failed to watch {}: {message}",
-                    artifact.display()
-                )
-                .into());
-            }
-            Ok(_) => {}
-            Err(_) => {
-                return Err(format!(
-                    "hotreload's watcher did not report watching {} within {PATIENCE:?}",
-                    artifact.display()
-                )
-                .into());
-            }
-        }
-    }
+    let what = format!("hotreload's watcher watching {}", artifact.display());
+    await_event(events, &what, |event| match event {
+        Event::Watching { module, .. } if module == MODULE => Some(Ok(())),
+        Event::WatchError { message } => Some(Err(format!("{what} failed: {message}"))),
+        _ => None,
+    })
 }
 
 /// One reload as measured.
@@ -130,30 +114,16 @@ fn reload(
         std::thread::yield_now();
     }
     let latency = in_place.elapsed();
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match events.recv_timeout(left) {
-            Ok(Event::Reloaded { timings, .. }) => {
-                return Ok(Measured {
-                    latency,
-                    rename,
-                    steps: timings,
-                });
-            }
-            Ok(Event::ReloadFailed { reason, .. }) => {
-                return Err(format!("hotreload failed a reload ({what}): {reason}").into());
-            }
-            Ok(_) => {}
-            Err(_) => {
-                return Err(format!(
-                    "hotreload served build {serves} but sent no Reloaded event within \
-                     {PATIENCE:?} ({what})"
-                )
-                .into());
-            }
-        }
-    }
+    let what = format!("hotreload's Reloaded event after serving build {serves} ({what})");
+    await_event(events, &what, |event| match event {
+        Event::Reloaded { timings, .. } => Some(Ok(Measured {
+            latency,
+            rename,
+            steps: timings,
+        })),
+        Event::ReloadFailed { reason, .. } => Some(Err(format!("{what}: failed: {reason}"))),
+        _ => None,
+    })
 }
 
 /// hot-lib-reloader's reload latency, measured the same way, each build put in place once

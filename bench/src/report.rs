@@ -62,6 +62,60 @@ impl CallCost {
     }
 }
 
+/// One edit: save -> first call answered by the new code, and where the time went (ms).
+#[derive(Clone, Copy)]
+pub struct Stages {
+    pub total_ms: f64,
+    /// The save until the build started (the file event, the settle time).
+    pub detect_ms: f64,
+    pub build_ms: f64,
+    /// The reload's steps up to its commit (stage, open, verify, prepare, commit).
+    pub reload_ms: f64,
+    /// The rest of the time from the build's end to the answer: the watcher's look at the
+    /// artifact, and the host's next call.
+    pub first_call_ms: f64,
+    /// Whether the build replayed rustc (hotreload) rather than running cargo.
+    pub replayed: bool,
+}
+
+/// The edits of one module: the first (cargo learns the module's command) and the rest.
+pub struct EditSeries {
+    pub key: &'static str,
+    pub label: String,
+    pub first: Option<Stages>,
+    pub stages: Vec<Stages>,
+}
+
+impl EditSeries {
+    pub fn totals(&self) -> Vec<f64> {
+        self.pick(|s| s.total_ms)
+    }
+
+    fn pick(&self, field: fn(&Stages) -> f64) -> Vec<f64> {
+        self.stages.iter().map(field).collect()
+    }
+
+    fn to_json(&self) -> Value {
+        let totals = self.totals();
+        let median = |field: fn(&Stages) -> f64| percentile(&self.pick(field), 50.0);
+        json!({
+            "edits": totals.len(),
+            "p50": percentile(&totals, 50.0),
+            "p99": tail(&totals).p99_json(),
+            "max": max(&totals),
+            "min": min(&totals),
+            "replayed": self.stages.iter().filter(|s| s.replayed).count(),
+            "first_edit_ms": self.first.map(|s| s.total_ms),
+            "stages_median_ms": {
+                "detect": median(|s| s.detect_ms),
+                "build": median(|s| s.build_ms),
+                "reload": median(|s| s.reload_ms),
+                "rest": median(|s| s.first_call_ms),
+            },
+        })
+    }
+}
+
 pub struct Report {
     pub cores: usize,
     pub cpu: String,
@@ -79,6 +133,7 @@ pub struct Report {
     pub state_mb_s: f64,
     pub memory_plain: Option<Memory>,
     pub memory_tls: Option<Memory>,
+    pub edits: Vec<EditSeries>,
 }
 
 /// The `p`th percentile (nearest rank) of `values`; 0 when empty.
@@ -246,11 +301,16 @@ impl Report {
             state_mb_s: 0.0,
             memory_plain: None,
             memory_tls: None,
+            edits: Vec::new(),
         }
     }
 
     pub fn call(&self, key: &str) -> Option<&CallCost> {
         self.calls.iter().find(|c| c.key == key)
+    }
+
+    pub fn edit_series(&self, key: &str) -> Option<&EditSeries> {
+        self.edits.iter().find(|e| e.key == key)
     }
 
     pub fn stall(&self, size: &str) -> Option<&Stall> {
@@ -400,6 +460,11 @@ impl Report {
                 "hot_lib_reloader_debounce_50ms_max": max(&self.hlr_fast_reload_ms),
             },
             "stall_us": stall,
+            "edit_to_serving_ms": self
+                .edits
+                .iter()
+                .map(|e| (e.key.to_owned(), e.to_json()))
+                .collect::<serde_json::Map<String, Value>>(),
             "state_mb_s": self.state_mb_s,
             "memory": memory_json,
             "targets": targets::check(self).iter().map(targets::Check::to_json).collect::<Vec<_>>(),
@@ -414,6 +479,23 @@ impl Report {
             self.module_len as f64 / 1e6
         );
 
+        if !self.calls.is_empty() {
+            self.print_calls();
+        }
+        if !self.reload_ms.is_empty() {
+            self.print_reloads();
+        }
+        if !self.stalls.is_empty() {
+            self.print_stalls();
+        }
+        self.print_memory();
+        if !self.edits.is_empty() {
+            self.print_edits();
+        }
+        targets::print(&targets::check(self));
+    }
+
+    fn print_calls(&self) {
         let rounds = self.calls.first().map_or(0, |c| c.wall_ns.len());
         header(
             &format!("call overhead, add(u64, u64) -> u64, ns/call ({rounds} rounds)"),
@@ -431,7 +513,9 @@ impl Report {
             );
         }
         println!("(CPU med: the calling threads' CPU time per call, median round)");
+    }
 
+    fn print_reloads(&self) {
         header(
             "reload latency (rename called -> new build answers)",
             &["reloads", "p50 ms", "tail ms", "tail"],
@@ -473,7 +557,9 @@ impl Report {
         ] {
             distribution_row(label, &us);
         }
+    }
 
+    fn print_stalls(&self) {
         header(
             "caller stall: longest call per window (1 caller thread)",
             &["windows", "p50 µs", "tail µs", "tail"],
@@ -497,6 +583,9 @@ impl Report {
              memory throughout)"
         );
         println!("save+restore throughput: {:.0} MB/s", self.state_mb_s);
+    }
+
+    fn print_memory(&self) {
         for (label, m) in [
             ("no thread-local destructors", &self.memory_plain),
             ("thread-local destructors", &self.memory_tls),
@@ -514,8 +603,50 @@ impl Report {
                 );
             }
         }
+    }
 
-        targets::print(&targets::check(self));
+    fn print_edits(&self) {
+        header(
+            "edit loop: save -> new code answers (debug builds), ms",
+            &["edits", "p50", "tail", "tail", "1st edit"],
+        );
+        for e in &self.edits {
+            let totals = e.totals();
+            let t = tail(&totals);
+            row(
+                &e.label,
+                &[
+                    totals.len().to_string(),
+                    fig(percentile(&totals, 50.0)),
+                    fig(t.value),
+                    t.label(),
+                    e.first.map_or_else(|| "-".into(), |s| fig(s.total_ms)),
+                ],
+            );
+        }
+        header(
+            "  where it goes (medians, ms)",
+            &["detect", "build", "reload", "rest"],
+        );
+        for e in &self.edits {
+            let median = |field: fn(&Stages) -> f64| fig(percentile(&e.pick(field), 50.0));
+            row(
+                &format!("  {}", e.label),
+                &[
+                    median(|s| s.detect_ms),
+                    median(|s| s.build_ms),
+                    median(|s| s.reload_ms),
+                    median(|s| s.first_call_ms),
+                ],
+            );
+        }
+        println!(
+            "(detect: save -> build started; reload: its steps to the commit; rest: the check of \
+             the artifact and the next call. 1st edit: cargo builds it and shows the module's \
+             rustc command; later edits of the module's own sources replay that command. \
+             hot-lib-reloader: cargo build started at the save; its reload column holds its \
+             debounce, reload and first call)"
+        );
     }
 
     pub fn write(&self, out: &Path) -> Result<(), Box<dyn std::error::Error>> {

@@ -246,8 +246,32 @@ pub fn check(report: &Report) -> Vec<Check> {
             .over(m.reloads, MEMORY_RELOADS, "reloads"),
         );
     }
+    if let Some(game) = report.edit_series("game_logic") {
+        let totals = game.totals();
+        let hlr = report
+            .edit_series("hot_lib_reloader")
+            .map_or(0.0, |h| percentile(&h.totals(), 50.0));
+        checks.push(
+            Check::at_most(
+                "demo module, debug: save -> new code answers, p50 <= 400 ms",
+                percentile(&totals, 50.0),
+                400.0,
+                "ms",
+                format!(
+                    "{} edits with the runtime building; hot-lib-reloader's workflow in the same \
+                     run: p50 {} ms",
+                    totals.len(),
+                    fig(hlr)
+                ),
+            )
+            .over(totals.len(), EDITS, "edits"),
+        );
+    }
     checks
 }
+
+/// Edits the edit-loop target counts over.
+const EDITS: usize = 20;
 
 pub fn print(checks: &[Check]) {
     println!("\ntargets (a missed target is reported, not an error)");
