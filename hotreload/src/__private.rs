@@ -19,7 +19,9 @@ pub use hotreload_abi::{
     PANIC_UNWIND, StateEnvelope, StatePtr, TableEntry,
 };
 
-pub use crate::call::{CallPath, LocalModule, Module};
+pub use crate::call::CallPath;
+#[cfg(feature = "runtime")]
+pub use crate::call::{LocalModule, Module};
 pub use crate::error::HotError;
 pub use crate::module::HotModule;
 use crate::rehome::Rehome;

@@ -22,14 +22,15 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
+// The handles: the host's side only.
 #[cfg(feature = "static")]
 mod linked;
-#[cfg(not(feature = "static"))]
+#[cfg(all(feature = "runtime", not(feature = "static")))]
 mod loaded;
 
 #[cfg(feature = "static")]
 pub use linked::{LocalModule, Module};
-#[cfg(not(feature = "static"))]
+#[cfg(all(feature = "runtime", not(feature = "static")))]
 pub use loaded::{LocalModule, Module};
 
 /// How a handle gets a call to the module. Implemented by [`Module`] and [`LocalModule`] only

@@ -357,6 +357,7 @@ impl HotError {
     /// Whether the build itself is at fault (it is not a library, not this module, does not
     /// fit, or fails with this state), so that offering the same bytes again cannot succeed;
     /// a veto, a failed save, a wrong thread or an I/O error may pass another time.
+    #[cfg(feature = "runtime")]
     pub(crate) fn is_build_fault(&self) -> bool {
         matches!(
             self,

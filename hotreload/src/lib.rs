@@ -108,42 +108,67 @@
 #![cfg_attr(feature = "static", allow(dead_code))]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod access;
-mod build;
+// What runs inside a module as well as in the host: the export table's entries and their
+// panic containment, the state's codec, workers, and the traits and errors the generated
+// code names.
 mod call;
 mod error;
-mod events;
-#[cfg(feature = "harness")]
-pub mod harness;
-mod locate;
 mod module;
-mod os;
 mod rehome;
-mod reloader;
-mod shadow;
-mod transaction;
-mod version;
-mod watch;
 pub mod worker;
 
 #[doc(hidden)]
 pub mod __private;
 
+// The host's runtime (the `runtime` feature, on by default; module crates turn it off).
+#[cfg(feature = "runtime")]
+mod access;
+#[cfg(feature = "runtime")]
+mod build;
+#[cfg(feature = "runtime")]
+mod events;
+#[cfg(feature = "harness")]
+pub mod harness;
+#[cfg(feature = "runtime")]
+mod locate;
+#[cfg(feature = "runtime")]
+mod os;
+#[cfg(feature = "runtime")]
+mod reloader;
+#[cfg(feature = "runtime")]
+mod shadow;
+#[cfg(feature = "runtime")]
+mod transaction;
+#[cfg(feature = "runtime")]
+mod version;
+#[cfg(feature = "runtime")]
+mod watch;
+
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-pub use call::{CallPath, LocalModule, Module};
+pub use call::CallPath;
+#[cfg(feature = "runtime")]
+pub use call::{LocalModule, Module};
 pub use error::{HotError, ModuleFault, Rejection};
+#[cfg(feature = "runtime")]
 pub use events::{Event, ReloadRequest};
+#[cfg(feature = "runtime")]
 pub use locate::library_file_name;
 pub use module::HotModule;
 pub use rehome::Rehome;
+#[cfg(feature = "runtime")]
 pub use reloader::{HotReloader, ModuleOptions, Probation, Quiesce, WhenBusy};
+#[cfg(feature = "runtime")]
 pub use transaction::rollback::{RollbackReport, RollbackState};
+#[cfg(feature = "runtime")]
 pub use transaction::{ReloadReport, StepTimings};
+#[cfg(feature = "runtime")]
 pub use version::RetiredVersion;
+#[cfg(feature = "runtime")]
 pub use watch::{Apply, WatchOptions};
 
+#[cfg(feature = "runtime")]
 pub(crate) use shadow::ShadowDir;
 
 /// Turns an inherent impl block into a hot-reloadable module.
