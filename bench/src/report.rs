@@ -626,7 +626,7 @@ impl Report {
         }
         header(
             "  where it goes (medians, ms)",
-            &["detect", "build", "reload", "rest"],
+            &["detect", "build", "reload", "rest", "replayed"],
         );
         for e in &self.edits {
             let median = |field: fn(&Stages) -> f64| fig(percentile(&e.pick(field), 50.0));
@@ -637,11 +637,12 @@ impl Report {
                     median(|s| s.build_ms),
                     median(|s| s.reload_ms),
                     median(|s| s.first_call_ms),
+                    e.stages.iter().filter(|s| s.replayed).count().to_string(),
                 ],
             );
         }
         println!(
-            "(detect: save -> build started; reload: its steps to the commit; rest: the check of \
+            "(replayed: edits built by replaying rustc, of those measured; detect: save -> build started; reload: its steps to the commit; rest: the check of \
              the artifact and the next call. 1st edit: cargo builds it and shows the module's \
              rustc command; later edits of the module's own sources replay that command. \
              hot-lib-reloader: cargo build started at the save; its reload column holds its \

@@ -29,15 +29,39 @@ use std::time::{Duration, Instant};
 use cargo_metadata::{DependencyKind, Message, Metadata, MetadataCommand, PackageId};
 
 use crate::locate::CargoLayout;
-use replay::{Replay, ReplayFailed, Unit};
+use replay::{ConfigStamps, Replay, ReplayFailed, Unit};
 
 /// The result of one build, sent back to the watcher thread.
 pub(crate) struct BuildDone {
     pub module: String,
     pub result: Result<Built, String>,
-    /// Whether cargo ran (rather than only a replay of rustc), and the module's rustc command
-    /// if cargo compiled it.
-    cargo: Option<Option<Replay>>,
+    /// What cargo did, if it ran (rather than only a replay of rustc).
+    cargo: Option<CargoRan>,
+}
+
+/// What a cargo build did with the module.
+enum CargoRan {
+    /// It compiled the module: its rustc command, if cargo's output showed it.
+    Compiled(Option<Replay>),
+    /// It found the module fresh: the command it would run is the last one. The
+    /// configuration files as stamped before cargo read them.
+    Fresh(ConfigStamps),
+    /// It failed, or said nothing of the module.
+    Failed,
+}
+
+/// A build's process, and whether watching stopped the build: a stopped build starts no
+/// other process.
+#[derive(Default)]
+pub(super) struct Slot {
+    child: Option<Child>,
+    stopped: bool,
+}
+
+impl Slot {
+    pub(super) fn stopped(slot: &Mutex<Slot>) -> bool {
+        slot.lock().unwrap_or_else(PoisonError::into_inner).stopped
+    }
 }
 
 /// A build that produced the module's library.
@@ -73,9 +97,9 @@ struct ModuleBuild {
     dirty: bool,
 }
 
-/// A build in progress: its cargo process (to kill when watching stops) and its thread.
+/// A build in progress: its process (to kill when watching stops) and its thread.
 struct RunningBuild {
-    child: Arc<Mutex<Option<Child>>>,
+    slot: Arc<Mutex<Slot>>,
     thread: JoinHandle<()>,
 }
 
@@ -260,16 +284,23 @@ impl Builds {
             // Whatever changed before now, this cargo build sees.
             build.cargo_needed = false;
         }
-        let child = Arc::new(Mutex::new(None));
-        let in_thread = Arc::clone(&child);
+        let slot = Arc::new(Mutex::new(Slot::default()));
+        let in_thread = Arc::clone(&slot);
         let module = module.to_owned();
         let spawned = std::thread::Builder::new()
             .name(format!("hotreload-build-{module}"))
             .spawn(move || {
                 let _runtime = crate::os::RuntimeThread::enter();
                 let started = Instant::now();
-                let replayed = match replay.map(|r| r.run(&in_thread)) {
-                    Some(Ok(libraries)) => Some(Ok(libraries)),
+                let replayed = replay.map(|replay| {
+                    replay.run(&in_thread).and_then(|libraries| {
+                        // Linked up somewhere else than the module loads (a separate
+                        // build directory, say): cargo knows where.
+                        expected.check(&libraries).map_err(ReplayFailed::Other)
+                    })
+                });
+                let replayed = match replayed {
+                    Some(Ok(())) => Some(Ok(())),
                     Some(Err(ReplayFailed::Compile(messages))) => Some(Err(messages)),
                     Some(Err(ReplayFailed::Other(why))) => {
                         tracing::info!(module, "replaying rustc failed, cargo builds: {why}");
@@ -280,16 +311,14 @@ impl Builds {
                 let (result, cargo) = match replayed {
                     Some(result) => (result, None),
                     None => {
-                        let (result, captured) = run(&mut command, &in_thread, &expected, &unit);
-                        (result, Some(captured))
+                        let (result, ran) = run(&mut command, &in_thread, &expected, &unit);
+                        (result.and_then(|l| expected.check(&l)), Some(ran))
                     }
                 };
-                let result = result
-                    .and_then(|libraries| expected.check(&libraries))
-                    .map(|()| Built {
-                        duration: started.elapsed(),
-                        replayed: cargo.is_none(),
-                    });
+                let result = result.map(|()| Built {
+                    duration: started.elapsed(),
+                    replayed: cargo.is_none(),
+                });
                 done(BuildDone {
                     module,
                     result,
@@ -298,7 +327,7 @@ impl Builds {
             });
         match spawned {
             Ok(thread) => {
-                build.running = Some(RunningBuild { child, thread });
+                build.running = Some(RunningBuild { slot, thread });
                 Some(build.package.clone())
             }
             Err(err) => {
@@ -325,13 +354,17 @@ impl Builds {
             let _ = running.thread.join();
         }
         match done.cargo.take() {
-            // Cargo compiled the module: its command is the one to replay.
-            Some(Some(captured)) => build.replay = Some(captured),
+            // Cargo compiled the module: the command it showed is the one to replay (none
+            // shown: none to replay).
+            Some(CargoRan::Compiled(captured)) => build.replay = captured,
             // Cargo found the module fresh: the command it would run is still the last one.
-            Some(None) if done.result.is_ok() => {
-                build.replay = build.replay.as_ref().map(Replay::restamped);
+            Some(CargoRan::Fresh(config)) => {
+                build.replay = build.replay.take().map(|r| r.restamped(config));
             }
-            Some(None) | None => {}
+            // Whatever it did not get through (a dependency that does not compile, say), the
+            // next build asks cargo again.
+            Some(CargoRan::Failed) => build.cargo_needed = true,
+            None => {}
         }
         let again = std::mem::take(&mut build.dirty);
         Some((build.package.clone(), again))
@@ -343,15 +376,13 @@ impl Builds {
             let Some(running) = build.running.take() else {
                 continue;
             };
-            if let Some(child) = running
-                .child
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-            {
+            let mut slot = running.slot.lock().unwrap_or_else(PoisonError::into_inner);
+            slot.stopped = true;
+            if let Some(child) = slot.child.as_mut() {
                 // Cargo's own compiler processes finish the crate they are on and exit.
                 let _ = child.kill();
             }
+            drop(slot);
             let _ = running.thread.join();
         }
     }
@@ -468,6 +499,9 @@ fn cargo_command(build: &ModuleBuild) -> Command {
         .arg(&build.manifest)
         .args(&build.layout_args)
         .env_remove("CARGO_TARGET_DIR")
+        // Cargo's configuration and rustup's toolchain are looked up from here, as for a
+        // developer building in the workspace; a replay runs here too.
+        .current_dir(&build.workspace_root)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -482,18 +516,23 @@ pub(super) struct Collected {
 }
 
 /// Runs `command` to its end, keeping its process in `slot` while it runs (stopping the
-/// watcher kills it), and collects both of its outputs.
-pub(super) fn collect(
-    command: &mut Command,
-    slot: &Mutex<Option<Child>>,
-) -> Result<Collected, String> {
+/// watcher kills it), and collects both of its outputs. A stopped build runs nothing, and a
+/// process killed by the stop is an error, not an outcome.
+pub(super) fn collect(command: &mut Command, slot: &Mutex<Slot>) -> Result<Collected, String> {
+    const STOPPED: &str = "the build was stopped";
     let program = command.get_program().to_string_lossy().into_owned();
-    let mut child = command
-        .spawn()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(child);
+    let (stdout, stderr) = {
+        let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.stopped {
+            return Err(STOPPED.into());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot run {program}: {e}"))?;
+        let pipes = (child.stdout.take(), child.stderr.take());
+        slot.child = Some(child);
+        pipes
+    };
     let read = |pipe: Option<Box<dyn Read + Send>>| {
         let mut text = Vec::new();
         if let Some(mut pipe) = pipe {
@@ -506,70 +545,84 @@ pub(super) fn collect(
         let stdout = read(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
         (stdout, stderr.join().unwrap_or_default())
     });
-    // Both pipes are closed: the process has exited (or is exiting). Taking it out of the
-    // slot means watching can no longer kill it, and it is reaped here.
-    let status = slot
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-        .map(|mut child| child.wait());
+    // Both pipes are closed: the process has exited (or is exiting), and is reaped here.
+    let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
+    let status = slot.child.take().map(|mut child| child.wait());
     match status {
+        _ if slot.stopped => Err(STOPPED.into()),
         Some(Ok(status)) => Ok(Collected {
             status,
             stdout,
             stderr,
         }),
         Some(Err(err)) => Err(format!("waiting for {program}: {err}")),
-        None => Err("the build was stopped".into()),
+        None => Err(STOPPED.into()),
     }
 }
 
 /// Runs cargo. Returns the dynamic libraries its JSON messages say the build produced for the
-/// module's package (on failure, the compiler's messages without progress lines), and the
-/// module's rustc command if cargo compiled it.
+/// module's package (on failure, the compiler's messages without progress lines), and what
+/// it did with the module.
 fn run(
     command: &mut Command,
-    slot: &Mutex<Option<Child>>,
+    slot: &Mutex<Slot>,
     expected: &Expected,
     unit: &OwnedUnit,
-) -> (Result<Vec<PathBuf>, String>, Option<Replay>) {
+) -> (Result<Vec<PathBuf>, String>, CargoRan) {
     tracing::info!(?command, "building");
+    // Stamped before cargo reads them: a change while it runs is seen at the next build.
+    let config = Replay::stamp_config(&unit.unit());
     let collected = match collect(command, slot) {
         Ok(collected) => collected,
-        Err(err) => return (Err(err), None),
+        Err(err) => return (Err(err), CargoRan::Failed),
     };
-    let captured = Replay::capture(&collected.stderr, &unit.unit());
-    let result = if collected.status.success() {
-        Ok(dynamic_libraries(
-            collected.stdout.as_bytes(),
-            &expected.package,
-        ))
-    } else {
-        Err(compiler_messages(&collected.stderr))
+    if !collected.status.success() {
+        return (Err(compiler_messages(&collected.stderr)), CargoRan::Failed);
+    }
+    let built = module_artifacts(collected.stdout.as_bytes(), &expected.package);
+    let ran = match built.fresh {
+        Some(true) => CargoRan::Fresh(config),
+        Some(false) => CargoRan::Compiled(Replay::capture(&collected.stderr, &unit.unit(), config)),
+        None => CargoRan::Failed,
     };
-    (result, captured)
+    (Ok(built.libraries), ran)
 }
 
-/// The files of `package`'s `cdylib` artifacts in cargo's JSON messages, in order. Lines
-/// that are not JSON (a build script's output, say) are skipped.
-fn dynamic_libraries(messages: impl std::io::BufRead, package: &PackageId) -> Vec<PathBuf> {
-    Message::parse_stream(messages)
-        .filter_map(Result::ok)
-        .filter_map(|message| match message {
-            Message::CompilerArtifact(artifact)
-                if artifact.target.is_cdylib() && &artifact.package_id == package =>
-            {
-                Some(artifact)
-            }
-            _ => None,
-        })
-        .flat_map(|artifact| artifact.filenames)
-        .filter(|file| {
-            file.file_name()
-                .is_some_and(|name| name.ends_with(std::env::consts::DLL_SUFFIX))
-        })
-        .map(PathBuf::from)
-        .collect()
+/// What cargo's JSON messages say of the module's package.
+struct ModuleArtifacts {
+    /// The files of its `cdylib` artifacts, in order.
+    libraries: Vec<PathBuf>,
+    /// Whether cargo found it fresh (`None`: no message about it).
+    fresh: Option<bool>,
+}
+
+/// The module package's `cdylib` artifacts in cargo's JSON messages. Lines that are not JSON
+/// (a build script's output, say) are skipped.
+fn module_artifacts(messages: impl std::io::BufRead, package: &PackageId) -> ModuleArtifacts {
+    let mut built = ModuleArtifacts {
+        libraries: Vec::new(),
+        fresh: None,
+    };
+    for message in Message::parse_stream(messages).filter_map(Result::ok) {
+        let Message::CompilerArtifact(artifact) = message else {
+            continue;
+        };
+        if !artifact.target.is_cdylib() || &artifact.package_id != package {
+            continue;
+        }
+        built.fresh = Some(built.fresh.unwrap_or(true) && artifact.fresh);
+        built.libraries.extend(
+            artifact
+                .filenames
+                .into_iter()
+                .filter(|file| {
+                    file.file_name()
+                        .is_some_and(|name| name.ends_with(std::env::consts::DLL_SUFFIX))
+                })
+                .map(PathBuf::from),
+        );
+    }
+    built
 }
 
 /// Cargo's stderr without its progress lines.
@@ -613,7 +666,7 @@ fn is_source_change(relative: &Path) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{Expected, dynamic_libraries};
+    use super::{Expected, module_artifacts};
     use cargo_metadata::PackageId;
     use std::path::PathBuf;
 
@@ -649,8 +702,12 @@ mod tests {
         let package = PackageId {
             repr: GREETER.into(),
         };
-        let libraries = dynamic_libraries(messages().as_bytes(), &package);
-        assert_eq!(libraries, [PathBuf::from("/w/target/debug/libgreeter.so")]);
+        let built = module_artifacts(messages().as_bytes(), &package);
+        assert_eq!(
+            built.libraries,
+            [PathBuf::from("/w/target/debug/libgreeter.so")]
+        );
+        assert_eq!(built.fresh, Some(false));
     }
 
     #[test]

@@ -117,7 +117,7 @@ pub enum Event {
         /// The version closed.
         generation: u64,
     },
-    /// Cargo started building the module.
+    /// A build of the module started (cargo, or a replay of its rustc command).
     BuildStarted {
         /// The module.
         module: String,
@@ -137,7 +137,8 @@ pub enum Event {
         /// build.
         replayed: bool,
     },
-    /// Cargo failed to build the module; the running version keeps serving.
+    /// The module's build failed (cargo's, or a replay of rustc's command that found an
+    /// error in the module's own code); the running version keeps serving.
     BuildFailed {
         /// The module.
         module: String,

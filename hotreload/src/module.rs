@@ -1,5 +1,5 @@
 //! A registered module: what the host expects of it, its live version (reached only through
-//! the rules in [`access`](crate::access)), and the bookkeeping of its transactions.
+//! the rules in the `access` module), and the bookkeeping of its transactions.
 //!
 //! # Why a version is never unmapped while in use
 //! No call can reach a replaced version: calls start only in the live version, and a

@@ -12,8 +12,8 @@ pub(crate) use thread_exit::catch_up;
 mod unix;
 #[cfg(unix)]
 pub(crate) use unix::{
-    RuntimeThread, ThreadCensus, is_mapped, lock_exclusive, open_library, same_file, thread_census,
-    thread_in_image,
+    RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census,
+    thread_in_image, try_lock_exclusive,
 };
 
 #[cfg(not(unix))]
@@ -24,8 +24,8 @@ pub(crate) use other::catch_up;
 pub(crate) use other::{DtorSlots, ImageDtors};
 #[cfg(not(unix))]
 pub(crate) use other::{
-    RuntimeThread, ThreadCensus, is_mapped, lock_exclusive, open_library, same_file, thread_census,
-    thread_in_image,
+    RuntimeThread, ThreadCensus, is_mapped, open_library, same_file, thread_census,
+    thread_in_image, try_lock_exclusive,
 };
 
 mod permissions;

@@ -25,11 +25,14 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-use super::{Collected, collect};
+use super::{Collected, Slot, collect};
 
 /// A file's identity as far as a rebuild is concerned: absent, or its length and time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<(u64, SystemTime)>);
+pub(crate) struct Stamp(Option<(u64, SystemTime)>);
+
+/// The configuration files that can change what cargo runs, stamped.
+pub(crate) type ConfigStamps = Vec<(PathBuf, Stamp)>;
 
 impl Stamp {
     fn of(path: &Path) -> Stamp {
@@ -51,7 +54,10 @@ pub(crate) struct Replay {
     env: Vec<(String, String)>,
     /// The package's directory: errors in files under it are the module's own.
     package_dir: PathBuf,
+    /// The compiler and the dependencies' libraries, as cargo left them.
     inputs: Vec<(PathBuf, Stamp)>,
+    /// The configuration, as it was before the cargo build that showed the command.
+    config: ConfigStamps,
 }
 
 /// How a replay failed.
@@ -73,17 +79,28 @@ pub(crate) struct Unit<'a> {
 }
 
 impl Replay {
+    /// Stamps the configuration files of `unit` ([`config_files`]): before cargo runs.
+    pub(crate) fn stamp_config(unit: &Unit<'_>) -> ConfigStamps {
+        stamp_all(config_files(unit))
+    }
+
     /// The module's rustc command among the `Running` lines cargo printed with `-vv`, if cargo
-    /// compiled the module in this build.
-    pub(crate) fn capture(cargo_stderr: &str, unit: &Unit<'_>) -> Option<Replay> {
-        cargo_stderr
+    /// compiled the module in this build; `config` as stamped before cargo ran.
+    pub(crate) fn capture(
+        cargo_stderr: &str,
+        unit: &Unit<'_>,
+        config: ConfigStamps,
+    ) -> Option<Replay> {
+        let mut replay = cargo_stderr
             .lines()
             .filter_map(|line| {
                 let line = line.trim_start().strip_prefix("Running `")?;
                 line.strip_suffix('`')
             })
             .filter_map(shlex::split)
-            .find_map(|words| Replay::from_words(words, unit))
+            .find_map(|words| Replay::from_words(words, unit))?;
+        replay.config = config;
+        Some(replay)
     }
 
     fn from_words(words: Vec<String>, unit: &Unit<'_>) -> Option<Replay> {
@@ -115,37 +132,32 @@ impl Replay {
             return None;
         }
         let args: Vec<String> = args.iter().map(|a| plain_diagnostics(a)).collect();
-        let mut watched: Vec<PathBuf> = vec![PathBuf::from(program)];
-        watched.extend(
+        let mut inputs: Vec<PathBuf> = vec![PathBuf::from(program)];
+        inputs.extend(
             value_of("--extern")
                 .into_iter()
                 .filter_map(|e| e.split_once('=').map(|(_, path)| PathBuf::from(path))),
         );
-        watched.extend(config_files(unit));
         Some(Replay {
             cwd: unit.workspace_root.to_path_buf(),
             program: PathBuf::from(program),
             args,
             env,
             package_dir: unit.package_dir.to_path_buf(),
-            inputs: watched
-                .into_iter()
-                .map(|path| {
-                    let stamp = Stamp::of(&path);
-                    (path, stamp)
-                })
-                .collect(),
+            inputs: stamp_all(inputs),
+            config: ConfigStamps::new(),
         })
     }
 
-    /// The same command with its inputs as they are now: after a cargo build that found the
-    /// module fresh, the command cargo would run is still this one.
-    pub(crate) fn restamped(&self) -> Replay {
-        let mut replay = self.clone();
-        for (path, stamp) in &mut replay.inputs {
+    /// The same command with the compiler and dependencies as they are now and `config` as
+    /// stamped before cargo ran: after a cargo build that found the module fresh, the
+    /// command cargo would run is still this one.
+    pub(crate) fn restamped(mut self, config: ConfigStamps) -> Replay {
+        for (path, stamp) in &mut self.inputs {
             *stamp = Stamp::of(path);
         }
-        replay
+        self.config = config;
+        self
     }
 
     /// `Ok` if nothing but the module's own sources can have changed since the command was
@@ -154,6 +166,7 @@ impl Replay {
         match self
             .inputs
             .iter()
+            .chain(&self.config)
             .find(|(path, stamp)| &Stamp::of(path) != stamp)
         {
             None => Ok(()),
@@ -163,14 +176,13 @@ impl Replay {
 
     /// Runs the command, keeping the compiler's process in `slot` while it runs. Returns the
     /// dynamic libraries it wrote, linked up beside `deps/` as cargo does.
-    pub(crate) fn run(
-        &self,
-        slot: &Mutex<Option<std::process::Child>>,
-    ) -> Result<Vec<PathBuf>, ReplayFailed> {
+    pub(crate) fn run(&self, slot: &Mutex<Slot>) -> Result<Vec<PathBuf>, ReplayFailed> {
         let mut command = Command::new(&self.program);
         command
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            // As cargo ran it: the host's environment without this, plus what cargo set.
+            .env_remove("CARGO_TARGET_DIR")
             .current_dir(&self.cwd)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -178,7 +190,9 @@ impl Replay {
         tracing::info!(program = %self.program.display(), "replaying rustc");
         // Cargo's lock on the profile's directory, as cargo takes it: a `cargo build` started
         // by hand waits for the replay, and the replay for it.
-        let _lock = self.lock_build_directory().map_err(ReplayFailed::Other)?;
+        let _lock = self
+            .lock_build_directory(slot)
+            .map_err(ReplayFailed::Other)?;
         let Collected { status, stderr, .. } =
             collect(&mut command, slot).map_err(ReplayFailed::Other)?;
         let messages = RustcMessages::parse(&stderr, &self.cwd, &self.package_dir);
@@ -221,7 +235,9 @@ impl Replay {
 }
 
 impl Replay {
-    fn lock_build_directory(&self) -> Result<Option<std::fs::File>, String> {
+    /// Takes cargo's lock on the profile's directory, waiting for whoever holds it (a
+    /// `cargo build` by hand, an editor's `cargo check`) unless watching stops meanwhile.
+    fn lock_build_directory(&self, slot: &Mutex<Slot>) -> Result<Option<std::fs::File>, String> {
         let out_dir = self
             .args
             .windows(2)
@@ -237,8 +253,16 @@ impl Replay {
             .write(true)
             .open(&path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        crate::os::lock_exclusive(&file).map_err(|e| format!("locking {}: {e}", path.display()))?;
-        Ok(Some(file))
+        // `flock` cannot wait with a deadline or be interrupted from another thread: it is
+        // tried, and tried again every few milliseconds.
+        loop {
+            match crate::os::try_lock_exclusive(&file) {
+                Ok(true) => return Ok(Some(file)),
+                Ok(false) if Slot::stopped(slot) => return Err("the build was stopped".into()),
+                Ok(false) => std::thread::sleep(std::time::Duration::from_millis(5)),
+                Err(e) => return Err(format!("locking {}: {e}", path.display())),
+            }
+        }
     }
 }
 
@@ -341,6 +365,16 @@ fn plain_diagnostics(arg: &str) -> String {
     }
 }
 
+fn stamp_all(paths: Vec<PathBuf>) -> Vec<(PathBuf, Stamp)> {
+    paths
+        .into_iter()
+        .map(|path| {
+            let stamp = Stamp::of(&path);
+            (path, stamp)
+        })
+        .collect()
+}
+
 fn same_dir(a: &Path, b: &Path) -> bool {
     a == b || crate::os::same_file(a, b)
 }
@@ -408,7 +442,8 @@ mod tests {
         let stderr = format!(
             "   Compiling serde v1.0.0\n     Running `/t/bin/rustc --crate-name serde x.rs`\n{LINE}\n"
         );
-        let replay = Replay::capture(&stderr, &unit()).expect("captured");
+        let replay =
+            Replay::capture(&stderr, &unit(), Replay::stamp_config(&unit())).expect("captured");
         assert_eq!(replay.program, Path::new("/t/bin/rustc"));
         assert_eq!(replay.cwd, Path::new("/w"));
         assert!(
@@ -425,7 +460,12 @@ mod tests {
                 .args
                 .contains(&"--json=artifacts,future-incompat".to_owned())
         );
-        let inputs: Vec<&Path> = replay.inputs.iter().map(|(p, _)| p.as_path()).collect();
+        let inputs: Vec<&Path> = replay
+            .inputs
+            .iter()
+            .chain(&replay.config)
+            .map(|(p, _)| p.as_path())
+            .collect();
         assert!(inputs.contains(&Path::new("/t/bin/rustc")));
         assert!(inputs.contains(&Path::new("/w/target/debug/deps/libserde-1.rlib")));
         assert!(inputs.contains(&Path::new("/w/game-logic/Cargo.toml")));
@@ -434,10 +474,10 @@ mod tests {
     #[test]
     fn other_crates_and_test_builds_are_not_the_module() {
         let test_build = LINE.replace("--crate-type cdylib", "--test");
-        assert!(Replay::capture(&test_build, &unit()).is_none());
+        assert!(Replay::capture(&test_build, &unit(), Vec::new()).is_none());
         let other_dir = LINE.replace("CARGO_MANIFEST_DIR=/w/game-logic", "CARGO_MANIFEST_DIR=/x");
-        assert!(Replay::capture(&other_dir, &unit()).is_none());
-        assert!(Replay::capture("   Compiling game-logic v0.1.0", &unit()).is_none());
+        assert!(Replay::capture(&other_dir, &unit(), Vec::new()).is_none());
+        assert!(Replay::capture("   Compiling game-logic v0.1.0", &unit(), Vec::new()).is_none());
     }
 
     #[test]

@@ -42,8 +42,8 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// No build-directory lock where `flock` is not: cargo's own builds are not excluded.
-pub(crate) fn lock_exclusive(_file: &std::fs::File) -> std::io::Result<()> {
-    Ok(())
+pub(crate) fn try_lock_exclusive(_file: &std::fs::File) -> std::io::Result<bool> {
+    Ok(true)
 }
 
 pub(crate) fn is_mapped(_path: &Path) -> Option<bool> {

@@ -467,11 +467,16 @@ impl WatchLoop {
                 self.due.remove(&done.module);
                 self.check(&done.module);
             }
-            Err(message) => self.emit(Event::BuildFailed {
-                module: done.module.clone(),
-                package,
-                message,
-            }),
+            Err(message) => {
+                self.emit(Event::BuildFailed {
+                    module: done.module.clone(),
+                    package,
+                    message,
+                });
+                // The artifact's events were not looked at while the build ran: another
+                // writer's may have come meanwhile. The check is idempotent.
+                self.schedule(&done.module);
+            }
         }
         if again {
             self.start_build(&done.module);
