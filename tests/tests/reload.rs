@@ -137,7 +137,8 @@ fn versions_beyond_the_history_are_closed_and_their_shadow_copies_deleted() {
     assert_eq!(
         report.closed[0].still_mapped,
         Some(false),
-        "and the OS unmapped it"
+        "and the OS unmapped it: {:?}",
+        report.closed[0]
     );
     assert!(!first.shadow.exists(), "its shadow copy is deleted");
     assert_eq!(reloader.retired_versions("counter").unwrap().len(), 1);

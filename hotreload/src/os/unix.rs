@@ -41,21 +41,20 @@ pub(crate) fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Waits for an exclusive `flock` on `file`, as cargo takes on its build directory; released
-/// when the file is closed. (`File::lock` does the same from Rust 1.89, above this crate's
-/// minimum.)
-pub(crate) fn lock_exclusive(file: &std::fs::File) -> std::io::Result<()> {
+/// Tries for an exclusive `flock` on `file`, as cargo takes on its build directory, without
+/// waiting: `Ok(false)` while another holds it. Released when the file is closed. (`File::
+/// try_lock` does the same from Rust 1.89, above this crate's minimum.)
+pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> std::io::Result<bool> {
     use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: flock on a descriptor `file` owns and keeps open for this call; it reads or
-        // writes no memory of this process.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.kind() != std::io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+    // SAFETY: flock on a descriptor `file` owns and keeps open for this call; it reads or
+    // writes no memory of this process.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => Ok(false),
+        _ => Err(err),
     }
 }
 
@@ -72,6 +71,9 @@ pub(crate) struct ThreadCensus {
     tids: Vec<u32>,
     /// Clock ticks since boot when the census was taken (the unit of a thread's start time).
     taken_at: u64,
+    /// The thread that took the census, and its start time: it was running before the
+    /// version was opened even if it started in the same clock tick.
+    taker: Option<(u32, u64)>,
 }
 
 /// Threads the runtime itself started (the watcher, build threads): they run module code only
@@ -121,10 +123,13 @@ pub(crate) fn thread_census() -> Option<ThreadCensus> {
     let seconds: f64 = uptime.split_whitespace().next()?.parse().ok()?;
     let mut tids = thread_ids().ok()?;
     tids.sort_unstable();
+    let taker = current_tid().and_then(|tid| Some((tid, thread_start(tid)?)));
     Some(ThreadCensus {
         tids,
-        // Rounded down: a thread started in the same tick counts as started after.
+        // Rounded down: a thread started in the same tick counts as started after (unless it
+        // is the one taking the census).
         taken_at: (seconds * USER_HZ) as u64,
+        taker,
     })
 }
 
@@ -242,7 +247,8 @@ pub(crate) fn thread_in_image(path: &Path, census: &ThreadCensus) -> Option<Stri
     let runtime = runtime_threads().clone();
     let started_since = |tid: u32| {
         let older = census.tids.binary_search(&tid).is_ok()
-            && thread_start(tid).is_some_and(|start| start < census.taken_at);
+            && thread_start(tid)
+                .is_some_and(|start| start < census.taken_at || census.taker == Some((tid, start)));
         !older && !runtime.contains(&tid)
     };
     let Ok(mem) = std::fs::File::open("/proc/self/mem") else {
