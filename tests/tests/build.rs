@@ -4,6 +4,7 @@
 //! ran for it, and anything else goes through cargo. Real cargo builds of a copy of the
 //! fixture crates.
 
+use std::collections::BTreeSet;
 use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
@@ -204,6 +205,43 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
         "BONJOUR, ADA!"
     );
     assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 2);
+
+    // 2b. The shared dependency broken: both dependents fail to build. An edit of the
+    //     greeter's own source then goes through cargo again (and fails again): a replay would
+    //     link the shared crate's last good library and serve a build cargo refuses.
+    s.workspace.edit("shared", "\"bonjour\";", "\"bonjour\"");
+    let mut failed = BTreeSet::new();
+    wait_for(&s.events, BUILD_TIMEOUT, "both dependents failed", |e| {
+        if let Event::BuildFailed { module, .. } = e {
+            failed.insert(module.clone());
+        }
+        failed.len() == 2
+    });
+    s.workspace
+        .edit("greeter", "\"{} {name}\"", "\"{} {name}!\"");
+    let seen = wait_for(&s.events, BUILD_TIMEOUT, "the greeter's build", |e| {
+        matches!(e, Event::BuildFinished { module, .. } | Event::BuildFailed { module, .. }
+            if module == "greeter")
+    });
+    assert!(
+        matches!(seen.last(), Some(Event::BuildFailed { .. })),
+        "cargo builds after a failed cargo build: {seen:#?}"
+    );
+    s.workspace.edit("shared", "\"bonjour\"", "\"bonjour\";");
+    // The shouter builds the bytes it serves (nothing of it changed in the end): built, not
+    // reloaded.
+    let (mut greeter, mut shouter) = (false, false);
+    wait_for(&s.events, BUILD_TIMEOUT, "greeter and shouter fixed", |e| {
+        greeter |= reloaded("greeter")(e);
+        shouter |= matches!(e, Event::BuildFinished { module, .. } if module == "shouter");
+        greeter && shouter
+    });
+    assert_eq!(
+        hot_fn!(s.greeter.greet(RString::from("Ada")))
+            .unwrap()
+            .as_str(),
+        "bonjour Ada!"
+    );
 
     // 3. A syntax error (a replay of rustc: only the module's source changed): the build
     //    fails with the compiler's message, and no cargo build follows it; the old code
