@@ -76,12 +76,22 @@ pub fn run(
 }
 
 /// What one module's edits measured.
+#[derive(Default)]
 struct Measured {
     first: Option<Stages>,
     stages: Vec<Stages>,
 }
 
 impl Measured {
+    /// The first edit on its own; the rest measured.
+    fn record(&mut self, stages: Stages) {
+        if self.first.is_none() {
+            self.first = Some(stages);
+        } else {
+            self.stages.push(stages);
+        }
+    }
+
     fn labelled(self, label: &str, key: &'static str) -> EditSeries {
         EditSeries {
             key,
@@ -227,10 +237,7 @@ fn edit_game_logic(
     let mut score = hot_fn!(game.tick(0.0))?;
     let rule = |k: i64| format!("self.entities.len() as i64 * {k}; // SCORING RULE");
     let mut current = "self.entities.len() as i64; // SCORING RULE".to_owned();
-    let mut measured = Measured {
-        first: None,
-        stages: Vec::new(),
-    };
+    let mut measured = Measured::default();
     for k in 2..(2 + edits as i64 + 1) {
         let next = rule(k);
         let stages = session.edit(&current, &next, || {
@@ -240,7 +247,7 @@ fn edit_game_logic(
             Ok(gained == k)
         })?;
         current = next;
-        record(&mut measured, stages);
+        measured.record(stages);
     }
     drop(session);
     Ok(measured)
@@ -254,27 +261,15 @@ fn edit_wide(
 ) -> Result<Measured, Box<dyn std::error::Error>> {
     let (session, wide) = Session::start::<Wide>(krate, target, "bench_wide_live")?;
     let mut current = "1 // TAG".to_owned();
-    let mut measured = Measured {
-        first: None,
-        stages: Vec::new(),
-    };
+    let mut measured = Measured::default();
     for k in 2..(2 + edits as u64 + 1) {
         let next = format!("{k} // TAG");
         let stages = session.edit(&current, &next, || Ok(hot_fn!(wide.tag())? == k))?;
         current = next;
-        record(&mut measured, stages);
+        measured.record(stages);
     }
     drop(session);
     Ok(measured)
-}
-
-/// The first edit on its own; the rest measured.
-fn record(measured: &mut Measured, stages: Stages) {
-    if measured.first.is_none() {
-        measured.first = Some(stages);
-    } else {
-        measured.stages.push(stages);
-    }
 }
 
 /// hot-lib-reloader's workflow: `cargo build` at each save, its watcher reloading.
@@ -290,10 +285,7 @@ fn edit_hlr(
     hlr::wait_until_watching(instance)?;
     let source = krate.join("src/lib.rs");
     let mut current = "const BUILD: u64 = 1;".to_owned();
-    let mut measured = Measured {
-        first: None,
-        stages: Vec::new(),
-    };
+    let mut measured = Measured::default();
     for k in 2..(2 + edits as u64 + 1) {
         let next = format!("const BUILD: u64 = {k};");
         let text = std::fs::read_to_string(&source)?;
@@ -324,18 +316,15 @@ fn edit_hlr(
         }
         current = next;
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        record(
-            &mut measured,
-            Stages {
-                total_ms: ms(answered),
-                detect_ms: 0.0,
-                build_ms: ms(built),
-                // The debounce, the reload and the first call, together.
-                reload_ms: ms(answered.saturating_sub(built)),
-                first_call_ms: 0.0,
-                replayed: false,
-            },
-        );
+        measured.record(Stages {
+            total_ms: ms(answered),
+            detect_ms: 0.0,
+            build_ms: ms(built),
+            // The debounce, the reload and the first call, together.
+            reload_ms: ms(answered.saturating_sub(built)),
+            first_call_ms: 0.0,
+            replayed: false,
+        });
         // It watches the replaced file anew after each reload.
         hlr::wait_until_watching(instance)?;
     }

@@ -265,7 +265,7 @@ impl Builds {
             package: build.package_id.clone(),
             artifact: build.artifact.clone(),
         };
-        let unit = OwnedUnit {
+        let unit = Unit {
             crate_name: build.crate_name.clone(),
             package_dir: build.package_dir.clone(),
             workspace_root: build.workspace_root.clone(),
@@ -384,23 +384,6 @@ impl Builds {
             }
             drop(slot);
             let _ = running.thread.join();
-        }
-    }
-}
-
-/// [`Unit`], owned by a build's thread.
-struct OwnedUnit {
-    crate_name: String,
-    package_dir: PathBuf,
-    workspace_root: PathBuf,
-}
-
-impl OwnedUnit {
-    fn unit(&self) -> Unit<'_> {
-        Unit {
-            crate_name: &self.crate_name,
-            package_dir: &self.package_dir,
-            workspace_root: &self.workspace_root,
         }
     }
 }
@@ -533,17 +516,9 @@ pub(super) fn collect(command: &mut Command, slot: &Mutex<Slot>) -> Result<Colle
         slot.child = Some(child);
         pipes
     };
-    let read = |pipe: Option<Box<dyn Read + Send>>| {
-        let mut text = Vec::new();
-        if let Some(mut pipe) = pipe {
-            let _ = pipe.read_to_end(&mut text);
-        }
-        String::from_utf8_lossy(&text).into_owned()
-    };
     let (stdout, stderr) = std::thread::scope(|scope| {
-        let stderr = scope.spawn(|| read(stderr.map(|p| Box::new(p) as Box<dyn Read + Send>)));
-        let stdout = read(stdout.map(|p| Box::new(p) as Box<dyn Read + Send>));
-        (stdout, stderr.join().unwrap_or_default())
+        let stderr = scope.spawn(|| read_all(stderr));
+        (read_all(stdout), stderr.join().unwrap_or_default())
     });
     // Both pipes are closed: the process has exited (or is exiting), and is reaped here.
     let mut slot = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -560,6 +535,15 @@ pub(super) fn collect(command: &mut Command, slot: &Mutex<Slot>) -> Result<Colle
     }
 }
 
+/// What a pipe carried until it closed, as text.
+fn read_all(pipe: Option<impl Read>) -> String {
+    let mut text = Vec::new();
+    if let Some(mut pipe) = pipe {
+        let _ = pipe.read_to_end(&mut text);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// Runs cargo. Returns the dynamic libraries its JSON messages say the build produced for the
 /// module's package (on failure, the compiler's messages without progress lines), and what
 /// it did with the module.
@@ -567,11 +551,11 @@ fn run(
     command: &mut Command,
     slot: &Mutex<Slot>,
     expected: &Expected,
-    unit: &OwnedUnit,
+    unit: &Unit,
 ) -> (Result<Vec<PathBuf>, String>, CargoRan) {
     tracing::info!(?command, "building");
     // Stamped before cargo reads them: a change while it runs is seen at the next build.
-    let config = Replay::stamp_config(&unit.unit());
+    let config = Replay::stamp_config(unit);
     let collected = match collect(command, slot) {
         Ok(collected) => collected,
         Err(err) => return (Err(err), CargoRan::Failed),
@@ -582,7 +566,7 @@ fn run(
     let built = module_artifacts(collected.stdout.as_bytes(), &expected.package);
     let ran = match built.fresh {
         Some(true) => CargoRan::Fresh(config),
-        Some(false) => CargoRan::Compiled(Replay::capture(&collected.stderr, &unit.unit(), config)),
+        Some(false) => CargoRan::Compiled(Replay::capture(&collected.stderr, unit, config)),
         None => CargoRan::Failed,
     };
     (Ok(built.libraries), ran)

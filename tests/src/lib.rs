@@ -347,21 +347,33 @@ impl FixtureWorkspace {
             target_dir: Path::new(target_tmpdir).join("fixtures/target"),
             root,
         };
+        workspace.cargo_build(&["--workspace"]);
+        workspace
+    }
+
+    /// Runs `cargo build --lib <args>` in the copy, into its target directory, as a user
+    /// would; returns cargo's stderr.
+    ///
+    /// # Panics
+    /// If the build fails.
+    pub fn cargo_build(&self, args: &[&str]) -> String {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let output = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--lib", "--manifest-path"])
-            .arg(workspace.root.join("Cargo.toml"))
+            .args(["build", "--lib"])
+            .args(args)
+            .arg("--manifest-path")
+            .arg(self.root.join("Cargo.toml"))
             .arg("--target-dir")
-            .arg(&workspace.target_dir)
+            .arg(&self.target_dir)
             .env_remove("CARGO_TARGET_DIR")
             .output()
             .expect("cargo");
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             output.status.success(),
-            "building the fixture workspace failed:\n{}",
-            String::from_utf8_lossy(&output.stderr)
+            "cargo build {args:?} of the fixture workspace failed:\n{stderr}"
         );
-        workspace
+        stderr
     }
 
     /// The library cargo builds for `krate`.

@@ -109,23 +109,6 @@ fn replays(events: &[Event], module: &str) -> Vec<bool> {
         .collect()
 }
 
-/// Runs `cargo build` of `krate` in the fixture workspace as a user would, into the target
-/// directory the reloader builds into; returns cargo's stderr.
-fn cargo_build(workspace: &FixtureWorkspace, krate: &str) -> String {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = std::process::Command::new(cargo)
-        .args(["build", "--lib", "-p", krate, "--manifest-path"])
-        .arg(workspace.root.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&workspace.target_dir)
-        .env_remove("CARGO_TARGET_DIR")
-        .output()
-        .expect("cargo");
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert!(output.status.success(), "cargo build failed:\n{stderr}");
-    stderr
-}
-
 #[test]
 fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     let s = setup();
@@ -316,7 +299,9 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     // 5. The replayed library is the one cargo builds: cargo, run by hand now, compiles the
     //    module once more (its record predates the replayed sources), the runtime takes that
     //    build too, and it behaves the same; a second `cargo build` finds nothing to do.
-    let stderr = cargo_build(&s.workspace, "hotreload-fixture-counter");
+    let stderr = s
+        .workspace
+        .cargo_build(&["-p", "hotreload-fixture-counter"]);
     assert!(
         stderr.contains("Compiling hotreload-fixture-counter"),
         "{stderr}"
@@ -324,7 +309,9 @@ fn edits_rebuild_and_reload_exactly_the_modules_they_touch() {
     s.reloader.reload_module("counter").unwrap();
     assert_eq!(hot_fn!(s.counter.build_tag()).unwrap(), 4);
     assert_eq!(hot_fn!(s.counter.snapshot()).unwrap().total, 42);
-    let stderr = cargo_build(&s.workspace, "hotreload-fixture-counter");
+    let stderr = s
+        .workspace
+        .cargo_build(&["-p", "hotreload-fixture-counter"]);
     assert!(!stderr.contains("Compiling"), "{stderr}");
 
     // 6. The manifest changed: cargo builds, even though only the module's package changed.

@@ -71,26 +71,22 @@ pub(crate) enum ReplayFailed {
 }
 
 /// What a module's build needs to know to capture and check its command.
-pub(crate) struct Unit<'a> {
+pub(crate) struct Unit {
     /// The library's crate name (`game_logic`).
-    pub crate_name: &'a str,
-    pub package_dir: &'a Path,
-    pub workspace_root: &'a Path,
+    pub crate_name: String,
+    pub package_dir: PathBuf,
+    pub workspace_root: PathBuf,
 }
 
 impl Replay {
     /// Stamps the configuration files of `unit` ([`config_files`]): before cargo runs.
-    pub(crate) fn stamp_config(unit: &Unit<'_>) -> ConfigStamps {
+    pub(crate) fn stamp_config(unit: &Unit) -> ConfigStamps {
         stamp_all(config_files(unit))
     }
 
     /// The module's rustc command among the `Running` lines cargo printed with `-vv`, if cargo
     /// compiled the module in this build; `config` as stamped before cargo ran.
-    pub(crate) fn capture(
-        cargo_stderr: &str,
-        unit: &Unit<'_>,
-        config: ConfigStamps,
-    ) -> Option<Replay> {
+    pub(crate) fn capture(cargo_stderr: &str, unit: &Unit, config: ConfigStamps) -> Option<Replay> {
         let mut replay = cargo_stderr
             .lines()
             .filter_map(|line| {
@@ -103,7 +99,7 @@ impl Replay {
         Some(replay)
     }
 
-    fn from_words(words: Vec<String>, unit: &Unit<'_>) -> Option<Replay> {
+    fn from_words(words: Vec<String>, unit: &Unit) -> Option<Replay> {
         let assignments = words.iter().take_while(|w| is_assignment(w)).count();
         let (env, rest) = words.split_at(assignments);
         let (program, args) = rest.split_first()?;
@@ -124,10 +120,10 @@ impl Replay {
             .iter()
             .find(|(k, _)| k == "CARGO_MANIFEST_DIR")
             .map(|(_, v)| Path::new(v));
-        let is_module = value_of("--crate-name") == [unit.crate_name]
+        let is_module = value_of("--crate-name") == [unit.crate_name.as_str()]
             && value_of("--crate-type").contains(&"cdylib")
             && !args.iter().any(|a| a == "--test")
-            && manifest_dir.is_some_and(|dir| same_dir(dir, unit.package_dir));
+            && manifest_dir.is_some_and(|dir| same_dir(dir, &unit.package_dir));
         if !is_module {
             return None;
         }
@@ -232,9 +228,7 @@ impl Replay {
         }
         Ok(all)
     }
-}
 
-impl Replay {
     /// Takes cargo's lock on the profile's directory, waiting for whoever holds it (a
     /// `cargo build` by hand, an editor's `cargo check`) unless watching stops meanwhile.
     fn lock_build_directory(&self, slot: &Mutex<Slot>) -> Result<Option<std::fs::File>, String> {
@@ -384,7 +378,7 @@ fn same_dir(a: &Path, b: &Path) -> bool {
 /// workspace's directories and in `CARGO_HOME`, and rustup's settings (the default toolchain
 /// and directory overrides). The package's own manifest and build script are watched and
 /// stamped too.
-fn config_files(unit: &Unit<'_>) -> Vec<PathBuf> {
+fn config_files(unit: &Unit) -> Vec<PathBuf> {
     let mut files = vec![
         unit.package_dir.join("Cargo.toml"),
         unit.package_dir.join("build.rs"),
@@ -429,11 +423,11 @@ mod tests {
         -C incremental=/w/target/debug/incremental \
         --extern serde=/w/target/debug/deps/libserde-1.rlib`";
 
-    fn unit() -> Unit<'static> {
+    fn unit() -> Unit {
         Unit {
-            crate_name: "game_logic",
-            package_dir: Path::new("/w/game-logic"),
-            workspace_root: Path::new("/w"),
+            crate_name: "game_logic".into(),
+            package_dir: "/w/game-logic".into(),
+            workspace_root: "/w".into(),
         }
     }
 
