@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -84,6 +84,62 @@ pub struct ModuleDescriptor {
     /// Points to the export table, a `#[repr(C)]` struct of [`LifecycleEntries`] then one
     /// `extern "C" fn` pointer per method, at the offsets `entries` give.
     pub table: *const c_void,
+    /// The hot modules this module calls (`#[hot_module(uses(...))]`), each as this build
+    /// was compiled with it; a call names one by its index here.
+    pub imports: RSlice<'static, ImportDescription>,
+}
+
+/// A hot module that a module calls, as the caller was compiled with it: the host checks the
+/// callee's build against it (API version, then each entry's layout, found by name) when
+/// either side loads.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct ImportDescription {
+    /// The callee's module name.
+    pub module_name: RStr<'static>,
+    /// The callee's API version the caller was compiled with.
+    pub api_version: u32,
+    /// The callee's entries as the caller was compiled with them.
+    pub entries: RSlice<'static, TableEntry>,
+    /// The callee's methods as the caller was compiled with them (for messages).
+    pub methods: RSlice<'static, MethodDescription>,
+    /// The size of the callee's export table as the caller was compiled with it.
+    pub table_size: usize,
+}
+
+/// A call a module makes into another module (an import), handed to the host: the host
+/// takes the callee's lock for the call, then runs `run` with the callee's serving table
+/// (laid out as the caller was compiled with it) and state.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct ImportedCall {
+    /// The caller's frame for the call (arguments in, result out); only `run` reads it.
+    pub data: *mut c_void,
+    /// Makes the call through the table and rebuilds its result with the caller's code,
+    /// while the host holds the callee's version live. Never unwinds.
+    pub run: unsafe extern "C" fn(data: *mut c_void, table: *const c_void, state: StatePtr),
+}
+
+/// What the host did with an [`ImportedCall`].
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// `run` ran, in this version of the callee.
+    Ran {
+        /// The callee version's load number.
+        generation: u64,
+        /// Its API version.
+        api_version: u32,
+    },
+    /// The callee is registered but no build of it is loaded yet.
+    NotLoaded,
+    /// The call would alias the callee's state with a call of it running on this thread.
+    Reentrant {
+        /// Whether the running call (or transaction) takes the state exclusively.
+        running_exclusive: bool,
+    },
+    /// The callee cannot be called: not registered, or the reason.
+    Unavailable(RString),
 }
 
 /// One method's entry in an export table.
@@ -131,6 +187,9 @@ pub struct MethodDescription {
     pub types: RSlice<'static, RStr<'static>>,
     /// The return type as written (`()` for none).
     pub returns: RStr<'static>,
+    /// A digest of the method's source tokens (signature and body): two builds whose
+    /// digests differ changed the method's own code.
+    pub digest: u64,
 }
 
 /// The part of [`ModuleDescriptor`] that every ABI version shares: read it first.
@@ -215,7 +274,26 @@ pub struct HostHooks {
     /// only inside an entry, which contains the panic; a panic on a thread the module started
     /// itself, outside every entry, is not contained and is reported as usual. Never panics.
     pub in_call: extern "C" fn() -> bool,
+    /// Runs a call of this module into the module it lists at `import` in its
+    /// [`ModuleDescriptor::imports`] (the callee's serving version, under the callee's
+    /// lock). `links` is [`HostHooks::links`]. Never unwinds.
+    pub call_import: extern "C" fn(
+        links: *const c_void,
+        import: u32,
+        exclusive: bool,
+        call: ImportedCall,
+    ) -> ImportOutcome,
+    /// The host's record of this loaded version's imports, passed back to `call_import`;
+    /// valid for as long as the version's image is mapped.
+    pub links: *const c_void,
 }
+
+// SAFETY: `links` is an address the host keeps valid (and synchronises access behind) for as
+// long as the image that holds these hooks is mapped; the functions may be called from any
+// thread.
+unsafe impl Send for HostHooks {}
+// SAFETY: see the `Send` impl.
+unsafe impl Sync for HostHooks {}
 
 /// The envelope around a module's serialized state.
 ///

@@ -27,6 +27,8 @@ pub(crate) struct Module<'a> {
     pub migrations: Chains<'a>,
     /// `concurrent_save = true`.
     pub concurrent_save: bool,
+    /// `uses = [...]`: the state types of the hot modules it calls.
+    pub uses: Vec<syn::Path>,
 }
 
 /// How an exported method receives the state.
@@ -47,6 +49,8 @@ pub(crate) struct Method<'a> {
     pub args: Vec<Arg<'a>>,
     /// The return type; `None` for `()`.
     pub output: Option<&'a Type>,
+    /// The method as written (signature and body), for its digest.
+    pub source: &'a syn::ImplItemFn,
 }
 
 /// A method of the block that is not exported (not `pub`).
@@ -113,6 +117,7 @@ impl<'a> Module<'a> {
             state_version,
             migrations,
             concurrent_save: args.concurrent_save.unwrap_or(false),
+            uses: args.uses.unwrap_or_default(),
             methods,
             helpers,
             on_retire: args.on_retire,
@@ -151,6 +156,7 @@ impl<'a> Method<'a> {
             receiver,
             args,
             output,
+            source: func,
         }
     }
 }

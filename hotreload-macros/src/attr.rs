@@ -21,9 +21,12 @@ pub(crate) struct Args {
     /// `concurrent_save = true`: the `&self` methods never change the state, so a reload
     /// may save it while they run.
     pub concurrent_save: Option<bool>,
+    /// `uses = [path::Callee, ...]`: the hot modules this module calls, by state type.
+    pub uses: Option<Vec<syn::Path>>,
 }
 
-const KNOWN: &str = "expected `version`, `name`, `state_version`, `on_retire` or `concurrent_save`";
+const KNOWN: &str =
+    "expected `version`, `name`, `state_version`, `on_retire`, `concurrent_save` or `uses`";
 
 impl Args {
     /// Parses the attribute's arguments, recording every problem in `errors`.
@@ -34,6 +37,7 @@ impl Args {
             state_version: None,
             on_retire: None,
             concurrent_save: None,
+            uses: None,
         };
         let parser = Punctuated::<MetaNameValue, Token![,]>::parse_terminated;
         let metas = match parser.parse2(tokens) {
@@ -76,6 +80,7 @@ impl Args {
                     &meta,
                     errors,
                 ),
+                "uses" => set_once(&mut args.uses, paths_value(&meta, errors), &meta, errors),
                 other => errors.spanned(ident, format!("unknown argument `{other}`; {KNOWN}")),
             }
         }
@@ -177,4 +182,28 @@ fn method_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<Ident> {
         );
     }
     ident.cloned()
+}
+
+/// `uses = [physics::Physics, ai::Ai]`: the state types of the modules called, each once.
+fn paths_value(meta: &MetaNameValue, errors: &mut Errors) -> Option<Vec<syn::Path>> {
+    const SHAPE: &str =
+        "expected a list of hot module state types, like `uses = [physics::Physics]`";
+    let Expr::Array(array) = &meta.value else {
+        errors.spanned(&meta.value, SHAPE);
+        return None;
+    };
+    let mut paths: Vec<syn::Path> = Vec::new();
+    for elem in &array.elems {
+        match elem {
+            Expr::Path(path) if path.attrs.is_empty() && path.qself.is_none() => {
+                if paths.iter().any(|seen| seen == &path.path) {
+                    errors.spanned(&path.path, "this module is already in `uses`");
+                } else {
+                    paths.push(path.path.clone());
+                }
+            }
+            other => errors.spanned(other, SHAPE),
+        }
+    }
+    Some(paths)
 }

@@ -135,8 +135,9 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
     let mut description_lists = Vec::new();
     let method_descriptions: Vec<TokenStream> = spelled
         .iter()
+        .zip(&module.methods)
         .enumerate()
-        .map(|(i, m)| {
+        .map(|(i, (m, method))| {
             let Spelled {
                 name,
                 takes_state,
@@ -144,6 +145,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 types,
                 returns,
             } = m;
+            let digest = source_digest(method.source);
             let (params_list, types_list) = (
                 format_ident!("__HOT_PARAMS_{i}"),
                 format_ident!("__HOT_TYPES_{i}"),
@@ -160,9 +162,11 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 params: __hr::RSlice::from_slice(#params_list),
                 types: __hr::RSlice::from_slice(#types_list),
                 returns: __hr::RStr::from_str(#returns),
+                digest: #digest,
             })
         })
         .collect();
+    let (imports, uses_impls, import_fn) = imports(self_ty, &module.uses);
     let migration_steps = module.migrations.descriptions();
     let migrations = module.migrations.functions(self_ty);
     // Generated beside the user's impl block, so a private hook is in reach.
@@ -218,6 +222,9 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             #(#description_lists)*
             const __HOT_METHODS: &[__hr::MethodDescription] = &[#(#method_descriptions),*];
             const __HOT_MIGRATIONS: &[__hr::MigrationStep] = &[#(#migration_steps),*];
+            const __HOT_IMPORTS: &[__hr::ImportDescription] = &[#(#imports),*];
+            #(#uses_impls)*
+            #import_fn
 
             #[unsafe(export_name = #symbol)]
             pub static __HOT_DESCRIPTOR: __hr::ModuleDescriptor = __hr::ModuleDescriptor {
@@ -239,6 +246,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 entries: __hr::RSlice::from_slice(__HOT_ENTRIES),
                 table_size: ::core::mem::size_of::<__HotTable>(),
                 table: &__HOT_TABLE as *const __HotTable as *const ::core::ffi::c_void,
+                imports: __hr::RSlice::from_slice(__HOT_IMPORTS),
             };
 
             unsafe impl __hr::HotModule for #self_ty {
@@ -249,6 +257,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
                 const STATE_VERSION: u32 = #state_version;
                 const METHODS: &'static [__hr::MethodSignature] = &[#(#method_signatures),*];
                 const ENTRIES: &'static [__hr::TableEntry] = __HOT_ENTRIES;
+                const DESCRIPTIONS: &'static [__hr::MethodDescription] = __HOT_METHODS;
                 type Table = __HotTable;
                 type Proxy<'m, H: __hr::CallPath<Self> + 'm> = HotMethods<'m, H>;
 
@@ -273,6 +282,66 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             }
         };
     }
+}
+
+/// The modules a module calls (`uses = [...]`): their descriptions as this build is compiled
+/// with them, the `Uses` impls that give each its index, and the `import` function that
+/// makes a handle.
+fn imports(
+    self_ty: &syn::Type,
+    uses: &[syn::Path],
+) -> (Vec<TokenStream>, Vec<TokenStream>, Option<TokenStream>) {
+    let descriptions = uses
+        .iter()
+        .map(|callee| {
+            quote!(__hr::ImportDescription {
+                module_name: __hr::RStr::from_str(<#callee as __hr::HotModule>::MODULE_NAME),
+                api_version: <#callee as __hr::HotModule>::API_VERSION,
+                entries: __hr::RSlice::from_slice(<#callee as __hr::HotModule>::ENTRIES),
+                methods: __hr::RSlice::from_slice(<#callee as __hr::HotModule>::DESCRIPTIONS),
+                table_size: ::core::mem::size_of::<<#callee as __hr::HotModule>::Table>(),
+            })
+        })
+        .collect();
+    let impls = uses
+        .iter()
+        .enumerate()
+        .map(|(index, callee)| {
+            let index = u32::try_from(index).unwrap_or(u32::MAX);
+            quote_spanned! {callee.span()=>
+                impl __hr::Uses<#callee> for #self_ty {
+                    const INDEX: u32 = #index;
+                }
+            }
+        })
+        .collect();
+    let import_fn = (!uses.is_empty()).then(|| {
+        quote! {
+            impl #self_ty {
+                /// A handle to a hot module this module declares in `uses = [...]`, to call
+                /// with `hot_fn!`: each call reaches that module's serving version.
+                #[allow(dead_code)]
+                pub(crate) fn import<__C: __hr::HotModule>() -> ::hotreload::Import<__C>
+                where
+                    Self: __hr::Uses<__C>,
+                {
+                    ::hotreload::Import::__new(<Self as __hr::Uses<__C>>::INDEX)
+                }
+            }
+        }
+    });
+    (descriptions, impls, import_fn)
+}
+
+/// A digest of a method's source tokens (signature and body), recorded in the descriptor so
+/// that a reload can say which methods' code changed. FNV-1a, written out here: it must give
+/// the same value for the same tokens in every build, whatever the compiler (std's hashers
+/// promise no such thing), and needs nothing stronger than telling edits apart.
+fn source_digest(method: &syn::ImplItemFn) -> u64 {
+    let text = quote!(#method).to_string();
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// A method's signature as the source spells it: for the host's `METHODS` and the

@@ -15,11 +15,11 @@ pub use abi_stable::std_types::{
 };
 pub use hotreload_abi::{
     ABI_VERSION, DESCRIPTOR_MAGIC, DescriptorPrefix, EntryError, EntryResult, HostHooks,
-    LifecycleEntries, MethodDescription, MigrationStep, ModuleDescriptor, PANIC_ABORT,
-    PANIC_UNWIND, StateEnvelope, StatePtr, TableEntry,
+    ImportDescription, LifecycleEntries, MethodDescription, MigrationStep, ModuleDescriptor,
+    PANIC_ABORT, PANIC_UNWIND, StateEnvelope, StatePtr, TableEntry,
 };
 
-pub use crate::call::CallPath;
+pub use crate::call::{CallPath, Import};
 #[cfg(feature = "runtime")]
 pub use crate::call::{LocalModule, Module};
 pub use crate::error::HotError;
@@ -236,6 +236,24 @@ pub const fn lifecycle_entries<T: HotModule>() -> LifecycleEntries {
         resume_workers: crate::worker::resume_workers,
         attach,
     }
+}
+
+/// What the host that loaded this image lets it ask, once it has attached the image.
+#[inline(always)]
+pub(crate) fn host() -> Option<&'static HostHooks> {
+    HOST.get()
+}
+
+/// Implemented by `#[hot_module(uses(...))]` for the calling module's state type, once per
+/// module it declares: where that import is in its descriptor's `imports`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` does not declare the hot module `{C}` in `uses(...)`",
+    label = "not declared",
+    note = "add it to the attribute: `#[hot_module(version = N, uses({C}))]`"
+)]
+pub trait Uses<C: HotModule> {
+    /// The import's index in the descriptor's `imports`.
+    const INDEX: u32;
 }
 
 /// The `attach` entry: keeps what the host lets this image ask, and installs the panic hook.

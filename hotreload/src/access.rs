@@ -32,7 +32,7 @@
 //! for shared handles and transactions, a counter in the module for local calls): a
 //! thread-local in the host costs a few instructions, one inside a module's library goes
 //! through `__tls_get_addr`. The same record answers a module's panic hook, which asks only
-//! when a panic happens whether it happened inside a call (see [`HOST_HOOKS`]); each module
+//! when a panic happens whether it happened inside a call (see [`HOST_HOOKS_IN_CALL`]); each module
 //! with an owner thread is listed on that thread for it while a local handle exists.
 
 mod lock;
@@ -156,10 +156,9 @@ impl Drop for Pushed {
     }
 }
 
-/// What every loaded module may ask this host (given to it by its `attach` entry).
-pub(crate) const HOST_HOOKS: hotreload_abi::HostHooks = hotreload_abi::HostHooks {
-    in_call: in_call_on_this_thread,
-};
+/// What every loaded module may ask this host about the calls on a thread (given to it by its
+/// `attach` entry, with its links: see `link::hooks`).
+pub(crate) const HOST_HOOKS_IN_CALL: extern "C" fn() -> bool = in_call_on_this_thread;
 
 /// Whether a call into a module (through either kind of handle) or a transaction runs on this
 /// thread. A module's panic hook asks, only when a panic happens, whether the entry it panics
@@ -278,6 +277,24 @@ impl Access {
             .map(|published| published.schema.clone())
     }
 
+    /// The serving version's imports.
+    pub(crate) fn serving_links(&self) -> Option<std::sync::Arc<crate::link::Links>> {
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|published| std::sync::Arc::clone(&published.links))
+    }
+
+    /// The serving version's load number and descriptor.
+    pub(crate) fn serving_descriptor(&self) -> Option<(u64, crate::version::Descriptor)> {
+        self.info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|published| (published.info.generation, published.descriptor))
+    }
+
     /// Lists this module on this thread, its owner, until the listing drops: a module's panic
     /// hook then sees its local calls (see [`in_call_on_this_thread`]).
     ///
@@ -297,6 +314,11 @@ impl Access {
     /// Whether this module reloads only on its owner thread.
     pub(crate) fn has_owner(&self) -> bool {
         self.owner.is_some()
+    }
+
+    /// Whether this thread is the module's owner thread.
+    pub(crate) fn owned_here(&self) -> bool {
+        self.owner == Some(std::thread::current().id())
     }
 
     /// Whether a call or a transaction of this module is running on this thread.
@@ -542,6 +564,16 @@ impl Refused {
     }
 }
 
+impl Refused {
+    /// What a call from another module is told.
+    #[cold]
+    pub(crate) fn into_outcome(self) -> hotreload_abi::ImportOutcome {
+        hotreload_abi::ImportOutcome::Reentrant {
+            running_exclusive: self.running != Mode::Shared,
+        }
+    }
+}
+
 #[cold]
 fn reentrant(module: &str, method: &'static str, mode: Mode, running: Mode) -> HotError {
     HotError::ReentrantCall {
@@ -628,6 +660,10 @@ struct Published {
     info: VersionInfo,
     sha256: Sha256Cell,
     schema: Schema,
+    /// Its imports, for the links of a new callee build.
+    links: std::sync::Arc<crate::link::Links>,
+    /// Its descriptor, for the links of a new caller build.
+    descriptor: crate::version::Descriptor,
 }
 
 fn published(live: &Live) -> Published {
@@ -635,6 +671,8 @@ fn published(live: &Live) -> Published {
         info: live.version.info.clone(),
         sha256: live.version.image.shadow.sha256.clone(),
         schema: live.version.schema.clone(),
+        links: std::sync::Arc::clone(live.version.links()),
+        descriptor: live.version.descriptor,
     }
 }
 

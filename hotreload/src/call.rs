@@ -22,6 +22,10 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
+// The handle a module calls another module through: the module's side.
+mod import;
+pub use import::Import;
+
 // The handles: the host's side only.
 #[cfg(feature = "static")]
 mod linked;

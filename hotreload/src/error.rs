@@ -202,6 +202,18 @@ pub enum HotError {
         method: &'static str,
     },
 
+    /// A call from one module into another (an [`Import`](crate::Import)) found no callee to
+    /// run in: it is not registered (yet), or its serving build does not fit the caller's.
+    #[error("call into module `{module}`: method `{method}`: {reason}")]
+    ImportUnavailable {
+        /// The callee.
+        module: String,
+        /// The method.
+        method: &'static str,
+        /// Why.
+        reason: String,
+    },
+
     /// A `before_reload` hook refused the reload.
     #[error("module `{module}`: reload vetoed: {reason}")]
     Vetoed {
@@ -364,12 +376,11 @@ impl HotError {
             HotError::NotALibrary { .. }
                 | HotError::NoDescriptor { .. }
                 | HotError::Open { .. }
-                | HotError::Rejected { .. }
                 | HotError::Construct { .. }
                 | HotError::Restore { .. }
                 | HotError::StateSchema { .. }
                 | HotError::NotPinned { .. }
-        )
+        ) || matches!(self, HotError::Rejected { reason, .. } if !reason.depends_on_others())
     }
 }
 
@@ -452,6 +463,32 @@ pub enum Rejection {
         /// What the host accepts.
         accepted: RangeInclusive<u32>,
     },
+    /// The build calls a module whose serving build (or its build in the same set) does not
+    /// have what the caller was compiled with.
+    #[error("it calls `{callee}`, whose build does not fit: {reason}")]
+    Import {
+        /// The module it calls.
+        callee: String,
+        /// The first difference.
+        reason: Box<str>,
+    },
+    /// A module that calls this one, serving now (and not replaced in the same set), was
+    /// compiled with something this build drops or changes.
+    #[error("`{caller}` calls it, and its serving build does not fit: {reason}")]
+    Caller {
+        /// The calling module.
+        caller: String,
+        /// The first difference.
+        reason: Box<str>,
+    },
+}
+
+impl Rejection {
+    /// Whether the refusal is about another module's build (a caller or callee), which a
+    /// build of that module in the same set could resolve: not the build's own fault.
+    pub fn depends_on_others(&self) -> bool {
+        matches!(self, Rejection::Import { .. } | Rejection::Caller { .. })
+    }
 }
 
 struct ApiVersions<'a>(&'a RangeInclusive<u32>);

@@ -130,6 +130,8 @@ mod events;
 #[cfg(feature = "harness")]
 pub mod harness;
 #[cfg(feature = "runtime")]
+mod link;
+#[cfg(feature = "runtime")]
 mod locate;
 #[cfg(feature = "runtime")]
 mod os;
@@ -147,7 +149,7 @@ mod watch;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
-pub use call::CallPath;
+pub use call::{CallPath, Import};
 #[cfg(feature = "runtime")]
 pub use call::{LocalModule, Module};
 pub use error::{HotError, ModuleFault, Rejection};

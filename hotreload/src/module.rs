@@ -47,6 +47,10 @@ pub unsafe trait HotModule: crate::__private::HotState {
     /// build must have an entry of the same name and layout for each.
     #[doc(hidden)]
     const ENTRIES: &'static [crate::__private::TableEntry];
+    /// The exported methods as the source declares them, with each one's source digest (a
+    /// module calling this one records them with its import).
+    #[doc(hidden)]
+    const DESCRIPTIONS: &'static [crate::__private::MethodDescription];
     /// The export table as the host was compiled with it: the runtime fills one per loaded
     /// version with that build's entries, found by name.
     #[doc(hidden)]

@@ -252,6 +252,10 @@ pub(crate) struct Shared {
     pending: Mutex<BTreeSet<String>>,
     /// Modules linked into the host (the `static` feature).
     linked: Mutex<BTreeSet<String>>,
+    /// Held by every transaction (reload, set reload, rollback, registration): the modules'
+    /// links to each other are checked and repointed under it, so no serving version changes
+    /// meanwhile. Taken before any module's book or lock (see `Shared::transaction_lock`).
+    transactions: Mutex<()>,
 }
 
 impl Default for HotReloader {
@@ -323,9 +327,30 @@ impl HotReloader {
         self.new_local_module::<T>(options)
     }
 
+    /// Registers module `T` for other modules to call (those that name it in `#[hot_module(
+    /// uses = [...])]`), with no handle for the host: the host makes no calls to it, so its
+    /// builds are checked against what the modules calling it were built with (their imports)
+    /// rather than against the host's copy of its methods, and its API may change together
+    /// with theirs in one [`reload_modules`](Self::reload_modules). Any API version is
+    /// accepted unless `options` narrow it.
+    pub fn register_for_imports<T: HotModule>(
+        &self,
+        options: ModuleOptions,
+    ) -> Result<(), HotError> {
+        #[cfg(not(feature = "static"))]
+        {
+            self.register_core::<T>(options, None, false).map(drop)
+        }
+        #[cfg(feature = "static")]
+        {
+            let _ = options;
+            self.shared.link(T::MODULE_NAME)
+        }
+    }
+
     #[cfg(not(feature = "static"))]
     fn new_module<T: HotModule>(&self, options: ModuleOptions) -> Result<Module<T>, HotError> {
-        self.register_core::<T>(options, None)
+        self.register_core::<T>(options, None, true)
             .map(Module::from_core)
     }
 
@@ -335,7 +360,7 @@ impl HotReloader {
         options: ModuleOptions,
     ) -> Result<LocalModule<T>, HotError> {
         let owner = std::thread::current().id();
-        self.register_core::<T>(options, Some(owner))
+        self.register_core::<T>(options, Some(owner), true)
             .map(LocalModule::from_core)
     }
 
@@ -360,8 +385,11 @@ impl HotReloader {
         &self,
         options: ModuleOptions,
         owner: Option<std::thread::ThreadId>,
+        host_calls: bool,
     ) -> Result<Arc<ModuleCore>, HotError> {
         let name = T::MODULE_NAME.to_owned();
+        // Registration links the module to those it calls and those calling it.
+        let _transactions = self.shared.transaction_lock(&name)?;
         if self.shared.lock_modules().contains_key(&name) {
             return Err(HotError::AlreadyRegistered { module: name });
         }
@@ -372,12 +400,19 @@ impl HotReloader {
                     .artifact
                     .unwrap_or_else(|| locate::default_artifact(T::CRATE_NAME)),
             ),
-            entries: T::ENTRIES,
-            table_size: std::mem::size_of::<T::Table>(),
-            methods: T::METHODS,
-            accepted_api: options
-                .accepted_api
-                .unwrap_or(T::API_VERSION..=T::API_VERSION),
+            entries: if host_calls { T::ENTRIES } else { &[] },
+            table_size: if host_calls {
+                std::mem::size_of::<T::Table>()
+            } else {
+                std::mem::size_of::<hotreload_abi::LifecycleEntries>()
+            },
+            methods: if host_calls { T::METHODS } else { &[] },
+            accepted_api: options.accepted_api.unwrap_or(if host_calls {
+                T::API_VERSION..=T::API_VERSION
+            } else {
+                0..=u32::MAX
+            }),
+            host_calls,
             build_manifest: options.build.map(|manifest| {
                 manifest.unwrap_or_else(|| PathBuf::from(T::MANIFEST_DIR).join("Cargo.toml"))
             }),
@@ -418,6 +453,7 @@ impl HotReloader {
             owner,
             Arc::downgrade(&self.shared),
         ));
+        link_registered(&core, &self.shared.modules())?;
         {
             let mut modules = self.shared.lock_modules();
             if modules.contains_key(&name) {
@@ -438,6 +474,19 @@ impl HotReloader {
         self.shared.not_linked(name)?;
         let core = self.shared.core(name)?;
         self.shared.reload(&core, None)
+    }
+
+    /// Reloads modules `names` together, on this thread: their new builds are staged,
+    /// verified and linked to each other and to the other modules together, and committed in
+    /// one step. Either every one of them serves its new build, or none does and all keep
+    /// their old ones with their state (the error names the member and what failed). This is
+    /// how to take builds that only fit each other: a module whose API changed with the
+    /// modules that call it (alone, its build is refused because a serving caller uses what
+    /// it changed). A member whose artifact is the build that serves is left out and
+    /// reported unchanged. Returns one report per module, sorted by name.
+    pub fn reload_modules(&self, names: &[&str]) -> Result<Vec<ReloadReport>, HotError> {
+        let names: Vec<String> = names.iter().map(|&name| name.to_owned()).collect();
+        self.shared.reload_set(names, Vec::new())
     }
 
     /// Applies, on this thread, the reloads the watcher found ready since the last call (in
@@ -610,6 +659,33 @@ impl HotReloader {
     }
 }
 
+/// Links a module being registered (not reachable yet) to the modules it calls and to the
+/// serving modules that call it, or refuses it: a serving caller it does not fit. Under the
+/// transaction lock.
+fn link_registered(core: &Arc<ModuleCore>, registry: &[Arc<ModuleCore>]) -> Result<(), HotError> {
+    let (Some(info), Some((_, descriptor)), Some(links)) = (
+        core.version(),
+        core.access.serving_descriptor(),
+        core.access.serving_links(),
+    ) else {
+        // Not loaded yet: linked when its first build loads.
+        return Ok(());
+    };
+    let build = transaction::link::NewBuild {
+        core,
+        info: &info,
+        // SAFETY: the module is not registered yet, so nothing replaces its serving version
+        // while this runs.
+        descriptor: unsafe { descriptor.get() },
+        links: &links,
+    };
+    for install in transaction::link::link(&[build], registry)? {
+        // The callers' imports of this module: nothing could call through them before.
+        install.apply(false);
+    }
+    Ok(())
+}
+
 /// Watch events name absolute paths: so must the artifact path.
 fn absolute(path: PathBuf) -> PathBuf {
     std::path::absolute(&path).unwrap_or(path)
@@ -690,7 +766,19 @@ impl Shared {
         only_from: Option<u64>,
         reason: &str,
     ) -> Result<Option<RollbackReport>, HotError> {
-        let outcome = rollback::rollback(core, snapshot_only, only_from);
+        let outcome = self
+            .transaction_lock(&core.spec.name)
+            .and_then(|_transactions| {
+                let registry = self.modules();
+                let core = registry
+                    .iter()
+                    .find(|c| std::ptr::eq(&***c, core))
+                    .ok_or_else(|| HotError::UnknownModule {
+                        module: core.spec.name.clone(),
+                        registered: registry.iter().map(|c| c.spec.name.clone()).collect(),
+                    })?;
+                rollback::rollback(core, snapshot_only, only_from, &registry)
+            });
         match &outcome {
             Ok(Some(report)) => {
                 let closed = std::slice::from_ref(&report.closed);
@@ -733,10 +821,124 @@ impl Shared {
         }
     }
 
+    /// The transaction lock. Waited for only by a thread that is inside no call of a module:
+    /// one inside a call (module code that called back into the host, which reloads) could
+    /// wait for a transaction that waits for that very call to end; it gets
+    /// [`HotError::Busy`] when another transaction runs.
+    pub(crate) fn transaction_lock(&self, module: &str) -> Result<MutexGuard<'_, ()>, HotError> {
+        if crate::access::holds_no_module_lock() {
+            return Ok(self
+                .transactions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner));
+        }
+        match self.transactions.try_lock() {
+            Ok(guard) => Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(HotError::Busy {
+                module: module.to_owned(),
+                waited: std::time::Duration::ZERO,
+            }),
+        }
+    }
+
+    /// A set reload with its hooks and events around it: `names`, with the artifact copies
+    /// already read of some (`copies`).
+    pub(crate) fn reload_set(
+        &self,
+        mut names: Vec<String>,
+        mut copies: Vec<(String, crate::transaction::stage::ArtifactCopy)>,
+    ) -> Result<Vec<ReloadReport>, HotError> {
+        names.sort();
+        names.dedup();
+        let mut unchanged = Vec::new();
+        let mut members = Vec::new();
+        for name in &names {
+            self.not_linked(name)?;
+            let core = self.core(name)?;
+            core.access.may_replace_here(name)?;
+            let given = copies
+                .iter()
+                .position(|(module, _)| module == name)
+                .map(|i| copies.swap_remove(i).1);
+            let copy = match given {
+                Some(copy) => Some(copy),
+                None => {
+                    if let Some(report) = transaction::unchanged(&core)? {
+                        unchanged.push(report);
+                        continue;
+                    }
+                    transaction::stage::copy_artifact(&core.spec, &core.shadow).ok()
+                }
+            };
+            if let Some(copy) = &copy {
+                if let Some(report) = transaction::same_bytes(&core, copy)? {
+                    unchanged.push(report);
+                    continue;
+                }
+            }
+            let current = core.version();
+            let request = ReloadRequest {
+                module: name,
+                artifact: &core.spec.artifact,
+                current: current.as_ref(),
+            };
+            self.hooks
+                .before(&request)
+                .map_err(|reason| HotError::Vetoed {
+                    module: name.clone(),
+                    reason,
+                })?;
+            members.push((core, copy));
+        }
+        if members.is_empty() {
+            return Ok(unchanged);
+        }
+        let modules: Vec<String> = members.iter().map(|(c, _)| c.spec.name.clone()).collect();
+        for (core, _) in &members {
+            self.events.emit(Event::ReloadStarted {
+                module: core.spec.name.clone(),
+                current: core.version(),
+            });
+        }
+        let outcome = self
+            .transaction_lock(&modules[0])
+            .and_then(|_transactions| transaction::set::reload_set(members, &self.modules()));
+        match &outcome {
+            Ok(reports) => {
+                for report in reports {
+                    let module = &report.to.module;
+                    self.emit_retired(module, &report.closed, &report.released);
+                    self.events.emit(Event::Reloaded {
+                        module: module.clone(),
+                        from: report.from.clone(),
+                        to: report.to.clone(),
+                        timings: report.timings,
+                    });
+                    self.hooks.after(module, &Ok(report.clone()));
+                }
+            }
+            Err(error) => {
+                for module in &modules {
+                    self.events.emit(Event::ReloadFailed {
+                        module: module.clone(),
+                        reason: error.to_string(),
+                        error: error.clone(),
+                    });
+                    self.hooks.after(module, &Err(error.clone()));
+                }
+            }
+        }
+        let mut reports = outcome?;
+        reports.extend(unchanged);
+        reports.sort_by(|a, b| a.to.module.cmp(&b.to.module));
+        Ok(reports)
+    }
+
     /// One reload with its hooks and events around it.
     pub(crate) fn reload(
         &self,
-        core: &ModuleCore,
+        core: &Arc<ModuleCore>,
         bytes: Option<crate::transaction::stage::ArtifactCopy>,
     ) -> Result<ReloadReport, HotError> {
         let module = core.spec.name.clone();
@@ -782,7 +984,8 @@ impl Shared {
                     module: module.clone(),
                     current,
                 });
-                transaction::reload(core, bytes)
+                self.transaction_lock(&module)
+                    .and_then(|_transactions| transaction::reload(core, bytes, &self.modules()))
             }
         };
         if let Ok(report) = &outcome {

@@ -129,6 +129,9 @@ pub(crate) struct Image {
     census: os::ThreadCensus,
     /// Its thread-local destructors, when the runtime took them over from the C library.
     dtors: Option<Arc<os::ImageDtors>>,
+    /// Its imports (once verified): the address its code passes back to the host with each
+    /// call into another module, so they live as long as the image is mapped.
+    pub links: Option<Arc<crate::link::Links>>,
 }
 
 impl Image {
@@ -142,6 +145,7 @@ impl Image {
             shadow,
             census,
             dtors,
+            links: None,
         }
     }
 
@@ -180,6 +184,7 @@ impl Image {
     /// mapped image does not need its file).
     pub(crate) fn leak(mut self) {
         std::mem::forget(self.handle.take());
+        std::mem::forget(self.links.take());
     }
 }
 
@@ -194,6 +199,7 @@ impl Drop for Image {
                 "a library is left mapped for the rest of the process: {reason}"
             );
             std::mem::forget(self.handle.take());
+            std::mem::forget(self.links.take());
             return;
         }
         self.close();
@@ -288,8 +294,37 @@ pub(crate) struct LoadedVersion {
     pub table: crate::transaction::verify::HostTable,
     /// The lifecycle entries, copied out of the table.
     pub lifecycle: LifecycleEntries,
+    /// Its descriptor, in its image.
+    pub descriptor: Descriptor,
     /// The library, open as long as the version exists.
     pub image: Image,
+}
+
+/// The address of a loaded version's descriptor, in its image.
+#[derive(Clone, Copy)]
+pub(crate) struct Descriptor(*const hotreload_abi::ModuleDescriptor);
+
+// SAFETY: a plain address of an immutable static in an image; it is dereferenced only while
+// that image is mapped (see `LoadedVersion::descriptor`), from any thread.
+unsafe impl Send for Descriptor {}
+// SAFETY: see the `Send` impl.
+unsafe impl Sync for Descriptor {}
+
+impl Descriptor {
+    /// The descriptor verification checked at `address`.
+    pub(crate) fn new(address: *const hotreload_abi::ModuleDescriptor) -> Self {
+        Descriptor(address)
+    }
+
+    /// The descriptor.
+    ///
+    /// # Safety
+    /// The version it belongs to must stay loaded for `'a`: it serves, and the reloader's
+    /// transaction lock (which every replacement holds) is held for `'a`.
+    pub(crate) unsafe fn get<'a>(self) -> &'a hotreload_abi::ModuleDescriptor {
+        // SAFETY: verified at this address, in an image mapped for 'a (the contract).
+        unsafe { &*self.0 }
+    }
 }
 
 // SAFETY: `table` is the host's copy of the build's entries (owned here and never written
@@ -470,6 +505,22 @@ impl RetiredVersion {
 }
 
 impl LoadedVersion {
+    /// Its descriptor: in its image, mapped for as long as the version exists.
+    pub(crate) fn descriptor(&self) -> &hotreload_abi::ModuleDescriptor {
+        // SAFETY: verification checked the descriptor at this address (magic, ABI version,
+        // size, alignment) in the image this version owns, which stays mapped while the
+        // version exists; the returned borrow is tied to the version.
+        unsafe { &*self.descriptor.0 }
+    }
+
+    /// Its imports.
+    pub(crate) fn links(&self) -> &Arc<crate::link::Links> {
+        match &self.image.links {
+            Some(links) => links,
+            None => unreachable!("a verified version's image holds its links"),
+        }
+    }
+
     /// Its whole description, the digest included (see [`Sha256Cell`]).
     pub(crate) fn info(&self) -> VersionInfo {
         VersionInfo {

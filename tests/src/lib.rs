@@ -314,14 +314,24 @@ pub struct FixtureWorkspace {
 impl FixtureWorkspace {
     /// Copies the crates to `<target_tmpdir>/workspace-copy` and builds them once.
     pub fn create(target_tmpdir: &str) -> Self {
+        Self::create_with(
+            target_tmpdir,
+            "workspace-copy",
+            &["counter", "greeter", "shouter", "shared"],
+        )
+    }
+
+    /// Copies the fixture crates `crates` to `<target_tmpdir>/<dir>` as a workspace and builds
+    /// them once.
+    pub fn create_with(target_tmpdir: &str, dir: &str, crates: &[&str]) -> Self {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
         let hotreload = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../hotreload")
             .canonicalize()
             .expect("hotreload crate");
-        let root = Path::new(target_tmpdir).join("workspace-copy");
+        let root = Path::new(target_tmpdir).join(dir);
         let _ = std::fs::remove_dir_all(&root);
-        for krate in ["counter", "greeter", "shouter", "shared"] {
+        for &krate in crates {
             let src = fixtures.join(krate);
             let dst = root.join(krate);
             std::fs::create_dir_all(dst.join("src")).unwrap();
@@ -333,9 +343,13 @@ impl FixtureWorkspace {
             std::fs::write(dst.join("Cargo.toml"), manifest).unwrap();
             std::fs::copy(src.join("src/lib.rs"), dst.join("src/lib.rs")).unwrap();
         }
+        let members: Vec<String> = crates.iter().map(|krate| format!("{krate:?}")).collect();
         std::fs::write(
             root.join("Cargo.toml"),
-            "[workspace]\nresolver = \"3\"\nmembers = [\"counter\", \"greeter\", \"shouter\", \"shared\"]\n",
+            format!(
+                "[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
+                members.join(", ")
+            ),
         )
         .unwrap();
         std::fs::copy(
@@ -386,6 +400,18 @@ impl FixtureWorkspace {
     /// The manifest of `krate` in the copy.
     pub fn manifest(&self, krate: &str) -> PathBuf {
         self.root.join(krate).join("Cargo.toml")
+    }
+
+    /// Puts back the fixtures' own `src/lib.rs` of each of `crates`.
+    pub fn restore_sources(&self, crates: &[&str]) {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+        for krate in crates {
+            let original = std::fs::read(fixtures.join(krate).join("src/lib.rs")).unwrap();
+            let path = self.root.join(krate).join("src/lib.rs");
+            if std::fs::read(&path).ok().as_deref() != Some(&original[..]) {
+                std::fs::write(&path, original).unwrap();
+            }
+        }
     }
 
     /// Replaces `from` by `to` in `krate`'s `src/lib.rs`, as an editor saving the file would.
@@ -462,4 +488,79 @@ pub fn mapped_shadow_copies<T: hotreload::HotModule>(module: &Module<T>) -> usiz
         .filter(|path| Path::new(path.trim_end_matches(" (deleted)")).starts_with(&dir))
         .collect();
     files.len()
+}
+
+/// The crates of the module mesh: `physics`, `ai` (calls physics), `planner` (calls both) and
+/// `pingpong` (two modules calling each other), over the plain crate `units`.
+pub const MESH_CRATES: [&str; 5] = ["units", "physics", "ai", "planner", "pingpong"];
+
+/// Builds of the module mesh, one directory of libraries per variant.
+pub struct MeshBuilds {
+    dir: PathBuf,
+}
+
+impl MeshBuilds {
+    /// The library of `krate` in `variant`.
+    pub fn artifact(&self, variant: &str, krate: &str) -> PathBuf {
+        self.dir
+            .join(variant)
+            .join(hotreload::library_file_name(krate))
+    }
+}
+
+/// The mesh's variants, built once per test process with cargo in a copy of the crates:
+/// - `v1`: as the fixtures are;
+/// - `tag2`: every module's `tag` says 2 (a body-only change);
+/// - `substeps`: `physics::step` takes a second parameter (tag 3), and `ai` passes it;
+/// - `restore_fails`: `physics` has a new field without a default (its restore fails).
+pub fn mesh_builds(target_tmpdir: &str) -> &'static MeshBuilds {
+    static BUILT: OnceLock<MeshBuilds> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        type Edit = (&'static str, &'static str, &'static str);
+        let variants: [(&str, &[Edit]); 4] = [
+            ("v1", &[]),
+            (
+                "tag2",
+                &[
+                    ("physics", "1 // TAG", "2 // TAG"),
+                    ("ai", "1 // TAG", "2 // TAG"),
+                    ("planner", "1 /* TAG */", "2 /* TAG */"),
+                    ("pingpong", "1; // TAG", "2; // TAG"),
+                ],
+            ),
+            (
+                "substeps",
+                &[
+                    (
+                        "physics",
+                        "pub fn step(&mut self, dt: f64) -> f64 {",
+                        "pub fn step(&mut self, dt: f64, substeps: u32) -> f64 {\n        \
+                         let dt = dt * f64::from(substeps) / f64::from(substeps);",
+                    ),
+                    ("physics", "1 // TAG", "3 // TAG"),
+                    ("ai", "physics.step(dt)", "physics.step(dt, 4)"),
+                ],
+            ),
+            (
+                "restore_fails",
+                &[("physics", "    // FIELDS", "    required: u8,")],
+            ),
+        ];
+        let workspace = FixtureWorkspace::create_with(target_tmpdir, "mesh-copy", &MESH_CRATES);
+        let dir = Path::new(target_tmpdir).join("mesh-builds");
+        for (variant, edits) in variants {
+            workspace.restore_sources(&MESH_CRATES);
+            for (krate, from, to) in edits {
+                workspace.edit(krate, from, to);
+            }
+            workspace.cargo_build(&["--workspace"]);
+            let out = dir.join(variant);
+            std::fs::create_dir_all(&out).unwrap();
+            for krate in &MESH_CRATES[1..] {
+                let name = hotreload::library_file_name(krate);
+                std::fs::copy(workspace.artifact(krate), out.join(&name)).unwrap();
+            }
+        }
+        MeshBuilds { dir }
+    })
 }

@@ -20,6 +20,9 @@ pub(crate) struct ModuleSpec {
     pub table_size: usize,
     pub methods: &'static [crate::__private::MethodSignature],
     pub accepted_api: RangeInclusive<u32>,
+    /// Whether the host calls the module (it has a handle): otherwise only other modules do,
+    /// and `entries` is empty.
+    pub host_calls: bool,
     /// The manifest of the crate to rebuild when its sources change, if the host asked.
     pub build_manifest: Option<PathBuf>,
     /// How many replaced versions stay loaded for rollback.

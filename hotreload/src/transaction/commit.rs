@@ -22,28 +22,14 @@ pub(crate) fn commit(
     core: &ModuleCore,
     mark: &TransactionMark<'_>,
     new: LoadedVersion,
+    installs: Vec<crate::link::Install>,
     timings: &mut StepTimings,
 ) -> Result<Committed, Box<(HotError, LoadedVersion)>> {
     // How the state reaches the new build's schema, or a refusal before anything is touched.
     // Only transactions replace the live version, and this one holds the module's book.
-    let carry = match core.access.schema() {
-        Some(running) => match running.carry_to(&new.schema) {
-            Ok(carry) => Some(carry),
-            Err(reason) => {
-                let from_generation = core.version().map_or(0, |v| v.generation);
-                let err = HotError::StateSchema {
-                    module: new.info.module.clone(),
-                    path: new.info.artifact.clone(),
-                    generation: new.info.generation,
-                    from_generation,
-                    from: running.version,
-                    to: new.schema.version,
-                    reason,
-                };
-                return Err(Box::new((err, new)));
-            }
-        },
-        None => None,
+    let carry = match carry_plan(core, &new) {
+        Ok(carry) => carry,
+        Err(err) => return Err(Box::new((err, new))),
     };
     let save_as = carry.as_ref().map_or(new.schema.version, |c| c.save_as);
     let beside_calls = carry.is_some()
@@ -70,6 +56,10 @@ pub(crate) fn commit(
         version: new,
         state,
     });
+    // The serving callers' imports follow, under this module's write lock.
+    for install in installs {
+        install.apply(true);
+    }
     drop(live);
     timings.commit = started.elapsed();
     Ok(Committed {
@@ -81,6 +71,28 @@ pub(crate) fn commit(
         migrations: carry.map(|c| c.steps).unwrap_or_default(),
         mutations,
         unknown_methods,
+    })
+}
+
+/// How the serving state reaches `new`'s schema (`None`: nothing serves), or the refusal.
+pub(crate) fn carry_plan(
+    core: &ModuleCore,
+    new: &LoadedVersion,
+) -> Result<Option<crate::version::Carry>, HotError> {
+    let Some(running) = core.access.schema() else {
+        return Ok(None);
+    };
+    running.carry_to(&new.schema).map(Some).map_err(|reason| {
+        let from_generation = core.version().map_or(0, |v| v.generation);
+        HotError::StateSchema {
+            module: new.info.module.clone(),
+            path: new.info.artifact.clone(),
+            generation: new.info.generation,
+            from_generation,
+            from: running.version,
+            to: new.schema.version,
+            reason,
+        }
     })
 }
 
@@ -139,7 +151,7 @@ fn prepare_beside_calls<'a>(
 type Prepared<'a> = (ReplacePermit<'a>, StatePtr, Option<Vec<u8>>);
 
 /// Saves the running state as `save_as` and restores it into `new`, or makes a fresh one.
-fn carry_over(
+pub(crate) fn carry_over(
     running: Option<&Live>,
     new: &LoadedVersion,
     save_as: u32,
@@ -168,7 +180,7 @@ fn carry_over(
 }
 
 /// Drops a state `new` made and that will not serve, with `new`'s code.
-fn discard(new: &LoadedVersion, state: StatePtr) {
+pub(crate) fn discard(new: &LoadedVersion, state: StatePtr) {
     if let RResult::RErr(fault) = (new.lifecycle.destroy)(state) {
         tracing::warn!("dropping the unused state failed: {fault:?}");
     }

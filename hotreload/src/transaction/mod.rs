@@ -21,15 +21,18 @@
 //! new library and deleting its shadow copy) and leaves the running version as it was.
 
 pub(crate) mod commit;
+pub(crate) mod link;
 pub(crate) mod open;
 pub(crate) mod prepare;
 pub(crate) mod probation;
 pub(crate) mod quiesce;
 pub(crate) mod retire;
 pub(crate) mod rollback;
+pub(crate) mod set;
 pub(crate) mod stage;
 pub(crate) mod verify;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::HotError;
@@ -146,6 +149,14 @@ pub struct ReloadReport {
     /// The new build's methods that the host was not compiled with: it serves the methods
     /// the host knows, and these wait for a host that declares them.
     pub unknown_methods: Vec<String>,
+    /// The new build's methods whose own source (signature and body) differs from the
+    /// replaced build's, or that it did not have: each method's source digest, recorded by
+    /// `#[hot_module]`, compared between the two builds. Code the methods call outside them
+    /// (helpers, other crates) is not part of a method's digest. See
+    /// [`method_count`](Self::method_count).
+    pub changed_methods: Vec<String>,
+    /// How many methods the new build exports.
+    pub method_count: usize,
     /// The artifact was the build that serves: the very file the serving version was read
     /// from (same device, inode, size and times: nothing was read), or a file with the same
     /// bytes (copied and compared with the serving copy, `timings.stage`, then discarded). Nothing was loaded, `from`
@@ -173,6 +184,42 @@ impl std::fmt::Display for ReloadReport {
             self.timings.pause()
         )
     }
+}
+
+impl ReloadReport {
+    /// "2 of 14 methods changed (step, gravity)".
+    pub fn changes(&self) -> String {
+        let mut line = format!(
+            "{} of {} method{} changed",
+            self.changed_methods.len(),
+            self.method_count,
+            if self.method_count == 1 { "" } else { "s" }
+        );
+        if !self.changed_methods.is_empty() {
+            line.push_str(&format!(" ({})", self.changed_methods.join(", ")));
+        }
+        line
+    }
+}
+
+/// The methods of `new` whose source digest differs from the serving build's, or that it
+/// lacks; every method when nothing serves. Under the transaction lock.
+fn changed_methods(core: &ModuleCore, new: &LoadedVersion) -> Vec<String> {
+    let serving = core.access.serving_descriptor();
+    // SAFETY: under the reloader's transaction lock (held by every transaction): the serving
+    // version is not replaced, so it stays loaded while its descriptor is read here.
+    let old = serving.map(|(_, descriptor)| unsafe { descriptor.get() });
+    let old_methods = old.map_or(&[][..], |old| old.methods.as_slice());
+    new.descriptor()
+        .methods
+        .iter()
+        .filter(|method| {
+            !old_methods
+                .iter()
+                .any(|o| o.name.as_str() == method.name.as_str() && o.digest == method.digest)
+        })
+        .map(|method| method.name.as_str().to_owned())
+        .collect()
 }
 
 /// Times one step inside its own tracing span.
@@ -290,10 +337,13 @@ pub(crate) fn load_initial(spec: &ModuleSpec, shadow: &ShadowDir) -> Result<Live
     Ok(Live { version, state })
 }
 
-/// A whole reload of `core`'s artifact (its current bytes, or `bytes` already read from it).
+/// A whole reload of `core`'s artifact (its current bytes, or `bytes` already read from it),
+/// linked to the other modules of `registry`. The caller holds the reloader's transaction
+/// lock.
 pub(crate) fn reload(
-    core: &ModuleCore,
+    core: &Arc<ModuleCore>,
     bytes: Option<stage::ArtifactCopy>,
+    registry: &[Arc<ModuleCore>],
 ) -> Result<ReloadReport, HotError> {
     // Refused before anything is staged: another thread than a local module's owner, or
     // from inside one of the module's calls. From here on this thread counts as inside an
@@ -304,23 +354,36 @@ pub(crate) fn reload(
     book.next_generation += 1;
     let _span = tracing::info_span!("reload", module = %core.spec.name, generation).entered();
     let mut timings = StepTimings::default();
+    let (mut changed, mut method_count) = (Vec::new(), 0);
     let result = match load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings) {
-        Ok(version) => commit::commit(core, &mark, version, &mut timings).map_err(|refused| {
-            let (err, refused) = *refused;
-            core.remember_refused(&err, || {
-                Some(RefusedBuild {
-                    len: refused.info.artifact_len,
-                    sha256: refused.info().sha256,
-                })
-            });
-            // Closed like a version that stops serving: held if a thread it started in
-            // `restore` may still run in it.
-            let closed = retire::close(refused, &mut book, &core.spec);
-            if closed.held.is_some() {
-                book.record_retired([closed]);
+        Ok(version) => {
+            // Linked before anything running is touched; counted with verification.
+            let started = Instant::now();
+            let linked = link::link(&[link::NewBuild::of(core, &version)], registry);
+            changed = changed_methods(core, &version);
+            method_count = version.descriptor().methods.len();
+            timings.verify += started.elapsed();
+            match linked {
+                Ok(installs) => commit::commit(core, &mark, version, installs, &mut timings),
+                Err(err) => Err(Box::new((err, version))),
             }
-            err
-        }),
+            .map_err(|refused| {
+                let (err, refused) = *refused;
+                core.remember_refused(&err, || {
+                    Some(RefusedBuild {
+                        len: refused.info.artifact_len,
+                        sha256: refused.info().sha256,
+                    })
+                });
+                // Closed like a version that stops serving: held if a thread it started
+                // in `restore` may still run in it.
+                let closed = retire::close(refused, &mut book, &core.spec);
+                if closed.held.is_some() {
+                    book.record_retired([closed]);
+                }
+                err
+            })
+        }
         Err(refused) => {
             let Refused { err, opened, build } = *refused;
             core.remember_refused(&err, || build);
@@ -391,6 +454,8 @@ pub(crate) fn reload(
         released,
         migrations,
         unknown_methods,
+        changed_methods: changed,
+        method_count,
         unchanged: false,
     })
 }
@@ -441,6 +506,8 @@ pub(crate) fn same_bytes(
 
 fn unchanged_report(current: VersionInfo) -> ReloadReport {
     ReloadReport {
+        changed_methods: Vec::new(),
+        method_count: 0,
         from: Some(current.clone()),
         to: current,
         timings: StepTimings::default(),

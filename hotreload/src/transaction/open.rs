@@ -26,14 +26,19 @@ impl OpenedLibrary {
             schema,
             table,
             unknown_methods,
+            descriptor,
+            links,
         } = checked;
+        let mut image = self.image;
+        image.links = Some(links);
         LoadedVersion {
             info,
             schema,
             unknown_methods,
             table,
             lifecycle,
-            image: self.image,
+            descriptor,
+            image,
         }
     }
 

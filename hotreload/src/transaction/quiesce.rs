@@ -105,3 +105,79 @@ fn patiently<'a, S>(
         pause = (pause * 2).min(Duration::from_millis(1));
     }
 }
+
+/// The permits to replace the live versions of a set of modules (index for index), found the
+/// same way: a moment with no call in flight in any of them, trying all without waiting and
+/// letting go of every lock taken when one is busy, so that a call holding one member's lock
+/// while it calls another never waits for this transaction. Once the longest patience of the
+/// members is spent it waits, holding new calls back, one member after the other in `order`
+/// (callers before the modules they call: a call holds a caller's lock while it waits for a
+/// callee's, never the other way round); a set whose members call each other in a cycle has
+/// no such order, and it keeps trying without waiting for ten times the patience, then gives
+/// up. A member whose policy is to give up makes the set give up. A rollback (`recovery`)
+/// never gives up.
+pub(crate) fn acquire_set<'a>(
+    cores: &[&'a ModuleCore],
+    marks: &[&TransactionMark<'a>],
+    order: Option<&[usize]>,
+    recovery: bool,
+) -> Result<(Vec<ReplacePermit<'a>>, Duration, Duration), HotError> {
+    let patience = cores
+        .iter()
+        .map(|core| core.spec.quiesce.patience)
+        .max()
+        .unwrap_or_default();
+    let give_up = !recovery
+        && cores
+            .iter()
+            .any(|core| core.spec.quiesce.then == WhenBusy::GiveUp);
+    let started = Instant::now();
+    let mut pause = Duration::from_nanos(200);
+    loop {
+        let mut permits = Vec::with_capacity(cores.len());
+        for (core, mark) in cores.iter().zip(marks) {
+            match core.access.try_permit_replace(mark) {
+                Some(permit) => permits.push(permit),
+                None => break,
+            }
+        }
+        if permits.len() == cores.len() {
+            return Ok((permits, started.elapsed(), Duration::ZERO));
+        }
+        drop(permits);
+        let looked = started.elapsed();
+        let busy = || HotError::Busy {
+            module: cores
+                .iter()
+                .map(|core| core.spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            waited: looked,
+        };
+        if looked >= patience {
+            if give_up {
+                return Err(busy());
+            }
+            if let Some(order) = order {
+                let waiting = Instant::now();
+                let mut taken: Vec<Option<ReplacePermit<'a>>> =
+                    (0..cores.len()).map(|_| None).collect();
+                for &i in order {
+                    taken[i] = Some(cores[i].access.permit_replace(marks[i]));
+                }
+                let permits = taken.into_iter().flatten().collect();
+                return Ok((permits, looked, waiting.elapsed()));
+            }
+            if !recovery && looked >= patience * 10 {
+                return Err(busy());
+            }
+        }
+        if pause < Duration::from_micros(20) {
+            std::hint::spin_loop();
+            std::thread::yield_now();
+        } else {
+            std::thread::sleep(pause);
+        }
+        pause = (pause * 2).min(Duration::from_millis(1));
+    }
+}

@@ -51,9 +51,10 @@ pub struct RollbackReport {
 /// generation that must still be live (a probation failure of a version already replaced
 /// does nothing).
 pub(crate) fn rollback(
-    core: &ModuleCore,
+    core: &std::sync::Arc<ModuleCore>,
     snapshot_only: bool,
     only_from: Option<u64>,
+    registry: &[std::sync::Arc<ModuleCore>],
 ) -> Result<Option<RollbackReport>, HotError> {
     let mark = core.access.begin_transaction(&core.spec.name)?;
     let mut book = core.book();
@@ -73,6 +74,15 @@ pub(crate) fn rollback(
         });
     };
     let from_generation = running.version.info.generation;
+    // The older build must still fit the modules it calls and those that call it now.
+    let installs =
+        match super::link::link(&[super::link::NewBuild::of(core, &kept.version)], registry) {
+            Ok(installs) => installs,
+            Err(err) => {
+                book.history.push_back(kept);
+                return Err(err);
+            }
+        };
     let current = if snapshot_only {
         None
     } else {
@@ -126,6 +136,10 @@ pub(crate) fn rollback(
         version: kept.version,
         state,
     });
+    // The serving callers' imports follow, under this module's write lock.
+    for install in installs {
+        install.apply(true);
+    }
     drop(live);
     core.probation.end();
     let Some(old) = old else {

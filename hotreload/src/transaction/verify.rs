@@ -5,7 +5,7 @@
 //! of each method the host was compiled with (found by name: a build may add methods), the
 //! API version.
 
-mod layout;
+pub(crate) mod layout;
 
 use std::time::SystemTime;
 
@@ -32,9 +32,10 @@ pub(crate) fn verify(
     match check(spec, &opened) {
         Ok(checked) => {
             // Before any other entry: the module's panic hook asks the host whether a panic
-            // is inside a call. It cannot fail but by a panic, which it contains.
+            // is inside a call, and its calls into other modules come through its links. It
+            // cannot fail but by a panic, which it contains.
             if let abi_stable::std_types::RResult::RErr(err) =
-                (checked.lifecycle.attach)(crate::access::HOST_HOOKS)
+                (checked.lifecycle.attach)(crate::link::hooks(&checked.links))
             {
                 tracing::warn!(module = %spec.name, "attaching the module failed: {err:?}");
             }
@@ -110,12 +111,19 @@ fn check(spec: &ModuleSpec, opened: &OpenedLibrary) -> Result<Checked, HotError>
         ));
     }
 
-    let (table, unknown_methods) = table(spec, descriptor).map_err(|(summary, detail)| {
-        reject(
-            Rejection::Layout(summary),
-            detail.map(String::into_boxed_str),
-        )
-    })?;
+    let expected = Expected {
+        entries: spec.entries,
+        table_size: spec.table_size,
+        methods: layout::Declared::host(spec.methods),
+        expected_by: "the host",
+    };
+    let (table, mut unknown_methods) =
+        fill_table(&expected, descriptor).map_err(|(summary, detail)| {
+            reject(
+                Rejection::Layout(summary),
+                detail.map(String::into_boxed_str),
+            )
+        })?;
 
     if !spec.accepted_api.contains(&descriptor.api_version) {
         return Err(reject(
@@ -127,6 +135,10 @@ fn check(spec: &ModuleSpec, opened: &OpenedLibrary) -> Result<Checked, HotError>
         ));
     }
 
+    if !spec.host_calls {
+        // Only other modules call it: none of its methods is the host's to know.
+        unknown_methods.clear();
+    }
     let lifecycle = table.lifecycle();
     let info = VersionInfo {
         module: spec.name.clone(),
@@ -142,11 +154,17 @@ fn check(spec: &ModuleSpec, opened: &OpenedLibrary) -> Result<Checked, HotError>
     };
     tracing::debug!(api_version = info.api_version, "verified");
     Ok(Checked {
+        links: std::sync::Arc::new(crate::link::Links::of(
+            &spec.name,
+            opened.generation,
+            descriptor,
+        )),
         info,
         lifecycle,
         schema: crate::version::Schema::of(descriptor),
         table,
         unknown_methods,
+        descriptor: crate::version::Descriptor::new(opened.descriptor),
     })
 }
 
@@ -158,6 +176,10 @@ pub(crate) struct Checked {
     pub table: HostTable,
     /// The build's methods that the host was not compiled with.
     pub unknown_methods: Vec<String>,
+    /// Its descriptor, in its image.
+    pub descriptor: crate::version::Descriptor,
+    /// Its imports, not linked yet.
+    pub links: std::sync::Arc<crate::link::Links>,
 }
 
 /// A version's export table as the host was compiled with it (`T::Table`), filled with the
@@ -180,10 +202,23 @@ impl HostTable {
     }
 }
 
-/// The host's table for this build, and the build's methods the host does not know; or the
-/// first difference in the host's terms, with abi_stable's full report.
-fn table(
-    spec: &ModuleSpec,
+/// A table as one side was compiled with it: the host (`T::Table`), or a module calling
+/// another.
+pub(crate) struct Expected<'a> {
+    /// Each method's entry: name, layout and offset.
+    pub entries: &'a [hotreload_abi::TableEntry],
+    /// The size of the table type.
+    pub table_size: usize,
+    /// The methods as that side's source declares them, for messages.
+    pub methods: layout::Declared,
+    /// That side, for messages: "the host", "`ai`".
+    pub expected_by: &'a str,
+}
+
+/// The table `expected` describes for this build, and the build's methods it does not know;
+/// or the first difference in the expected side's terms, with abi_stable's full report.
+pub(crate) fn fill_table(
+    expected_side: &Expected<'_>,
     descriptor: &ModuleDescriptor,
 ) -> Result<(HostTable, Vec<String>), (String, Option<String>)> {
     const WORD: usize = size_of::<usize>();
@@ -195,7 +230,12 @@ fn table(
     let globals = CheckingGlobals::new();
     let compare = |expected: &'static TypeLayout, found: &'static TypeLayout| {
         check_layout_compatibility_with_globals(expected, found, &globals).map_err(|errors| {
-            let summary = layout::summarize(&errors, spec.methods, &declared);
+            let summary = layout::summarize(
+                &errors,
+                &expected_side.methods,
+                &declared,
+                expected_side.expected_by,
+            );
             (summary, Some(errors.to_string()))
         })
     };
@@ -214,7 +254,7 @@ fn table(
     {
         return Err(malformed(format!("{} bytes", descriptor.table_size)));
     }
-    let mut words = vec![0usize; spec.table_size / WORD].into_boxed_slice();
+    let mut words = vec![0usize; expected_side.table_size / WORD].into_boxed_slice();
     // SAFETY: the build's table is a static in its mapped image, aligned (checked above) and
     // at least `table_size >= size_of::<LifecycleEntries>()` bytes (checked above), and
     // starts with `LifecycleEntries` (its layout was checked just above); the host's table
@@ -226,7 +266,7 @@ fn table(
             lifecycle_words,
         );
     }
-    for expected in spec.entries {
+    for expected in expected_side.entries {
         let name = expected.name.as_str();
         let Some(entry) = found.iter().find(|entry| entry.name.as_str() == name) else {
             return Err((format!("method '{name}' is missing"), None));
@@ -256,7 +296,12 @@ fn table(
     let unknown = found
         .iter()
         .map(|entry| entry.name.as_str())
-        .filter(|name| !spec.entries.iter().any(|e| e.name.as_str() == *name))
+        .filter(|name| {
+            !expected_side
+                .entries
+                .iter()
+                .any(|e| e.name.as_str() == *name)
+        })
         .map(str::to_owned)
         .collect();
     Ok((HostTable(words), unknown))

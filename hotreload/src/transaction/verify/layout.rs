@@ -9,11 +9,13 @@ use hotreload_abi::MethodDescription;
 
 use crate::__private::MethodSignature;
 
-/// The module's exported methods as its source declares them, copied out of its image.
+/// A module's exported methods as a source declares them: the module's own (copied out of its
+/// image), or as the host or a calling module was compiled with them.
 pub(crate) struct Declared(Vec<DeclaredMethod>);
 
 struct DeclaredMethod {
     name: String,
+    takes_state: bool,
     params: Vec<String>,
     types: Vec<String>,
     returns: String,
@@ -26,9 +28,26 @@ impl Declared {
                 .iter()
                 .map(|m| DeclaredMethod {
                     name: m.name.as_str().to_owned(),
+                    takes_state: m.takes_state,
                     params: m.params.iter().map(|p| p.as_str().to_owned()).collect(),
                     types: m.types.iter().map(|t| t.as_str().to_owned()).collect(),
                     returns: m.returns.as_str().to_owned(),
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn host(methods: &[MethodSignature]) -> Self {
+        let owned = |items: &[&str]| items.iter().map(|&i| i.to_owned()).collect();
+        Declared(
+            methods
+                .iter()
+                .map(|m| DeclaredMethod {
+                    name: m.name.to_owned(),
+                    takes_state: m.takes_state,
+                    params: owned(m.params),
+                    types: owned(m.types),
+                    returns: m.returns.to_owned(),
                 })
                 .collect(),
         )
@@ -42,8 +61,9 @@ const RETURNS: &str = "__returns";
 /// module's (each a struct whose one field is named after the method).
 pub(crate) fn summarize(
     errors: &AbiInstabilityErrors,
-    methods: &[MethodSignature],
+    methods: &Declared,
     declared: &Declared,
+    expected_by: &str,
 ) -> String {
     let Some(first) = errors.errors.iter().find(|e| !e.errs.is_empty()) else {
         return "the method's layout differs".into();
@@ -56,7 +76,9 @@ pub(crate) fn summarize(
             TLFieldOrFunction::Field(field) => Some(field.name()),
             TLFieldOrFunction::Function(_) => None,
         });
-    if let Some(line) = method.and_then(|name| declared_difference(name, methods, declared)) {
+    if let Some(line) =
+        method.and_then(|name| declared_difference(name, methods, declared, expected_by))
+    {
         return line;
     }
     let location = location(first.stack_trace.iter().map(|ef| &ef.expected), methods);
@@ -70,13 +92,18 @@ pub(crate) fn summarize(
 
 /// How method `name` differs between the host's declaration and the module's: the number of
 /// parameters, a parameter's type, or the return type, in the sources' spelling.
-fn declared_difference(name: &str, host: &[MethodSignature], module: &Declared) -> Option<String> {
-    let host = host.iter().find(|m| m.name == name)?;
+fn declared_difference(
+    name: &str,
+    host: &Declared,
+    module: &Declared,
+    expected_by: &str,
+) -> Option<String> {
+    let host = host.0.iter().find(|m| m.name == name)?;
     let module = module.0.iter().find(|m| m.name == name)?;
     if host.types.len() != module.types.len() {
         let count = |n: usize| format!("{n} parameter{}", if n == 1 { "" } else { "s" });
         return Some(format!(
-            "method '{name}': takes {}, the host expects {}",
+            "method '{name}': takes {}, {expected_by} expects {}",
             count(module.types.len()),
             host.types.len()
         ));
@@ -90,8 +117,7 @@ fn declared_difference(name: &str, host: &[MethodSignature], module: &Declared) 
         let label = host
             .params
             .get(i)
-            .copied()
-            .or(module.params.get(i).map(String::as_str))
+            .or(module.params.get(i))
             .map_or_else(String::new, |l| format!(" ('{l}')"));
         return Some(format!(
             "method '{name}', parameter {}{label}: expected {}, found {}",
@@ -111,20 +137,17 @@ fn declared_difference(name: &str, host: &[MethodSignature], module: &Declared) 
 /// "method 'tick', parameter 1 ('dt')", from the path abi_stable took to the difference.
 ///
 /// abi_stable names function-pointer parameters `param_<i>`, counting the state parameter;
-/// the host's [`MethodSignature`]s give them back the user's numbering and names.
-fn location<'a>(
-    trace: impl Iterator<Item = &'a TLFieldOrFunction>,
-    methods: &[MethodSignature],
-) -> String {
+/// the expected side's declarations give them back the user's numbering and names.
+fn location<'a>(trace: impl Iterator<Item = &'a TLFieldOrFunction>, methods: &Declared) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut method: Option<&MethodSignature> = None;
+    let mut method: Option<&DeclaredMethod> = None;
     let mut in_function = false;
     let mut inside_return = false;
     for (depth, step) in trace.enumerate() {
         match step {
             TLFieldOrFunction::Field(field) if depth == 0 => {
                 let name = field.name();
-                method = methods.iter().find(|m| m.name == name);
+                method = methods.0.iter().find(|m| m.name == name);
                 parts.push(format!("method '{name}'"));
             }
             TLFieldOrFunction::Function(_) => in_function = true,
@@ -148,7 +171,7 @@ fn location<'a>(
 }
 
 /// "parameter 1 ('dt')" for abi_stable's `param_1` of a method taking the state.
-fn parameter(abi_name: &str, method: Option<&MethodSignature>) -> String {
+fn parameter(abi_name: &str, method: Option<&DeclaredMethod>) -> String {
     let index = abi_name
         .strip_prefix("param_")
         .and_then(|i| i.parse::<usize>().ok());
