@@ -152,6 +152,12 @@ pub enum Event {
         /// What went wrong.
         message: String,
     },
+    /// Modules reloaded together, in one set transaction (each also has its
+    /// [`Reloaded`](Event::Reloaded) event, sent before this one).
+    SetReloaded {
+        /// The modules, sorted by name.
+        modules: Vec<String>,
+    },
 }
 
 impl Event {
@@ -172,7 +178,7 @@ impl Event {
             | Event::BuildStarted { module, .. }
             | Event::BuildFinished { module, .. }
             | Event::BuildFailed { module, .. } => Some(module),
-            Event::WatchError { .. } => None,
+            Event::WatchError { .. } | Event::SetReloaded { .. } => None,
         }
     }
 }
@@ -258,6 +264,9 @@ impl std::fmt::Display for Event {
                 module, message, ..
             } => write!(f, "{module}: build failed:\n{message}"),
             Event::WatchError { message } => write!(f, "watcher: {message}"),
+            Event::SetReloaded { modules } => {
+                write!(f, "{}: reloaded together", modules.join(", "))
+            }
         }
     }
 }

@@ -917,6 +917,9 @@ impl Shared {
                     });
                     self.hooks.after(module, &Ok(report.clone()));
                 }
+                self.events.emit(Event::SetReloaded {
+                    modules: modules.clone(),
+                });
             }
             Err(error) => {
                 for module in &modules {

@@ -380,3 +380,74 @@ fn modules_calling_each_other_reload_as_a_set_without_deadlock() {
     assert!(calls > 50, "the callers ran: {calls} calls");
     assert_eq!(hot_fn!(ping.bounce(1)).unwrap(), Ok(2));
 }
+
+#[test]
+fn a_shared_crate_edit_rebuilds_its_dependents_and_reloads_them_as_one_set() {
+    use hotreload::Event;
+    use hotreload_tests::{FixtureWorkspace, wait_for};
+    const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
+    let workspace = FixtureWorkspace::create_with(
+        env!("CARGO_TARGET_TMPDIR"),
+        "mesh-watch",
+        &["units", "physics", "ai", "planner"],
+    );
+    let options = |krate: &str| {
+        ModuleOptions::new()
+            .artifact(workspace.artifact(krate))
+            .build_with_cargo_manifest(workspace.manifest(krate))
+    };
+    let reloader = HotReloader::new();
+    reloader
+        .register_for_imports::<Physics>(options("physics"))
+        .unwrap();
+    let ai = reloader.register_with::<Ai>(options("ai")).unwrap();
+    let planner = reloader
+        .register_with::<Planner>(options("planner"))
+        .unwrap();
+    let events = reloader.subscribe();
+    reloader.start_watching().unwrap();
+    let mut built = 0;
+    wait_for(&events, BUILD_TIMEOUT, "three initial builds", |e| {
+        built += usize::from(matches!(e, Event::BuildFinished { .. }));
+        built == 3
+    });
+    assert_eq!(hot_fn!(planner.plan(0.1)).unwrap(), Ok(1));
+    assert_eq!(Planner::units_revision(), 1);
+
+    workspace.edit(
+        "units",
+        "pub const REVISION: u32 = 1;",
+        "pub const REVISION: u32 = 2;",
+    );
+    let seen = wait_for(
+        &events,
+        BUILD_TIMEOUT,
+        "the three dependents reloaded as one set",
+        |e| matches!(e, Event::SetReloaded { .. }),
+    );
+    let Some(Event::SetReloaded { modules }) = seen.last() else {
+        unreachable!()
+    };
+    assert_eq!(modules, &["ai", "physics", "planner"]);
+    let reloads: Vec<&str> = seen
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reloaded { module, .. } => Some(module.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        reloads,
+        ["ai", "physics", "planner"],
+        "one reload each: {seen:#?}"
+    );
+    assert!(
+        !seen.iter().any(|e| matches!(e, Event::ReloadFailed { .. })),
+        "{seen:#?}"
+    );
+    assert_eq!(hot_fn!(ai.units_revision()).unwrap(), 2);
+    assert_eq!(hot_fn!(planner.units_revision()).unwrap(), 2);
+    // The states came along.
+    assert_eq!(hot_fn!(planner.plan(0.1)).unwrap(), Ok(2));
+    assert_eq!(hot_fn!(ai.thoughts()).unwrap(), 2);
+}

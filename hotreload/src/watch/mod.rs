@@ -151,6 +151,7 @@ pub(crate) fn start(shared: Weak<Shared>, options: WatchOptions) -> Result<Watch
         build_due: BTreeMap::new(),
         missing: BTreeSet::new(),
         gone_since: BTreeMap::new(),
+        batches: Vec::new(),
     };
     let thread = std::thread::Builder::new()
         .name("hotreload-watch".into())
@@ -198,6 +199,16 @@ struct WatchLoop {
     missing: BTreeSet<String>,
     /// When each module's artifact was first found gone, until it is back.
     gone_since: BTreeMap<String, Instant>,
+    /// Modules rebuilt for one change (a path dependency they share): their new builds are
+    /// reloaded together, once every one of them has built (see `on_build_done`).
+    batches: Vec<Batch>,
+}
+
+/// Modules rebuilt for one change, and which of them have built since.
+#[derive(Default)]
+struct Batch {
+    members: BTreeSet<String>,
+    built: BTreeSet<String>,
 }
 
 impl WatchLoop {
@@ -386,7 +397,11 @@ impl WatchLoop {
                 reanchor = true;
             }
             if is_edit(&event.kind) {
-                for module in self.builds.note_change(path) {
+                let affected = self.builds.note_change(path);
+                if affected.len() > 1 {
+                    self.join_batch(&affected);
+                }
+                for module in affected {
                     let now = Instant::now();
                     let due = self.build_due.entry(module).or_insert(Due {
                         first: now,
@@ -399,6 +414,35 @@ impl WatchLoop {
         if reanchor {
             self.reanchor();
         }
+    }
+
+    /// Puts `modules` in one batch, with every batch they meet: each builds again before the
+    /// batch reloads.
+    fn join_batch(&mut self, modules: &[String]) {
+        let mut batch = Batch::default();
+        batch.members.extend(modules.iter().cloned());
+        self.batches.retain_mut(|other| {
+            if other.members.is_disjoint(&batch.members) {
+                return true;
+            }
+            batch.members.append(&mut other.members);
+            false
+        });
+        self.batches.push(batch);
+    }
+
+    /// Records a member's successful build; the batch, once each member has built, to reload.
+    fn batch_built(&mut self, module: &str) -> Option<Option<BTreeSet<String>>> {
+        let index = self
+            .batches
+            .iter()
+            .position(|batch| batch.members.contains(module))?;
+        let batch = &mut self.batches[index];
+        batch.built.insert(module.to_owned());
+        if batch.built.len() < batch.members.len() {
+            return Some(None);
+        }
+        Some(Some(self.batches.swap_remove(index).members))
     }
 
     fn schedule(&mut self, module: &str) {
@@ -463,9 +507,23 @@ impl WatchLoop {
                     duration: built.duration,
                     replayed: built.replayed,
                 });
-                // The artifact is complete: checked at once, with no settle time.
+                // The artifact is complete: checked at once, with no settle time. A member of
+                // a batch waits for the others (a member whose build fails holds the batch
+                // until it builds), then they are checked and reloaded together.
                 self.due.remove(&done.module);
-                self.check(&done.module);
+                match self.batch_built(&done.module) {
+                    None => self.check(&done.module),
+                    Some(None) => {}
+                    Some(Some(members)) if again => {
+                        // Built again at once: the batch waits for that build.
+                        let mut batch = Batch::default();
+                        batch.built = members.clone();
+                        batch.built.remove(&done.module);
+                        batch.members = members;
+                        self.batches.push(batch);
+                    }
+                    Some(Some(members)) => self.check_set(members),
+                }
             }
             Err(message) => {
                 self.emit(Event::BuildFailed {
@@ -506,12 +564,75 @@ impl WatchLoop {
         }
     }
 
+    /// As [`check`](Self::check), for the members of a batch: those with a complete new build
+    /// (not the serving one, nor the last refused) reload together, in one set transaction;
+    /// one alone reloads as usual. Modules bound to one thread, or an `OnPoll` watcher, queue
+    /// them for `poll()`, which applies each on its own.
+    fn check_set(&mut self, members: BTreeSet<String>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let mut copies = Vec::new();
+        let mut local = false;
+        for module in &members {
+            let Ok(core) = shared.core(module) else {
+                continue;
+            };
+            let copy = match copy_artifact(&core.spec, &core.shadow) {
+                Ok(copy) => copy,
+                Err(_) => {
+                    // Reported, and retried, the usual way.
+                    self.check(module);
+                    continue;
+                }
+            };
+            if let Err(reason) = check_library(copy.bytes()) {
+                self.emit(Event::ArtifactIncomplete {
+                    module: module.clone(),
+                    path: core.spec.artifact.clone(),
+                    reason,
+                });
+                continue;
+            }
+            let serving = crate::transaction::same_bytes(&core, &copy).ok().flatten();
+            if serving.is_some() || core.was_refused(&copy) {
+                continue;
+            }
+            local |= core.access.has_owner();
+            copies.push((module.clone(), copy));
+        }
+        match copies.len() {
+            0 => {}
+            1 => self.check(&copies[0].0),
+            _ if local || self.options.apply == Apply::OnPoll => {
+                for (module, _) in &copies {
+                    shared.mark_pending(module);
+                }
+            }
+            _ => {
+                let names = copies.iter().map(|(module, _)| module.clone()).collect();
+                // Events and hooks report the outcome, for each member.
+                if let Err(err) = shared.reload_set(names, copies) {
+                    tracing::warn!("the set reload after a shared change failed: {err}");
+                }
+            }
+        }
+    }
+
     /// Reads the artifact once (through the same permission check as every read) and, if it
     /// is a complete library different from the version serving (and from the last one
     /// refused), reloads it or queues it for `poll()`. An artifact refused for its
     /// permissions goes to the transaction too, which reads and refuses it again itself and
     /// reports the refusal as it reports every failed reload: with its event and hooks.
     fn check(&mut self, module: &str) {
+        if self
+            .batches
+            .iter()
+            .any(|batch| batch.members.contains(module))
+        {
+            // Its batch checks it, with the others, once they have all built.
+            return;
+        }
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
