@@ -244,12 +244,12 @@ pub(crate) fn host() -> Option<&'static HostHooks> {
     HOST.get()
 }
 
-/// Implemented by `#[hot_module(uses(...))]` for the calling module's state type, once per
+/// Implemented by `#[hot_module(uses = [...])]` for the calling module's state type, once per
 /// module it declares: where that import is in its descriptor's `imports`.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` does not declare the hot module `{C}` in `uses(...)`",
+    message = "`{Self}` does not declare the hot module `{C}` in `uses = [...]`",
     label = "not declared",
-    note = "add it to the attribute: `#[hot_module(version = N, uses({C}))]`"
+    note = "add it to the attribute: `#[hot_module(version = N, uses = [{C}])]`"
 )]
 pub trait Uses<C: HotModule> {
     /// The import's index in the descriptor's `imports`.

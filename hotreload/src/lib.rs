@@ -127,6 +127,8 @@ mod access;
 mod build;
 #[cfg(feature = "runtime")]
 mod events;
+#[cfg(feature = "runtime")]
+mod graph;
 #[cfg(feature = "harness")]
 pub mod harness;
 #[cfg(feature = "runtime")]
@@ -155,6 +157,8 @@ pub use call::{LocalModule, Module};
 pub use error::{HotError, ModuleFault, Rejection};
 #[cfg(feature = "runtime")]
 pub use events::{Event, ReloadRequest};
+#[cfg(feature = "runtime")]
+pub use graph::{EdgeKind, GraphEdge, GraphNode, ModuleGraph, NodeKind};
 #[cfg(feature = "runtime")]
 pub use locate::library_file_name;
 pub use module::HotModule;

@@ -316,6 +316,7 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
             Err(refused) => refused.into_outcome(),
         }
     };
+    #[cfg(not(feature = "static"))]
     crate::os::catch_up();
     outcome
 }

@@ -29,6 +29,11 @@ pub(crate) use host::{Book, ModuleCore, ModuleSpec, RefusedBuild};
 /// The state must be `Default + Serialize + DeserializeOwned + Send + Sync + 'static`: it is
 /// made with `Default` on the first load, carried across reloads with serde, and used from
 /// any host thread.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a hot module",
+    label = "not the state type of a `#[hot_module]` impl block",
+    note = "`uses = [...]` and `register::<T>()` take the state type of a `#[hot_module]` impl block"
+)]
 pub unsafe trait HotModule: crate::__private::HotState {
     /// The module name (by default the state type's name in snake case).
     const MODULE_NAME: &'static str;

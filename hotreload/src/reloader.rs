@@ -413,6 +413,12 @@ impl HotReloader {
                 0..=u32::MAX
             }),
             host_calls,
+            manifest_dir: match &options.build {
+                Some(Some(manifest)) => manifest
+                    .parent()
+                    .map_or_else(|| PathBuf::from(T::MANIFEST_DIR), PathBuf::from),
+                _ => PathBuf::from(T::MANIFEST_DIR),
+            },
             build_manifest: options.build.map(|manifest| {
                 manifest.unwrap_or_else(|| PathBuf::from(T::MANIFEST_DIR).join("Cargo.toml"))
             }),
@@ -599,6 +605,67 @@ impl HotReloader {
             .ok_or_else(|| HotError::NoHistory {
                 module: name.to_owned(),
             })
+    }
+
+    /// Rolls modules `names` back together, each to its newest kept version, as one
+    /// transaction (the way back from a [`reload_modules`](Self::reload_modules)): every
+    /// older build is checked against the others' and against the serving modules that call
+    /// them, and either all go back (each with its current state if its older build can read
+    /// it, else with the state it had when it was replaced) or none does. Returns one report
+    /// per module, sorted by name.
+    pub fn rollback_modules(&self, names: &[&str]) -> Result<Vec<RollbackReport>, HotError> {
+        let mut names: Vec<&str> = names.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        let cores = names
+            .iter()
+            .map(|name| {
+                self.shared.not_linked(name)?;
+                self.shared.core(name)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = names.first() else {
+            return Ok(Vec::new());
+        };
+        let outcome = self
+            .shared
+            .transaction_lock(first)
+            .and_then(|_transactions| rollback::rollback_set(&cores, &self.shared.modules()));
+        match &outcome {
+            Ok(reports) => {
+                for report in reports {
+                    let module = &report.to.module;
+                    let closed = std::slice::from_ref(&report.closed);
+                    self.shared.emit_retired(module, closed, &[]);
+                    self.shared.events.emit(Event::RolledBack {
+                        module: module.clone(),
+                        from: report.from.clone(),
+                        to: report.to.clone(),
+                        state: report.state,
+                        migrations: report.migrations.clone(),
+                        reason: "requested, with the set".to_owned(),
+                    });
+                }
+            }
+            Err(error) => {
+                for name in &names {
+                    self.shared.events.emit(Event::ReloadFailed {
+                        module: (*name).to_owned(),
+                        reason: error.to_string(),
+                        error: error.clone(),
+                    });
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The modules and what they depend on: which serving build calls which module (its
+    /// `uses = [...]`), modules called but not registered, and the crates the modules depend
+    /// on by path (read with `cargo metadata` from each module's crate). Print it with
+    /// [`ModuleGraph::to_dot`](crate::ModuleGraph::to_dot).
+    pub fn graph(&self) -> crate::ModuleGraph {
+        crate::graph::of(&self.shared.modules())
     }
 
     /// Ends the probation of module `name`'s current version: it is good.

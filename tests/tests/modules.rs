@@ -178,6 +178,43 @@ fn a_callee_that_breaks_a_caller_is_refused_alone_and_taken_with_it() {
         "{err}"
     );
     assert_eq!(tags(&mesh.planner), (1, 1, 3));
+
+    // The set goes back as it came: together, each with its current state.
+    let back = mesh
+        .reloader
+        .rollback_modules(&["physics", "ai", "planner"])
+        .unwrap();
+    assert_eq!(back.len(), 3);
+    assert!(
+        back.iter()
+            .all(|r| r.state == hotreload::RollbackState::Current),
+        "{back:?}"
+    );
+    assert_eq!(tags(&mesh.planner), (1, 1, 1));
+    assert_eq!(hot_fn!(mesh.planner.plan(0.1)).unwrap(), Ok(3));
+    assert_eq!(hot_fn!(mesh.ai.thoughts()).unwrap(), thoughts + 2);
+}
+
+#[test]
+fn the_graph_shows_who_calls_whom_and_the_crates_they_share() {
+    let mesh = mesh();
+    let graph = mesh.reloader.graph();
+    assert!(graph.notes.is_empty(), "{:?}", graph.notes);
+    assert_eq!(graph.callees_of("planner"), ["ai", "physics"]);
+    assert_eq!(graph.callers_of("physics"), ["ai", "planner"]);
+    let dot = graph.to_dot();
+    for line in [
+        "\"planner\" -> \"ai\" [label=\"calls\"];",
+        "\"ai\" -> \"physics\" [label=\"calls\"];",
+        // The crates' path dependencies, from cargo metadata.
+        "\"ai\" -> \"physics\" [style=dashed, color=gray40];",
+        "\"physics\" -> \"hotreload-fixture-units\" [style=dashed, color=gray40];",
+        "\"hotreload-fixture-units\" [shape=ellipse, style=dashed];",
+        "\"planner\" [shape=box, label=\"planner\\nload #1\"];",
+    ] {
+        assert!(dot.contains(line), "missing {line} in:\n{dot}");
+    }
+    assert!(dot.starts_with("digraph modules {"), "{dot}");
 }
 
 #[test]

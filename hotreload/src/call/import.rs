@@ -16,7 +16,7 @@ use crate::module::HotModule;
 use crate::rehome::Rehome;
 
 /// A handle to a hot module that this module calls: get one with the `import` function that
-/// `#[hot_module(uses(...))]` generates (`Self::import::<Physics>()`), and call it with
+/// `#[hot_module(uses = [...])]` generates (`Self::import::<Physics>()`), and call it with
 /// [`hot_fn!`](crate::hot_fn) as a host calls a [`Module`](crate::Module).
 ///
 /// Each call goes to the callee's version serving at the time of the call, through the host
@@ -47,7 +47,7 @@ impl<T> std::fmt::Debug for Import<T> {
 }
 
 impl<T: HotModule> Import<T> {
-    /// The import at `index` of the calling module's `uses(...)` (generated code only).
+    /// The import at `index` of the calling module's `uses = [...]` (generated code only).
     #[doc(hidden)]
     pub const fn __new(index: u32) -> Self {
         Import {

@@ -25,6 +25,9 @@ pub(crate) struct ModuleSpec {
     pub host_calls: bool,
     /// The manifest of the crate to rebuild when its sources change, if the host asked.
     pub build_manifest: Option<PathBuf>,
+    /// The directory of the module's crate (where it was when the host was compiled, or the
+    /// one holding `build_manifest`).
+    pub manifest_dir: PathBuf,
     /// How many replaced versions stay loaded for rollback.
     pub history: usize,
     /// The only artifact digests accepted, if the host pinned them.

@@ -11,9 +11,11 @@ use crate::VersionInfo;
 use crate::error::HotError;
 use abi_stable::std_types::RResult;
 
+use crate::access::ReplacePermit;
 use crate::error::ModuleFault;
-use crate::module::ModuleCore;
-use crate::version::Live;
+use crate::module::{Book, ModuleCore};
+use crate::version::{Kept, Live};
+use hotreload_abi::StatePtr;
 
 /// Which state a rollback gave the older version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +75,6 @@ pub(crate) fn rollback(
             module: core.spec.name.clone(),
         });
     };
-    let from_generation = running.version.info.generation;
     // The older build must still fit the modules it calls and those that call it now.
     let installs =
         match super::link::link(&[super::link::NewBuild::of(core, &kept.version)], registry) {
@@ -83,6 +84,29 @@ pub(crate) fn rollback(
                 return Err(err);
             }
         };
+    let (state, used, migrations) = match state_for(core, running, &kept, snapshot_only) {
+        Ok(given) => given,
+        Err(err) => {
+            book.history.push_back(kept);
+            return Err(err);
+        }
+    };
+    let report = swap(
+        core, &mut live, &mut book, kept, state, used, migrations, installs,
+    );
+    drop(live);
+    Ok(Some(report))
+}
+
+/// The state the kept version gets: the current one carried to its schema (unless
+/// `snapshot_only`), or else the snapshot it saved when it was replaced.
+fn state_for(
+    core: &ModuleCore,
+    running: &Live,
+    kept: &Kept,
+    snapshot_only: bool,
+) -> Result<(StatePtr, RollbackState, Vec<String>), HotError> {
+    let from_generation = running.version.info.generation;
     let current = if snapshot_only {
         None
     } else {
@@ -108,20 +132,30 @@ pub(crate) fn rollback(
             })
             .ok()
     };
-    let (state, used, migrations) = match current {
-        Some((state, steps)) => (state, RollbackState::Current, steps),
-        None => match prepare::restore(&kept.version, &kept.snapshot, kept.version.info.generation)
-        {
-            Ok(state) => {
-                let calls_lost = core.access.mutations().saturating_sub(kept.mutations);
-                (state, RollbackState::Snapshot { calls_lost }, Vec::new())
-            }
-            Err(err) => {
-                book.history.push_back(kept);
-                return Err(err);
-            }
-        },
-    };
+    match current {
+        Some((state, steps)) => Ok((state, RollbackState::Current, steps)),
+        None => {
+            let state =
+                prepare::restore(&kept.version, &kept.snapshot, kept.version.info.generation)?;
+            let calls_lost = core.access.mutations().saturating_sub(kept.mutations);
+            Ok((state, RollbackState::Snapshot { calls_lost }, Vec::new()))
+        }
+    }
+}
+
+/// Makes `kept` serve with `state` under `live` (the module's replacement permit), repoints
+/// the serving callers' imports, and closes the version rolled back from.
+#[allow(clippy::too_many_arguments)]
+fn swap(
+    core: &ModuleCore,
+    live: &mut ReplacePermit<'_>,
+    book: &mut Book,
+    kept: Kept,
+    state: StatePtr,
+    used: RollbackState,
+    migrations: Vec<String>,
+    installs: Vec<crate::link::Install>,
+) -> RollbackReport {
     let to = kept.version.info();
     book.serving_identity = kept.version.image.shadow.identity;
     // The version serves again: it may start workers again.
@@ -140,13 +174,12 @@ pub(crate) fn rollback(
     for install in installs {
         install.apply(true);
     }
-    drop(live);
     core.probation.end();
     let Some(old) = old else {
         unreachable!("a version was live above, under the same locks")
     };
     let from = old.version.info();
-    let closed = retire::close(old.into_version(), &mut book, &core.spec);
+    let closed = retire::close(old.into_version(), book, &core.spec);
     book.record_retired([closed.clone()]);
     tracing::info!(
         from = from.generation,
@@ -154,11 +187,101 @@ pub(crate) fn rollback(
         ?used,
         "rolled back"
     );
-    Ok(Some(RollbackReport {
+    RollbackReport {
         from,
         to,
         state: used,
         migrations,
         closed,
-    }))
+    }
+}
+
+/// Rolls every module of `cores` (sorted by name) back to its newest kept version, as one
+/// transaction: each older build must fit the others' and the serving modules'; either all
+/// go back, or none does. The caller holds the reloader's transaction lock.
+pub(crate) fn rollback_set(
+    cores: &[std::sync::Arc<ModuleCore>],
+    registry: &[std::sync::Arc<ModuleCore>],
+) -> Result<Vec<RollbackReport>, HotError> {
+    let mut marks = super::set::Marks(Vec::with_capacity(cores.len()));
+    for core in cores {
+        marks
+            .0
+            .push(core.access.begin_transaction(&core.spec.name)?);
+    }
+    let mut books: Vec<_> = cores.iter().map(|core| core.book()).collect();
+    let refs: Vec<&ModuleCore> = cores.iter().map(|core| &**core).collect();
+    let mark_refs: Vec<_> = marks.0.iter().collect();
+    let order = super::set::callers_first(cores);
+    let (mut permits, _, _) =
+        super::quiesce::acquire_set(&refs, &mark_refs, order.as_deref(), true)?;
+    let mut kept = Vec::with_capacity(cores.len());
+    let give_back = |kept: Vec<Kept>, books: &mut Vec<std::sync::MutexGuard<'_, Book>>| {
+        for (version, book) in kept.into_iter().zip(books.iter_mut()) {
+            book.history.push_back(version);
+        }
+    };
+    for (i, core) in cores.iter().enumerate() {
+        match (permits[i].as_ref(), books[i].history.pop_back()) {
+            (Some(_), Some(version)) => kept.push(version),
+            (_, popped) => {
+                if let Some(version) = popped {
+                    books[i].history.push_back(version);
+                }
+                give_back(kept, &mut books);
+                return Err(HotError::NoHistory {
+                    module: core.spec.name.clone(),
+                });
+            }
+        }
+    }
+    let builds: Vec<_> = cores
+        .iter()
+        .zip(&kept)
+        .map(|(core, version)| super::link::NewBuild::of(core, &version.version))
+        .collect();
+    let installs = match super::link::link(&builds, registry) {
+        Ok(installs) => installs,
+        Err(err) => {
+            drop(builds);
+            give_back(kept, &mut books);
+            return Err(err);
+        }
+    };
+    drop(builds);
+    let mut states = Vec::with_capacity(cores.len());
+    for (i, core) in cores.iter().enumerate() {
+        let Some(running) = permits[i].as_ref() else {
+            unreachable!("checked above, under the same locks")
+        };
+        match state_for(core, running, &kept[i], false) {
+            Ok(given) => states.push(given),
+            Err(err) => {
+                for ((state, _, _), version) in states.into_iter().zip(&kept) {
+                    super::commit::discard(&version.version, state);
+                }
+                give_back(kept, &mut books);
+                return Err(err);
+            }
+        }
+    }
+    let mut reports = Vec::with_capacity(cores.len());
+    let mut installs = Some(installs);
+    for (i, (version, (state, used, migrations))) in kept.into_iter().zip(states).enumerate() {
+        // The callers' imports are repointed with the first swap: every member's write lock
+        // is held until all have swapped.
+        let installs = installs.take().unwrap_or_default();
+        reports.push(swap(
+            &cores[i],
+            &mut permits[i],
+            &mut books[i],
+            version,
+            state,
+            used,
+            migrations,
+            installs,
+        ));
+    }
+    drop(permits);
+    Ok(reports)
 }

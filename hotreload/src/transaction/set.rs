@@ -30,7 +30,7 @@ use crate::module::{Book, ModuleCore};
 use crate::version::{Live, LoadedVersion};
 
 /// The transaction marks of a set, ended innermost first (each mark records the one before).
-struct Marks<'a>(Vec<TransactionMark<'a>>);
+pub(super) struct Marks<'a>(pub(super) Vec<TransactionMark<'a>>);
 
 impl Drop for Marks<'_> {
     fn drop(&mut self) {
@@ -251,7 +251,7 @@ fn close_all(
 
 /// The members in an order where each comes before the members it calls (from their serving
 /// builds' imports), or `None` if they call each other in a cycle.
-fn callers_first(cores: &[Arc<ModuleCore>]) -> Option<Vec<usize>> {
+pub(super) fn callers_first(cores: &[Arc<ModuleCore>]) -> Option<Vec<usize>> {
     let calls: Vec<Vec<usize>> = cores
         .iter()
         .map(|core| {

@@ -205,7 +205,6 @@ struct WatchLoop {
 }
 
 /// Modules rebuilt for one change, and which of them have built since.
-#[derive(Default)]
 struct Batch {
     members: BTreeSet<String>,
     built: BTreeSet<String>,
@@ -419,8 +418,10 @@ impl WatchLoop {
     /// Puts `modules` in one batch, with every batch they meet: each builds again before the
     /// batch reloads.
     fn join_batch(&mut self, modules: &[String]) {
-        let mut batch = Batch::default();
-        batch.members.extend(modules.iter().cloned());
+        let mut batch = Batch {
+            members: modules.iter().cloned().collect(),
+            built: BTreeSet::new(),
+        };
         self.batches.retain_mut(|other| {
             if other.members.is_disjoint(&batch.members) {
                 return true;
@@ -516,11 +517,9 @@ impl WatchLoop {
                     Some(None) => {}
                     Some(Some(members)) if again => {
                         // Built again at once: the batch waits for that build.
-                        let mut batch = Batch::default();
-                        batch.built = members.clone();
-                        batch.built.remove(&done.module);
-                        batch.members = members;
-                        self.batches.push(batch);
+                        let mut built = members.clone();
+                        built.remove(&done.module);
+                        self.batches.push(Batch { members, built });
                     }
                     Some(Some(members)) => self.check_set(members),
                 }
