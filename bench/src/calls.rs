@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use bench_caller::BenchCaller;
 use bench_module::BenchState;
 use hotreload::{HotReloader, LocalModule, Module, ModuleOptions, hot_fn};
 
@@ -75,6 +76,38 @@ fn one_thread(
     mut call: impl FnMut(u64) -> u64,
 ) -> CallCost {
     let measured = rounds_of(rounds, iters, &mut call, || {});
+    CallCost {
+        key,
+        label,
+        threads: 1,
+        wall_ns: measured.iter().map(|r| r.wall_ns).collect(),
+        cpu_ns: measured.iter().map(|r| r.cpu_ns).collect(),
+    }
+}
+
+/// One call per round that makes `iters` calls inside a module (into another module): the
+/// cost per inner call.
+fn inner_calls(
+    key: &'static str,
+    label: &'static str,
+    rounds: usize,
+    iters: u64,
+    mut call: impl FnMut(u64) -> u64,
+) -> CallCost {
+    black_box(call(iters / 10));
+    let measured: Vec<Round> = (0..rounds)
+        .map(|_| {
+            let cpu = thread_cpu_time();
+            let started = Instant::now();
+            black_box(call(black_box(iters)));
+            let wall = started.elapsed();
+            let cpu = thread_cpu_time().saturating_sub(cpu);
+            Round {
+                wall_ns: wall.as_nanos() as f64 / iters as f64,
+                cpu_ns: cpu.as_nanos() as f64 / iters as f64,
+            }
+        })
+        .collect();
     CallCost {
         key,
         label,
@@ -189,6 +222,40 @@ pub fn run(
         },
     );
 
+    // A module calling another through the host (the same `add`, from the caller's code).
+    let caller_dir = fixtures.scratch("calls-between-modules");
+    let caller_artifact = caller_dir.join(hotreload::library_file_name("bench_caller"));
+    install(&fixtures.caller, &caller_artifact)?;
+    let caller: Module<BenchCaller> =
+        reloader.register_with(ModuleOptions::new().artifact(&caller_artifact))?;
+    let between = inner_calls(
+        "module_to_module",
+        "hot_fn! from one module into another (through the host)",
+        rounds,
+        iters,
+        |n| hot_fn!(caller.add_through(n)).unwrap(),
+    );
+
+    let mut between_all = threads_at_once(
+        "module_to_module_all_cores",
+        "hot_fn! module into module, all cores at once (per thread)",
+        cores,
+        rounds,
+        iters / 1000,
+        || {
+            let caller = caller.clone();
+            move |_| hot_fn!(caller.add_through(1000)).unwrap()
+        },
+    );
+    // Each call of the closure made 1,000 calls between modules.
+    for ns in between_all
+        .wall_ns
+        .iter_mut()
+        .chain(between_all.cpu_ns.iter_mut())
+    {
+        *ns /= 1000.0;
+    }
+
     hlr::prepare(fixtures)?;
     let hlr_iters = iters / 10;
     let hlr_one = one_thread(
@@ -208,7 +275,15 @@ pub fn run(
     );
 
     report.calls = vec![
-        direct, fn_ptr, local_cost, shared, all_cores, hlr_one, hlr_two,
+        direct,
+        fn_ptr,
+        local_cost,
+        shared,
+        all_cores,
+        between,
+        between_all,
+        hlr_one,
+        hlr_two,
     ];
     drop(library);
     Ok(())

@@ -12,6 +12,8 @@ pub struct Fixtures {
     pub module: [PathBuf; 2],
     /// hot-lib-reloader library builds 1 and 2.
     pub hlr: [PathBuf; 2],
+    /// A module that calls the hotreload module (build 1) through the host.
+    pub caller: PathBuf,
     /// A scratch directory.
     pub work: PathBuf,
 }
@@ -35,6 +37,12 @@ impl Fixtures {
         };
         let module = variants("bench/module", "module")?;
         let hlr = variants("bench/hlr", "hlr")?;
+        let caller = VariantBuilder::new(root.join("bench/caller"), out.join("variants/caller"))
+            .lockfile(root.join("Cargo.lock"))
+            .target_dir(out.join("target"))
+            .release(true)
+            .variant("b1", |v| v)
+            .build()?;
         let work = out.join("work");
         std::fs::create_dir_all(&work)?;
         // hot-lib-reloader's directory starts empty: it loads whatever it finds there first.
@@ -42,6 +50,7 @@ impl Fixtures {
         Ok(Fixtures {
             module: [module.artifact("b1").into(), module.artifact("b2").into()],
             hlr: [hlr.artifact("b1").into(), hlr.artifact("b2").into()],
+            caller: caller.artifact("b1").into(),
             work,
         })
     }

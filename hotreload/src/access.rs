@@ -83,12 +83,6 @@ unsafe impl Sync for Access {}
 // SAFETY: see above; nothing in an `Access` is tied to the thread that made it.
 unsafe impl Send for Access {}
 
-impl Drop for Access {
-    fn drop(&mut self) {
-        debug_assert_eq!(self.local.load(Ordering::Relaxed), 0);
-    }
-}
-
 /// What a call through a shared handle does to the state.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -236,11 +230,17 @@ impl Access {
         }
     }
 
-    /// The live version, taken out when the module goes away: `&mut self` proves that no
-    /// call, reload or query can be running.
-    pub(crate) fn take_live(&mut self) -> Option<Live> {
-        *self.info.get_mut().unwrap_or_else(PoisonError::into_inner) = None;
-        self.live.get_mut().take()
+    /// The live version, taken out when the module goes away (its core is dropped: no handle
+    /// and no reloader refers to it, so no call through a handle and no transaction runs).
+    /// Calls from other modules may still come through their links: they wait for the write
+    /// lock taken here, and find nothing to call afterwards.
+    pub(crate) fn take_live(&self) -> Option<Live> {
+        let _guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
+        *self.info.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        // SAFETY: under the write lock, no call through a shared handle or from another
+        // module runs; no local call can run (a `LocalModule` holds the core, which is being
+        // dropped), and no transaction (it holds the core too).
+        unsafe { (*self.live.get()).take() }
     }
 
     /// The version serving now, as last published.

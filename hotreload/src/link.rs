@@ -24,13 +24,13 @@
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicPtr, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use hotreload_abi::{
     ImportDescription, ImportOutcome, ImportedCall, MethodDescription, ModuleDescriptor, TableEntry,
 };
 
-use crate::access::Mode;
+use crate::access::{Access, Mode};
 use crate::error::{HotError, Rejection};
 use crate::module::ModuleCore;
 use crate::transaction::verify::{Expected, HostTable, fill_table};
@@ -56,8 +56,9 @@ pub(crate) struct Link {
     entries: Vec<TableEntry>,
     methods: Vec<MethodDescription>,
     table_size: usize,
-    /// The callee, once it is registered.
-    target: OnceLock<Weak<ModuleCore>>,
+    /// The callee's live version and its rules of access, once it is registered (allocated
+    /// for the rest of the process: see `ModuleCore::access`).
+    target: OnceLock<&'static Access>,
     /// The callee's table for one of its versions, as this caller was compiled (a boxed
     /// [`Linked`], or null): read under the callee's lock, swapped by transactions.
     table: AtomicPtr<Linked>,
@@ -167,7 +168,7 @@ impl Link {
             retired.clear();
         }
         drop(retired);
-        let _ = self.target.set(Arc::downgrade(target));
+        let _ = self.target.set(target.access);
     }
 }
 
@@ -228,7 +229,7 @@ pub(crate) fn link_own<'c>(
                 })?;
             link.set(callee.core, callee.generation, table, false);
         } else if let Some(core) = registered(&link.callee) {
-            let _ = link.target.set(Arc::downgrade(&core));
+            let _ = link.target.set(core.access);
         }
     }
     Ok(())
@@ -284,7 +285,7 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
     let Some(link) = links.imports.get(import as usize) else {
         return ImportOutcome::Unavailable(format!("no import #{import}").into());
     };
-    let Some(core) = link.target.get().and_then(Weak::upgrade) else {
+    let Some(access) = link.target.get() else {
         return ImportOutcome::Unavailable(
             format!("module `{}` is not registered with the host", link.callee).into(),
         );
@@ -294,8 +295,8 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
     } else {
         Mode::Shared
     };
-    let outcome = if core.access.has_owner() {
-        if !core.access.owned_here() {
+    let outcome = if access.has_owner() {
+        if !access.owned_here() {
             return ImportOutcome::Unavailable(
                 format!(
                     "module `{}` is registered for one thread (`register_local`) and this call \
@@ -306,12 +307,12 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
             );
         }
         // SAFETY: this is the owner thread of a module that has one (checked just above).
-        match unsafe { core.access.local_call(mode) } {
+        match unsafe { access.local_call(mode) } {
             Ok(entered) => run(entered.live(), link, call),
             Err(refused) => refused.into_outcome(),
         }
     } else {
-        match core.access.shared_call(mode, |live| run(live, link, call)) {
+        match access.shared_call(mode, |live| run(live, link, call)) {
             Ok(outcome) => outcome,
             Err(refused) => refused.into_outcome(),
         }

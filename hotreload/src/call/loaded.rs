@@ -8,7 +8,7 @@ use hotreload_abi::{EntryError, EntryResult, StatePtr};
 
 use super::CallPath;
 use crate::VersionInfo;
-use crate::access::{Listing, Mode, Refused};
+use crate::access::{Access, Listing, Mode, Refused};
 use crate::error::HotError;
 use crate::module::{HotModule, ModuleCore};
 use crate::rehome::Rehome;
@@ -20,6 +20,8 @@ use crate::version::Live;
 /// the one loaded when the call began.
 pub struct Module<T> {
     pub(crate) core: Arc<ModuleCore>,
+    /// `core.access`, kept here so that a call reaches the lock with one load.
+    access: &'static Access,
     _state: PhantomData<fn() -> T>,
 }
 
@@ -34,6 +36,8 @@ pub struct LocalModule<T> {
     /// `core`, so it is dropped first: the listed `Access` lives in `core`.
     _listing: Listing,
     core: Arc<ModuleCore>,
+    /// `core.access`, kept here so that a call reaches its counter with one load.
+    access: &'static Access,
     // A raw pointer: neither `Send` nor `Sync`.
     _state: PhantomData<*const T>,
 }
@@ -42,6 +46,7 @@ impl<T> Clone for Module<T> {
     fn clone(&self) -> Self {
         Module {
             core: Arc::clone(&self.core),
+            access: self.access,
             _state: PhantomData,
         }
     }
@@ -68,6 +73,7 @@ impl<T> std::fmt::Debug for LocalModule<T> {
 impl<T: HotModule> Module<T> {
     pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
         Module {
+            access: core.access,
             core,
             _state: PhantomData,
         }
@@ -77,12 +83,12 @@ impl<T: HotModule> Module<T> {
 impl<T: HotModule> LocalModule<T> {
     /// On the owner thread of `core`'s module (`register_local` makes it there).
     pub(crate) fn from_core(core: Arc<ModuleCore>) -> Self {
-        // SAFETY: `register_local` calls this on the thread it made the owner; the `Access`
-        // is inside the `Arc`, so it does not move, and the handle drops the listing before
-        // its `core` (field order).
+        // SAFETY: `register_local` calls this on the thread it made the owner; the `Access` is
+        // allocated for the rest of the process, so it neither moves nor goes away.
         let listing = unsafe { core.access.list_locally() };
         LocalModule {
             _listing: listing,
+            access: core.access,
             core,
             _state: PhantomData,
         }
@@ -122,7 +128,7 @@ impl<T: HotModule> Module<T> {
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
         let core = &*self.core;
-        let result = match core
+        let result = match self
             .access
             .shared_call(mode, |live| run::<T, R>(live, core, method, call))
         {
@@ -147,7 +153,7 @@ impl<T: HotModule> LocalModule<T> {
         let core = &*self.core;
         // SAFETY: a `LocalModule` exists only for a module with an owner thread (it is made
         // by `register_local`), and it is neither `Send` nor `Sync`, so this is that thread.
-        let result = match unsafe { core.access.local_call(mode) } {
+        let result = match unsafe { self.access.local_call(mode) } {
             Ok(entered) => run::<T, R>(entered.live(), core, method, call),
             Err(refused) => Err(refusal(core, method, refused)),
         };

@@ -70,8 +70,13 @@ pub(crate) struct Book {
 pub(crate) struct ModuleCore {
     pub spec: ModuleSpec,
     pub shadow: std::sync::Arc<ShadowDir>,
-    /// The live version and the rules of access to it.
-    pub access: Access,
+    /// The live version and the rules of access to it. Allocated for the rest of the process
+    /// (a few hundred bytes per registered module, not per reload): calls from other
+    /// modules reach it through their links without touching a reference count (a shared
+    /// count written by every call would make calls from several cores contend), so it must
+    /// outlive every version that may call it. When the module goes away its live version is
+    /// taken out, and such calls find nothing to call.
+    pub access: &'static Access,
     book: Mutex<Book>,
     /// The last build refused for a fault of its own (see [`HotError::is_build_fault`]):
     /// the watcher does not offer it again.
@@ -119,7 +124,7 @@ impl ModuleCore {
         ModuleCore {
             spec,
             shadow,
-            access: Access::new(live, owner),
+            access: Box::leak(Box::new(Access::new(live, owner))),
             book: Mutex::new(Book {
                 next_generation,
                 retired: Vec::new(),
