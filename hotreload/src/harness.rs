@@ -215,7 +215,7 @@ impl VariantBuilder {
             }
             // One target directory for all variants, so the dependencies build once; the
             // library is copied out before the next variant overwrites it.
-            self.cargo_build(&dir.join("Cargo.toml"), &target_dir)?;
+            cargo_build(&dir.join("Cargo.toml"), &target_dir, self.release, false)?;
             let out = self.work_dir.join("libraries").join(&variant.name);
             fs::create_dir_all(&out).map_err(io_err(&out))?;
             let built = profile.join(&file_name);
@@ -225,41 +225,290 @@ impl VariantBuilder {
         }
         Ok(BuiltVariants { libraries })
     }
+}
 
-    fn cargo_build(&self, manifest: &Path, target_dir: &Path) -> Result<(), HarnessError> {
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .arg("build")
-            .arg("--lib")
-            .arg("--manifest-path")
-            .arg(manifest)
-            .arg("--target-dir")
-            .arg(target_dir)
-            .env_remove("CARGO_TARGET_DIR")
-            .env_remove("CARGO_BUILD_TARGET_DIR");
-        if self.release {
-            command.arg("--release");
-        }
-        tracing::info!(?command, "building a module variant");
-        let output = command.output().map_err(io_err(manifest))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(HarnessError::Build {
-                output: String::from_utf8_lossy(&output.stderr).into_owned(),
-            })
-        }
+/// `cargo build --lib` of the crate or workspace at `manifest` into `target_dir`.
+fn cargo_build(
+    manifest: &Path,
+    target_dir: &Path,
+    release: bool,
+    workspace: bool,
+) -> Result<(), HarnessError> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .arg("build")
+        .arg("--lib")
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR");
+    if workspace {
+        command.arg("--workspace");
+    }
+    if release {
+        command.arg("--release");
+    }
+    tracing::info!(?command, "building a module variant");
+    let output = command.output().map_err(io_err(manifest))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(HarnessError::Build {
+            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
     }
 }
 
-/// The library's name: `[lib] name`, or the package name with `-` made `_`.
 fn lib_name(manifest: &toml::Table, package: &str) -> String {
     manifest
         .get("lib")
         .and_then(|lib| lib.get("name"))
         .and_then(|name| name.as_str())
         .map_or_else(|| package.replace('-', "_"), str::to_owned)
+}
+
+/// Edited variants of several crates built together: modules that call each other, or that
+/// share a crate, whose builds only fit each other when made from the same sources.
+///
+/// Each variant is a copy of every crate, as one workspace of its own, with its edits; a path
+/// dependency from one of the crates to another points to that one's copy, any other resolves
+/// as in the original crate. All variants build into one target directory. Each crate that
+/// builds a `cdylib` gives one library per variant.
+///
+/// ```no_run
+/// use hotreload::harness::SetBuilder;
+///
+/// let built = SetBuilder::new(["modules/physics", "modules/ai"], "target/sets")
+///     // `step` gains a parameter, and `ai` passes it: these two builds go together.
+///     .variant("substeps", |v| {
+///         v.edit("physics", "src/lib.rs", "dt: f64)", "dt: f64, substeps: u32)")
+///             .edit("ai", "src/lib.rs", "step(dt)", "step(dt, 4)")
+///     })
+///     .build()?;
+/// let physics = built.artifact("substeps", "physics");
+/// let ai = built.artifact("substeps", "ai");
+/// # Ok::<(), hotreload::harness::HarnessError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SetBuilder {
+    crates: Vec<PathBuf>,
+    work_dir: PathBuf,
+    target_dir: Option<PathBuf>,
+    lockfile: Option<PathBuf>,
+    release: bool,
+    variants: Vec<SetVariant>,
+}
+
+/// One variant of a [`SetBuilder`]: a name and the edits, crate by crate.
+#[derive(Debug, Clone)]
+pub struct SetVariant {
+    name: String,
+    /// Crate (its directory's name), file, from, to.
+    edits: Vec<(String, String, String, String)>,
+}
+
+impl SetVariant {
+    /// Replaces every occurrence of `from` by `to` in `file` (relative to the crate) of the
+    /// crate whose directory is named `krate`. Building fails if `from` does not occur.
+    pub fn edit(mut self, krate: &str, file: &str, from: &str, to: &str) -> Self {
+        self.edits.push((
+            krate.to_owned(),
+            file.to_owned(),
+            from.to_owned(),
+            to.to_owned(),
+        ));
+        self
+    }
+}
+
+/// The libraries a [`SetBuilder`] built: one per crate with a `cdylib`, per variant.
+#[derive(Debug, Clone)]
+pub struct BuiltSets {
+    libraries: BTreeMap<(String, String), PathBuf>,
+}
+
+impl BuiltSets {
+    /// The library of the crate whose library is named `lib` (`physics` for
+    /// `libphysics.so`) in `variant`.
+    ///
+    /// # Panics
+    /// If no such variant or library was built.
+    pub fn artifact(&self, variant: &str, lib: &str) -> &Path {
+        self.libraries
+            .get(&(variant.to_owned(), lib.to_owned()))
+            .unwrap_or_else(|| panic!("no library `{lib}` was built for variant `{variant}`"))
+    }
+}
+
+impl SetBuilder {
+    /// Variants of the crates at `crates`, worked on in `work_dir`. Each crate is named by
+    /// its directory's name in edits.
+    pub fn new(
+        crates: impl IntoIterator<Item = impl Into<PathBuf>>,
+        work_dir: impl Into<PathBuf>,
+    ) -> Self {
+        SetBuilder {
+            crates: crates.into_iter().map(Into::into).collect(),
+            work_dir: work_dir.into(),
+            target_dir: None,
+            lockfile: None,
+            release: false,
+            variants: Vec::new(),
+        }
+    }
+
+    /// Builds into `dir` (by default `<work_dir>/target`).
+    pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.target_dir = Some(dir.into());
+        self
+    }
+
+    /// Copies this `Cargo.lock` into each variant, so that it resolves the same versions.
+    pub fn lockfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.lockfile = Some(path.into());
+        self
+    }
+
+    /// Builds with `--release`.
+    pub fn release(mut self, release: bool) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// Adds a variant named `name`, made by `edits`.
+    pub fn variant(mut self, name: &str, edits: impl FnOnce(SetVariant) -> SetVariant) -> Self {
+        self.variants.push(edits(SetVariant {
+            name: name.to_owned(),
+            edits: Vec::new(),
+        }));
+        self
+    }
+
+    /// Writes and builds every variant, in order; returns their libraries.
+    pub fn build(self) -> Result<BuiltSets, HarnessError> {
+        let originals = self
+            .crates
+            .iter()
+            .map(|dir| fs::canonicalize(dir).map_err(io_err(dir)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let name_of = |dir: &Path| {
+            dir.file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+        };
+        let target_dir = self
+            .target_dir
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("target"));
+        let profile = target_dir.join(if self.release { "release" } else { "debug" });
+        let lock = self.lockfile.as_deref().map(read).transpose()?;
+        let mut libraries = BTreeMap::new();
+        for variant in &self.variants {
+            let dir = self.work_dir.join(&variant.name);
+            let mut members = Vec::new();
+            let mut dylibs = Vec::new();
+            for original in &originals {
+                let name = name_of(original);
+                let manifest_path = original.join("Cargo.toml");
+                let mut manifest: toml::Table =
+                    read(&manifest_path)?
+                        .parse()
+                        .map_err(|e: toml::de::Error| HarnessError::Manifest {
+                            path: manifest_path.clone(),
+                            message: e.to_string(),
+                        })?;
+                absolutize_path_dependencies(&mut manifest, original);
+                point_to_copies(&mut manifest, &originals, &name_of);
+                let package = manifest
+                    .get("package")
+                    .and_then(|p| p.get("name"))
+                    .and_then(|n| n.as_str())
+                    .unwrap_or(&name)
+                    .to_owned();
+                if builds_cdylib(&manifest) {
+                    dylibs.push(lib_name(&manifest, &package));
+                }
+                let copy = dir.join(&name);
+                copy_sources(original, &copy)?;
+                write_if_changed(
+                    &copy.join("Cargo.toml"),
+                    toml::to_string(&manifest).unwrap_or_default(),
+                )?;
+                members.push(format!("{name:?}"));
+            }
+            write_if_changed(
+                &dir.join("Cargo.toml"),
+                format!(
+                    "# Written by hotreload::harness: variant `{}`\n[workspace]\nresolver = \"3\"\nmembers = [{}]\n",
+                    variant.name,
+                    members.join(", ")
+                ),
+            )?;
+            if let Some(lock) = &lock {
+                write_if_changed(&dir.join("Cargo.lock"), lock)?;
+            }
+            for (krate, file, from, to) in &variant.edits {
+                let path = dir.join(krate).join(file);
+                let text = read(&path)?;
+                if !text.contains(from.as_str()) {
+                    return Err(HarnessError::EditNotApplied {
+                        variant: variant.name.clone(),
+                        file: format!("{krate}/{file}"),
+                        needle: from.clone(),
+                    });
+                }
+                write_if_changed(&path, text.replace(from.as_str(), to))?;
+            }
+            cargo_build(&dir.join("Cargo.toml"), &target_dir, self.release, true)?;
+            let out = self.work_dir.join("libraries").join(&variant.name);
+            fs::create_dir_all(&out).map_err(io_err(&out))?;
+            for lib in dylibs {
+                let file = crate::library_file_name(&lib);
+                let built = profile.join(&file);
+                let copy = out.join(&file);
+                fs::copy(&built, &copy).map_err(io_err(&built))?;
+                libraries.insert((variant.name.clone(), lib), copy);
+            }
+        }
+        Ok(BuiltSets { libraries })
+    }
+}
+
+/// Whether the manifest's library is built as a `cdylib`.
+fn builds_cdylib(manifest: &toml::Table) -> bool {
+    manifest
+        .get("lib")
+        .and_then(|lib| lib.get("crate-type"))
+        .and_then(toml::Value::as_array)
+        .is_some_and(|types| types.iter().any(|t| t.as_str() == Some("cdylib")))
+}
+
+/// Points the (absolute) path dependencies on another crate of the set at its copy, the
+/// sibling directory of the same name.
+fn point_to_copies(
+    manifest: &mut toml::Table,
+    originals: &[PathBuf],
+    name_of: &impl Fn(&Path) -> String,
+) {
+    for key in DEPENDENCY_TABLES {
+        let Some(toml::Value::Table(deps)) = manifest.get_mut(key) else {
+            continue;
+        };
+        for (_, dep) in deps.iter_mut() {
+            let toml::Value::Table(dep) = dep else {
+                continue;
+            };
+            let Some(toml::Value::String(path)) = dep.get_mut("path") else {
+                continue;
+            };
+            let target = fs::canonicalize(&*path).unwrap_or_else(|_| PathBuf::from(&*path));
+            if let Some(original) = originals.iter().find(|o| **o == target) {
+                *path = format!("../{}", name_of(original));
+            }
+        }
+    }
 }
 
 /// Puts the file `from` at `to` as a linker does: written beside `to` under a hidden name,

@@ -402,18 +402,6 @@ impl FixtureWorkspace {
         self.root.join(krate).join("Cargo.toml")
     }
 
-    /// Puts back the fixtures' own `src/lib.rs` of each of `crates`.
-    pub fn restore_sources(&self, crates: &[&str]) {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
-        for krate in crates {
-            let original = std::fs::read(fixtures.join(krate).join("src/lib.rs")).unwrap();
-            let path = self.root.join(krate).join("src/lib.rs");
-            if std::fs::read(&path).ok().as_deref() != Some(&original[..]) {
-                std::fs::write(&path, original).unwrap();
-            }
-        }
-    }
-
     /// Replaces `from` by `to` in `krate`'s `src/lib.rs`, as an editor saving the file would.
     ///
     /// # Panics
@@ -494,21 +482,20 @@ pub fn mapped_shadow_copies<T: hotreload::HotModule>(module: &Module<T>) -> usiz
 /// `pingpong` (two modules calling each other), over the plain crate `units`.
 pub const MESH_CRATES: [&str; 5] = ["units", "physics", "ai", "planner", "pingpong"];
 
-/// Builds of the module mesh, one directory of libraries per variant.
+/// Builds of the module mesh, one library per crate per variant.
 pub struct MeshBuilds {
-    dir: PathBuf,
+    built: hotreload::harness::BuiltSets,
 }
 
 impl MeshBuilds {
     /// The library of `krate` in `variant`.
     pub fn artifact(&self, variant: &str, krate: &str) -> PathBuf {
-        self.dir
-            .join(variant)
-            .join(hotreload::library_file_name(krate))
+        self.built.artifact(variant, krate).to_path_buf()
     }
 }
 
-/// The mesh's variants, built once per test process with cargo in a copy of the crates:
+/// The mesh's variants, built once per test process with cargo, each from a copy of the
+/// crates (a module built against its callees' edited copies):
 /// - `v1`: as the fixtures are;
 /// - `tag2`: every module's `tag` says 2 (a body-only change);
 /// - `substeps`: `physics::step` takes a second parameter (tag 3), and `ai` passes it;
@@ -516,51 +503,36 @@ impl MeshBuilds {
 pub fn mesh_builds(target_tmpdir: &str) -> &'static MeshBuilds {
     static BUILT: OnceLock<MeshBuilds> = OnceLock::new();
     BUILT.get_or_init(|| {
-        type Edit = (&'static str, &'static str, &'static str);
-        let variants: [(&str, &[Edit]); 4] = [
-            ("v1", &[]),
-            (
-                "tag2",
-                &[
-                    ("physics", "1 // TAG", "2 // TAG"),
-                    ("ai", "1 // TAG", "2 // TAG"),
-                    ("planner", "1 /* TAG */", "2 /* TAG */"),
-                    ("pingpong", "1; // TAG", "2; // TAG"),
-                ],
-            ),
-            (
-                "substeps",
-                &[
-                    (
+        const LIB: &str = "src/lib.rs";
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let crates = MESH_CRATES.map(|krate| root.join("fixtures").join(krate));
+        let built =
+            hotreload::harness::SetBuilder::new(crates, Path::new(target_tmpdir).join("mesh"))
+                .lockfile(root.join("../Cargo.lock"))
+                .target_dir(Path::new(target_tmpdir).join("fixtures/target"))
+                .variant("v1", |v| v)
+                .variant("tag2", |v| {
+                    v.edit("physics", LIB, "1 // TAG", "2 // TAG")
+                        .edit("ai", LIB, "1 // TAG", "2 // TAG")
+                        .edit("planner", LIB, "1 /* TAG */", "2 /* TAG */")
+                        .edit("pingpong", LIB, "1; // TAG", "2; // TAG")
+                })
+                .variant("substeps", |v| {
+                    v.edit(
                         "physics",
+                        LIB,
                         "pub fn step(&mut self, dt: f64) -> f64 {",
                         "pub fn step(&mut self, dt: f64, substeps: u32) -> f64 {\n        \
-                         let dt = dt * f64::from(substeps) / f64::from(substeps);",
-                    ),
-                    ("physics", "1 // TAG", "3 // TAG"),
-                    ("ai", "physics.step(dt)", "physics.step(dt, 4)"),
-                ],
-            ),
-            (
-                "restore_fails",
-                &[("physics", "    // FIELDS", "    required: u8,")],
-            ),
-        ];
-        let workspace = FixtureWorkspace::create_with(target_tmpdir, "mesh-copy", &MESH_CRATES);
-        let dir = Path::new(target_tmpdir).join("mesh-builds");
-        for (variant, edits) in variants {
-            workspace.restore_sources(&MESH_CRATES);
-            for (krate, from, to) in edits {
-                workspace.edit(krate, from, to);
-            }
-            workspace.cargo_build(&["--workspace"]);
-            let out = dir.join(variant);
-            std::fs::create_dir_all(&out).unwrap();
-            for krate in &MESH_CRATES[1..] {
-                let name = hotreload::library_file_name(krate);
-                std::fs::copy(workspace.artifact(krate), out.join(&name)).unwrap();
-            }
-        }
-        MeshBuilds { dir }
+                     let dt = dt * f64::from(substeps) / f64::from(substeps);",
+                    )
+                    .edit("physics", LIB, "1 // TAG", "3 // TAG")
+                    .edit("ai", LIB, "physics.step(dt)", "physics.step(dt, 4)")
+                })
+                .variant("restore_fails", |v| {
+                    v.edit("physics", LIB, "    // FIELDS", "    required: u8,")
+                })
+                .build()
+                .unwrap_or_else(|err| panic!("building the mesh variants failed: {err}"));
+        MeshBuilds { built }
     })
 }
