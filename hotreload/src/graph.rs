@@ -230,6 +230,9 @@ fn path_dependencies(
             let Some(path) = &dependency.path else {
                 continue;
             };
+            if FRAMEWORK.contains(&dependency.name.as_str()) {
+                continue;
+            }
             let path = path.clone().into_std_path_buf();
             let to = module_at(&path).unwrap_or_else(|| {
                 crates.insert(dependency.name.clone());
@@ -241,6 +244,10 @@ fn path_dependencies(
     }
     crates
 }
+
+/// This framework's own crates: every module depends on them, so they are left out (they are
+/// path dependencies only in this repository's own workspace).
+const FRAMEWORK: [&str; 3] = ["hotreload", "hotreload-abi", "hotreload-macros"];
 
 fn same_dir(a: &Path, b: &Path) -> bool {
     let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
