@@ -70,8 +70,48 @@
 //!   started while it served are checked for addresses inside it; a version something may
 //!   still run in is held, reported, and closed later (or never, with
 //!   [`ModuleOptions::keep_loaded`]).
+//! - **Modules that change together move together**: a set reload
+//!   ([`HotReloader::reload_modules`], or the watcher after a change to a crate several
+//!   modules depend on by path) stages, verifies and links every member's new build, then
+//!   commits them in one step under all their locks: every member serves its new build, or
+//!   none does and all keep their old ones with their state.
 //! - **Going back is always possible**: the last versions stay loaded for
 //!   [`HotReloader::rollback`], and a [`Probation`] rolls back by itself on a panic.
+//!
+//! # Calls between modules
+//! A module names the modules it calls in `#[hot_module(uses = [...])]` and calls them with
+//! `hot_fn!` through `Self::import::<T>()`:
+//!
+//! ```
+//! # mod physics {
+//! #     #[derive(Default, serde::Serialize, serde::Deserialize)] pub struct Physics;
+//! #     #[hotreload::hot_module(version = 1)]
+//! #     impl Physics { pub fn step(&mut self, dt: f64) -> f64 { dt } }
+//! # }
+//! use hotreload::hot_fn;
+//! use physics::Physics;
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Default, Serialize, Deserialize)] pub struct Ai { seen: f64 }
+//!
+//! #[hotreload::hot_module(version = 1, uses = [physics::Physics])]
+//! impl Ai {
+//!     pub fn think(&mut self, dt: f64) -> Result<f64, String> {
+//!         let physics = Self::import::<Physics>();
+//!         let fallen = hot_fn!(physics.step(dt)).map_err(|err| err.to_string())?;
+//!         self.seen += fallen;
+//!         Ok(fallen)
+//!     }
+//! }
+//! ```
+//!
+//! Each call goes through the host that loaded the caller to the callee's version serving at
+//! that moment, under the callee's lock, with the same re-entry rules as a host's call. The
+//! host checks every caller against every callee (API version, and the layout of each method
+//! the caller was compiled with) whenever either side loads; a callee's build that does not
+//! fit a serving caller is refused, unless the caller's matching build comes in the same
+//! [`HotReloader::reload_modules`], which commits all its modules or none. A module only other
+//! modules call is registered with [`HotReloader::register_for_imports`];
+//! [`HotReloader::graph`] shows who calls whom.
 //!
 //! Reloads happen on request ([`HotReloader::reload_module`]), at the host's safe points
 //! ([`HotReloader::poll`]) or by themselves ([`HotReloader::start_watching`]), optionally
@@ -100,6 +140,11 @@
 //! - Module code that blocks on another thread which then calls the same module's
 //!   `&mut self` methods or reloads it still deadlocks: the runtime sees re-entry on one
 //!   thread only.
+//! - A calling module is checked against every method of its callee that it was compiled
+//!   with, not only those it calls. Calls from other modules do not count toward a callee's
+//!   [`Probation`]. With the `static` feature, calls between modules are not supported.
+//! - Each registered module keeps its rules of access (a few hundred bytes) for the rest of
+//!   the process, so that calls from other modules reach it without a shared reference count.
 //! - Built and tested on Linux (glibc, x86_64) only.
 
 #![warn(missing_docs)]
@@ -232,6 +277,10 @@ pub(crate) use shadow::ShadowDir;
 ///   it (`StepTimings::prepare_shared`), and `&self` callers wait only for the swap. The
 ///   state swapped out is exactly the one saved: no `&mut self` call runs in between. A
 ///   `&self` method that did change the state could have that change lost in a reload.
+/// - `uses = [path::Callee, ...]`: the hot modules this module calls, by state type (their
+///   crates are dependencies of this one). The macro generates `Self::import::<Callee>()`,
+///   whose [`Import`] handle `hot_fn!` calls like a host's handle (see [Calls between
+///   modules](crate#calls-between-modules)).
 /// - `on_retire = method`: a method of the same impl block (it may be private), shaped
 ///   `fn method(&mut self)`; the hook runs on the old version's state when it stops serving,
 ///   before its workers ([`worker::spawn`]) are told to stop; it is where the module stops what
