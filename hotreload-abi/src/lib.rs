@@ -181,6 +181,10 @@ pub struct MethodDescription {
     pub name: RStr<'static>,
     /// Whether the entry's first parameter is the state (`&self` or `&mut self`).
     pub takes_state: bool,
+    /// Whether it takes `&mut self`: the host calls its entry only with no other call of the
+    /// module running. The entry's layout is the same as for `&self`, so this is checked on
+    /// its own.
+    pub exclusive: bool,
     /// The parameters' names, in order.
     pub params: RSlice<'static, RStr<'static>>,
     /// The parameters' types as written in the source.

@@ -118,6 +118,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         let Spelled {
             name,
             takes_state,
+            exclusive,
             params,
             types,
             returns,
@@ -125,6 +126,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         quote!(__hr::MethodSignature {
             name: #name,
             takes_state: #takes_state,
+            exclusive: #exclusive,
             params: &[#(#params),*],
             types: &[#(#types),*],
             returns: #returns,
@@ -141,6 +143,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             let Spelled {
                 name,
                 takes_state,
+                exclusive,
                 params,
                 types,
                 returns,
@@ -159,6 +162,7 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
             quote!(__hr::MethodDescription {
                 name: __hr::RStr::from_str(#name),
                 takes_state: #takes_state,
+                exclusive: #exclusive,
                 params: __hr::RSlice::from_slice(#params_list),
                 types: __hr::RSlice::from_slice(#types_list),
                 returns: __hr::RStr::from_str(#returns),
@@ -349,6 +353,7 @@ fn source_digest(method: &syn::ImplItemFn) -> u64 {
 struct Spelled {
     name: String,
     takes_state: bool,
+    exclusive: bool,
     params: Vec<String>,
     types: Vec<String>,
     returns: String,
@@ -359,6 +364,7 @@ impl Spelled {
         Spelled {
             name: method.ident.to_string(),
             takes_state: method.receiver != Receiver::None,
+            exclusive: method.receiver == Receiver::Exclusive,
             params: method.args.iter().map(|a| a.label.to_string()).collect(),
             types: method.args.iter().map(|a| spelling(a.ty)).collect(),
             returns: method.output.map_or_else(|| "()".to_owned(), spelling),

@@ -33,6 +33,8 @@ pub struct MethodSignature {
     pub name: &'static str,
     /// Whether the entry's first parameter is the state (`&self` or `&mut self`).
     pub takes_state: bool,
+    /// Whether it takes `&mut self` (its entry is called only alone).
+    pub exclusive: bool,
     /// The user's parameter names, in order.
     pub params: &'static [&'static str],
     /// The parameters' types as the user wrote them.

@@ -39,8 +39,8 @@ mod lock;
 
 use std::cell::{Cell, UnsafeCell};
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::ThreadId;
 
 use crossbeam_utils::sync::ShardedLockWriteGuard;
@@ -70,6 +70,14 @@ pub(crate) struct Access {
     /// it loses). Written only under the write lock or on the owner thread: a load and a
     /// store.
     mutations: AtomicU64,
+    /// Closed by a set transaction that waits for the set's calls in flight to end: a call
+    /// that would be the first of its thread (no call of any module running there) waits
+    /// while it is closed; a call made from inside another call goes through, so that the
+    /// calls in flight, which may call each other's modules, can end. Read by a thread's
+    /// first call only: one relaxed load.
+    gate: AtomicBool,
+    /// Where calls wait for the gate to open.
+    gate_waiters: (Mutex<()>, Condvar),
 }
 
 /// `Access::local` while a `&mut self` call runs through the `LocalModule`.
@@ -227,6 +235,30 @@ impl Access {
             owner,
             local: AtomicU32::new(0),
             mutations: AtomicU64::new(0),
+            gate: AtomicBool::new(false),
+            gate_waiters: (Mutex::new(()), Condvar::new()),
+        }
+    }
+
+    /// Closes the gate (see `gate`): until the returned guard drops, a thread's first call
+    /// into this module waits.
+    pub(crate) fn close_gate(&self) -> GateClosed<'_> {
+        self.gate.store(true, Ordering::SeqCst);
+        GateClosed { access: self }
+    }
+
+    /// Waits while the gate is closed: a thread's first call, at a set transaction's pause.
+    #[cold]
+    #[inline(never)]
+    fn wait_at_gate(&self) {
+        let (lock, opened) = &self.gate_waiters;
+        let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+        while self.gate.load(Ordering::SeqCst) {
+            // A timeout as well: the opening store and its notification are not under `lock`.
+            guard = opened
+                .wait_timeout(guard, std::time::Duration::from_millis(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
@@ -453,6 +485,9 @@ impl Access {
         call: impl FnOnce(Option<&Live>) -> R,
     ) -> Result<R, Refused> {
         let outer = INNERMOST.with(Cell::get);
+        if outer.is_null() && self.gate.load(Ordering::Relaxed) {
+            self.wait_at_gate();
+        }
         // Whether to lock: always when no call runs on this thread (the common case).
         let lock = outer.is_null() || self.nested_needs_lock(mode)?;
         // One call site for `call`, so that it is inlined here. A poisoned lock only means a
@@ -673,6 +708,18 @@ fn published(live: &Live) -> Published {
         schema: live.version.schema.clone(),
         links: std::sync::Arc::clone(live.version.links()),
         descriptor: live.version.descriptor,
+    }
+}
+
+/// A closed gate (see [`Access::close_gate`]); opens it when dropped.
+pub(crate) struct GateClosed<'a> {
+    access: &'a Access,
+}
+
+impl Drop for GateClosed<'_> {
+    fn drop(&mut self) {
+        self.access.gate.store(false, Ordering::SeqCst);
+        self.access.gate_waiters.1.notify_all();
     }
 }
 

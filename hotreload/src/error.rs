@@ -239,6 +239,22 @@ pub enum HotError {
         module: String,
     },
 
+    /// A reload, rollback or registration was asked for while another transaction of the
+    /// reloader runs, from where waiting for it could deadlock: on the thread running it (a
+    /// hook, an event callback or module code that called back into the host), or on a thread
+    /// inside a call of a module (which that transaction may be waiting for). Nothing
+    /// changed; ask again once it has ended.
+    #[error(
+        "module `{module}`: another reload, rollback or registration runs, and this thread          {}; nothing changed",
+        if *same_thread { "is running it" } else { "is inside a module's call that it may wait for" }
+    )]
+    TransactionRunning {
+        /// The module.
+        module: String,
+        /// Whether the transaction runs on this very thread.
+        same_thread: bool,
+    },
+
     /// A reload, rollback or `mark_good` was asked for from inside a call into the same module
     /// on the same thread (module code calling back into the host): it would replace the code
     /// that is running, or wait for ever for that call to end.

@@ -14,7 +14,7 @@
 //! # Ok::<(), hotreload::harness::HarnessError>(())
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -227,13 +227,27 @@ impl VariantBuilder {
     }
 }
 
-/// `cargo build --lib` of the crate or workspace at `manifest` into `target_dir`.
+/// Marks a crate's sources changed, so that cargo builds it again.
+fn touch_sources(crate_dir: &Path) -> Result<(), HarnessError> {
+    for file in ["src/lib.rs", "Cargo.toml"] {
+        let path = crate_dir.join(file);
+        if let Ok(handle) = fs::File::options().write(true).open(&path) {
+            handle
+                .set_modified(std::time::SystemTime::now())
+                .map_err(io_err(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// `cargo build --lib` of the crate or workspace at `manifest` into `target_dir`. Returns the
+/// directories of the packages whose `cdylib` cargo found fresh (not built by this run).
 fn cargo_build(
     manifest: &Path,
     target_dir: &Path,
     release: bool,
     workspace: bool,
-) -> Result<(), HarnessError> {
+) -> Result<BTreeSet<PathBuf>, HarnessError> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -243,6 +257,7 @@ fn cargo_build(
         .arg(manifest)
         .arg("--target-dir")
         .arg(target_dir)
+        .args(["--message-format", "json-render-diagnostics"])
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET_DIR");
     if workspace {
@@ -254,12 +269,30 @@ fn cargo_build(
     tracing::info!(?command, "building a module variant");
     let output = command.output().map_err(io_err(manifest))?;
     if output.status.success() {
-        Ok(())
+        Ok(fresh_cdylibs(&String::from_utf8_lossy(&output.stdout)))
     } else {
         Err(HarnessError::Build {
             output: String::from_utf8_lossy(&output.stderr).into_owned(),
         })
     }
+}
+
+/// The package directories of the `cdylib`s that cargo's JSON messages say were fresh.
+fn fresh_cdylibs(messages: &str) -> BTreeSet<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["fresh"] == true)
+        .filter(|m| {
+            m["target"]["kind"]
+                .as_array()
+                .is_some_and(|kinds| kinds.iter().any(|k| k == "cdylib"))
+        })
+        .filter_map(|m| {
+            let manifest = PathBuf::from(m["manifest_path"].as_str()?);
+            manifest.parent().map(Path::to_path_buf)
+        })
+        .collect()
 }
 
 fn lib_name(manifest: &toml::Table, package: &str) -> String {
@@ -427,15 +460,17 @@ impl SetBuilder {
                     .and_then(|n| n.as_str())
                     .unwrap_or(&name)
                     .to_owned();
-                if builds_cdylib(&manifest) {
-                    dylibs.push(lib_name(&manifest, &package));
-                }
                 let copy = dir.join(&name);
                 copy_sources(original, &copy)?;
                 write_if_changed(
                     &copy.join("Cargo.toml"),
                     toml::to_string(&manifest).unwrap_or_default(),
                 )?;
+                if builds_cdylib(&manifest) {
+                    // As cargo names it in its messages.
+                    let copy = fs::canonicalize(&copy).map_err(io_err(&copy))?;
+                    dylibs.push((lib_name(&manifest, &package), copy));
+                }
                 members.push(format!("{name:?}"));
             }
             write_if_changed(
@@ -461,14 +496,32 @@ impl SetBuilder {
                 }
                 write_if_changed(&path, text.replace(from.as_str(), to))?;
             }
-            cargo_build(&dir.join("Cargo.toml"), &target_dir, self.release, true)?;
+            // A cdylib's file carries no hash: every variant's build of a crate writes the
+            // same file, and a variant cargo finds fresh leaves the last one built there. Its
+            // library is then the copy made when it was built (or, if that is gone, it is
+            // built again).
             let out = self.work_dir.join("libraries").join(&variant.name);
             fs::create_dir_all(&out).map_err(io_err(&out))?;
-            for lib in dylibs {
-                let file = crate::library_file_name(&lib);
-                let built = profile.join(&file);
-                let copy = out.join(&file);
-                fs::copy(&built, &copy).map_err(io_err(&built))?;
+            let manifest = dir.join("Cargo.toml");
+            let mut fresh = cargo_build(&manifest, &target_dir, self.release, true)?;
+            let copy_of = |lib: &str| out.join(crate::library_file_name(lib));
+            let stale: Vec<&PathBuf> = dylibs
+                .iter()
+                .filter(|(lib, dir)| fresh.contains(dir) && !copy_of(lib).exists())
+                .map(|(_, dir)| dir)
+                .collect();
+            if !stale.is_empty() {
+                for dir in stale {
+                    touch_sources(dir)?;
+                }
+                fresh = cargo_build(&manifest, &target_dir, self.release, true)?;
+            }
+            for (lib, dir) in dylibs {
+                let copy = copy_of(&lib);
+                if !fresh.contains(&dir) {
+                    let built = profile.join(crate::library_file_name(&lib));
+                    fs::copy(&built, &copy).map_err(io_err(&built))?;
+                }
                 libraries.insert((variant.name.clone(), lib), copy);
             }
         }

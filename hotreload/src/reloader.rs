@@ -250,12 +250,28 @@ pub(crate) struct Shared {
     pub(crate) hooks: Hooks,
     /// Modules with a complete new build, waiting for `poll()`.
     pending: Mutex<BTreeSet<String>>,
+    /// Which of them are to reload together (their builds were made for one change).
+    pending_sets: Mutex<Vec<BTreeSet<String>>>,
     /// Modules linked into the host (the `static` feature).
     linked: Mutex<BTreeSet<String>>,
     /// Held by every transaction (reload, set reload, rollback, registration): the modules'
     /// links to each other are checked and repointed under it, so no serving version changes
     /// meanwhile. Taken before any module's book or lock (see `Shared::transaction_lock`).
     transactions: Mutex<()>,
+    /// The thread holding `transactions`, if any.
+    transaction_thread: Mutex<Option<std::thread::ThreadId>>,
+}
+
+/// The reloader's transaction lock, held (see [`Shared::transaction_lock`]).
+pub(crate) struct TransactionLock<'a> {
+    _guard: MutexGuard<'a, ()>,
+    thread: &'a Mutex<Option<std::thread::ThreadId>>,
+}
+
+impl Drop for TransactionLock<'_> {
+    fn drop(&mut self) {
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 impl Default for HotReloader {
@@ -501,33 +517,52 @@ impl HotReloader {
     /// leaving out a queued reload that found the serving build (the watcher can queue one
     /// build twice: an event it handled while the first reload of it was being applied).
     pub fn poll(&self) -> Vec<(String, Result<ReloadReport, HotError>)> {
-        let pending = std::mem::take(
+        let sets = std::mem::take(
+            &mut *self
+                .shared
+                .pending_sets
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let mut pending = std::mem::take(
             &mut *self
                 .shared
                 .pending
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        pending
-            .into_iter()
-            .filter_map(|name| {
-                let core = self.shared.core(&name).ok()?;
-                let outcome = self.shared.reload(&core, None);
-                if let Err(
-                    HotError::WrongThread { .. }
-                    | HotError::ReloadDuringCall { .. }
-                    | HotError::Busy { .. },
-                ) = &outcome
-                {
-                    // Not this thread's or this moment's to apply: still pending.
-                    self.shared.mark_pending(&name);
+        // Builds the watcher found together (after a change to a crate they share) are
+        // applied together.
+        let mut outcomes = Vec::new();
+        for set in sets {
+            let names: Vec<String> = set.into_iter().filter(|n| pending.remove(n)).collect();
+            match self.shared.reload_set(names.clone(), Vec::new()) {
+                Ok(reports) => outcomes.extend(
+                    reports
+                        .into_iter()
+                        .filter(|report| !report.unchanged)
+                        .map(|report| (report.to.module.clone(), Ok(report))),
+                ),
+                Err(err) => {
+                    if not_now(&err) {
+                        self.shared.mark_pending_set(&names);
+                    }
+                    outcomes.extend(names.into_iter().map(|name| (name, Err(err.clone()))));
                 }
-                if outcome.as_ref().is_ok_and(|report| report.unchanged) {
-                    return None;
-                }
-                Some((name, outcome))
-            })
-            .collect()
+            }
+        }
+        outcomes.extend(pending.into_iter().filter_map(|name| {
+            let core = self.shared.core(&name).ok()?;
+            let outcome = self.shared.reload(&core, None);
+            if outcome.as_ref().is_err_and(not_now) {
+                self.shared.mark_pending(&name);
+            }
+            if outcome.as_ref().is_ok_and(|report| report.unchanged) {
+                return None;
+            }
+            Some((name, outcome))
+        }));
+        outcomes
     }
 
     /// Watches every registered module's artifact (and, for modules registered with
@@ -726,6 +761,17 @@ impl HotReloader {
     }
 }
 
+/// A reload refused as not this thread's or this moment's to apply: still pending.
+fn not_now(err: &HotError) -> bool {
+    matches!(
+        err,
+        HotError::WrongThread { .. }
+            | HotError::ReloadDuringCall { .. }
+            | HotError::Busy { .. }
+            | HotError::TransactionRunning { .. }
+    )
+}
+
 /// Links a module being registered (not reachable yet) to the modules it calls and to the
 /// serving modules that call it, or refuses it: a serving caller it does not fit. Under the
 /// transaction lock.
@@ -825,6 +871,17 @@ impl Shared {
         }
     }
 
+    /// Queues the reload of `names` together for the host's next `poll()`.
+    pub(crate) fn mark_pending_set(&self, names: &[String]) {
+        for name in names {
+            self.mark_pending(name);
+        }
+        self.pending_sets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(names.iter().cloned().collect());
+    }
+
     /// One rollback with its event.
     pub(crate) fn rollback(
         &self,
@@ -888,25 +945,44 @@ impl Shared {
         }
     }
 
-    /// The transaction lock. Waited for only by a thread that is inside no call of a module:
-    /// one inside a call (module code that called back into the host, which reloads) could
-    /// wait for a transaction that waits for that very call to end; it gets
-    /// [`HotError::Busy`] when another transaction runs.
-    pub(crate) fn transaction_lock(&self, module: &str) -> Result<MutexGuard<'_, ()>, HotError> {
-        if crate::access::holds_no_module_lock() {
-            return Ok(self
-                .transactions
+    /// The transaction lock. Waited for only by a thread that is inside no call of a module
+    /// and does not hold it already: one inside a call (module code that called back into
+    /// the host, which reloads) could wait for a transaction that waits for that very call
+    /// to end, and the thread running a transaction (a hook or callback asking for another)
+    /// would wait for itself; both get [`HotError::TransactionRunning`] when it is taken.
+    pub(crate) fn transaction_lock(&self, module: &str) -> Result<TransactionLock<'_>, HotError> {
+        let here = std::thread::current().id();
+        let running = |same_thread| HotError::TransactionRunning {
+            module: module.to_owned(),
+            same_thread,
+        };
+        if *self
+            .transaction_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            == Some(here)
+        {
+            return Err(running(true));
+        }
+        let guard = if crate::access::holds_no_module_lock() {
+            self.transactions
                 .lock()
-                .unwrap_or_else(PoisonError::into_inner));
-        }
-        match self.transactions.try_lock() {
-            Ok(guard) => Ok(guard),
-            Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
-            Err(std::sync::TryLockError::WouldBlock) => Err(HotError::Busy {
-                module: module.to_owned(),
-                waited: std::time::Duration::ZERO,
-            }),
-        }
+                .unwrap_or_else(PoisonError::into_inner)
+        } else {
+            match self.transactions.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return Err(running(false)),
+            }
+        };
+        *self
+            .transaction_thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(here);
+        Ok(TransactionLock {
+            _guard: guard,
+            thread: &self.transaction_thread,
+        })
     }
 
     /// A set reload with its hooks and events around it: `names`, with the artifact copies
@@ -919,7 +995,8 @@ impl Shared {
         names.sort();
         names.dedup();
         let mut unchanged = Vec::new();
-        let mut members = Vec::new();
+        let mut members: Vec<(Arc<ModuleCore>, Option<transaction::stage::ArtifactCopy>)> =
+            Vec::new();
         for name in &names {
             self.not_linked(name)?;
             let core = self.core(name)?;
@@ -950,12 +1027,23 @@ impl Shared {
                 artifact: &core.spec.artifact,
                 current: current.as_ref(),
             };
-            self.hooks
-                .before(&request)
-                .map_err(|reason| HotError::Vetoed {
+            if let Err(reason) = self.hooks.before(&request) {
+                let vetoed = HotError::Vetoed {
                     module: name.clone(),
                     reason,
-                })?;
+                };
+                // The hooks asked before it about this set hear the outcome too.
+                for (asked, _) in &members {
+                    self.hooks.after(&asked.spec.name, &Err(vetoed.clone()));
+                }
+                self.hooks.after(name, &Err(vetoed.clone()));
+                self.events.emit(Event::ReloadFailed {
+                    module: name.clone(),
+                    reason: vetoed.to_string(),
+                    error: vetoed.clone(),
+                });
+                return Err(vetoed);
+            }
             members.push((core, copy));
         }
         if members.is_empty() {

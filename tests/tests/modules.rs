@@ -306,6 +306,14 @@ fn under_load(
     call: impl Fn() -> Result<(), String> + Sync,
     body: impl FnOnce(),
 ) -> (u64, Vec<String>) {
+    /// Stops the callers when the body ends, also when it fails (the scope then joins them
+    /// before the failure goes on).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let stop = AtomicBool::new(false);
     let calls = AtomicU64::new(0);
     let failures = std::sync::Mutex::new(Vec::new());
@@ -320,8 +328,8 @@ fn under_load(
                 }
             });
         }
+        let _stop = StopOnDrop(&stop);
         body();
-        stop.store(true, Ordering::Relaxed);
     });
     (calls.into_inner(), failures.into_inner().unwrap())
 }

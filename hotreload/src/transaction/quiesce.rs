@@ -108,18 +108,17 @@ fn patiently<'a, S>(
 
 /// The permits to replace the live versions of a set of modules (index for index), found the
 /// same way: a moment with no call in flight in any of them, trying all without waiting and
-/// letting go of every lock taken when one is busy, so that a call holding one member's lock
-/// while it calls another never waits for this transaction. Once the longest patience of the
-/// members is spent it waits, holding new calls back, one member after the other in `order`
-/// (callers before the modules they call: a call holds a caller's lock while it waits for a
-/// callee's, never the other way round); a set whose members call each other in a cycle has
-/// no such order, and it keeps trying without waiting for ten times the patience, then gives
-/// up. A member whose policy is to give up makes the set give up. A rollback (`recovery`)
-/// never gives up.
+/// letting go of every lock taken when one is busy (a call holding one member's lock while it
+/// calls another never waits for this transaction). Once the longest patience of the members
+/// is spent, their gates close (see `Access::close_gate`): a thread's first call into a
+/// member waits, while calls already in flight, and the calls they make into each other,
+/// go on and end; the transaction keeps trying until none is left. No lock is held while it
+/// waits, so calls that cross members, in any order and in cycles, cannot deadlock with it.
+/// A member whose policy is to give up makes the set give up instead of closing the gates; a
+/// rollback (`recovery`) never gives up.
 pub(crate) fn acquire_set<'a>(
     cores: &[&'a ModuleCore],
     marks: &[&TransactionMark<'a>],
-    order: Option<&[usize]>,
     recovery: bool,
 ) -> Result<(Vec<ReplacePermit<'a>>, Duration, Duration), HotError> {
     let patience = cores
@@ -133,6 +132,8 @@ pub(crate) fn acquire_set<'a>(
             .any(|core| core.spec.quiesce.then == WhenBusy::GiveUp);
     let started = Instant::now();
     let mut pause = Duration::from_nanos(200);
+    let mut gates = Vec::new();
+    let mut looked = Duration::ZERO;
     loop {
         let mut permits = Vec::with_capacity(cores.len());
         for (core, mark) in cores.iter().zip(marks) {
@@ -142,35 +143,31 @@ pub(crate) fn acquire_set<'a>(
             }
         }
         if permits.len() == cores.len() {
-            return Ok((permits, started.elapsed(), Duration::ZERO));
+            // The write locks hold every call back now: the gates may open.
+            let held_back = if gates.is_empty() {
+                looked = started.elapsed();
+                Duration::ZERO
+            } else {
+                started.elapsed() - looked
+            };
+            drop(gates);
+            return Ok((permits, looked, held_back));
         }
         drop(permits);
-        let looked = started.elapsed();
-        let busy = || HotError::Busy {
-            module: cores
-                .iter()
-                .map(|core| core.spec.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            waited: looked,
-        };
-        if looked >= patience {
+        if gates.is_empty() && started.elapsed() >= patience {
+            looked = started.elapsed();
             if give_up {
-                return Err(busy());
+                return Err(HotError::Busy {
+                    module: cores
+                        .iter()
+                        .map(|core| core.spec.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    waited: looked,
+                });
             }
-            if let Some(order) = order {
-                let waiting = Instant::now();
-                let mut taken: Vec<Option<ReplacePermit<'a>>> =
-                    (0..cores.len()).map(|_| None).collect();
-                for &i in order {
-                    taken[i] = Some(cores[i].access.permit_replace(marks[i]));
-                }
-                let permits = taken.into_iter().flatten().collect();
-                return Ok((permits, looked, waiting.elapsed()));
-            }
-            if !recovery && looked >= patience * 10 {
-                return Err(busy());
-            }
+            gates = cores.iter().map(|core| core.access.close_gate()).collect();
+            pause = Duration::from_nanos(200);
         }
         if pause < Duration::from_micros(20) {
             std::hint::spin_loop();

@@ -91,11 +91,9 @@ pub(crate) fn rollback(
             return Err(err);
         }
     };
-    let report = swap(
-        core, &mut live, &mut book, kept, state, used, migrations, installs,
-    );
+    let (old, to) = swap(core, &mut live, &mut book, kept, state, installs);
     drop(live);
-    Ok(Some(report))
+    Ok(Some(close_old(core, &mut book, old, to, used, migrations)))
 }
 
 /// The state the kept version gets: the current one carried to its schema (unless
@@ -143,19 +141,17 @@ fn state_for(
     }
 }
 
-/// Makes `kept` serve with `state` under `live` (the module's replacement permit), repoints
-/// the serving callers' imports, and closes the version rolled back from.
-#[allow(clippy::too_many_arguments)]
+/// Makes `kept` serve with `state` under `live` (the module's replacement permit) and
+/// repoints the serving callers' imports; returns the version rolled back from, and the one
+/// serving now.
 fn swap(
     core: &ModuleCore,
     live: &mut ReplacePermit<'_>,
     book: &mut Book,
     kept: Kept,
     state: StatePtr,
-    used: RollbackState,
-    migrations: Vec<String>,
     installs: Vec<crate::link::Install>,
-) -> RollbackReport {
+) -> (Live, VersionInfo) {
     let to = kept.version.info();
     book.serving_identity = kept.version.image.shadow.identity;
     // The version serves again: it may start workers again.
@@ -178,6 +174,19 @@ fn swap(
     let Some(old) = old else {
         unreachable!("a version was live above, under the same locks")
     };
+    (old, to)
+}
+
+/// Closes the version rolled back from (its calls can no longer start: the module's locks
+/// are released by now, so its workers, which may call, can stop), and reports.
+fn close_old(
+    core: &ModuleCore,
+    book: &mut Book,
+    old: Live,
+    to: VersionInfo,
+    used: RollbackState,
+    migrations: Vec<String>,
+) -> RollbackReport {
     let from = old.version.info();
     let closed = retire::close(old.into_version(), book, &core.spec);
     book.record_retired([closed.clone()]);
@@ -212,9 +221,7 @@ pub(crate) fn rollback_set(
     let mut books: Vec<_> = cores.iter().map(|core| core.book()).collect();
     let refs: Vec<&ModuleCore> = cores.iter().map(|core| &**core).collect();
     let mark_refs: Vec<_> = marks.0.iter().collect();
-    let order = super::set::callers_first(cores);
-    let (mut permits, _, _) =
-        super::quiesce::acquire_set(&refs, &mark_refs, order.as_deref(), true)?;
+    let (mut permits, _, _) = super::quiesce::acquire_set(&refs, &mark_refs, true)?;
     let mut kept = Vec::with_capacity(cores.len());
     let give_back = |kept: Vec<Kept>, books: &mut Vec<std::sync::MutexGuard<'_, Book>>| {
         for (version, book) in kept.into_iter().zip(books.iter_mut()) {
@@ -265,23 +272,28 @@ pub(crate) fn rollback_set(
             }
         }
     }
-    let mut reports = Vec::with_capacity(cores.len());
+    let mut swapped = Vec::with_capacity(cores.len());
     let mut installs = Some(installs);
     for (i, (version, (state, used, migrations))) in kept.into_iter().zip(states).enumerate() {
         // The callers' imports are repointed with the first swap: every member's write lock
         // is held until all have swapped.
         let installs = installs.take().unwrap_or_default();
-        reports.push(swap(
+        let (old, to) = swap(
             &cores[i],
             &mut permits[i],
             &mut books[i],
             version,
             state,
-            used,
-            migrations,
             installs,
-        ));
+        );
+        swapped.push((old, to, used, migrations));
     }
     drop(permits);
-    Ok(reports)
+    Ok(swapped
+        .into_iter()
+        .enumerate()
+        .map(|(i, (old, to, used, migrations))| {
+            close_old(&cores[i], &mut books[i], old, to, used, migrations)
+        })
+        .collect())
 }

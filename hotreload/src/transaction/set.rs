@@ -14,8 +14,8 @@
 //! its old version and its state: either all serve their new build, or none does.
 //!
 //! Locks are taken in one order: the reloader's transaction lock (by the caller), the
-//! members' transaction marks and books in name order, then their write locks (all at once
-//! without waiting, or in the callers-first order, see `quiesce::acquire_set`).
+//! members' transaction marks and books in name order, then their write locks, all at once
+//! and never waiting while holding one (see `quiesce::acquire_set`).
 
 use std::sync::{Arc, MutexGuard};
 use std::time::Instant;
@@ -123,17 +123,16 @@ pub(crate) fn reload_set(
         .collect();
 
     // The whole set to this transaction alone.
-    let order = callers_first(&cores);
     let core_refs: Vec<&ModuleCore> = cores.iter().map(|core| &**core).collect();
     let mark_refs: Vec<&TransactionMark<'_>> = marks.0.iter().collect();
-    let (mut permits, looked, held_back) =
-        match quiesce::acquire_set(&core_refs, &mark_refs, order.as_deref(), false) {
-            Ok(acquired) => acquired,
-            Err(err) => {
-                close_all(&cores, loaded, &mut books);
-                return Err(err);
-            }
-        };
+    let (mut permits, looked, held_back) = match quiesce::acquire_set(&core_refs, &mark_refs, false)
+    {
+        Ok(acquired) => acquired,
+        Err(err) => {
+            close_all(&cores, loaded, &mut books);
+            return Err(err);
+        }
+    };
 
     // Prepare: every state carried over, or none.
     let started = Instant::now();
@@ -247,38 +246,4 @@ fn close_all(
             book.record_retired([closed]);
         }
     }
-}
-
-/// The members in an order where each comes before the members it calls (from their serving
-/// builds' imports), or `None` if they call each other in a cycle.
-pub(super) fn callers_first(cores: &[Arc<ModuleCore>]) -> Option<Vec<usize>> {
-    let calls: Vec<Vec<usize>> = cores
-        .iter()
-        .map(|core| {
-            core.access.serving_links().map_or_else(Vec::new, |links| {
-                links
-                    .callees()
-                    .filter_map(|callee| cores.iter().position(|c| c.spec.name == callee))
-                    .collect()
-            })
-        })
-        .collect();
-    let mut callers = vec![0usize; cores.len()];
-    for callees in &calls {
-        for &callee in callees {
-            callers[callee] += 1;
-        }
-    }
-    let mut ready: Vec<usize> = (0..cores.len()).filter(|&i| callers[i] == 0).collect();
-    let mut order = Vec::with_capacity(cores.len());
-    while let Some(i) = ready.pop() {
-        order.push(i);
-        for &callee in &calls[i] {
-            callers[callee] -= 1;
-            if callers[callee] == 0 {
-                ready.push(callee);
-            }
-        }
-    }
-    (order.len() == cores.len()).then_some(order)
 }

@@ -254,11 +254,29 @@ pub(crate) fn fill_table(
     {
         return Err(malformed(format!("{} bytes", descriptor.table_size)));
     }
-    let mut words = vec![0usize; expected_side.table_size / WORD].into_boxed_slice();
+    // The expected side's table: the host's own type, or what a calling module declares in
+    // its image (checked like the build's).
+    let expected_words = expected_side.table_size / WORD;
+    let fits = |offset: usize| {
+        offset % WORD == 0 && offset / WORD >= lifecycle_words && offset / WORD < expected_words
+    };
+    if expected_side.table_size % WORD != 0
+        || expected_words < lifecycle_words
+        || expected_side.entries.iter().any(|e| !fits(e.offset))
+    {
+        return Err((
+            format!(
+                "{} describes a malformed export table ({} bytes)",
+                expected_side.expected_by, expected_side.table_size
+            ),
+            None,
+        ));
+    }
+    let mut words = vec![0usize; expected_words].into_boxed_slice();
     // SAFETY: the build's table is a static in its mapped image, aligned (checked above) and
     // at least `table_size >= size_of::<LifecycleEntries>()` bytes (checked above), and
-    // starts with `LifecycleEntries` (its layout was checked just above); the host's table
-    // (`T::Table`) starts with it too, and has room for it (it is one of its fields).
+    // starts with `LifecycleEntries` (its layout was checked just above); `words` has room
+    // for them (`expected_words >= lifecycle_words`, checked above).
     unsafe {
         std::ptr::copy_nonoverlapping(
             descriptor.table.cast::<usize>(),
@@ -272,6 +290,13 @@ pub(crate) fn fill_table(
             return Err((format!("method '{name}' is missing"), None));
         };
         compare(expected.layout, entry.layout)?;
+        if let Some(difference) =
+            expected_side
+                .methods
+                .receiver_difference(&declared, name, expected_side.expected_by)
+        {
+            return Err((difference, None));
+        }
         if entry.offset % WORD != 0
             || entry.offset / WORD < lifecycle_words
             || entry.offset / WORD >= table_words
@@ -291,6 +316,7 @@ pub(crate) fn fill_table(
                 .add(entry.offset / WORD)
                 .read()
         };
+        // In bounds, and past the lifecycle entries: checked above.
         words[expected.offset / WORD] = function;
     }
     let unknown = found

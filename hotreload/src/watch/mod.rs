@@ -426,6 +426,11 @@ impl WatchLoop {
             if other.members.is_disjoint(&batch.members) {
                 return true;
             }
+            // Those built already and not rebuilt for this change stay built.
+            let rebuilt: BTreeSet<String> = modules.iter().cloned().collect();
+            batch
+                .built
+                .extend(other.built.difference(&rebuilt).cloned());
             batch.members.append(&mut other.members);
             false
         });
@@ -566,7 +571,7 @@ impl WatchLoop {
     /// As [`check`](Self::check), for the members of a batch: those with a complete new build
     /// (not the serving one, nor the last refused) reload together, in one set transaction;
     /// one alone reloads as usual. Modules bound to one thread, or an `OnPoll` watcher, queue
-    /// them for `poll()`, which applies each on its own.
+    /// them for `poll()`, which applies them together too.
     fn check_set(&mut self, members: BTreeSet<String>) {
         let Some(shared) = self.shared.upgrade() else {
             return;
@@ -604,9 +609,8 @@ impl WatchLoop {
             0 => {}
             1 => self.check(&copies[0].0),
             _ if local || self.options.apply == Apply::OnPoll => {
-                for (module, _) in &copies {
-                    shared.mark_pending(module);
-                }
+                let names: Vec<String> = copies.iter().map(|(module, _)| module.clone()).collect();
+                shared.mark_pending_set(&names);
             }
             _ => {
                 let names = copies.iter().map(|(module, _)| module.clone()).collect();

@@ -16,6 +16,7 @@ pub(crate) struct Declared(Vec<DeclaredMethod>);
 struct DeclaredMethod {
     name: String,
     takes_state: bool,
+    exclusive: bool,
     params: Vec<String>,
     types: Vec<String>,
     returns: String,
@@ -29,6 +30,7 @@ impl Declared {
                 .map(|m| DeclaredMethod {
                     name: m.name.as_str().to_owned(),
                     takes_state: m.takes_state,
+                    exclusive: m.exclusive,
                     params: m.params.iter().map(|p| p.as_str().to_owned()).collect(),
                     types: m.types.iter().map(|t| t.as_str().to_owned()).collect(),
                     returns: m.returns.as_str().to_owned(),
@@ -45,11 +47,40 @@ impl Declared {
                 .map(|m| DeclaredMethod {
                     name: m.name.to_owned(),
                     takes_state: m.takes_state,
+                    exclusive: m.exclusive,
                     params: owned(m.params),
                     types: owned(m.types),
                     returns: m.returns.to_owned(),
                 })
                 .collect(),
+        )
+    }
+}
+
+impl Declared {
+    /// How method `name` takes the state differently in `found` than here, if it does (a
+    /// `&self` method become `&mut self`: same entry layout, another lock to call it under).
+    pub(crate) fn receiver_difference(
+        &self,
+        found: &Declared,
+        name: &str,
+        expected_by: &str,
+    ) -> Option<String> {
+        let expected = self.0.iter().find(|m| m.name == name)?;
+        let found = found.0.iter().find(|m| m.name == name)?;
+        let spell = |m: &DeclaredMethod| match (m.takes_state, m.exclusive) {
+            (false, _) => "no receiver",
+            (true, false) => "`&self`",
+            (true, true) => "`&mut self`",
+        };
+        (expected.takes_state != found.takes_state || expected.exclusive != found.exclusive).then(
+            || {
+                format!(
+                    "method '{name}': takes {}, {expected_by} expects {}",
+                    spell(found),
+                    spell(expected)
+                )
+            },
         )
     }
 }
