@@ -499,7 +499,8 @@ impl MeshBuilds {
 /// - `v1`: as the fixtures are;
 /// - `tag2`: every module's `tag` says 2 (a body-only change);
 /// - `substeps`: `physics::step` takes a second parameter (tag 3), and `ai` passes it;
-/// - `restore_fails`: `physics` has a new field without a default (its restore fails).
+/// - `restore_fails`: `physics` has a new field without a default (its restore fails);
+/// - `gravity_mut`: `physics::gravity` takes `&mut self` (the same entry layout as `&self`).
 pub fn mesh_builds(target_tmpdir: &str) -> &'static MeshBuilds {
     static BUILT: OnceLock<MeshBuilds> = OnceLock::new();
     BUILT.get_or_init(|| {
@@ -530,6 +531,14 @@ pub fn mesh_builds(target_tmpdir: &str) -> &'static MeshBuilds {
                 })
                 .variant("restore_fails", |v| {
                     v.edit("physics", LIB, "    // FIELDS", "    required: u8,")
+                })
+                .variant("gravity_mut", |v| {
+                    v.edit(
+                        "physics",
+                        LIB,
+                        "pub fn gravity(&self) -> f64 {",
+                        "pub fn gravity(&mut self) -> f64 {",
+                    )
                 })
                 .build()
                 .unwrap_or_else(|err| panic!("building the mesh variants failed: {err}"));

@@ -119,6 +119,16 @@ fn a_callee_that_breaks_a_caller_is_refused_alone_and_taken_with_it() {
     hot_fn!(mesh.planner.plan(0.1)).unwrap().unwrap();
     let thoughts = hot_fn!(mesh.ai.thoughts()).unwrap();
 
+    // `gravity` takes `&mut self` now: the same entry layout, but the calls compiled for
+    // `&self` would run it beside others. Refused, naming the receiver.
+    mesh.sandbox.install("gravity_mut", &["physics"]);
+    let err = mesh.reloader.reload_module("physics").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("method 'gravity': takes `&mut self`, `ai` expects `&self`"),
+        "{err}"
+    );
+
     // `step` takes a new parameter: `ai`'s serving build calls the old one.
     mesh.sandbox.install("substeps", &["physics"]);
     let err = mesh.reloader.reload_module("physics").unwrap_err();
@@ -272,6 +282,16 @@ fn a_set_with_one_failing_member_leaves_every_member_as_it_was() {
     assert_eq!(tags(&planner), (1, 1, 1));
     assert_eq!(checksums(), before);
     assert_eq!(versions(), generations);
+
+    // A host with a handle to `physics` checks the receivers too: `gravity` was `&self`.
+    sandbox.install("gravity_mut", &["physics"]);
+    let err = reloader.reload_module("physics").unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("method 'gravity': takes `&mut self`, the host expects `&self`"),
+        "{err}"
+    );
+    assert_eq!(checksums(), before);
 
     // All good: all move, with their states.
     sandbox.install("tag2", &["physics"]);
@@ -495,4 +515,45 @@ fn a_shared_crate_edit_rebuilds_its_dependents_and_reloads_them_as_one_set() {
     // The states came along.
     assert_eq!(hot_fn!(planner.plan(0.1)).unwrap(), Ok(2));
     assert_eq!(hot_fn!(ai.thoughts()).unwrap(), 2);
+}
+
+#[test]
+fn a_callback_asking_for_a_reload_during_a_transaction_is_told_not_now() {
+    use std::sync::{Arc, Mutex};
+    let sandbox = Sandbox::new();
+    sandbox.install("v1", &["ai", "physics"]);
+    let reloader = Arc::new(HotReloader::new());
+    reloader
+        .register_for_imports::<Physics>(sandbox.options("physics"))
+        .unwrap();
+    // Registration reports a missing artifact from inside its transaction; a callback that
+    // asks for a reload there must not wait for that transaction (on its own thread).
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    let weak = Arc::downgrade(&reloader);
+    let seen = Arc::clone(&answers);
+    reloader.on_event(move |event| {
+        if let (hotreload::Event::ArtifactMissing { .. }, Some(reloader)) = (event, weak.upgrade())
+        {
+            seen.lock().unwrap().push(reloader.reload_module("physics"));
+        }
+    });
+    // A new build of `physics` in place: reloading it takes a transaction.
+    sandbox.install("tag2", &["physics"]);
+    let missing = sandbox.dir.path().join("not-built-yet.so");
+    reloader
+        .register_with::<Ai>(ModuleOptions::new().artifact(&missing).wait_for_artifact())
+        .unwrap();
+    let answers = answers.lock().unwrap();
+    assert_eq!(answers.len(), 1);
+    assert!(
+        matches!(
+            &answers[0],
+            Err(HotError::TransactionRunning {
+                same_thread: true,
+                ..
+            })
+        ),
+        "{:?}",
+        answers[0]
+    );
 }
