@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 6;
+pub const ABI_VERSION: u32 = 7;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";

@@ -42,6 +42,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use crossbeam_utils::sync::ShardedLockWriteGuard;
 
@@ -71,13 +72,13 @@ pub(crate) struct Access {
     /// store.
     mutations: AtomicU64,
     /// Closed by a set transaction that waits for the set's calls in flight to end: a call
-    /// that would be the first of its thread (no call of any module running there) waits
-    /// while it is closed; a call made from inside another call goes through, so that the
-    /// calls in flight, which may call each other's modules, can end. Read by a thread's
-    /// first call only: one relaxed load.
+    /// made from outside every call of the set's modules waits while it is closed (up to the
+    /// deadline the transaction set); a call made from inside one goes through, so that the
+    /// calls in flight, which may call each other's modules, can end. One relaxed load per
+    /// call while it is open.
     gate: AtomicBool,
-    /// Where calls wait for the gate to open.
-    gate_waiters: (Mutex<()>, Condvar),
+    /// Where calls wait for the gate to open, and for how long at most.
+    gate_waiters: (Mutex<Duration>, Condvar),
 }
 
 /// `Access::local` while a `&mut self` call runs through the `LocalModule`.
@@ -236,27 +237,51 @@ impl Access {
             local: AtomicU32::new(0),
             mutations: AtomicU64::new(0),
             gate: AtomicBool::new(false),
-            gate_waiters: (Mutex::new(()), Condvar::new()),
+            gate_waiters: (Mutex::new(Duration::ZERO), Condvar::new()),
         }
     }
 
-    /// Closes the gate (see `gate`): until the returned guard drops, a thread's first call
-    /// into this module waits.
-    pub(crate) fn close_gate(&self) -> GateClosed<'_> {
+    /// Closes the gate (see `gate`) until the returned guard drops; a call waits at it for
+    /// `patience` at most, then goes on (a call in flight may be waiting for that thread:
+    /// the locks, not the gate, keep calls and the transaction apart).
+    pub(crate) fn close_gate(&self, patience: Duration) -> GateClosed<'_> {
+        *self
+            .gate_waiters
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = patience;
         self.gate.store(true, Ordering::SeqCst);
         GateClosed { access: self }
     }
 
-    /// Waits while the gate is closed: a thread's first call, at a set transaction's pause.
+    /// A call meets the closed gate: it goes through if it is made from inside a call of a
+    /// module whose gate is closed too (a call of the set in flight), else it waits for the
+    /// gate to open, or for the patience to pass since it came.
     #[cold]
     #[inline(never)]
-    fn wait_at_gate(&self) {
-        let (lock, opened) = &self.gate_waiters;
-        let mut guard = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    fn at_gate(&self, outer: *const Frame) {
+        let mut frame = outer;
+        while !frame.is_null() {
+            // SAFETY: as in `running_here`: every frame reachable from this thread's list is
+            // alive.
+            let current = unsafe { &*frame };
+            // SAFETY: a frame's `Access` outlives the call it records.
+            if unsafe { &*current.access }.gate.load(Ordering::SeqCst) {
+                return;
+            }
+            frame = current.outer;
+        }
+        let (patience, opened) = &self.gate_waiters;
+        let mut patience = patience.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = Instant::now() + *patience;
         while self.gate.load(Ordering::SeqCst) {
-            // A timeout as well: the opening store and its notification are not under `lock`.
-            guard = opened
-                .wait_timeout(guard, std::time::Duration::from_millis(1))
+            let Some(left) = until.checked_duration_since(Instant::now()) else {
+                return;
+            };
+            // A timeout as well: the opening store and its notification are not under the
+            // mutex.
+            patience = opened
+                .wait_timeout(patience, left.min(Duration::from_millis(1)))
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -485,8 +510,8 @@ impl Access {
         call: impl FnOnce(Option<&Live>) -> R,
     ) -> Result<R, Refused> {
         let outer = INNERMOST.with(Cell::get);
-        if outer.is_null() && self.gate.load(Ordering::Relaxed) {
-            self.wait_at_gate();
+        if self.gate.load(Ordering::Relaxed) {
+            self.at_gate(outer);
         }
         // Whether to lock: always when no call runs on this thread (the common case).
         let lock = outer.is_null() || self.nested_needs_lock(mode)?;

@@ -249,9 +249,7 @@ pub(crate) struct Shared {
     pub(crate) events: EventBus,
     pub(crate) hooks: Hooks,
     /// Modules with a complete new build, waiting for `poll()`.
-    pending: Mutex<BTreeSet<String>>,
-    /// Which of them are to reload together (their builds were made for one change).
-    pending_sets: Mutex<Vec<BTreeSet<String>>>,
+    pending: Mutex<Pending>,
     /// Modules linked into the host (the `static` feature).
     linked: Mutex<BTreeSet<String>>,
     /// Held by every transaction (reload, set reload, rollback, registration): the modules'
@@ -260,6 +258,15 @@ pub(crate) struct Shared {
     transactions: Mutex<()>,
     /// The thread holding `transactions`, if any.
     transaction_thread: Mutex<Option<std::thread::ThreadId>>,
+}
+
+/// Reloads waiting for `poll()`.
+#[derive(Default)]
+struct Pending {
+    modules: BTreeSet<String>,
+    /// Those to reload together (their builds were made for one change); sets that share a
+    /// module are merged.
+    sets: Vec<BTreeSet<String>>,
 }
 
 /// The reloader's transaction lock, held (see [`Shared::transaction_lock`]).
@@ -517,14 +524,10 @@ impl HotReloader {
     /// leaving out a queued reload that found the serving build (the watcher can queue one
     /// build twice: an event it handled while the first reload of it was being applied).
     pub fn poll(&self) -> Vec<(String, Result<ReloadReport, HotError>)> {
-        let sets = std::mem::take(
-            &mut *self
-                .shared
-                .pending_sets
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        );
-        let mut pending = std::mem::take(
+        let Pending {
+            modules: mut pending,
+            sets,
+        } = std::mem::take(
             &mut *self
                 .shared
                 .pending
@@ -749,7 +752,7 @@ impl HotReloader {
         Ok(self
             .shared
             .core(name)?
-            .book()
+            .book_for_query()?
             .held
             .iter()
             .map(|h| h.report())
@@ -859,27 +862,35 @@ impl Shared {
 
     /// Queues a reload for the host's next `poll()`.
     pub(crate) fn mark_pending(&self, name: &str) {
-        let newly = self
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_owned());
-        if newly {
-            self.events.emit(Event::ReloadPending {
-                module: name.to_owned(),
-            });
-        }
+        self.mark_pending_set(std::slice::from_ref(&name.to_owned()));
     }
 
-    /// Queues the reload of `names` together for the host's next `poll()`.
+    /// Queues the reload of `names` together (one alone: on its own) for the host's next
+    /// `poll()`; the events are sent once all are queued.
     pub(crate) fn mark_pending_set(&self, names: &[String]) {
-        for name in names {
-            self.mark_pending(name);
+        let mut newly = Vec::new();
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for name in names {
+                if pending.modules.insert(name.clone()) {
+                    newly.push(name.clone());
+                }
+            }
+            if names.len() > 1 {
+                let mut set: BTreeSet<String> = names.iter().cloned().collect();
+                pending.sets.retain_mut(|other| {
+                    if other.is_disjoint(&set) {
+                        return true;
+                    }
+                    set.append(other);
+                    false
+                });
+                pending.sets.push(set);
+            }
         }
-        self.pending_sets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(names.iter().cloned().collect());
+        for module in newly {
+            self.events.emit(Event::ReloadPending { module });
+        }
     }
 
     /// One rollback with its event.
@@ -1021,6 +1032,11 @@ impl Shared {
                     continue;
                 }
             }
+            members.push((core, copy));
+        }
+        // Every member checked: the hooks are asked now, so that each asked hears the outcome.
+        for (i, (core, _)) in members.iter().enumerate() {
+            let name = &core.spec.name;
             let current = core.version();
             let request = ReloadRequest {
                 module: name,
@@ -1032,11 +1048,9 @@ impl Shared {
                     module: name.clone(),
                     reason,
                 };
-                // The hooks asked before it about this set hear the outcome too.
-                for (asked, _) in &members {
+                for (asked, _) in &members[..=i] {
                     self.hooks.after(&asked.spec.name, &Err(vetoed.clone()));
                 }
-                self.hooks.after(name, &Err(vetoed.clone()));
                 self.events.emit(Event::ReloadFailed {
                     module: name.clone(),
                     reason: vetoed.to_string(),
@@ -1044,7 +1058,6 @@ impl Shared {
                 });
                 return Err(vetoed);
             }
-            members.push((core, copy));
         }
         if members.is_empty() {
             return Ok(unchanged);

@@ -206,6 +206,63 @@ fn a_callee_that_breaks_a_caller_is_refused_alone_and_taken_with_it() {
 }
 
 #[test]
+fn a_call_waiting_for_a_thread_that_calls_another_member_never_deadlocks_a_set() {
+    let sandbox = Sandbox::new();
+    sandbox.install("v1", &["pingpong"]);
+    let reloader = HotReloader::new();
+    let ping = reloader
+        .register_with::<Ping>(sandbox.options("pingpong"))
+        .unwrap();
+    let _pong = reloader
+        .register_with::<Pong>(sandbox.options("pingpong"))
+        .unwrap();
+    assert_eq!(hot_fn!(ping.bounce_on_a_thread(4)).unwrap(), Ok(5));
+    // While a set waits for `ping`'s calls to end, each of them waits for a thread whose first
+    // call goes to `pong`: the gate lets such a thread through after the patience, so nothing
+    // waits for ever. Under this traffic (a call of `ping` always in flight) the set may find
+    // no moment and give up (`Busy`), and no call fails either way.
+    let started = Instant::now();
+    let mut outcomes = Vec::new();
+    let (calls, failures) = under_load(
+        2,
+        || {
+            let sum = hot_fn!(ping.bounce_on_a_thread(4)).map_err(|e| e.to_string())??;
+            if sum != 5 && sum != 10 {
+                return Err(format!("a bounce saw a mix of builds: {sum}"));
+            }
+            Ok(())
+        },
+        || {
+            for i in 0..4 {
+                sandbox.install(if i % 2 == 0 { "tag2" } else { "v1" }, &["pingpong"]);
+                outcomes.push(reloader.reload_modules(&["ping", "pong"]));
+            }
+        },
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Ok(_) | Err(HotError::Busy { .. })),
+            "{outcome:?}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "4 set reloads took {:?}",
+        started.elapsed()
+    );
+    // Once the traffic stops, the set goes through.
+    sandbox.install("tag2", &["pingpong"]);
+    reloader.reload_modules(&["ping", "pong"]).unwrap();
+    assert_eq!(hot_fn!(ping.bounce_on_a_thread(4)).unwrap(), Ok(10));
+}
+
+#[test]
 fn the_graph_shows_who_calls_whom_and_the_crates_they_share() {
     let mesh = mesh();
     let graph = mesh.reloader.graph();

@@ -189,14 +189,26 @@ impl ModuleCore {
     }
 
     /// The bookkeeping, for a query: refused from module code that a transaction of this
-    /// module runs on this thread (the transaction holds it: waiting would be for ever).
+    /// module runs on this thread (the transaction holds it: waiting would be for ever), and
+    /// not waited for from inside a call of any module while another thread's transaction
+    /// holds it (that transaction may be waiting for this very call to end).
     pub(crate) fn book_for_query(&self) -> Result<MutexGuard<'_, Book>, HotError> {
         if self.access.in_transaction_here() {
             return Err(HotError::ReloadDuringCall {
                 module: self.spec.name.clone(),
             });
         }
-        Ok(self.book())
+        if crate::access::holds_no_module_lock() {
+            return Ok(self.book());
+        }
+        match self.book.try_lock() {
+            Ok(book) => Ok(book),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(HotError::TransactionRunning {
+                module: self.spec.name.clone(),
+                same_thread: false,
+            }),
+        }
     }
 
     /// After a call, outside every lock: counts it against probation (one relaxed load when

@@ -110,12 +110,13 @@ fn patiently<'a, S>(
 /// same way: a moment with no call in flight in any of them, trying all without waiting and
 /// letting go of every lock taken when one is busy (a call holding one member's lock while it
 /// calls another never waits for this transaction). Once the longest patience of the members
-/// is spent, their gates close (see `Access::close_gate`): a thread's first call into a
-/// member waits, while calls already in flight, and the calls they make into each other,
-/// go on and end; the transaction keeps trying until none is left. No lock is held while it
-/// waits, so calls that cross members, in any order and in cycles, cannot deadlock with it.
-/// A member whose policy is to give up makes the set give up instead of closing the gates; a
-/// rollback (`recovery`) never gives up.
+/// is spent, their gates close (see `Access::close_gate`): a call made from outside the set's
+/// calls waits (for the patience at most), while calls already in flight, and the calls they
+/// make into each other, go on and end; the transaction keeps trying until none is left. No
+/// lock is held while it waits, so calls that cross members, in any order and in cycles,
+/// cannot deadlock with it. It gives up ([`HotError::Busy`]) after ten times the patience
+/// with the gates closed (calls that never leave a moment), or at once when the patience is
+/// spent if a member's policy is to give up (not for a rollback, `recovery`).
 pub(crate) fn acquire_set<'a>(
     cores: &[&'a ModuleCore],
     marks: &[&TransactionMark<'a>],
@@ -154,20 +155,26 @@ pub(crate) fn acquire_set<'a>(
             return Ok((permits, looked, held_back));
         }
         drop(permits);
+        let busy = || HotError::Busy {
+            module: cores
+                .iter()
+                .map(|core| core.spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            waited: started.elapsed(),
+        };
         if gates.is_empty() && started.elapsed() >= patience {
             looked = started.elapsed();
             if give_up {
-                return Err(HotError::Busy {
-                    module: cores
-                        .iter()
-                        .map(|core| core.spec.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                    waited: looked,
-                });
+                return Err(busy());
             }
-            gates = cores.iter().map(|core| core.access.close_gate()).collect();
+            gates = cores
+                .iter()
+                .map(|core| core.access.close_gate(patience))
+                .collect();
             pause = Duration::from_nanos(200);
+        } else if !gates.is_empty() && started.elapsed() - looked >= patience * 10 {
+            return Err(busy());
         }
         if pause < Duration::from_micros(20) {
             std::hint::spin_loop();
