@@ -85,36 +85,12 @@ fn one_thread(
     }
 }
 
-/// One call per round that makes `iters` calls inside a module (into another module): the
-/// cost per inner call.
-fn inner_calls(
-    key: &'static str,
-    label: &'static str,
-    rounds: usize,
-    iters: u64,
-    mut call: impl FnMut(u64) -> u64,
-) -> CallCost {
-    black_box(call(iters / 10));
-    let measured: Vec<Round> = (0..rounds)
-        .map(|_| {
-            let cpu = thread_cpu_time();
-            let started = Instant::now();
-            black_box(call(black_box(iters)));
-            let wall = started.elapsed();
-            let cpu = thread_cpu_time().saturating_sub(cpu);
-            Round {
-                wall_ns: wall.as_nanos() as f64 / iters as f64,
-                cpu_ns: cpu.as_nanos() as f64 / iters as f64,
-            }
-        })
-        .collect();
-    CallCost {
-        key,
-        label,
-        threads: 1,
-        wall_ns: measured.iter().map(|r| r.wall_ns).collect(),
-        cpu_ns: measured.iter().map(|r| r.cpu_ns).collect(),
+/// A figure of calls that each made `inner` calls inside the module: per inner call.
+fn per_inner_call(mut cost: CallCost, inner: u64) -> CallCost {
+    for ns in cost.wall_ns.iter_mut().chain(cost.cpu_ns.iter_mut()) {
+        *ns /= inner as f64;
     }
+    cost
 }
 
 /// `threads` threads calling at once, each round started together; a round's figure is the
@@ -228,33 +204,33 @@ pub fn run(
     install(&fixtures.caller, &caller_artifact)?;
     let caller: Module<BenchCaller> =
         reloader.register_with(ModuleOptions::new().artifact(&caller_artifact))?;
-    let between = inner_calls(
-        "module_to_module",
-        "hot_fn! from one module into another (through the host)",
-        rounds,
-        iters,
-        |n| hot_fn!(caller.add_through(n)).unwrap(),
+    // Each call of the caller makes `INNER` calls between modules: the host's own call is
+    // spread over them.
+    const INNER: u64 = 1000;
+    let between = per_inner_call(
+        one_thread(
+            "module_to_module",
+            "hot_fn! from one module into another (through the host)",
+            rounds,
+            iters / INNER,
+            |_| hot_fn!(caller.add_through(INNER)).unwrap(),
+        ),
+        INNER,
     );
-
-    let mut between_all = threads_at_once(
-        "module_to_module_all_cores",
-        "hot_fn! module into module, all cores at once (per thread)",
-        cores,
-        rounds,
-        iters / 1000,
-        || {
-            let caller = caller.clone();
-            move |_| hot_fn!(caller.add_through(1000)).unwrap()
-        },
+    let between_all = per_inner_call(
+        threads_at_once(
+            "module_to_module_all_cores",
+            "hot_fn! module into module, all cores at once (per thread)",
+            cores,
+            rounds,
+            iters / INNER,
+            || {
+                let caller = caller.clone();
+                move |_| hot_fn!(caller.add_through(INNER)).unwrap()
+            },
+        ),
+        INNER,
     );
-    // Each call of the closure made 1,000 calls between modules.
-    for ns in between_all
-        .wall_ns
-        .iter_mut()
-        .chain(between_all.cpu_ns.iter_mut())
-    {
-        *ns /= 1000.0;
-    }
 
     hlr::prepare(fixtures)?;
     let hlr_iters = iters / 10;

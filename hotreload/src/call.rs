@@ -22,6 +22,52 @@ pub(crate) mod sealed {
     pub trait Sealed {}
 }
 
+/// The handles that call through the loaded version's table (`Module`, `LocalModule`, and a
+/// module's `Import`) make the call the same way, each with its own `call(method, access,
+/// ..)`, given `$shared` or `$exclusive` for the access; the `direct` path is the `static`
+/// build mode's.
+macro_rules! call_path_through_table {
+    ($handle:ident, $shared:expr, $exclusive:expr) => {
+        impl<T: $crate::module::HotModule> $crate::call::sealed::Sealed for $handle<T> {}
+
+        impl<T: $crate::module::HotModule> $crate::call::CallPath<T> for $handle<T> {
+            #[inline(always)]
+            unsafe fn call_shared<A, R, F: $crate::rehome::Rehome>(
+                &self,
+                method: &'static str,
+                args: A,
+                _direct: impl FnOnce(&T, A) -> R,
+                table: impl FnOnce(
+                    &T::Table,
+                    ::hotreload_abi::StatePtr,
+                    A,
+                ) -> ::hotreload_abi::EntryResult<F>,
+                back: impl FnOnce(F) -> R,
+            ) -> Result<R, $crate::error::HotError> {
+                self.call(method, $shared, |t, s| table(t, s, args))
+                    .map(back)
+            }
+
+            #[inline(always)]
+            unsafe fn call_exclusive<A, R, F: $crate::rehome::Rehome>(
+                &self,
+                method: &'static str,
+                args: A,
+                _direct: impl FnOnce(&mut T, A) -> R,
+                table: impl FnOnce(
+                    &T::Table,
+                    ::hotreload_abi::StatePtr,
+                    A,
+                ) -> ::hotreload_abi::EntryResult<F>,
+                back: impl FnOnce(F) -> R,
+            ) -> Result<R, $crate::error::HotError> {
+                self.call(method, $exclusive, |t, s| table(t, s, args))
+                    .map(back)
+            }
+        }
+    };
+}
+
 // The handle a module calls another module through: the module's side.
 mod import;
 pub use import::Import;

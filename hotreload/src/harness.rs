@@ -78,11 +78,72 @@ impl Variant {
 #[derive(Debug, Clone)]
 pub struct VariantBuilder {
     crate_dir: PathBuf,
+    settings: Settings,
+    variants: Vec<Variant>,
+}
+
+/// Where and how a builder builds its variants.
+#[derive(Debug, Clone)]
+struct Settings {
     work_dir: PathBuf,
     target_dir: Option<PathBuf>,
     lockfile: Option<PathBuf>,
     release: bool,
-    variants: Vec<Variant>,
+}
+
+impl Settings {
+    fn new(work_dir: PathBuf) -> Self {
+        Settings {
+            work_dir,
+            target_dir: None,
+            lockfile: None,
+            release: false,
+        }
+    }
+
+    /// The target directory all variants build into.
+    fn target_dir(&self) -> PathBuf {
+        self.target_dir
+            .clone()
+            .unwrap_or_else(|| self.work_dir.join("target"))
+    }
+
+    /// The profile directory cargo writes the libraries to.
+    fn profile(&self) -> PathBuf {
+        self.target_dir()
+            .join(if self.release { "release" } else { "debug" })
+    }
+
+    /// The `Cargo.lock` to copy into each variant, read.
+    fn lock(&self) -> Result<Option<String>, HarnessError> {
+        self.lockfile.as_deref().map(read).transpose()
+    }
+}
+
+/// The setters of a builder's [`Settings`].
+macro_rules! settings_setters {
+    () => {
+        /// Builds into this target directory (by default `<work_dir>/target`). Use one of
+        /// its own, not the one of the cargo command running you: that one is locked while
+        /// you run.
+        pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+            self.settings.target_dir = Some(dir.into());
+            self
+        }
+
+        /// Uses this `Cargo.lock`, so the variants get the same dependency versions as the
+        /// host.
+        pub fn lockfile(mut self, path: impl Into<PathBuf>) -> Self {
+            self.settings.lockfile = Some(path.into());
+            self
+        }
+
+        /// Builds with the release profile.
+        pub fn release(mut self, release: bool) -> Self {
+            self.settings.release = release;
+            self
+        }
+    };
 }
 
 /// The libraries of built variants.
@@ -108,32 +169,12 @@ impl VariantBuilder {
     pub fn new(crate_dir: impl Into<PathBuf>, work_dir: impl Into<PathBuf>) -> Self {
         VariantBuilder {
             crate_dir: crate_dir.into(),
-            work_dir: work_dir.into(),
-            target_dir: None,
-            lockfile: None,
-            release: false,
+            settings: Settings::new(work_dir.into()),
             variants: Vec::new(),
         }
     }
 
-    /// Builds into this target directory (by default `<work_dir>/target`). Use one of its
-    /// own, not the one of the cargo command running you: that one is locked while you run.
-    pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.target_dir = Some(dir.into());
-        self
-    }
-
-    /// Uses this `Cargo.lock`, so the variants get the same dependency versions as the host.
-    pub fn lockfile(mut self, path: impl Into<PathBuf>) -> Self {
-        self.lockfile = Some(path.into());
-        self
-    }
-
-    /// Builds with the release profile.
-    pub fn release(mut self, release: bool) -> Self {
-        self.release = release;
-        self
-    }
+    settings_setters!();
 
     /// Adds a variant named `name` (a-z, 0-9, `_`) made by `edits` from the original crate.
     pub fn variant(mut self, name: &str, edits: impl FnOnce(Variant) -> Variant) -> Self {
@@ -148,14 +189,7 @@ impl VariantBuilder {
     /// Writes every variant and builds each with `cargo build`, one after another.
     pub fn build(self) -> Result<BuiltVariants, HarnessError> {
         let manifest_path = self.crate_dir.join("Cargo.toml");
-        let manifest = read(&manifest_path)?;
-        let mut manifest: toml::Table =
-            manifest
-                .parse()
-                .map_err(|e: toml::de::Error| HarnessError::Manifest {
-                    path: manifest_path.clone(),
-                    message: e.to_string(),
-                })?;
+        let mut manifest = read_manifest(&manifest_path)?;
         let crate_dir = fs::canonicalize(&self.crate_dir).map_err(io_err(&self.crate_dir))?;
         absolutize_path_dependencies(&mut manifest, &crate_dir);
         let package = manifest
@@ -168,17 +202,15 @@ impl VariantBuilder {
             })?
             .to_owned();
 
-        fs::create_dir_all(&self.work_dir).map_err(io_err(&self.work_dir))?;
-        let target_dir = match &self.target_dir {
-            Some(dir) => dir.clone(),
-            None => self.work_dir.join("target"),
-        };
-        let lock = self.lockfile.as_deref().map(read).transpose()?;
+        let settings = &self.settings;
+        fs::create_dir_all(&settings.work_dir).map_err(io_err(&settings.work_dir))?;
+        let target_dir = settings.target_dir();
+        let lock = settings.lock()?;
         let lib_name = lib_name(&manifest, &package);
-        let profile = target_dir.join(if self.release { "release" } else { "debug" });
+        let profile = settings.profile();
         let mut libraries = BTreeMap::new();
         for variant in &self.variants {
-            let dir = self.work_dir.join(&variant.name);
+            let dir = settings.work_dir.join(&variant.name);
             let mut manifest = manifest.clone();
             // Each variant is a workspace of its own: the package keeps its name (abi_stable
             // records it in every type layout), and workspace members cannot share a name.
@@ -202,21 +234,17 @@ impl VariantBuilder {
                 write_if_changed(&dir.join("Cargo.lock"), lock)?;
             }
             for (file, from, to) in &variant.edits {
-                let path = dir.join(file);
-                let text = read(&path)?;
-                if !text.contains(from.as_str()) {
-                    return Err(HarnessError::EditNotApplied {
-                        variant: variant.name.clone(),
-                        file: file.clone(),
-                        needle: from.clone(),
-                    });
-                }
-                write_if_changed(&path, text.replace(from.as_str(), to))?;
+                apply_edit(&variant.name, file, &dir.join(file), from, to)?;
             }
             // One target directory for all variants, so the dependencies build once; the
             // library is copied out before the next variant overwrites it.
-            cargo_build(&dir.join("Cargo.toml"), &target_dir, self.release, false)?;
-            let out = self.work_dir.join("libraries").join(&variant.name);
+            cargo_build(
+                &dir.join("Cargo.toml"),
+                &target_dir,
+                settings.release,
+                false,
+            )?;
+            let out = settings.work_dir.join("libraries").join(&variant.name);
             fs::create_dir_all(&out).map_err(io_err(&out))?;
             let built = profile.join(&file_name);
             let copy = out.join(crate::library_file_name(&lib_name));
@@ -225,6 +253,35 @@ impl VariantBuilder {
         }
         Ok(BuiltVariants { libraries })
     }
+}
+
+/// A manifest, parsed.
+fn read_manifest(path: &Path) -> Result<toml::Table, HarnessError> {
+    read(path)?
+        .parse()
+        .map_err(|e: toml::de::Error| HarnessError::Manifest {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+/// Replaces `from` by `to` in the file at `path` (named `file` in the error) of `variant`.
+fn apply_edit(
+    variant: &str,
+    file: &str,
+    path: &Path,
+    from: &str,
+    to: &str,
+) -> Result<(), HarnessError> {
+    let text = read(path)?;
+    if !text.contains(from) {
+        return Err(HarnessError::EditNotApplied {
+            variant: variant.to_owned(),
+            file: file.to_owned(),
+            needle: from.to_owned(),
+        });
+    }
+    write_if_changed(path, text.replace(from, to))
 }
 
 /// Marks a crate's sources changed, so that cargo builds it again.
@@ -328,10 +385,7 @@ fn lib_name(manifest: &toml::Table, package: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct SetBuilder {
     crates: Vec<PathBuf>,
-    work_dir: PathBuf,
-    target_dir: Option<PathBuf>,
-    lockfile: Option<PathBuf>,
-    release: bool,
+    settings: Settings,
     variants: Vec<SetVariant>,
 }
 
@@ -385,31 +439,12 @@ impl SetBuilder {
     ) -> Self {
         SetBuilder {
             crates: crates.into_iter().map(Into::into).collect(),
-            work_dir: work_dir.into(),
-            target_dir: None,
-            lockfile: None,
-            release: false,
+            settings: Settings::new(work_dir.into()),
             variants: Vec::new(),
         }
     }
 
-    /// Builds into `dir` (by default `<work_dir>/target`).
-    pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.target_dir = Some(dir.into());
-        self
-    }
-
-    /// Copies this `Cargo.lock` into each variant, so that it resolves the same versions.
-    pub fn lockfile(mut self, path: impl Into<PathBuf>) -> Self {
-        self.lockfile = Some(path.into());
-        self
-    }
-
-    /// Builds with `--release`.
-    pub fn release(mut self, release: bool) -> Self {
-        self.release = release;
-        self
-    }
+    settings_setters!();
 
     /// Adds a variant named `name`, made by `edits`.
     pub fn variant(mut self, name: &str, edits: impl FnOnce(SetVariant) -> SetVariant) -> Self {
@@ -431,47 +466,45 @@ impl SetBuilder {
             dir.file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
         };
-        let target_dir = self
-            .target_dir
-            .clone()
-            .unwrap_or_else(|| self.work_dir.join("target"));
-        let profile = target_dir.join(if self.release { "release" } else { "debug" });
-        let lock = self.lockfile.as_deref().map(read).transpose()?;
+        let settings = &self.settings;
+        let target_dir = settings.target_dir();
+        let profile = settings.profile();
+        let lock = settings.lock()?;
+        // Each crate: its name (its directory's), where it is, its manifest as the variants
+        // use it, and the name of its `cdylib`, if it builds one.
+        let mut crates = Vec::new();
+        for original in &originals {
+            let name = name_of(original);
+            let mut manifest = read_manifest(&original.join("Cargo.toml"))?;
+            absolutize_path_dependencies(&mut manifest, original);
+            point_to_copies(&mut manifest, &originals, &name_of);
+            let package = manifest
+                .get("package")
+                .and_then(|p| p.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or(&name)
+                .to_owned();
+            let dylib = builds_cdylib(&manifest).then(|| lib_name(&manifest, &package));
+            let manifest = toml::to_string(&manifest).unwrap_or_default();
+            crates.push((name, original, manifest, dylib));
+        }
+        let members: Vec<String> = crates
+            .iter()
+            .map(|(name, ..)| format!("{name:?}"))
+            .collect();
         let mut libraries = BTreeMap::new();
         for variant in &self.variants {
-            let dir = self.work_dir.join(&variant.name);
-            let mut members = Vec::new();
+            let dir = settings.work_dir.join(&variant.name);
             let mut dylibs = Vec::new();
-            for original in &originals {
-                let name = name_of(original);
-                let manifest_path = original.join("Cargo.toml");
-                let mut manifest: toml::Table =
-                    read(&manifest_path)?
-                        .parse()
-                        .map_err(|e: toml::de::Error| HarnessError::Manifest {
-                            path: manifest_path.clone(),
-                            message: e.to_string(),
-                        })?;
-                absolutize_path_dependencies(&mut manifest, original);
-                point_to_copies(&mut manifest, &originals, &name_of);
-                let package = manifest
-                    .get("package")
-                    .and_then(|p| p.get("name"))
-                    .and_then(|n| n.as_str())
-                    .unwrap_or(&name)
-                    .to_owned();
-                let copy = dir.join(&name);
+            for (name, original, manifest, dylib) in &crates {
+                let copy = dir.join(name);
                 copy_sources(original, &copy)?;
-                write_if_changed(
-                    &copy.join("Cargo.toml"),
-                    toml::to_string(&manifest).unwrap_or_default(),
-                )?;
-                if builds_cdylib(&manifest) {
+                write_if_changed(&copy.join("Cargo.toml"), manifest)?;
+                if let Some(lib) = dylib {
                     // As cargo names it in its messages.
                     let copy = fs::canonicalize(&copy).map_err(io_err(&copy))?;
-                    dylibs.push((lib_name(&manifest, &package), copy));
+                    dylibs.push((lib.clone(), copy));
                 }
-                members.push(format!("{name:?}"));
             }
             write_if_changed(
                 &dir.join("Cargo.toml"),
@@ -486,24 +519,16 @@ impl SetBuilder {
             }
             for (krate, file, from, to) in &variant.edits {
                 let path = dir.join(krate).join(file);
-                let text = read(&path)?;
-                if !text.contains(from.as_str()) {
-                    return Err(HarnessError::EditNotApplied {
-                        variant: variant.name.clone(),
-                        file: format!("{krate}/{file}"),
-                        needle: from.clone(),
-                    });
-                }
-                write_if_changed(&path, text.replace(from.as_str(), to))?;
+                apply_edit(&variant.name, &format!("{krate}/{file}"), &path, from, to)?;
             }
             // A cdylib's file carries no hash: every variant's build of a crate writes the
             // same file, and a variant cargo finds fresh leaves the last one built there. Its
             // library is then the copy made when it was built (or, if that is gone, it is
             // built again).
-            let out = self.work_dir.join("libraries").join(&variant.name);
+            let out = settings.work_dir.join("libraries").join(&variant.name);
             fs::create_dir_all(&out).map_err(io_err(&out))?;
             let manifest = dir.join("Cargo.toml");
-            let mut fresh = cargo_build(&manifest, &target_dir, self.release, true)?;
+            let mut fresh = cargo_build(&manifest, &target_dir, settings.release, true)?;
             let copy_of = |lib: &str| out.join(crate::library_file_name(lib));
             let stale: Vec<&PathBuf> = dylibs
                 .iter()
@@ -514,7 +539,7 @@ impl SetBuilder {
                 for dir in stale {
                     touch_sources(dir)?;
                 }
-                fresh = cargo_build(&manifest, &target_dir, self.release, true)?;
+                fresh = cargo_build(&manifest, &target_dir, settings.release, true)?;
             }
             for (lib, dir) in dylibs {
                 let copy = copy_of(&lib);

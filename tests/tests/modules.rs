@@ -207,15 +207,7 @@ fn a_callee_that_breaks_a_caller_is_refused_alone_and_taken_with_it() {
 
 #[test]
 fn a_call_waiting_for_a_thread_that_calls_another_member_never_deadlocks_a_set() {
-    let sandbox = Sandbox::new();
-    sandbox.install("v1", &["pingpong"]);
-    let reloader = HotReloader::new();
-    let ping = reloader
-        .register_with::<Ping>(sandbox.options("pingpong"))
-        .unwrap();
-    let _pong = reloader
-        .register_with::<Pong>(sandbox.options("pingpong"))
-        .unwrap();
+    let (sandbox, reloader, ping, _pong) = pingpong();
     assert_eq!(hot_fn!(ping.bounce_on_a_thread(4)).unwrap(), Ok(5));
     // While a set waits for `ping`'s calls to end, each of them waits for a thread whose first
     // call goes to `pong`: the gate lets such a thread through after the patience, so nothing
@@ -239,12 +231,7 @@ fn a_call_waiting_for_a_thread_that_calls_another_member_never_deadlocks_a_set()
             }
         },
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {calls} calls failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failures(calls, &failures);
     for outcome in &outcomes {
         assert!(
             matches!(outcome, Ok(_) | Err(HotError::Busy { .. })),
@@ -376,6 +363,30 @@ fn a_module_registered_before_its_callee_waits_for_it() {
     assert_eq!(hot_fn!(ai.physics_tag()).unwrap(), Ok(1));
 }
 
+/// `ping` and `pong`, two modules of one library calling each other, registered from `v1`.
+fn pingpong() -> (Sandbox, HotReloader, Module<Ping>, Module<Pong>) {
+    let sandbox = Sandbox::new();
+    sandbox.install("v1", &["pingpong"]);
+    let reloader = HotReloader::new();
+    let ping = reloader
+        .register_with::<Ping>(sandbox.options("pingpong"))
+        .unwrap();
+    let pong = reloader
+        .register_with::<Pong>(sandbox.options("pingpong"))
+        .unwrap();
+    (sandbox, reloader, ping, pong)
+}
+
+/// Fails with the first few failures of the `calls` made under load, if any.
+fn assert_no_failures(calls: u64, failures: &[String]) {
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+}
+
 /// Runs `threads` callers of `call` until `stop`, counting calls and failures, while `body`
 /// runs on this thread; fails if the callers do not stop within a deadline.
 fn under_load(
@@ -441,12 +452,7 @@ fn calls_through_planner_never_fail_during_200_set_reloads() {
             }
         },
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {calls} calls failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failures(calls, &failures);
     assert!(calls > 200, "the callers ran: {calls} calls");
     assert_eq!(tags(&mesh.planner), (1, 1, 1));
     let plans = hot_fn!(mesh.planner.plans()).unwrap();
@@ -458,15 +464,7 @@ fn calls_through_planner_never_fail_during_200_set_reloads() {
 
 #[test]
 fn modules_calling_each_other_reload_as_a_set_without_deadlock() {
-    let sandbox = Sandbox::new();
-    sandbox.install("v1", &["pingpong"]);
-    let reloader = HotReloader::new();
-    let ping = reloader
-        .register_with::<Ping>(sandbox.options("pingpong"))
-        .unwrap();
-    let pong = reloader
-        .register_with::<Pong>(sandbox.options("pingpong"))
-        .unwrap();
+    let (sandbox, reloader, ping, pong) = pingpong();
     assert_eq!(hot_fn!(ping.bounce(6)).unwrap(), Ok(7));
     let deadline = Instant::now() + Duration::from_secs(120);
     let (calls, failures) = under_load(
@@ -493,12 +491,7 @@ fn modules_calling_each_other_reload_as_a_set_without_deadlock() {
             }
         },
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {calls} calls failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert_no_failures(calls, &failures);
     assert!(calls > 50, "the callers ran: {calls} calls");
     assert_eq!(hot_fn!(ping.bounce(1)).unwrap(), Ok(2));
 }

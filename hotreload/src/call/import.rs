@@ -10,7 +10,6 @@ use std::marker::PhantomData;
 use abi_stable::std_types::RResult;
 use hotreload_abi::{EntryResult, ImportOutcome, ImportedCall, StatePtr};
 
-use super::CallPath;
 use crate::error::HotError;
 use crate::module::HotModule;
 use crate::rehome::Rehome;
@@ -167,28 +166,4 @@ where
     });
 }
 
-impl<T: HotModule> super::sealed::Sealed for Import<T> {}
-
-impl<T: HotModule> CallPath<T> for Import<T> {
-    unsafe fn call_shared<A, R, F: Rehome>(
-        &self,
-        method: &'static str,
-        args: A,
-        _direct: impl FnOnce(&T, A) -> R,
-        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-        back: impl FnOnce(F) -> R,
-    ) -> Result<R, HotError> {
-        self.call(method, false, |t, s| table(t, s, args)).map(back)
-    }
-
-    unsafe fn call_exclusive<A, R, F: Rehome>(
-        &self,
-        method: &'static str,
-        args: A,
-        _direct: impl FnOnce(&mut T, A) -> R,
-        table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-        back: impl FnOnce(F) -> R,
-    ) -> Result<R, HotError> {
-        self.call(method, true, |t, s| table(t, s, args)).map(back)
-    }
-}
+call_path_through_table!(Import, false, true);

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use abi_stable::std_types::RResult;
 use hotreload_abi::{EntryError, EntryResult, StatePtr};
 
-use super::CallPath;
 use crate::VersionInfo;
 use crate::access::{Access, Listing, Mode, Refused};
 use crate::error::HotError;
@@ -161,44 +160,8 @@ impl<T: HotModule> LocalModule<T> {
     }
 }
 
-/// Both handles make a call the same way through the table (each with its own `call`); the
-/// `direct` path is the `static` build mode's.
-macro_rules! call_path_through_table {
-    ($handle:ident) => {
-        impl<T: HotModule> super::sealed::Sealed for $handle<T> {}
-
-        impl<T: HotModule> CallPath<T> for $handle<T> {
-            #[inline(always)]
-            unsafe fn call_shared<A, R, F: Rehome>(
-                &self,
-                method: &'static str,
-                args: A,
-                _direct: impl FnOnce(&T, A) -> R,
-                table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-                back: impl FnOnce(F) -> R,
-            ) -> Result<R, HotError> {
-                self.call(method, Mode::Shared, |t, s| table(t, s, args))
-                    .map(back)
-            }
-
-            #[inline(always)]
-            unsafe fn call_exclusive<A, R, F: Rehome>(
-                &self,
-                method: &'static str,
-                args: A,
-                _direct: impl FnOnce(&mut T, A) -> R,
-                table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
-                back: impl FnOnce(F) -> R,
-            ) -> Result<R, HotError> {
-                self.call(method, Mode::Exclusive, |t, s| table(t, s, args))
-                    .map(back)
-            }
-        }
-    };
-}
-
-call_path_through_table!(Module);
-call_path_through_table!(LocalModule);
+call_path_through_table!(Module, Mode::Shared, Mode::Exclusive);
+call_path_through_table!(LocalModule, Mode::Shared, Mode::Exclusive);
 
 /// The call in the live version. A failure comes back boxed: while the call's guards drop,
 /// the result stays two words (in registers when `R` is small).
