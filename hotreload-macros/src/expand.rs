@@ -109,7 +109,11 @@ pub(crate) fn generate(module: &Module<'_>) -> TokenStream {
         quote!(#ident: #shim)
     });
     let shims = module.methods.iter().map(|m| shim(self_ty, m));
-    let proxy_methods = module.methods.iter().map(|m| proxy_method(self_ty, m));
+    let proxy_methods = module
+        .methods
+        .iter()
+        .enumerate()
+        .map(|(index, m)| proxy_method(self_ty, m, index));
     let (helper_bounds, helper_stand_ins): (Vec<_>, Vec<_>) =
         module.helpers.iter().map(helper_stand_in).unzip();
     let type_asserts = module.methods.iter().flat_map(type_asserts);
@@ -481,7 +485,7 @@ fn shim(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
 }
 
 /// The proxy method `hot_fn!(module.tick(dt))` resolves to.
-fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
+fn proxy_method(self_ty: &syn::Type, method: &Method<'_>, index: usize) -> TokenStream {
     let ident = method.ident;
     let method_name = ident.to_string();
     let output = user_output(method);
@@ -533,6 +537,7 @@ fn proxy_method(self_ty: &syn::Type, method: &Method<'_>) -> TokenStream {
                 __hr::CallPath::<#self_ty>::#call::<_, _, #ffi_output>(
                     self.0,
                     #method_name,
+                    #index,
                     #args,
                     |#this, #args| #direct,
                     |__table: &__HotTable, #state_binding: __hr::StatePtr, #args| {

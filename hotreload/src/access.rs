@@ -343,6 +343,21 @@ impl Access {
             .map(|published| std::sync::Arc::clone(&published.links))
     }
 
+    /// What the serving version's metrics say now.
+    pub(crate) fn serving_metrics(&self) -> Option<crate::VersionMetrics> {
+        let (info, meter) = self
+            .info
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|published| Some((published.info.clone(), published.meter.clone()?)))?;
+        Some(crate::VersionMetrics {
+            module: info.module,
+            generation: info.generation,
+            methods: meter.read(),
+        })
+    }
+
     /// The serving version's load number and descriptor.
     pub(crate) fn serving_descriptor(&self) -> Option<(u64, crate::version::Descriptor)> {
         self.info
@@ -724,6 +739,8 @@ struct Published {
     links: std::sync::Arc<crate::link::Links>,
     /// Its descriptor, for the links of a new caller build.
     descriptor: crate::version::Descriptor,
+    /// Its calls' metrics.
+    meter: Option<std::sync::Arc<crate::metrics::Meter>>,
 }
 
 fn published(live: &Live) -> Published {
@@ -733,6 +750,7 @@ fn published(live: &Live) -> Published {
         schema: live.version.schema.clone(),
         links: std::sync::Arc::clone(live.version.links()),
         descriptor: live.version.descriptor,
+        meter: live.version.meter.clone(),
     }
 }
 

@@ -35,6 +35,7 @@ macro_rules! call_path_through_table {
             unsafe fn call_shared<A, R, F: $crate::rehome::Rehome>(
                 &self,
                 method: &'static str,
+                index: usize,
                 args: A,
                 _direct: impl FnOnce(&T, A) -> R,
                 table: impl FnOnce(
@@ -44,7 +45,7 @@ macro_rules! call_path_through_table {
                 ) -> ::hotreload_abi::EntryResult<F>,
                 back: impl FnOnce(F) -> R,
             ) -> Result<R, $crate::error::HotError> {
-                self.call(method, $shared, |t, s| table(t, s, args))
+                self.call(method, index, $shared, |t, s| table(t, s, args))
                     .map(back)
             }
 
@@ -52,6 +53,7 @@ macro_rules! call_path_through_table {
             unsafe fn call_exclusive<A, R, F: $crate::rehome::Rehome>(
                 &self,
                 method: &'static str,
+                index: usize,
                 args: A,
                 _direct: impl FnOnce(&mut T, A) -> R,
                 table: impl FnOnce(
@@ -61,7 +63,7 @@ macro_rules! call_path_through_table {
                 ) -> ::hotreload_abi::EntryResult<F>,
                 back: impl FnOnce(F) -> R,
             ) -> Result<R, $crate::error::HotError> {
-                self.call(method, $exclusive, |t, s| table(t, s, args))
+                self.call(method, index, $exclusive, |t, s| table(t, s, args))
                     .map(back)
             }
         }
@@ -88,7 +90,8 @@ pub use loaded::{LocalModule, Module};
 /// the code `#[hot_module]` generates calls through it, giving both ways to make the call:
 /// `direct` on the state itself (the `static` build mode, where the module is linked in) and
 /// `table` through the loaded version's export table (with `back` turning the FFI-safe result
-/// into the method's own return type). A handle uses exactly one of them.
+/// into the method's own return type). A handle uses exactly one of them. `index` is the
+/// method's place in [`HotModule::METHODS`] (for its metrics).
 pub trait CallPath<T: HotModule>: sealed::Sealed {
     /// A call that takes the state by shared reference (or not at all).
     ///
@@ -99,6 +102,7 @@ pub trait CallPath<T: HotModule>: sealed::Sealed {
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
         method: &'static str,
+        index: usize,
         args: A,
         direct: impl FnOnce(&T, A) -> R,
         table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
@@ -113,6 +117,7 @@ pub trait CallPath<T: HotModule>: sealed::Sealed {
     unsafe fn call_exclusive<A, R, F: Rehome>(
         &self,
         method: &'static str,
+        index: usize,
         args: A,
         direct: impl FnOnce(&mut T, A) -> R,
         table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,

@@ -283,6 +283,8 @@ pub(crate) struct EventBus {
     callbacks: RwLock<Vec<Callback>>,
     /// Events not delivered to a subscriber whose channel was full.
     dropped: AtomicU64,
+    /// Each module's last refused reload or failed build, for `HotReloader::status`.
+    last_refusals: Mutex<std::collections::BTreeMap<String, crate::status::Refusal>>,
 }
 
 impl EventBus {
@@ -297,6 +299,15 @@ impl EventBus {
         rx
     }
 
+    /// Module `module`'s last refused reload or failed build.
+    pub(crate) fn last_refusal(&self, module: &str) -> Option<crate::status::Refusal> {
+        self.last_refusals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(module)
+            .cloned()
+    }
+
     pub(crate) fn on_event(&self, callback: Callback) {
         self.callbacks
             .write()
@@ -306,6 +317,28 @@ impl EventBus {
 
     pub(crate) fn emit(&self, event: Event) {
         tracing::debug!(%event, "event");
+        let refusal = match &event {
+            Event::ReloadFailed { module, reason, .. } => Some((module, reason.clone())),
+            Event::BuildFailed {
+                module, message, ..
+            } => Some((
+                module,
+                format!("the build failed: {}", first_error(message)),
+            )),
+            _ => None,
+        };
+        if let Some((module, reason)) = refusal {
+            self.last_refusals
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    module.clone(),
+                    crate::status::Refusal {
+                        at: std::time::SystemTime::now(),
+                        reason,
+                    },
+                );
+        }
         for callback in self
             .callbacks
             .read()
@@ -395,4 +428,14 @@ impl Hooks {
             hook(module, outcome);
         }
     }
+}
+
+/// The first line of a compiler's output that says `error`, or its first line.
+fn first_error(message: &str) -> &str {
+    message
+        .lines()
+        .find(|line| line.trim_start().starts_with("error"))
+        .or_else(|| message.lines().next())
+        .unwrap_or("")
+        .trim()
 }

@@ -181,11 +181,15 @@ mod link;
 #[cfg(feature = "runtime")]
 mod locate;
 #[cfg(feature = "runtime")]
+mod metrics;
+#[cfg(feature = "runtime")]
 mod os;
 #[cfg(feature = "runtime")]
 mod reloader;
 #[cfg(feature = "runtime")]
 mod shadow;
+#[cfg(feature = "runtime")]
+mod status;
 #[cfg(feature = "runtime")]
 mod transaction;
 #[cfg(feature = "runtime")]
@@ -206,10 +210,14 @@ pub use events::{Event, ReloadRequest};
 pub use graph::{EdgeKind, GraphEdge, GraphNode, ModuleGraph, NodeKind};
 #[cfg(feature = "runtime")]
 pub use locate::library_file_name;
+#[cfg(feature = "runtime")]
+pub use metrics::{Latency, MethodMetrics, MetricsConfig, VersionMetrics};
 pub use module::HotModule;
 pub use rehome::Rehome;
 #[cfg(feature = "runtime")]
 pub use reloader::{HotReloader, ModuleOptions, Probation, Quiesce, WhenBusy};
+#[cfg(feature = "runtime")]
+pub use status::{ModuleStatus, ProbationStatus, Refusal, Status, VersionStatus};
 #[cfg(feature = "runtime")]
 pub use transaction::rollback::{RollbackReport, RollbackState};
 #[cfg(feature = "runtime")]

@@ -39,6 +39,14 @@ use abi_stable::std_types::{
 pub unsafe trait Rehome: Sized {
     /// Returns an equal value owned through the calling binary's code.
     fn rehome(self) -> Self;
+
+    /// Whether the value is an error (`RResult::RErr`, what a method returning a `Result`
+    /// returns as `Err`): counted in the version's metrics.
+    #[doc(hidden)]
+    #[inline(always)]
+    fn is_err(&self) -> bool {
+        false
+    }
 }
 
 macro_rules! rehome_plain {
@@ -115,6 +123,11 @@ unsafe impl<T: Rehome, E: Rehome> Rehome for RResult<T, E> {
             RResult::ROk(v) => RResult::ROk(v.rehome()),
             RResult::RErr(e) => RResult::RErr(e.rehome()),
         }
+    }
+
+    #[inline(always)]
+    fn is_err(&self) -> bool {
+        matches!(self, RResult::RErr(_))
     }
 }
 

@@ -31,6 +31,7 @@ pub struct ModuleOptions {
     keep_loaded: bool,
     worker_stop_timeout: std::time::Duration,
     quiesce: Quiesce,
+    metrics: crate::MetricsConfig,
 }
 
 impl Default for ModuleOptions {
@@ -46,6 +47,7 @@ impl Default for ModuleOptions {
             keep_loaded: false,
             worker_stop_timeout: std::time::Duration::from_secs(1),
             quiesce: Quiesce::default(),
+            metrics: crate::MetricsConfig::default(),
         }
     }
 }
@@ -211,6 +213,16 @@ impl ModuleOptions {
     /// returned.
     pub fn quiesce(mut self, quiesce: Quiesce) -> Self {
         self.quiesce = quiesce;
+        self
+    }
+
+    /// How each loaded version's calls are measured (see [`MetricsConfig`](crate::MetricsConfig)):
+    /// by default calls, errors and panics are counted and a sample of calls timed, per
+    /// method and per version; read them with
+    /// [`HotReloader::metrics`](crate::HotReloader::metrics) and
+    /// [`HotReloader::status`](crate::HotReloader::status).
+    pub fn metrics(mut self, metrics: crate::MetricsConfig) -> Self {
+        self.metrics = metrics;
         self
     }
 
@@ -451,6 +463,7 @@ impl HotReloader {
             keep_loaded: options.keep_loaded,
             worker_stop_timeout: options.worker_stop_timeout,
             quiesce: options.quiesce,
+            metrics: options.metrics,
             name: name.clone(),
         };
         let shadow = self.shared.shadow()?;
@@ -759,6 +772,30 @@ impl HotReloader {
             .collect())
     }
 
+    /// What each module serves, keeps and holds mapped, its probation, its last refusal and
+    /// its calls' metrics; `Display` it for a terminal.
+    ///
+    /// From inside a call of a module while another thread's transaction runs, it returns
+    /// [`HotError::TransactionRunning`] rather than wait (see
+    /// [`history`](Self::history)).
+    pub fn status(&self) -> Result<crate::Status, HotError> {
+        let modules = self
+            .shared
+            .modules()
+            .iter()
+            .map(|core| self.shared.module_status(core))
+            .collect::<Result<_, _>>()?;
+        Ok(crate::Status { modules })
+    }
+
+    /// The metrics of module `name`'s serving version (`None` before its first build loaded,
+    /// or with metrics [off](crate::MetricsConfig::off)). Replaced versions' metrics are in
+    /// [`status`](Self::status) (kept versions) and
+    /// [`retired_versions`](Self::retired_versions) (as they were when each stopped serving).
+    pub fn metrics(&self, name: &str) -> Result<Option<crate::VersionMetrics>, HotError> {
+        Ok(self.shared.core(name)?.access.serving_metrics())
+    }
+
     fn lock_watcher(&self) -> MutexGuard<'_, Option<Watcher>> {
         self.watcher.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -847,6 +884,38 @@ impl Shared {
     /// Every registered module, in name order.
     pub(crate) fn modules(&self) -> Vec<Arc<ModuleCore>> {
         self.lock_modules().values().cloned().collect()
+    }
+
+    fn module_status(&self, core: &ModuleCore) -> Result<crate::ModuleStatus, HotError> {
+        let built_at = |identity: Option<crate::version::ArtifactIdentity>| {
+            identity.and_then(|identity| identity.modified())
+        };
+        let book = core.book_for_query()?;
+        let serving = core.version().map(|info| crate::VersionStatus {
+            info,
+            built_at: built_at(book.serving_identity),
+            metrics: core.access.serving_metrics(),
+        });
+        let kept = book
+            .history
+            .iter()
+            .map(|kept| crate::VersionStatus {
+                info: kept.version.info(),
+                built_at: built_at(kept.version.image.shadow.identity),
+                metrics: kept.version.metrics(),
+            })
+            .collect();
+        let held = book.held.iter().map(|held| held.report()).collect();
+        drop(book);
+        Ok(crate::ModuleStatus {
+            name: core.spec.name.clone(),
+            artifact: core.spec.artifact.clone(),
+            serving,
+            kept,
+            held,
+            probation: core.probation.report(),
+            last_refusal: self.events.last_refusal(&core.spec.name),
+        })
     }
 
     pub(crate) fn core(&self, name: &str) -> Result<Arc<ModuleCore>, HotError> {

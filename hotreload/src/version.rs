@@ -26,6 +26,14 @@ pub(crate) struct ArtifactIdentity {
 }
 
 impl ArtifactIdentity {
+    /// When the artifact was last written (its build time, for a build cargo wrote).
+    pub(crate) fn modified(&self) -> Option<std::time::SystemTime> {
+        let (seconds, nanos) = self.mtime;
+        let since =
+            std::time::Duration::new(u64::try_from(seconds).ok()?, u32::try_from(nanos).ok()?);
+        std::time::UNIX_EPOCH.checked_add(since)
+    }
+
     /// The identity of the file `meta` describes; `None` where the platform does not say.
     pub(crate) fn of(meta: &std::fs::Metadata) -> Option<Self> {
         #[cfg(unix)]
@@ -298,6 +306,8 @@ pub(crate) struct LoadedVersion {
     pub descriptor: Descriptor,
     /// The library, open as long as the version exists.
     pub image: Image,
+    /// Its calls' metrics, unless the host turned them off.
+    pub meter: Option<Arc<crate::metrics::Meter>>,
 }
 
 /// The address of a loaded version's descriptor, in its image.
@@ -383,6 +393,8 @@ pub(crate) struct Held {
     image: Image,
     join_workers: Option<JoinWorkers>,
     pub reason: String,
+    /// Its calls' metrics when it stopped serving.
+    metrics: Option<crate::VersionMetrics>,
 }
 
 /// The `join_workers` entry of a verified version.
@@ -395,6 +407,7 @@ impl Held {
             info: self.info.clone(),
             still_mapped: Some(true),
             held: Some(self.reason.clone()),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -402,6 +415,7 @@ impl Held {
     pub(crate) fn version(version: LoadedVersion, reason: String) -> Held {
         Held {
             info: version.info(),
+            metrics: version.metrics(),
             image: version.image,
             join_workers: Some(version.lifecycle.join_workers),
             reason,
@@ -423,6 +437,7 @@ impl Held {
             image,
             join_workers: None,
             reason,
+            metrics: None,
         }
     }
 
@@ -442,9 +457,9 @@ impl Held {
         }
     }
 
-    /// Its description and image, to close.
-    pub(crate) fn into_parts(self) -> (VersionInfo, Image) {
-        (self.info, self.image)
+    /// Its description, image and metrics, to close.
+    pub(crate) fn into_parts(self) -> (VersionInfo, Image, Option<crate::VersionMetrics>) {
+        (self.info, self.image, self.metrics)
     }
 
     /// Leaves it mapped for the rest of the process.
@@ -484,6 +499,9 @@ pub struct RetiredVersion {
     ///
     /// [`VersionReleased`]: crate::Event::VersionReleased
     pub held: Option<String>,
+    /// Its calls' metrics when it stopped serving (`None` for a build refused before it
+    /// served, or with metrics off).
+    pub metrics: Option<crate::VersionMetrics>,
 }
 
 impl RetiredVersion {
@@ -519,6 +537,15 @@ impl LoadedVersion {
             Some(links) => links,
             None => unreachable!("a verified version's image holds its links"),
         }
+    }
+
+    /// What its calls' metrics say now (`None` with metrics off).
+    pub(crate) fn metrics(&self) -> Option<crate::VersionMetrics> {
+        self.meter.as_ref().map(|meter| crate::VersionMetrics {
+            module: self.info.module.clone(),
+            generation: self.info.generation,
+            methods: meter.read(),
+        })
     }
 
     /// Its whole description, the digest included (see [`Sha256Cell`]).

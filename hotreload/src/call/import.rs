@@ -65,7 +65,13 @@ impl<T: HotModule> Import<T> {
         T::proxy(self)
     }
 
-    fn call<R, C>(&self, method: &'static str, exclusive: bool, call: C) -> Result<R, HotError>
+    fn call<R, C>(
+        &self,
+        method: &'static str,
+        _index: usize,
+        exclusive: bool,
+        call: C,
+    ) -> Result<R, HotError>
     where
         R: Rehome,
         C: FnOnce(&T::Table, StatePtr) -> EntryResult<R>,

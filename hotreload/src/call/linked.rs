@@ -121,6 +121,7 @@ impl<T: HotModule> CallPath<T> for Module<T> {
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
         method: &'static str,
+        _index: usize,
         args: A,
         direct: impl FnOnce(&T, A) -> R,
         _table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
@@ -136,6 +137,7 @@ impl<T: HotModule> CallPath<T> for Module<T> {
     unsafe fn call_exclusive<A, R, F: Rehome>(
         &self,
         method: &'static str,
+        _index: usize,
         args: A,
         direct: impl FnOnce(&mut T, A) -> R,
         _table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
@@ -155,6 +157,7 @@ impl<T: HotModule> CallPath<T> for LocalModule<T> {
     unsafe fn call_shared<A, R, F: Rehome>(
         &self,
         method: &'static str,
+        _index: usize,
         args: A,
         direct: impl FnOnce(&T, A) -> R,
         _table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,
@@ -167,6 +170,7 @@ impl<T: HotModule> CallPath<T> for LocalModule<T> {
     unsafe fn call_exclusive<A, R, F: Rehome>(
         &self,
         method: &'static str,
+        _index: usize,
         args: A,
         direct: impl FnOnce(&mut T, A) -> R,
         _table: impl FnOnce(&T::Table, StatePtr, A) -> EntryResult<F>,

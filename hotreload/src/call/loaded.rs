@@ -9,6 +9,7 @@ use hotreload_abi::{EntryError, EntryResult, StatePtr};
 use crate::VersionInfo;
 use crate::access::{Access, Listing, Mode, Refused};
 use crate::error::HotError;
+use crate::metrics::Outcome;
 use crate::module::{HotModule, ModuleCore};
 use crate::rehome::Rehome;
 use crate::version::Live;
@@ -123,13 +124,14 @@ impl<T: HotModule> Module<T> {
     fn call<R: Rehome>(
         &self,
         method: &'static str,
+        index: usize,
         mode: Mode,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
         let core = &*self.core;
         let result = match self
             .access
-            .shared_call(mode, |live| run::<T, R>(live, core, method, call))
+            .shared_call(mode, |live| run::<T, R>(live, core, method, index, call))
         {
             Ok(result) => result,
             Err(refused) => Err(refusal(core, method, refused)),
@@ -146,6 +148,7 @@ impl<T: HotModule> LocalModule<T> {
     fn call<R: Rehome>(
         &self,
         method: &'static str,
+        index: usize,
         mode: Mode,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
@@ -153,7 +156,7 @@ impl<T: HotModule> LocalModule<T> {
         // SAFETY: a `LocalModule` exists only for a module with an owner thread (it is made
         // by `register_local`), and it is neither `Send` nor `Sync`, so this is that thread.
         let result = match unsafe { self.access.local_call(mode) } {
-            Ok(entered) => run::<T, R>(entered.live(), core, method, call),
+            Ok(entered) => run::<T, R>(entered.live(), core, method, index, call),
             Err(refused) => Err(refusal(core, method, refused)),
         };
         finish(core, result)
@@ -170,6 +173,7 @@ fn run<T: HotModule, R: Rehome>(
     live: Option<&Live>,
     core: &ModuleCore,
     method: &'static str,
+    index: usize,
     call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
 ) -> Result<R, Box<HotError>> {
     let Some(live) = live else {
@@ -181,7 +185,20 @@ fn run<T: HotModule, R: Rehome>(
     // for the call: the caller's guard from `access` keeps the version live until the call
     // has returned.
     let table = unsafe { &*live.version.table.as_ptr().cast::<T::Table>() };
-    match call(table, live.state) {
+    let probe = match &live.version.meter {
+        Some(meter) => meter.start(index),
+        None => None,
+    };
+    let result = call(table, live.state);
+    if let Some(probe) = probe {
+        probe.finish(match &result {
+            RResult::ROk(value) if value.is_err() => Outcome::Error,
+            RResult::ROk(_) => Outcome::Ok,
+            RResult::RErr(EntryError::Panicked(_)) => Outcome::Panic,
+            RResult::RErr(EntryError::Failed(_)) => Outcome::Error,
+        });
+    }
+    match result {
         // Rebuilt with the host's code while the version is still held (see `rehome`).
         RResult::ROk(value) => Ok(value.rehome()),
         RResult::RErr(err) => Err(failed(live, method, err)),

@@ -40,6 +40,8 @@ pub(crate) struct ModuleSpec {
     pub worker_stop_timeout: std::time::Duration,
     /// How a reload waits for the calls in progress.
     pub quiesce: crate::Quiesce,
+    /// How each version's calls are measured.
+    pub metrics: crate::MetricsConfig,
 }
 
 impl ModuleSpec {

@@ -19,7 +19,11 @@ pub(crate) struct OpenedLibrary {
 
 impl OpenedLibrary {
     /// Called by verification once the descriptor and table are known to be sound.
-    pub(crate) fn into_verified(self, checked: super::verify::Checked) -> LoadedVersion {
+    pub(crate) fn into_verified(
+        self,
+        checked: super::verify::Checked,
+        meter: Option<std::sync::Arc<crate::metrics::Meter>>,
+    ) -> LoadedVersion {
         let super::verify::Checked {
             info,
             lifecycle,
@@ -39,6 +43,7 @@ impl OpenedLibrary {
             lifecycle,
             descriptor,
             image,
+            meter,
         }
     }
 

@@ -57,6 +57,19 @@ impl Probation {
         self.on.store(true, Ordering::Release);
     }
 
+    /// The probation in progress, as the host sees it.
+    pub(crate) fn report(&self) -> Option<crate::status::ProbationStatus> {
+        self.window()
+            .as_ref()
+            .map(|window| crate::status::ProbationStatus {
+                generation: window.generation,
+                calls_left: window.calls_left,
+                time_left: window
+                    .until
+                    .map(|until| until.saturating_duration_since(Instant::now())),
+            })
+    }
+
     /// Ends probation: the version serving is good (or was rolled back). Returns the
     /// generation that was on probation.
     pub(crate) fn end(&self) -> Option<u64> {

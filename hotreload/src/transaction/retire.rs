@@ -67,7 +67,10 @@ pub(crate) fn close(version: LoadedVersion, book: &mut Book, spec: &ModuleSpec) 
     }
     match version.still_in_use(spec.worker_stop_timeout_ms()) {
         Some(reason) => hold(Held::version(version, reason), book),
-        None => unmap(version.info(), version.image),
+        None => {
+            let metrics = version.metrics();
+            unmap(version.info(), version.image, metrics)
+        }
     }
 }
 
@@ -76,7 +79,7 @@ pub(crate) fn close(version: LoadedVersion, book: &mut Book, spec: &ModuleSpec) 
 pub(crate) fn close_unverified(info: VersionInfo, image: Image, book: &mut Book) -> RetiredVersion {
     match image.in_use() {
         Some(reason) => hold(Held::unverified(info, image, reason), book),
-        None => unmap(info, image),
+        None => unmap(info, image, None),
     }
 }
 
@@ -94,7 +97,11 @@ fn hold(held: Held, book: &mut Book) -> RetiredVersion {
 
 /// Closes the library of a version found free (just checked) and reports whether the OS
 /// really unmapped it.
-fn unmap(info: VersionInfo, image: Image) -> RetiredVersion {
+fn unmap(
+    info: VersionInfo,
+    image: Image,
+    metrics: Option<crate::VersionMetrics>,
+) -> RetiredVersion {
     image.close_checked();
     let still_mapped = os::is_mapped(&info.shadow);
     if still_mapped == Some(true) {
@@ -110,6 +117,7 @@ fn unmap(info: VersionInfo, image: Image) -> RetiredVersion {
         info,
         still_mapped,
         held: None,
+        metrics,
     }
 }
 
@@ -123,8 +131,8 @@ pub(crate) fn release_held(book: &mut Book, spec: &ModuleSpec) -> Vec<RetiredVer
         if held.still_in_use() {
             book.held.push(held);
         } else {
-            let (info, image) = held.into_parts();
-            released.push(unmap(info, image));
+            let (info, image, metrics) = held.into_parts();
+            released.push(unmap(info, image, metrics));
         }
     }
     released

@@ -39,7 +39,10 @@ pub(crate) fn verify(
             {
                 tracing::warn!(module = %spec.name, "attaching the module failed: {err:?}");
             }
-            Ok(opened.into_verified(checked))
+            let meter = spec.metrics.is_on().then(|| {
+                std::sync::Arc::new(crate::metrics::Meter::new(spec.methods, spec.metrics))
+            });
+            Ok(opened.into_verified(checked, meter))
         }
         Err(err) => Err(Box::new((err, opened))),
     }

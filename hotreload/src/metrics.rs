@@ -1,0 +1,553 @@
+//! Per-version call metrics: calls, errors, panics and a latency histogram for each method of
+//! each loaded version.
+//!
+//! The counting is on the call path, so it must cost next to nothing and must not make calls
+//! from several cores contend. Each thread gets a slot of its own (a small number, handed back
+//! when the thread ends), and each version keeps one block of counters per slot, made the first
+//! time that thread calls the version: a call reads and writes only its own thread's counters,
+//! with a relaxed load and a relaxed store (no read-modify-write instruction, no cache line
+//! shared with another core). Readers add the slots up. Threads beyond the first [`SLOTS`]
+//! alive at once share one block, counted with atomic additions.
+//!
+//! Timing a call reads the clock twice (about 50 ns here), several times the cost of the call
+//! itself, so by default a thread times its first calls of each method and then one call in
+//! 64 ([`MetricsConfig`]). The histogram has four buckets per power of two (each about 19%
+//! wide) from 16 ns to about 34 s.
+//!
+//! `metrics`-the-crate (behind the `metrics` feature) gets the same figures through
+//! [`HotReloader::export_metrics`](crate::HotReloader::export_metrics): exporting reads the
+//! counters, it never adds work to a call.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::__private::MethodSignature;
+
+/// How a module's calls are measured: set with
+/// [`ModuleOptions::metrics`](crate::ModuleOptions::metrics).
+///
+/// Counting calls, errors and panics costs about a nanosecond per call and is always on unless
+/// metrics are [`off`](Self::off); the latency of a call is measured for the first
+/// `time_first` calls of each method on each thread, then for one call in `time_every`
+/// (rounded up to a power of two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub(crate) on: bool,
+    pub(crate) time_first: u64,
+    /// A power of two, minus one.
+    pub(crate) time_mask: u64,
+}
+
+impl Default for MetricsConfig {
+    /// On: the first 256 calls of each method on each thread timed, then one in 64.
+    fn default() -> Self {
+        MetricsConfig::sampled(256, 64)
+    }
+}
+
+impl MetricsConfig {
+    /// Nothing measured: the call path skips the metrics with one branch.
+    pub fn off() -> Self {
+        MetricsConfig {
+            on: false,
+            time_first: 0,
+            time_mask: 0,
+        }
+    }
+
+    /// Every call timed (about 50 ns more per call on a machine whose clock is the TSC).
+    pub fn every_call() -> Self {
+        MetricsConfig::sampled(0, 1)
+    }
+
+    /// The first `first` calls of each method on each thread timed, then one call in `every`
+    /// (rounded up to a power of two; 0 counts as 1).
+    pub fn sampled(first: u64, every: u64) -> Self {
+        MetricsConfig {
+            on: true,
+            time_first: first,
+            time_mask: every.max(1).next_power_of_two() - 1,
+        }
+    }
+
+    /// Whether calls are measured at all.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+}
+
+/// How many threads alive at once get counters of their own.
+pub(crate) const SLOTS: usize = 64;
+
+/// Buckets of the latency histogram: below 16 ns, then four per power of two from 2^4 to
+/// 2^35 ns (the last also holds everything longer).
+const BUCKETS: usize = 1 + 4 * 32;
+const FIRST_EXPONENT: u32 = 4;
+const LAST_EXPONENT: u32 = FIRST_EXPONENT + 31;
+
+/// The bucket of a latency of `nanos`.
+fn bucket(nanos: u64) -> usize {
+    if nanos < 1 << FIRST_EXPONENT {
+        return 0;
+    }
+    let exponent = (63 - nanos.leading_zeros()).min(LAST_EXPONENT);
+    let quarter = if exponent == 63 - nanos.leading_zeros() {
+        ((nanos >> (exponent - 2)) & 3) as usize
+    } else {
+        3
+    };
+    1 + (exponent - FIRST_EXPONENT) as usize * 4 + quarter
+}
+
+/// The latencies bucket `index` holds: `[low, high)` in nanoseconds.
+fn bucket_bounds(index: usize) -> (u64, u64) {
+    if index == 0 {
+        return (0, 1 << FIRST_EXPONENT);
+    }
+    let exponent = FIRST_EXPONENT + ((index - 1) / 4) as u32;
+    let quarter = ((index - 1) % 4) as u64;
+    let step = 1u64 << (exponent - 2);
+    ((4 + quarter) * step, (5 + quarter) * step)
+}
+
+/// One method's counters in one slot of one version.
+struct Cells {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    panics: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+    /// Written by one thread only (a slot's owner): a load and a store count. Otherwise
+    /// (the block threads beyond the slots share) an atomic addition.
+    single_writer: bool,
+}
+
+impl Cells {
+    fn new(single_writer: bool) -> Self {
+        Cells {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            single_writer,
+        }
+    }
+
+    /// Adds one to `counter`, returning what it held.
+    #[inline(always)]
+    fn bump(&self, counter: &AtomicU64) -> u64 {
+        if self.single_writer {
+            let held = counter.load(Ordering::Relaxed);
+            counter.store(held + 1, Ordering::Relaxed);
+            held
+        } else {
+            counter.fetch_add(1, Ordering::Relaxed)
+        }
+    }
+}
+
+/// How a measured call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It returned a value (not an `Err`).
+    Ok,
+    /// It returned `Err(..)`, or its entry failed without panicking.
+    Error,
+    /// It panicked.
+    Panic,
+}
+
+/// The counters of one loaded version (see the module's docs).
+pub(crate) struct Meter {
+    methods: &'static [MethodSignature],
+    config: MetricsConfig,
+    slots: Box<[OnceLock<Box<[Cells]>>]>,
+    shared: Box<[Cells]>,
+}
+
+impl std::fmt::Debug for Meter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Meter")
+            .field("methods", &self.methods.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A call being measured: [`Probe::finish`] records how it ended.
+pub(crate) struct Probe<'a> {
+    cells: &'a Cells,
+    started: Option<Instant>,
+}
+
+impl Probe<'_> {
+    #[inline(always)]
+    pub(crate) fn finish(self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Error => {
+                self.cells.bump(&self.cells.errors);
+            }
+            Outcome::Panic => {
+                self.cells.bump(&self.cells.panics);
+            }
+        }
+        if let Some(started) = self.started {
+            self.record_latency(started);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn record_latency(&self, started: Instant) {
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.cells.bump(&self.cells.latency[bucket(nanos)]);
+    }
+}
+
+impl Meter {
+    pub(crate) fn new(methods: &'static [MethodSignature], config: MetricsConfig) -> Self {
+        Meter {
+            methods,
+            config,
+            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
+            shared: block(methods.len(), false),
+        }
+    }
+
+    /// Counts a call of the host's method `method` (its index in the host's methods) on this
+    /// thread, and starts its clock if this call is timed.
+    #[inline(always)]
+    pub(crate) fn start(&self, method: usize) -> Option<Probe<'_>> {
+        let cells = self.cells(method)?;
+        let made = cells.bump(&cells.calls);
+        let timed = made < self.config.time_first || made & self.config.time_mask == 0;
+        Some(Probe {
+            cells,
+            started: timed.then(Instant::now),
+        })
+    }
+
+    #[inline(always)]
+    fn cells(&self, method: usize) -> Option<&Cells> {
+        let block = match self.slots.get(this_thread_slot()) {
+            Some(slot) => match slot.get() {
+                Some(block) => block,
+                None => self.first_call_here(slot),
+            },
+            None => &self.shared,
+        };
+        block.get(method)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn first_call_here<'a>(&'a self, slot: &'a OnceLock<Box<[Cells]>>) -> &'a [Cells] {
+        slot.get_or_init(|| block(self.methods.len(), true))
+    }
+
+    /// What was counted so far, added up over the threads.
+    pub(crate) fn read(&self) -> Vec<MethodMetrics> {
+        let blocks: Vec<&[Cells]> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.get().map(|block| &**block))
+            .chain(std::iter::once(&*self.shared))
+            .collect();
+        self.methods
+            .iter()
+            .enumerate()
+            .map(|(index, method)| {
+                let mut sum = MethodMetrics {
+                    method: method.name,
+                    calls: 0,
+                    errors: 0,
+                    panics: 0,
+                    latency: Latency::default(),
+                };
+                let mut latency = [0u64; BUCKETS];
+                for cells in blocks.iter().map(|block| &block[index]) {
+                    sum.calls += cells.calls.load(Ordering::Relaxed);
+                    sum.errors += cells.errors.load(Ordering::Relaxed);
+                    sum.panics += cells.panics.load(Ordering::Relaxed);
+                    for (total, count) in latency.iter_mut().zip(&cells.latency) {
+                        *total += count.load(Ordering::Relaxed);
+                    }
+                }
+                sum.latency = Latency::from_dense(&latency);
+                sum
+            })
+            .collect()
+    }
+}
+
+fn block(methods: usize, single_writer: bool) -> Box<[Cells]> {
+    (0..methods).map(|_| Cells::new(single_writer)).collect()
+}
+
+// -- Thread slots -------------------------------------------------------------------------
+
+/// No slot asked for yet on this thread.
+const UNASSIGNED: u32 = u32::MAX;
+/// The thread counts in the shared block (all slots taken, or the thread is ending).
+const SHARED: u32 = SLOTS as u32;
+
+std::thread_local! {
+    /// This thread's slot (or `UNASSIGNED`, or `SHARED`). `const`-initialised and without a
+    /// destructor: reading it costs one load.
+    static SLOT: Cell<u32> = const { Cell::new(UNASSIGNED) };
+    /// Hands the slot back when the thread ends.
+    static RETURN_SLOT: SlotReturn = const { SlotReturn };
+}
+
+/// Slots handed back by threads that ended, and the next never used.
+static FREE_SLOTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
+
+struct SlotReturn;
+
+impl Drop for SlotReturn {
+    fn drop(&mut self) {
+        let Ok(slot) = SLOT.try_with(|slot| slot.replace(SHARED)) else {
+            return;
+        };
+        if (slot as usize) < SLOTS {
+            // The next thread to take the slot goes on from the counts this thread left: the
+            // mutex orders this thread's last stores before its first loads.
+            FREE_SLOTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(slot);
+        }
+    }
+}
+
+#[inline(always)]
+fn this_thread_slot() -> usize {
+    match SLOT.try_with(Cell::get) {
+        Ok(UNASSIGNED) => assign_slot(),
+        Ok(slot) => slot as usize,
+        Err(_) => SLOTS,
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn assign_slot() -> usize {
+    // Without a way to hand the slot back (the thread is ending), it shares.
+    if RETURN_SLOT.try_with(|_| ()).is_err() {
+        return SLOTS;
+    }
+    let slot = FREE_SLOTS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .pop()
+        .or_else(|| {
+            NEXT_SLOT
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |next| {
+                    (next < SHARED).then_some(next + 1)
+                })
+                .ok()
+        })
+        .unwrap_or(SHARED);
+    let _ = SLOT.try_with(|cell| cell.set(slot));
+    slot as usize
+}
+
+// -- What a reader gets ---------------------------------------------------------------------
+
+/// One loaded version's metrics, per method the host calls.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    /// The module's name.
+    pub module: String,
+    /// The version's load number.
+    pub generation: u64,
+    /// Each method the host was compiled with, in its order.
+    pub methods: Vec<MethodMetrics>,
+}
+
+impl VersionMetrics {
+    /// The method called `name`.
+    pub fn method(&self, name: &str) -> Option<&MethodMetrics> {
+        self.methods.iter().find(|m| m.method == name)
+    }
+
+    /// Calls of every method.
+    pub fn calls(&self) -> u64 {
+        self.methods.iter().map(|m| m.calls).sum()
+    }
+
+    /// Errors of every method.
+    pub fn errors(&self) -> u64 {
+        self.methods.iter().map(|m| m.errors).sum()
+    }
+
+    /// Panics of every method.
+    pub fn panics(&self) -> u64 {
+        self.methods.iter().map(|m| m.panics).sum()
+    }
+}
+
+/// One method's metrics in one version.
+#[derive(Debug, Clone)]
+pub struct MethodMetrics {
+    /// The method's name.
+    pub method: &'static str,
+    /// Calls that ran in this version (each counted when it begins).
+    pub calls: u64,
+    /// Calls that returned `Err(..)` (for a method whose return type is a `Result`), or whose
+    /// entry failed without panicking.
+    pub errors: u64,
+    /// Calls that panicked (the panic was contained).
+    pub panics: u64,
+    /// The latencies of the timed calls.
+    pub latency: Latency,
+}
+
+/// A histogram of call latencies: four buckets per power of two (each about 19% wide), from
+/// below 16 ns to about 34 s.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Latency {
+    /// The non-empty buckets (index, count), in order: a version's metrics outlive it in
+    /// [`RetiredVersion`](crate::RetiredVersion), so they stay small.
+    counts: Vec<(u16, u64)>,
+}
+
+impl Latency {
+    fn from_dense(buckets: &[u64; BUCKETS]) -> Self {
+        Latency {
+            counts: (0u16..)
+                .zip(buckets)
+                .filter(|(_, count)| **count > 0)
+                .map(|(index, count)| (index, *count))
+                .collect(),
+        }
+    }
+
+    /// How many calls were timed.
+    pub fn samples(&self) -> u64 {
+        self.counts.iter().map(|(_, count)| count).sum()
+    }
+
+    /// The latency below which a share `q` (0 to 1) of the timed calls fall, as the middle of
+    /// its bucket; `None` before any call was timed.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let samples = self.samples();
+        if samples == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * samples as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        let (index, _) = self.counts.iter().find(|(_, count)| {
+            seen += count;
+            seen >= rank
+        })?;
+        let (low, high) = bucket_bounds(usize::from(*index));
+        Some(Duration::from_nanos(low + (high - low) / 2))
+    }
+
+    /// The upper bound of the highest bucket holding a timed call.
+    pub fn max(&self) -> Option<Duration> {
+        let (index, _) = self.counts.last()?;
+        Some(Duration::from_nanos(bucket_bounds(usize::from(*index)).1))
+    }
+
+    /// Each non-empty bucket: its bounds `[low, high)` and how many timed calls it holds.
+    pub fn buckets(&self) -> impl Iterator<Item = (Duration, Duration, u64)> + '_ {
+        self.counts.iter().map(|(index, count)| {
+            let (low, high) = bucket_bounds(usize::from(*index));
+            (
+                Duration::from_nanos(low),
+                Duration::from_nanos(high),
+                *count,
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_latency_falls_in_the_bucket_whose_bounds_hold_it() {
+        for nanos in (0..5000).chain([1 << 20, (1 << 30) + 12345, 1 << 34, (1 << 35) - 1]) {
+            let (low, high) = bucket_bounds(bucket(nanos));
+            assert!(low <= nanos && nanos < high, "{nanos} in [{low}, {high})");
+        }
+        assert_eq!(bucket(u64::MAX), BUCKETS - 1);
+        // Contiguous: each bucket starts where the last ended.
+        for index in 1..BUCKETS {
+            assert_eq!(
+                bucket_bounds(index - 1).1,
+                bucket_bounds(index).0,
+                "{index}"
+            );
+        }
+    }
+
+    #[test]
+    fn quantiles_come_from_the_buckets_in_order() {
+        let mut dense = [0; BUCKETS];
+        dense[bucket(100)] = 90;
+        dense[bucket(10_000)] = 10;
+        let latency = Latency::from_dense(&dense);
+        let p50 = latency.quantile(0.5).unwrap().as_nanos() as u64;
+        let p99 = latency.quantile(0.99).unwrap().as_nanos() as u64;
+        assert!((90..=112).contains(&p50), "{p50}");
+        assert!((8192..=10240).contains(&p99), "{p99}");
+        assert_eq!(latency.samples(), 100);
+        assert!(latency.max().unwrap() >= Duration::from_nanos(10_000));
+    }
+
+    static NAMES: [MethodSignature; 2] = [
+        MethodSignature {
+            name: "a",
+            takes_state: true,
+            exclusive: false,
+            params: &[],
+            types: &[],
+            returns: "()",
+        },
+        MethodSignature {
+            name: "b",
+            takes_state: true,
+            exclusive: false,
+            params: &[],
+            types: &[],
+            returns: "()",
+        },
+    ];
+
+    #[test]
+    fn counts_from_several_threads_add_up() {
+        let meter = Meter::new(&NAMES, MetricsConfig::sampled(10, 4));
+        // All alive at once, so each has a slot of its own (a thread that ends hands its slot,
+        // and the counts in it, to the next).
+        let together = std::sync::Barrier::new(4);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    together.wait();
+                    for i in 0..1000 {
+                        let probe = meter.start(i % 2).unwrap();
+                        probe.finish(if i % 10 == 0 {
+                            Outcome::Error
+                        } else {
+                            Outcome::Ok
+                        });
+                    }
+                    together.wait();
+                });
+            }
+        });
+        let read = meter.read();
+        assert_eq!(read[0].calls + read[1].calls, 4000);
+        assert_eq!(read[0].errors, 400);
+        // Per thread and method: the first 10 calls, then those whose count is a multiple of
+        // 4 among the other 490 (12, 16, ..., 496).
+        assert_eq!(read[0].latency.samples(), 4 * (10 + 122));
+        assert!(meter.start(2).is_none());
+    }
+}

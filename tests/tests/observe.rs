@@ -1,0 +1,131 @@
+//! Looking at the live system: per-version metrics counted on real calls, and the status
+//! report.
+
+use abi_stable::std_types::RString;
+use hotreload::{MetricsConfig, ModuleOptions, hot_fn};
+use hotreload_tests::{Sandbox, variants};
+
+#[test]
+fn metrics_count_every_call_error_and_panic_of_each_version() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    for n in 0..100 {
+        hot_fn!(module.add(n)).unwrap();
+    }
+    for b in 0..30 {
+        let _ = hot_fn!(module.divide(60, b % 3)).unwrap();
+    }
+    for _ in 0..2 {
+        hot_fn!(module.explode(RString::from("on purpose"))).unwrap_err();
+    }
+
+    let metrics = reloader
+        .metrics("counter")
+        .unwrap()
+        .expect("metrics are on");
+    assert_eq!(metrics.generation, 1);
+    let add = metrics.method("add").unwrap();
+    assert_eq!((add.calls, add.errors, add.panics), (100, 0, 0));
+    // The first 256 calls of each method on a thread are all timed.
+    assert_eq!(add.latency.samples(), 100);
+    let p50 = add.latency.quantile(0.5).unwrap();
+    assert!(p50 <= add.latency.quantile(0.99).unwrap());
+    assert!(add.latency.quantile(0.99).unwrap() <= add.latency.max().unwrap());
+    let divide = metrics.method("divide").unwrap();
+    assert_eq!((divide.calls, divide.errors, divide.panics), (30, 10, 0));
+    let explode = metrics.method("explode").unwrap();
+    assert_eq!((explode.calls, explode.errors, explode.panics), (2, 0, 2));
+    assert_eq!(metrics.calls(), 132);
+
+    // A reload starts the new version's counts at zero; the replaced version keeps its own.
+    sandbox.install("v2");
+    reloader.reload_module("counter").unwrap();
+    for n in 0..7 {
+        hot_fn!(module.add(n)).unwrap();
+    }
+    let serving = reloader.metrics("counter").unwrap().unwrap();
+    assert_eq!(serving.generation, 2);
+    assert_eq!(serving.method("add").unwrap().calls, 7);
+    assert_eq!(serving.calls(), 7);
+
+    let status = reloader.status().unwrap();
+    let counter = &status.modules[0];
+    assert_eq!(counter.name, "counter");
+    assert_eq!(counter.serving.as_ref().unwrap().info.generation, 2);
+    let kept = &counter.kept[0];
+    assert_eq!(kept.info.generation, 1);
+    let kept_metrics = kept.metrics.as_ref().unwrap();
+    assert_eq!(kept_metrics.method("add").unwrap().calls, 100);
+    assert_eq!(kept_metrics.panics(), 2);
+    assert!(counter.serving.as_ref().unwrap().built_at.is_some());
+
+    let shown = status.to_string();
+    assert!(
+        shown.contains("counter: load #2 serving (API v1, state v1)"),
+        "{shown}"
+    );
+    assert!(shown.contains("kept      load #1 (for rollback"), "{shown}");
+    assert!(shown.contains("132 calls, 10 errors, 2 panics"), "{shown}");
+    let add_line = shown.lines().find(|l| l.contains(" add ")).unwrap();
+    assert!(
+        add_line.contains("7 calls") && add_line.contains("p50"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn calls_from_many_threads_add_up_and_sampling_times_fewer() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register_with(
+        "v1",
+        ModuleOptions::new().metrics(MetricsConfig::sampled(0, 8)),
+    );
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..1000 {
+                    hot_fn!(module.calls()).unwrap();
+                }
+            });
+        }
+    });
+    let calls = reloader.metrics("counter").unwrap().unwrap();
+    let calls = calls.method("calls").unwrap();
+    assert_eq!(calls.calls, 4000);
+    // One call in 8 on each thread (a thread that ended hands its slot and count on).
+    let samples = calls.latency.samples();
+    assert!((500..=504).contains(&samples), "{samples} timed of 4000");
+}
+
+#[test]
+fn with_metrics_off_nothing_is_counted() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) =
+        sandbox.register_with("v1", ModuleOptions::new().metrics(MetricsConfig::off()));
+    hot_fn!(module.add(1)).unwrap();
+    assert!(reloader.metrics("counter").unwrap().is_none());
+    let status = reloader.status().unwrap();
+    assert!(
+        status.modules[0]
+            .serving
+            .as_ref()
+            .unwrap()
+            .metrics
+            .is_none()
+    );
+}
+
+#[test]
+fn the_status_names_the_last_refusal() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    hot_fn!(module.add(1)).unwrap();
+    sandbox.install("bad_signature");
+    let err = reloader.reload_module("counter").unwrap_err();
+    let status = reloader.status().unwrap();
+    let refusal = status.modules[0].last_refusal.as_ref().expect("a refusal");
+    assert_eq!(refusal.reason, err.to_string());
+    let shown = status.to_string();
+    assert!(shown.contains("refused"), "{shown}");
+    assert!(shown.contains("method 'add'"), "{shown}");
+}
