@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -290,7 +290,129 @@ pub struct HostHooks {
     /// The host's record of this loaded version's imports, passed back to `call_import`;
     /// valid for as long as the version's image is mapped.
     pub links: *const c_void,
+    /// Where the module's `tracing` events and spans and `log` records go: the host's
+    /// subscriber.
+    pub log: LogHooks,
 }
+
+/// The host's side of a module's logging: the module's own copies of `tracing` and `log`
+/// send what its code emits here, and the host hands it to its subscriber as its own, with
+/// the module's name and load number as fields. Every function never unwinds.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LogHooks {
+    /// The host's record of this loaded version (name, load number, callsites seen), passed
+    /// back to each function; valid for as long as the version's image is mapped.
+    pub context: *const c_void,
+    /// The most verbose level the host's subscribers may want, when the module was attached
+    /// ([`LOG_LEVEL_OFF`] for none): a bound the module checks before asking anything.
+    pub max_level: u8,
+    /// A callsite is hit for the first time: what the host's subscribers want of it
+    /// ([`LOG_INTEREST_NEVER`], [`LOG_INTEREST_SOMETIMES`], [`LOG_INTEREST_ALWAYS`]). The
+    /// module remembers the answer, so a callsite the host never wants costs nothing more.
+    pub register: extern "C" fn(context: *const c_void, callsite: &LogCallsite<'_>) -> u8,
+    /// Whether the host's subscriber wants this event or span now (for a callsite whose
+    /// interest is "sometimes").
+    pub enabled: extern "C" fn(context: *const c_void, callsite: &LogCallsite<'_>) -> bool,
+    /// An event (or a `log` record, as an event with a `message`).
+    pub event: extern "C" fn(
+        context: *const c_void,
+        callsite: &LogCallsite<'_>,
+        fields: RSlice<'_, LogField<'_>>,
+    ),
+    /// A new span; returns the host's id for it (0 if the host made none).
+    pub new_span: extern "C" fn(
+        context: *const c_void,
+        callsite: &LogCallsite<'_>,
+        fields: RSlice<'_, LogField<'_>>,
+    ) -> u64,
+    /// The thread enters the span with this host id.
+    pub enter: extern "C" fn(span: u64),
+    /// The thread leaves it.
+    pub exit: extern "C" fn(span: u64),
+    /// One more handle to the span; returns the id to use for it.
+    pub clone_span: extern "C" fn(span: u64) -> u64,
+    /// One handle to the span is dropped; whether the span closed.
+    pub close_span: extern "C" fn(span: u64) -> bool,
+}
+
+/// [`LogHooks::register`]: the host never wants this callsite.
+pub const LOG_INTEREST_NEVER: u8 = 0;
+/// [`LogHooks::register`]: ask [`LogHooks::enabled`] each time.
+pub const LOG_INTEREST_SOMETIMES: u8 = 1;
+/// [`LogHooks::register`]: always send it.
+pub const LOG_INTEREST_ALWAYS: u8 = 2;
+
+/// Levels, from the most verbose: `TRACE` is 0, `ERROR` 4.
+pub const LOG_LEVEL_TRACE: u8 = 0;
+/// [`LogHooks::max_level`]: the host wants nothing.
+pub const LOG_LEVEL_OFF: u8 = 5;
+
+/// [`LogCallsite::kind`] of an event or `log` record.
+pub const LOG_KIND_EVENT: u8 = 0;
+/// [`LogCallsite::kind`] of a span.
+pub const LOG_KIND_SPAN: u8 = 1;
+
+/// Where an event or span comes from in the module's code: its `tracing` metadata.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LogCallsite<'a> {
+    /// The address of the module's metadata for it (the same for every hit while the image is
+    /// mapped), or 0 for a `log` record, which has none.
+    pub key: usize,
+    /// [`LOG_KIND_EVENT`] or [`LOG_KIND_SPAN`].
+    pub kind: u8,
+    /// Its level, [`LOG_LEVEL_TRACE`] (0) to `ERROR` (4).
+    pub level: u8,
+    /// Its line, or 0.
+    pub line: u32,
+    /// Its name.
+    pub name: RStr<'a>,
+    /// Its target.
+    pub target: RStr<'a>,
+    /// Its module path, or empty.
+    pub module_path: RStr<'a>,
+    /// Its file, or empty.
+    pub file: RStr<'a>,
+    /// The names of its fields, in order.
+    pub fields: RSlice<'a, RStr<'a>>,
+}
+
+/// One field's value in an event or a new span.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LogField<'a> {
+    /// The field's place in [`LogCallsite::fields`].
+    pub index: u32,
+    /// Its value.
+    pub value: LogValue<'a>,
+}
+
+/// A field's value, as `tracing` visits it.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub enum LogValue<'a> {
+    /// A signed integer.
+    I64(i64),
+    /// An unsigned integer.
+    U64(u64),
+    /// A float.
+    F64(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Str(RStr<'a>),
+    /// Anything else, formatted by the module (`Debug`, or `Display` for `%value`), shown as
+    /// it is.
+    Text(RStr<'a>),
+}
+
+// SAFETY: `context` is an address the host keeps valid (and synchronises access behind) for
+// as long as the image that holds these hooks is mapped; the functions may be called from any
+// thread.
+unsafe impl Send for LogHooks {}
+// SAFETY: see the `Send` impl.
+unsafe impl Sync for LogHooks {}
 
 // SAFETY: `links` is an address the host keeps valid (and synchronises access behind) for as
 // long as the image that holds these hooks is mapped; the functions may be called from any

@@ -262,7 +262,9 @@ pub trait Uses<C: HotModule> {
 extern "C" fn attach(host: HostHooks) -> EntryResult<()> {
     contain_lifecycle(|| {
         // Attached once per image; a second `attach` (there is none) would keep the first.
-        let _ = HOST.set(host);
+        if HOST.set(host).is_ok() {
+            crate::logs::install(host.log);
+        }
     })
 }
 

@@ -158,6 +158,7 @@
 // code names.
 mod call;
 mod error;
+mod logs;
 mod module;
 mod rehome;
 pub mod worker;

@@ -43,6 +43,8 @@ pub(crate) struct Links {
     /// Its load number.
     pub generation: u64,
     pub imports: Box<[Link]>,
+    /// Its logging's record (its code passes it back with every event, like these links).
+    pub log: crate::logs::LogContext,
 }
 
 /// One import of a loaded version.
@@ -114,6 +116,7 @@ impl Links {
             caller: caller.to_owned(),
             generation,
             imports,
+            log: crate::logs::LogContext::new(caller, generation),
         }
     }
 
@@ -178,6 +181,7 @@ pub(crate) fn hooks(links: &Arc<Links>) -> hotreload_abi::HostHooks {
         in_call: crate::access::HOST_HOOKS_IN_CALL,
         call_import,
         links: Arc::as_ptr(links).cast(),
+        log: crate::logs::hooks(&links.log),
     }
 }
 

@@ -129,3 +129,110 @@ fn the_status_names_the_last_refusal() {
     assert!(shown.contains("refused"), "{shown}");
     assert!(shown.contains("method 'add'"), "{shown}");
 }
+
+/// A subscriber writing plain text into a buffer, with the level filter given, installed for
+/// this thread until the guard drops.
+fn capture(level: tracing::Level) -> (Captured, tracing::subscriber::DefaultGuard) {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_ansi(false)
+        .without_time()
+        .with_writer(move || writer.clone())
+        .finish();
+    (captured, tracing::subscriber::set_default(subscriber))
+}
+
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn module_events_reach_the_host_subscriber_with_module_and_generation_before_and_after_a_reload() {
+    let (captured, _guard) = capture(tracing::Level::INFO);
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    {
+        let request = tracing::info_span!("request", id = 7);
+        let _entered = request.enter();
+        hot_fn!(module.log_lines(3)).unwrap();
+    }
+    let text = captured.text();
+    let event = text
+        .lines()
+        .find(|l| l.contains("counted to 3"))
+        .unwrap_or_else(|| panic!("no module event in the host's output:\n{text}"));
+    // Under the host's span and the module's own, with the module's fields and ours.
+    assert!(event.contains("request{id=7}:counting{n=3"), "{event}");
+    assert!(
+        event.contains("module=counter") || event.contains("module=\"counter\""),
+        "{event}"
+    );
+    assert!(event.contains("generation=1"), "{event}");
+    assert!(event.contains("tag=1"), "{event}");
+    assert!(event.contains(" INFO "), "{event}");
+    // The module's target (the variant's crate), as if the host had emitted it.
+    assert!(event.contains("}: counter"), "{event}");
+    // `log` records too.
+    let record = text
+        .lines()
+        .find(|l| l.contains("a log record about 3"))
+        .unwrap_or_else(|| panic!("no `log` record in the host's output:\n{text}"));
+    assert!(
+        record.contains(" WARN ") && record.contains("generation=1"),
+        "{record}"
+    );
+    // Filtered out by the host's level.
+    assert!(!text.contains("a debug line"), "{text}");
+
+    sandbox.install("v2");
+    reloader.reload_module("counter").unwrap();
+    hot_fn!(module.log_lines(4)).unwrap();
+    let text = captured.text();
+    let event = text
+        .lines()
+        .find(|l| l.contains("counted to 4"))
+        .unwrap_or_else(|| panic!("no event from the new version:\n{text}"));
+    assert!(
+        event.contains("generation=2") && event.contains("tag=2"),
+        "{event}"
+    );
+    assert!(!text.contains("a debug line"), "{text}");
+}
+
+#[test]
+fn module_events_follow_the_host_filter() {
+    let (captured, _guard) = capture(tracing::Level::DEBUG);
+    let sandbox = Sandbox::new(variants!());
+    let (_reloader, module) = sandbox.register("v1");
+    hot_fn!(module.log_lines(5)).unwrap();
+    let text = captured.text();
+    assert!(text.contains("a debug line"), "{text}");
+    drop(_guard);
+
+    let (captured, _guard) = capture(tracing::Level::WARN);
+    let sandbox = Sandbox::new(variants!());
+    let (_reloader, module) = sandbox.register("v1");
+    hot_fn!(module.log_lines(6)).unwrap();
+    let text = captured.text();
+    assert!(!text.contains("counted to 6"), "{text}");
+    assert!(!text.contains("a debug line"), "{text}");
+    assert!(text.contains("a log record about 6"), "{text}");
+}
