@@ -217,6 +217,8 @@ pub use module::HotModule;
 pub use rehome::Rehome;
 #[cfg(feature = "runtime")]
 pub use reloader::{HotReloader, ModuleOptions, Probation, Quiesce, WhenBusy};
+#[cfg(feature = "metrics")]
+pub use status::metric_names;
 #[cfg(feature = "runtime")]
 pub use status::{ModuleStatus, ProbationStatus, Refusal, Status, VersionStatus};
 #[cfg(feature = "runtime")]

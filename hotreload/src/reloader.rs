@@ -788,6 +788,16 @@ impl HotReloader {
         Ok(crate::Status { modules })
     }
 
+    /// Writes every module's status and its loaded versions' call metrics to the `metrics`
+    /// crate's recorder (the exporter the host installed, Prometheus or another): see
+    /// [`Status::export`](crate::Status::export) for the names. Reading the counters costs the
+    /// calls nothing; call it as often as the exporter is scraped, from a timer say.
+    #[cfg(feature = "metrics")]
+    pub fn export_metrics(&self) -> Result<(), HotError> {
+        self.status()?.export();
+        Ok(())
+    }
+
     /// The metrics of module `name`'s serving version (`None` before its first build loaded,
     /// or with metrics [off](crate::MetricsConfig::off)). Replaced versions' metrics are in
     /// [`status`](Self::status) (kept versions) and

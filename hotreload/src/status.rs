@@ -270,3 +270,80 @@ impl fmt::Display for Bytes {
         }
     }
 }
+
+/// The metric names [`Status::export`] writes, each with the labels `module`, `method` and
+/// `generation` (the load number) unless it says otherwise.
+#[cfg(feature = "metrics")]
+pub mod metric_names {
+    /// Counter: calls that ran in the version.
+    pub const CALLS: &str = "hotreload_calls_total";
+    /// Counter: calls that returned `Err(..)` or failed without panicking.
+    pub const ERRORS: &str = "hotreload_call_errors_total";
+    /// Counter: calls that panicked.
+    pub const PANICS: &str = "hotreload_call_panics_total";
+    /// Gauge, with a `quantile` label (`0.5`, `0.9`, `0.99`, and `1` for the maximum): the
+    /// latency of the timed calls, in seconds.
+    pub const LATENCY: &str = "hotreload_call_latency_seconds";
+    /// Gauge, labels `module` only: the load number of the serving version.
+    pub const SERVING: &str = "hotreload_serving_generation";
+    /// Gauge, labels `module` only: closed versions still mapped.
+    pub const HELD: &str = "hotreload_held_versions";
+}
+
+#[cfg(feature = "metrics")]
+impl Status {
+    /// Writes these figures to the `metrics` crate's recorder (the host's exporter): for
+    /// each module, the serving version's number and the versions held mapped, and for each
+    /// loaded version (serving and kept) and each method called, the counts and latency
+    /// quantiles. Counters are set to their absolute values, so exporting again only
+    /// updates them.
+    ///
+    /// Each version is its own series (the `generation` label): a new series per reload, and
+    /// the replaced version's stop changing.
+    pub fn export(&self) {
+        use metric_names::*;
+        for module in &self.modules {
+            let name = module.name.clone();
+            if let Some(serving) = &module.serving {
+                metrics::gauge!(SERVING, "module" => name.clone())
+                    .set(serving.info.generation as f64);
+            }
+            metrics::gauge!(HELD, "module" => name.clone()).set(module.held.len() as f64);
+            for version in module.serving.iter().chain(&module.kept) {
+                let Some(metrics) = &version.metrics else {
+                    continue;
+                };
+                let generation = metrics.generation.to_string();
+                for method in metrics.methods.iter().filter(|m| m.calls > 0) {
+                    let labels = [
+                        ("module", name.clone()),
+                        ("method", method.method.to_owned()),
+                        ("generation", generation.clone()),
+                    ];
+                    metrics::counter!(CALLS, &labels).absolute(method.calls);
+                    metrics::counter!(ERRORS, &labels).absolute(method.errors);
+                    metrics::counter!(PANICS, &labels).absolute(method.panics);
+                    for (quantile, label) in [(0.5, "0.5"), (0.9, "0.9"), (0.99, "0.99")] {
+                        if let Some(latency) = method.latency.quantile(quantile) {
+                            metrics::gauge!(LATENCY, with(&labels, label))
+                                .set(latency.as_secs_f64());
+                        }
+                    }
+                    if let Some(max) = method.latency.max() {
+                        metrics::gauge!(LATENCY, with(&labels, "1")).set(max.as_secs_f64());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `labels` and a `quantile`.
+#[cfg(feature = "metrics")]
+fn with(labels: &[(&'static str, String); 3], quantile: &'static str) -> Vec<metrics::Label> {
+    labels
+        .iter()
+        .map(|(key, value)| metrics::Label::new(*key, value.clone()))
+        .chain([metrics::Label::new("quantile", quantile)])
+        .collect()
+}

@@ -236,3 +236,47 @@ fn module_events_follow_the_host_filter() {
     assert!(!text.contains("a debug line"), "{text}");
     assert!(text.contains("a log record about 6"), "{text}");
 }
+
+#[test]
+fn exported_metrics_equal_the_calls_made() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    for n in 0..25 {
+        hot_fn!(module.add(n)).unwrap();
+    }
+    for b in [1, 0, 0] {
+        let _ = hot_fn!(module.divide(1, b)).unwrap();
+    }
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || reloader.export_metrics()).unwrap();
+
+    let snapshot = snapshotter.snapshot().into_vec();
+    let value = |name: &str, method: &str, quantile: Option<&str>| {
+        snapshot
+            .iter()
+            .find(|(key, ..)| {
+                let key = key.key();
+                let label = |k: &str| key.labels().find(|l| l.key() == k).map(|l| l.value());
+                key.name() == name
+                    && label("module") == Some("counter")
+                    && label("method").is_none_or(|m| m == method)
+                    && label("generation").is_none_or(|g| g == "1")
+                    && label("quantile") == quantile
+            })
+            .map(|(.., value)| value)
+            .unwrap_or_else(|| panic!("no {name} for {method} in {snapshot:#?}"))
+    };
+    use hotreload::metric_names::*;
+    assert_eq!(value(CALLS, "add", None), &DebugValue::Counter(25));
+    assert_eq!(value(ERRORS, "add", None), &DebugValue::Counter(0));
+    assert_eq!(value(CALLS, "divide", None), &DebugValue::Counter(3));
+    assert_eq!(value(ERRORS, "divide", None), &DebugValue::Counter(2));
+    assert_eq!(value(SERVING, "", None), &DebugValue::Gauge(1.0.into()));
+    let DebugValue::Gauge(p50) = value(LATENCY, "add", Some("0.5")) else {
+        panic!("the latency is a gauge");
+    };
+    assert!(p50.0 > 0.0 && p50.0 < 1.0, "{p50}");
+}
