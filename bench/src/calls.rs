@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bench_caller::BenchCaller;
 use bench_module::BenchState;
-use hotreload::{HotReloader, LocalModule, Module, ModuleOptions, hot_fn};
+use hotreload::{HotReloader, LocalModule, MetricsConfig, Module, ModuleOptions, hot_fn};
 
 use crate::Plan;
 use crate::fixtures::{Fixtures, install};
@@ -198,6 +198,46 @@ pub fn run(
         },
     );
 
+    // The same calls with each version's metrics off, and with every call timed (the
+    // handles above count every call and time a sample: the default).
+    let (_off_reloader, off): (_, Module<BenchState>) =
+        register_with_metrics(fixtures, "calls-metrics-off", MetricsConfig::off())?;
+    let shared_off = one_thread(
+        "hot_fn_shared_metrics_off",
+        "hot_fn! shared handle, metrics off",
+        rounds,
+        iters,
+        |i| hot_fn!(off.add(i, 1)).unwrap(),
+    );
+    let local_off_dir = fixtures.scratch("calls-local-metrics-off");
+    let local_off_artifact = local_off_dir.join(hotreload::library_file_name("bench_module"));
+    install(&fixtures.module[0], &local_off_artifact)?;
+    let local_off_reloader = HotReloader::new();
+    let local_off: LocalModule<BenchState> = local_off_reloader.register_local_with(
+        ModuleOptions::new()
+            .artifact(&local_off_artifact)
+            .metrics(MetricsConfig::off()),
+    )?;
+    let local_off_cost = one_thread(
+        "hot_fn_metrics_off",
+        "hot_fn! LocalModule, metrics off",
+        rounds,
+        iters,
+        |i| hot_fn!(local_off.add(i, 1)).unwrap(),
+    );
+    let (_timed_reloader, timed): (_, Module<BenchState>) = register_with_metrics(
+        fixtures,
+        "calls-every-call-timed",
+        MetricsConfig::every_call(),
+    )?;
+    let shared_timed = one_thread(
+        "hot_fn_shared_every_call_timed",
+        "hot_fn! shared handle, every call timed",
+        rounds,
+        iters,
+        |i| hot_fn!(timed.add(i, 1)).unwrap(),
+    );
+
     // A module calling another through the host (the same `add`, from the caller's code).
     let caller_dir = fixtures.scratch("calls-between-modules");
     let caller_artifact = caller_dir.join(hotreload::library_file_name("bench_caller"));
@@ -254,7 +294,10 @@ pub fn run(
         direct,
         fn_ptr,
         local_cost,
+        local_off_cost,
         shared,
+        shared_off,
+        shared_timed,
         all_cores,
         between,
         between_all,
@@ -263,4 +306,19 @@ pub fn run(
     ];
     drop(library);
     Ok(())
+}
+
+/// The bench module registered (shared handle) from a copy of its own, with `metrics`.
+fn register_with_metrics(
+    fixtures: &Fixtures,
+    scratch: &str,
+    metrics: MetricsConfig,
+) -> Result<(HotReloader, Module<BenchState>), Box<dyn std::error::Error>> {
+    let dir = fixtures.scratch(scratch);
+    let artifact = dir.join(hotreload::library_file_name("bench_module"));
+    install(&fixtures.module[0], &artifact)?;
+    let reloader = HotReloader::new();
+    let module =
+        reloader.register_with(ModuleOptions::new().artifact(&artifact).metrics(metrics))?;
+    Ok((reloader, module))
 }

@@ -19,8 +19,8 @@
 //! counters, it never adds work to a call.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::__private::MethodSignature;
@@ -118,32 +118,29 @@ struct Cells {
     errors: AtomicU64,
     panics: AtomicU64,
     latency: [AtomicU64; BUCKETS],
-    /// Written by one thread only (a slot's owner): a load and a store count. Otherwise
-    /// (the block threads beyond the slots share) an atomic addition.
-    single_writer: bool,
 }
 
 impl Cells {
-    fn new(single_writer: bool) -> Self {
+    fn new() -> Self {
         Cells {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
-            single_writer,
         }
     }
+}
 
-    /// Adds one to `counter`, returning what it held.
-    #[inline(always)]
-    fn bump(&self, counter: &AtomicU64) -> u64 {
-        if self.single_writer {
-            let held = counter.load(Ordering::Relaxed);
-            counter.store(held + 1, Ordering::Relaxed);
-            held
-        } else {
-            counter.fetch_add(1, Ordering::Relaxed)
-        }
+/// Adds one to `counter`, returning what it held: with a load and a store when one thread
+/// only writes it (a slot's owner), else with an atomic addition (the shared block).
+#[inline(always)]
+fn bump(counter: &AtomicU64, single_writer: bool) -> u64 {
+    if single_writer {
+        let held = counter.load(Ordering::Relaxed);
+        counter.store(held + 1, Ordering::Relaxed);
+        held
+    } else {
+        counter.fetch_add(1, Ordering::Relaxed)
     }
 }
 
@@ -160,10 +157,14 @@ pub(crate) enum Outcome {
 
 /// The counters of one loaded version (see the module's docs).
 pub(crate) struct Meter {
-    methods: &'static [MethodSignature],
-    config: MetricsConfig,
-    slots: Box<[OnceLock<Box<[Cells]>>]>,
+    /// Per slot, a block of one `Cells` per method (`methods.len()` of them), made by the
+    /// slot's thread at its first call and freed with the meter; null until then.
+    slots: [AtomicPtr<Cells>; SLOTS],
+    /// The block the threads beyond the slots share.
     shared: Box<[Cells]>,
+    methods: &'static [MethodSignature],
+    time_first: u64,
+    time_mask: u64,
 }
 
 impl std::fmt::Debug for Meter {
@@ -177,41 +178,46 @@ impl std::fmt::Debug for Meter {
 /// A call being measured: [`Probe::finish`] records how it ended.
 pub(crate) struct Probe<'a> {
     cells: &'a Cells,
+    single_writer: bool,
     started: Option<Instant>,
 }
 
 impl Probe<'_> {
     #[inline(always)]
     pub(crate) fn finish(self, outcome: Outcome) {
-        match outcome {
-            Outcome::Ok => {}
-            Outcome::Error => {
-                self.cells.bump(&self.cells.errors);
-            }
-            Outcome::Panic => {
-                self.cells.bump(&self.cells.panics);
-            }
-        }
-        if let Some(started) = self.started {
-            self.record_latency(started);
+        if outcome != Outcome::Ok || self.started.is_some() {
+            self.finish_rare(outcome);
         }
     }
 
+    /// An error, a panic or a timed call: not the common case.
     #[cold]
     #[inline(never)]
-    fn record_latency(&self, started: Instant) {
-        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.cells.bump(&self.cells.latency[bucket(nanos)]);
+    fn finish_rare(self, outcome: Outcome) {
+        match outcome {
+            Outcome::Ok => {}
+            Outcome::Error => {
+                bump(&self.cells.errors, self.single_writer);
+            }
+            Outcome::Panic => {
+                bump(&self.cells.panics, self.single_writer);
+            }
+        }
+        if let Some(started) = self.started {
+            let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            bump(&self.cells.latency[bucket(nanos)], self.single_writer);
+        }
     }
 }
 
 impl Meter {
     pub(crate) fn new(methods: &'static [MethodSignature], config: MetricsConfig) -> Self {
         Meter {
+            slots: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
+            shared: (0..methods.len()).map(|_| Cells::new()).collect(),
             methods,
-            config,
-            slots: (0..SLOTS).map(|_| OnceLock::new()).collect(),
-            shared: block(methods.len(), false),
+            time_first: config.time_first,
+            time_mask: config.time_mask,
         }
     }
 
@@ -219,41 +225,70 @@ impl Meter {
     /// thread, and starts its clock if this call is timed.
     #[inline(always)]
     pub(crate) fn start(&self, method: usize) -> Option<Probe<'_>> {
-        let cells = self.cells(method)?;
-        let made = cells.bump(&cells.calls);
-        let timed = made < self.config.time_first || made & self.config.time_mask == 0;
-        Some(Probe {
-            cells,
-            started: timed.then(Instant::now),
-        })
+        if method >= self.methods.len() {
+            return None;
+        }
+        let Some(slot) = self.slots.get(this_thread_slot()) else {
+            return Some(self.start_shared(method));
+        };
+        let block = slot.load(Ordering::Acquire);
+        let block = if block.is_null() {
+            self.first_call_here(slot)
+        } else {
+            block
+        };
+        // SAFETY: a non-null slot holds a block of `methods.len()` `Cells` (made by
+        // `first_call_here`, published with a release store, read with an acquire load), freed
+        // only when the meter is dropped, and `method` is in bounds (checked above).
+        let cells = unsafe { &*block.add(method) };
+        Some(self.count(cells, true))
     }
 
     #[inline(always)]
-    fn cells(&self, method: usize) -> Option<&Cells> {
-        let block = match self.slots.get(this_thread_slot()) {
-            Some(slot) => match slot.get() {
-                Some(block) => block,
-                None => self.first_call_here(slot),
-            },
-            None => &self.shared,
-        };
-        block.get(method)
+    fn count<'a>(&self, cells: &'a Cells, single_writer: bool) -> Probe<'a> {
+        let made = bump(&cells.calls, single_writer);
+        let timed = made < self.time_first || made & self.time_mask == 0;
+        Probe {
+            cells,
+            single_writer,
+            started: if timed { Some(Instant::now()) } else { None },
+        }
     }
 
     #[cold]
     #[inline(never)]
-    fn first_call_here<'a>(&'a self, slot: &'a OnceLock<Box<[Cells]>>) -> &'a [Cells] {
-        slot.get_or_init(|| block(self.methods.len(), true))
+    fn start_shared(&self, method: usize) -> Probe<'_> {
+        self.count(&self.shared[method], false)
+    }
+
+    /// The slot's block, made now: only the slot's owner thread makes it, so no other store
+    /// can race this one.
+    #[cold]
+    #[inline(never)]
+    fn first_call_here(&self, slot: &AtomicPtr<Cells>) -> *mut Cells {
+        let block: Box<[Cells]> = (0..self.methods.len()).map(|_| Cells::new()).collect();
+        let block = Box::into_raw(block).cast::<Cells>();
+        slot.store(block, Ordering::Release);
+        block
+    }
+
+    /// The blocks made so far.
+    fn blocks(&self) -> impl Iterator<Item = &[Cells]> {
+        self.slots
+            .iter()
+            .filter_map(|slot| {
+                let block = slot.load(Ordering::Acquire);
+                // SAFETY: as in `start`: a non-null slot holds a live block of
+                // `methods.len()` cells until the meter is dropped.
+                (!block.is_null())
+                    .then(|| unsafe { std::slice::from_raw_parts(block, self.methods.len()) })
+            })
+            .chain(std::iter::once(&*self.shared))
     }
 
     /// What was counted so far, added up over the threads.
     pub(crate) fn read(&self) -> Vec<MethodMetrics> {
-        let blocks: Vec<&[Cells]> = self
-            .slots
-            .iter()
-            .filter_map(|slot| slot.get().map(|block| &**block))
-            .chain(std::iter::once(&*self.shared))
-            .collect();
+        let blocks: Vec<&[Cells]> = self.blocks().collect();
         self.methods
             .iter()
             .enumerate()
@@ -281,8 +316,19 @@ impl Meter {
     }
 }
 
-fn block(methods: usize, single_writer: bool) -> Box<[Cells]> {
-    (0..methods).map(|_| Cells::new(single_writer)).collect()
+impl Drop for Meter {
+    fn drop(&mut self) {
+        for slot in &mut self.slots {
+            let block = *slot.get_mut();
+            if !block.is_null() {
+                let block = std::ptr::slice_from_raw_parts_mut(block, self.methods.len());
+                // SAFETY: made by `first_call_here` with `Box::into_raw` of a boxed slice of
+                // this length, and freed only here, once (the meter is going away: no call
+                // counts in it any more).
+                drop(unsafe { Box::from_raw(block) });
+            }
+        }
+    }
 }
 
 // -- Thread slots -------------------------------------------------------------------------
