@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Raised whenever a type in this crate, the calling convention of the export table, or the
 /// major version of `abi_stable` (whose `TypeLayout` the descriptor points to) changes. The host
 /// refuses a module built against any other value before reading past [`ModuleDescriptor::abi_version`].
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;
 
 /// The first eight bytes of every descriptor: proof that the symbol really is a descriptor.
 pub const DESCRIPTOR_MAGIC: [u8; 8] = *b"HOTRLD\0\x01";
@@ -229,8 +229,15 @@ unsafe impl Sync for StatePtr {}
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub enum EntryError {
-    /// The module code panicked; the panic was caught inside the module. Holds the message.
-    Panicked(RString),
+    /// The module code panicked; the panic was caught inside the module.
+    Panicked {
+        /// The panic's message and, when known, where it happened.
+        message: RString,
+        /// The backtrace captured where it happened, resolved to text by the module while
+        /// its image was mapped; empty unless `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` asked
+        /// for one (as `std::backtrace::Backtrace::capture` decides).
+        backtrace: RString,
+    },
     /// The entry failed without panicking (for example, state that cannot be decoded).
     Failed(RString),
 }

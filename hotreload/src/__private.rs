@@ -113,7 +113,10 @@ fn contained(payload: Box<dyn Any + Send>) -> EntryError {
     if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
         message.push_str(&format!(" (at {site})"));
     }
-    EntryError::Panicked(message.into())
+    EntryError::Panicked {
+        message: message.into(),
+        backtrace: PanicBacktraces::take().unwrap_or_default().into(),
+    }
 }
 
 /// As [`contain`], for the lifecycle and worker entries: the host may run these outside every
@@ -151,6 +154,57 @@ std::thread_local! {
 /// outside every entry, unless it called into the host, which called an entry.
 fn inside_entry() -> bool {
     IN_LIFECYCLE.with(Cell::get) > 0 || HOST.get().is_some_and(|host| (host.in_call)())
+}
+
+/// The backtraces of contained panics, resolved to text by the hook while the panic unwinds
+/// and taken by `contained` on the same thread: one global slot per thread that panicked, not
+/// a thread-local (a `String` in one would register a thread-local destructor in this image).
+///
+/// A thread is known by the address of its `LAST_PANIC_SITE`, which no two running threads
+/// share. A panic that module code catches itself leaves its entry until that thread's next
+/// contained panic replaces it; the slots are bounded all the same.
+struct PanicBacktraces;
+
+static PANIC_BACKTRACES: std::sync::Mutex<Vec<(usize, String)>> =
+    std::sync::Mutex::new(Vec::new());
+
+impl PanicBacktraces {
+    /// At most this many threads' backtraces are kept waiting; the oldest goes first.
+    const SLOTS: usize = 64;
+
+    fn this_thread() -> usize {
+        LAST_PANIC_SITE.with(|site| std::ptr::from_ref(site) as usize)
+    }
+
+    /// Captures a backtrace of this thread if the environment asks for one
+    /// (`RUST_BACKTRACE`, `RUST_LIB_BACKTRACE`) and keeps it, resolved, for `take`.
+    fn record() {
+        let backtrace = std::backtrace::Backtrace::capture();
+        if backtrace.status() != std::backtrace::BacktraceStatus::Captured {
+            return;
+        }
+        // Resolved here, while this image (and every frame's) is mapped.
+        let text = backtrace.to_string();
+        let me = Self::this_thread();
+        let mut slots = PANIC_BACKTRACES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slots.retain(|(thread, _)| *thread != me);
+        if slots.len() >= Self::SLOTS {
+            slots.remove(0);
+        }
+        slots.push((me, text));
+    }
+
+    /// The backtrace `record` kept for this thread's last panic, if any.
+    fn take() -> Option<String> {
+        let me = Self::this_thread();
+        let mut slots = PANIC_BACKTRACES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let at = slots.iter().position(|(thread, _)| *thread == me)?;
+        Some(slots.swap_remove(at).1)
+    }
 }
 
 /// `file:line:column`, in a fixed buffer (no allocation to free at thread exit).
@@ -191,6 +245,7 @@ fn install_quiet_hook() {
             }
         });
         LAST_PANIC_SITE.with(|last| last.set(site));
+        PanicBacktraces::record();
     }));
 }
 
@@ -384,6 +439,8 @@ pub fn migration_step<O>(
             if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
                 message.push_str(&format!(" (at {site})"));
             }
+            // A migration's failure is a message: its backtrace is not carried.
+            let _ = PanicBacktraces::take();
             Err(format!(
                 "state schema v{from} -> v{to}: {name} panicked: {message}"
             ))

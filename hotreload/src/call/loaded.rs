@@ -8,7 +8,7 @@ use hotreload_abi::{EntryError, EntryResult, StatePtr};
 
 use crate::VersionInfo;
 use crate::access::{Access, Listing, Mode, Refused};
-use crate::error::HotError;
+use crate::error::{HotError, ModuleFault};
 use crate::module::{HotModule, ModuleCore};
 use crate::rehome::Rehome;
 use crate::version::Live;
@@ -235,11 +235,13 @@ fn not_loaded(core: &ModuleCore, method: &'static str) -> Box<HotError> {
 #[cold]
 #[inline(never)]
 fn failed(live: &Live, method: &'static str, err: EntryError) -> Box<HotError> {
+    let (fault, backtrace) = ModuleFault::with_backtrace(err);
     Box::new(HotError::Call {
         module: live.version.info.module.clone(),
         method,
         generation: live.version.info.generation,
         api_version: live.version.info.api_version,
-        fault: err.into(),
+        fault,
+        backtrace,
     })
 }
