@@ -165,8 +165,7 @@ fn inside_entry() -> bool {
 /// contained panic replaces it; the slots are bounded all the same.
 struct PanicBacktraces;
 
-static PANIC_BACKTRACES: std::sync::Mutex<Vec<(usize, String)>> =
-    std::sync::Mutex::new(Vec::new());
+static PANIC_BACKTRACES: std::sync::Mutex<Vec<(usize, String)>> = std::sync::Mutex::new(Vec::new());
 
 impl PanicBacktraces {
     /// At most this many threads' backtraces are kept waiting; the oldest goes first.
@@ -184,7 +183,7 @@ impl PanicBacktraces {
             return;
         }
         // Resolved here, while this image (and every frame's) is mapped.
-        let text = backtrace.to_string();
+        let text = from_the_panic(&backtrace.to_string());
         let me = Self::this_thread();
         let mut slots = PANIC_BACKTRACES
             .lock()
@@ -205,6 +204,38 @@ impl PanicBacktraces {
         let at = slots.iter().position(|(thread, _)| *thread == me)?;
         Some(slots.swap_remove(at).1)
     }
+}
+
+/// A backtrace's text from the frame that panicked on: without the frames of this hook and
+/// of std's panic machinery above it (the lines up to `core::panicking::panic_fmt` and its
+/// kind). Frames keep their numbers.
+fn from_the_panic(text: &str) -> String {
+    fn frame_name(line: &str) -> Option<&str> {
+        let (number, name) = line.trim_start().split_once(": ")?;
+        number.bytes().all(|b| b.is_ascii_digit()).then_some(name)
+    }
+    let machinery = |name: &str| {
+        name.starts_with("core::panicking::")
+            || name.starts_with("std::panicking::begin_panic")
+            || name.ends_with("rust_begin_unwind")
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut start = 0;
+    let mut in_machinery = false;
+    for (at, line) in lines.iter().enumerate() {
+        let Some(name) = frame_name(line) else {
+            continue;
+        };
+        if machinery(name) {
+            in_machinery = true;
+        } else if in_machinery {
+            start = at;
+            break;
+        }
+    }
+    let mut kept = lines[start..].join("\n");
+    kept.push('\n');
+    kept
 }
 
 /// `file:line:column`, in a fixed buffer (no allocation to free at thread exit).
