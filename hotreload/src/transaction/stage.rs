@@ -232,7 +232,10 @@ impl Drop for DebugFiles {
 /// previous file keeps it); the copy's identity, or `None` (with a debug line) if it failed.
 fn place(from: &Path, to: &Path) -> Option<FileId> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let temp = with_suffix(to, &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)));
+    let temp = with_suffix(
+        to,
+        &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+    );
     let placed = fs::copy(from, &temp)
         .and_then(|_| fs::rename(&temp, to))
         .and_then(|()| file_id(to).ok_or_else(|| std::io::ErrorKind::NotFound.into()));

@@ -4,7 +4,8 @@
 //! `debug_host calls <artifact> <build dir>...`: installs every file of each build directory
 //! (the library and any debug files beside it) next to `<artifact>`, loads or reloads it,
 //! and calls `add` once per build, printing `call <n>: <total>`. Replaced versions are closed
-//! at once (no history).
+//! at once (no history). With `DEBUG_HOST_SPIN=<n>`, it also calls `sequence(1_000_000)` `n`
+//! times per build (time for a profiler to sample).
 //!
 //! `debug_host panic <artifact> <build dir>`: installs the build, calls `explode`, and prints
 //! the error's one line after `error: ` and its backtrace after a line `backtrace:`.
@@ -45,6 +46,10 @@ fn install(build: &str, artifact: &Path) {
 
 fn calls(artifact: &Path, builds: &[String]) -> ExitCode {
     install(&builds[0], artifact);
+    let spin: u32 = std::env::var("DEBUG_HOST_SPIN")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     let reloader = HotReloader::new();
     // Replaced versions close at once: the debugger sees them unloaded.
     let module = reloader
@@ -59,6 +64,10 @@ fn calls(artifact: &Path, builds: &[String]) -> ExitCode {
         }
         let total = hot_fn!(module.add(1)).expect("call add");
         println!("call {}: {total}", n + 1);
+        // Some time spent in each build, for a profiler's samples.
+        for _ in 0..spin {
+            let _ = hot_fn!(module.sequence(1_000_000)).expect("call sequence");
+        }
     }
     ExitCode::SUCCESS
 }
