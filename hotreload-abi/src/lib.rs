@@ -234,8 +234,8 @@ pub enum EntryError {
         /// The panic's message and, when known, where it happened.
         message: RString,
         /// The backtrace captured where it happened, resolved to text by the module while
-        /// its image was mapped; empty unless `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` asked
-        /// for one (as `std::backtrace::Backtrace::capture` decides).
+        /// its image was mapped; empty unless the host's environment has
+        /// `HOTRELOAD_BACKTRACE=1`.
         backtrace: RString,
     },
     /// The entry failed without panicking (for example, state that cannot be decoded).

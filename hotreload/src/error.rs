@@ -192,8 +192,8 @@ pub enum HotError {
         /// What the module reported.
         fault: ModuleFault,
         /// Where the module panicked, resolved by the module while its build was mapped: set
-        /// when the process runs with `RUST_BACKTRACE` or `RUST_LIB_BACKTRACE` set (as for
-        /// `std::backtrace::Backtrace::capture`); also through [`HotError::backtrace`].
+        /// when the process runs with `HOTRELOAD_BACKTRACE=1`; also through
+        /// [`HotError::backtrace`].
         backtrace: Option<String>,
     },
 
@@ -388,7 +388,8 @@ pub enum HotError {
 impl HotError {
     /// The backtrace of a module's panic, one frame per entry with its file and line in the
     /// build that panicked: captured for a failed call when the process runs with
-    /// `RUST_BACKTRACE=1` (or `RUST_LIB_BACKTRACE=1`). The error's `Display` stays one line.
+    /// `HOTRELOAD_BACKTRACE=1` (not `RUST_BACKTRACE`: resolving it keeps the version's
+    /// shadow copy mapped for the rest of the process). The error's `Display` stays one line.
     pub fn backtrace(&self) -> Option<&str> {
         match self {
             HotError::Call { backtrace, .. } => backtrace.as_deref(),
