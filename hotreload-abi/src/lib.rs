@@ -229,8 +229,15 @@ unsafe impl Sync for StatePtr {}
 #[repr(u8)]
 #[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
 pub enum EntryError {
-    /// The module code panicked; the panic was caught inside the module. Holds the message.
-    Panicked(RString),
+    /// The module code panicked; the panic was caught inside the module.
+    Panicked {
+        /// The panic's message and, when known, where it happened.
+        message: RString,
+        /// The backtrace captured where it happened, resolved to text by the module while
+        /// its image was mapped; empty unless the host's environment has
+        /// `HOTRELOAD_BACKTRACE=1`.
+        backtrace: RString,
+    },
     /// The entry failed without panicking (for example, state that cannot be decoded).
     Failed(RString),
 }

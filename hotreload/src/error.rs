@@ -191,6 +191,10 @@ pub enum HotError {
         api_version: u32,
         /// What the module reported.
         fault: ModuleFault,
+        /// Where the module panicked, resolved by the module while its build was mapped: set
+        /// when the process runs with `HOTRELOAD_BACKTRACE=1`; also through
+        /// [`HotError::backtrace`].
+        backtrace: Option<String>,
     },
 
     /// The module is registered but no build of it has loaded yet.
@@ -382,6 +386,17 @@ pub enum HotError {
 }
 
 impl HotError {
+    /// The backtrace of a module's panic, one frame per entry with its file and line in the
+    /// build that panicked: captured for a failed call when the process runs with
+    /// `HOTRELOAD_BACKTRACE=1` (not `RUST_BACKTRACE`: resolving it keeps the version's
+    /// shadow copy mapped for the rest of the process). The error's `Display` stays one line.
+    pub fn backtrace(&self) -> Option<&str> {
+        match self {
+            HotError::Call { backtrace, .. } => backtrace.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Whether the build itself is at fault (it is not a library, not this module, does not
     /// fit, or fails with this state), so that offering the same bytes again cannot succeed;
     /// a veto, a failed save, a wrong thread or an I/O error may pass another time.
@@ -421,9 +436,24 @@ impl fmt::Display for ModuleFault {
 impl From<hotreload_abi::EntryError> for ModuleFault {
     fn from(err: hotreload_abi::EntryError) -> Self {
         match err {
-            hotreload_abi::EntryError::Panicked(m) => ModuleFault::Panicked(m.into_string()),
+            hotreload_abi::EntryError::Panicked { message, .. } => {
+                ModuleFault::Panicked(message.into_string())
+            }
             hotreload_abi::EntryError::Failed(m) => ModuleFault::Failed(m.into_string()),
         }
+    }
+}
+
+impl ModuleFault {
+    /// The fault and the backtrace (if the module captured one) of an entry's error.
+    pub(crate) fn with_backtrace(err: hotreload_abi::EntryError) -> (Self, Option<String>) {
+        let backtrace = match &err {
+            hotreload_abi::EntryError::Panicked { backtrace, .. } if !backtrace.is_empty() => {
+                Some(backtrace.to_string())
+            }
+            _ => None,
+        };
+        (err.into(), backtrace)
     }
 }
 

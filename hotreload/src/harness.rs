@@ -249,10 +249,29 @@ impl VariantBuilder {
             let built = profile.join(&file_name);
             let copy = out.join(crate::library_file_name(&lib_name));
             fs::copy(&built, &copy).map_err(io_err(&built))?;
+            copy_packed_debug_info(&built, &copy)?;
             libraries.insert(variant.name.clone(), copy);
         }
         Ok(BuiltVariants { libraries })
     }
+}
+
+/// Copies the `.dwp` cargo puts beside a library built with `split-debuginfo = "packed"`
+/// (`lib<name>.so.dwp`) beside the library's copy, under the copy's name, where debuggers
+/// look for it; removes a stale one when the build has none.
+fn copy_packed_debug_info(built: &Path, copy: &Path) -> Result<(), HarnessError> {
+    let with_dwp = |path: &Path| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(".dwp");
+        PathBuf::from(name)
+    };
+    let (from, to) = (with_dwp(built), with_dwp(copy));
+    if from.is_file() {
+        fs::copy(&from, &to).map_err(io_err(&from))?;
+    } else if to.exists() {
+        fs::remove_file(&to).map_err(io_err(&to))?;
+    }
+    Ok(())
 }
 
 /// A manifest, parsed.
@@ -400,6 +419,8 @@ pub struct SetVariant {
 impl SetVariant {
     /// Replaces every occurrence of `from` by `to` in `file` (relative to the crate) of the
     /// crate whose directory is named `krate`. Building fails if `from` does not occur.
+    /// An empty `krate` names the variant's workspace root, whose `Cargo.toml` (starting
+    /// with `[workspace]`) is where profile settings go.
     pub fn edit(mut self, krate: &str, file: &str, from: &str, to: &str) -> Self {
         self.edits.push((
             krate.to_owned(),
@@ -546,6 +567,7 @@ impl SetBuilder {
                 if !fresh.contains(&dir) {
                     let built = profile.join(crate::library_file_name(&lib));
                     fs::copy(&built, &copy).map_err(io_err(&built))?;
+                    copy_packed_debug_info(&built, &copy)?;
                 }
                 libraries.insert((variant.name.clone(), lib), copy);
             }

@@ -71,6 +71,9 @@ pub(crate) struct ShadowFile {
     pub identity: Option<ArtifactIdentity>,
     /// Where the library refers to the C library's thread-local destructor registration.
     pub dtor_slots: os::DtorSlots,
+    /// Its split debug info beside it, removed with it.
+    #[allow(dead_code, reason = "held for its `Drop`")]
+    pub debug_files: crate::transaction::stage::DebugFiles,
 }
 
 /// The SHA-256 of a shadow copy, in hex: computed once, by the first to ask, from the file.

@@ -10,7 +10,7 @@ use std::marker::PhantomData;
 use abi_stable::std_types::RResult;
 use hotreload_abi::{EntryResult, ImportOutcome, ImportedCall, StatePtr};
 
-use crate::error::HotError;
+use crate::error::{HotError, ModuleFault};
 use crate::module::HotModule;
 use crate::rehome::Rehome;
 
@@ -98,13 +98,17 @@ impl<T: HotModule> Import<T> {
                 api_version,
             } => match frame.out {
                 Some(RResult::ROk(value)) => Ok(value),
-                Some(RResult::RErr(fault)) => Err(HotError::Call {
-                    module: T::MODULE_NAME.to_owned(),
-                    method,
-                    generation,
-                    api_version,
-                    fault: fault.into(),
-                }),
+                Some(RResult::RErr(err)) => {
+                    let (fault, backtrace) = ModuleFault::with_backtrace(err);
+                    Err(HotError::Call {
+                        module: T::MODULE_NAME.to_owned(),
+                        method,
+                        generation,
+                        api_version,
+                        fault,
+                        backtrace,
+                    })
+                }
                 None => Err(unavailable::<T>(method, "the host did not run the call")),
             },
             ImportOutcome::NotLoaded => Err(HotError::NotLoaded {

@@ -111,6 +111,7 @@ fn contained<T: HotModule, R>(
             generation: 0,
             api_version: T::API_VERSION,
             fault: ModuleFault::Panicked(message),
+            backtrace: None,
         }
     })
 }

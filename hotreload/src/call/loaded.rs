@@ -8,7 +8,7 @@ use hotreload_abi::{EntryError, EntryResult, StatePtr};
 
 use crate::VersionInfo;
 use crate::access::{Access, Listing, Mode, Refused};
-use crate::error::HotError;
+use crate::error::{HotError, ModuleFault};
 use crate::metrics::Outcome;
 use crate::module::{HotModule, ModuleCore};
 use crate::rehome::Rehome;
@@ -194,7 +194,7 @@ fn run<T: HotModule, R: Rehome>(
         probe.finish(match &result {
             RResult::ROk(value) if value.is_err() => Outcome::Error,
             RResult::ROk(_) => Outcome::Ok,
-            RResult::RErr(EntryError::Panicked(_)) => Outcome::Panic,
+            RResult::RErr(EntryError::Panicked { .. }) => Outcome::Panic,
             RResult::RErr(EntryError::Failed(_)) => Outcome::Error,
         });
     }
@@ -252,11 +252,13 @@ fn not_loaded(core: &ModuleCore, method: &'static str) -> Box<HotError> {
 #[cold]
 #[inline(never)]
 fn failed(live: &Live, method: &'static str, err: EntryError) -> Box<HotError> {
+    let (fault, backtrace) = ModuleFault::with_backtrace(err);
     Box::new(HotError::Call {
         module: live.version.info.module.clone(),
         method,
         generation: live.version.info.generation,
         api_version: live.version.info.api_version,
-        fault: err.into(),
+        fault,
+        backtrace,
     })
 }

@@ -117,6 +117,7 @@ pub(crate) fn stage(
     })?;
     let descriptor_size = check_descriptor_symbol(&file, spec)?;
     let dtor_slots = os::DtorSlots::find(&file);
+    let debuglink = debuglink_name(&file);
     let path = shadow_path(spec, shadow, generation);
     copy.map = None;
     let from = copy.path.as_ref().map_or_else(PathBuf::new, Clone::clone);
@@ -126,6 +127,7 @@ pub(crate) fn stage(
         source: source.into(),
     })?;
     copy.path = None;
+    let debug_files = DebugFiles::stage(artifact, &path, debuglink.as_deref());
     tracing::debug!(shadow = %path.display(), len, "staged");
     let sha256 = Sha256Cell::new(path.clone());
     if let Some(hex) = copy.sha256.get() {
@@ -139,7 +141,152 @@ pub(crate) fn stage(
         descriptor_size,
         identity: copy.identity,
         dtor_slots,
+        debug_files,
     })
+}
+
+/// The debug files of a shadow copy, put where debuggers look for them beside it, and
+/// removed with it.
+///
+/// A debugger finds a library's split debug info by the library's own path, and the shadow
+/// copy has another directory and name than the build: gdb (and std's backtraces) look for
+/// `<library>.dwp` (`split-debuginfo = "packed"`) and for the file a `.gnu_debuglink`
+/// section names in the library's directory. Staging copies the build's `<artifact>.dwp` to
+/// `<shadow>.dwp`, and the debuglink file (found beside the artifact, or in `.debug/` there)
+/// to the shadow directory under the name the section gives. They are copied, not
+/// hard-linked: rustc rewrites a `.dwp` in place on the next build, which a link would share.
+///
+/// Every version of a module has the same debuglink name, so that file is the most recently
+/// staged version's: a debugger loading a version as it opens reads the right one (gdb
+/// checks the section's CRC and refuses a file of another build); one attaching later finds
+/// the debug info of that version only.
+///
+/// With `split-debuginfo = "unpacked"` the library names its `.dwo` files by absolute path
+/// in the target directory: nothing is copied, and a debugger reads whatever the last build
+/// left there, so once a later build replaced them an older version's frames lose their
+/// lines (gdb says "Could not find DWO CU").
+///
+/// A missing or unreadable debug file never fails a reload: it is left out, with a debug
+/// line in the log.
+#[derive(Debug, Default)]
+pub(crate) struct DebugFiles {
+    /// Removed when the version goes.
+    own: Vec<PathBuf>,
+    /// The debuglink file, removed if it is still the one this version put there.
+    shared: Option<(PathBuf, FileId)>,
+}
+
+/// Device and inode.
+type FileId = (u64, u64);
+
+impl DebugFiles {
+    /// Copies the debug files of the build at `artifact` beside its shadow copy at `shadow`;
+    /// `debuglink` is the file name the library's `.gnu_debuglink` section gives.
+    pub(crate) fn stage(artifact: &Path, shadow: &Path, debuglink: Option<&str>) -> Self {
+        let mut files = DebugFiles::default();
+        let dwp = with_suffix(artifact, ".dwp");
+        if dwp.is_file() {
+            let to = with_suffix(shadow, ".dwp");
+            if place(&dwp, &to).is_some() {
+                files.own.push(to);
+            }
+        }
+        if let (Some(name), Some(from_dir), Some(to_dir)) =
+            (debuglink, artifact.parent(), shadow.parent())
+        {
+            let found = [from_dir.join(name), from_dir.join(".debug").join(name)]
+                .into_iter()
+                .find(|candidate| candidate.is_file());
+            match found {
+                Some(from) => {
+                    let to = to_dir.join(name);
+                    if let Some(id) = place(&from, &to) {
+                        files.shared = Some((to, id));
+                    }
+                }
+                None => tracing::debug!(
+                    artifact = %artifact.display(),
+                    debuglink = name,
+                    "the library's debug file is not beside it: a debugger sees no lines for it"
+                ),
+            }
+        }
+        files
+    }
+}
+
+impl Drop for DebugFiles {
+    fn drop(&mut self) {
+        for path in &self.own {
+            let _ = fs::remove_file(path);
+        }
+        if let Some((path, id)) = &self.shared {
+            if file_id(path).as_ref() == Some(id) {
+                let _ = fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Copies `from` to `to` through a temporary file renamed into place (a debugger reading the
+/// previous file keeps it); the copy's identity, or `None` (with a debug line) if it failed.
+fn place(from: &Path, to: &Path) -> Option<FileId> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let temp = with_suffix(
+        to,
+        &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+    );
+    let placed = fs::copy(from, &temp)
+        .and_then(|_| fs::rename(&temp, to))
+        .and_then(|()| file_id(to).ok_or_else(|| std::io::ErrorKind::NotFound.into()));
+    match placed {
+        Ok(id) => {
+            tracing::debug!(from = %from.display(), to = %to.display(), "staged a debug file");
+            Some(id)
+        }
+        Err(err) => {
+            let _ = fs::remove_file(&temp);
+            tracing::debug!(
+                from = %from.display(),
+                to = %to.display(),
+                "cannot stage a debug file, a debugger sees no lines for this build: {err}"
+            );
+            None
+        }
+    }
+}
+
+fn file_id(path: &Path) -> Option<FileId> {
+    let meta = fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let modified = meta.modified().ok()?;
+        let nanos = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Some((meta.len(), nanos))
+    }
+}
+
+/// `path` with `suffix` appended to its file name.
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The file name in the library's `.gnu_debuglink` section, if it has one that is a plain
+/// file name (never a path: the name is joined to directories).
+fn debuglink_name(file: &object::File<'_>) -> Option<String> {
+    let (name, _crc) = file.gnu_debuglink().ok()??;
+    let name = std::str::from_utf8(name).ok()?;
+    let plain = !name.is_empty() && !name.contains('/') && name != "." && name != "..";
+    plain.then(|| name.to_owned())
 }
 
 /// The SHA-256 of `bytes`, in lower-case hex: how versions and artifacts are identified.
