@@ -172,6 +172,11 @@ fn scripted() -> Result<(), Box<dyn std::error::Error>> {
     );
     frames(&game, 2)?;
 
+    println!("\n== The live system, as `reloader.status()` shows it");
+    for line in reloader.status()?.to_string().lines() {
+        println!("   {line}");
+    }
+
     let summary = hot_fn!(game.summary())?;
     println!(
         "\n== Done: {} ticks, score {}, {} entities; one process throughout, now on load #{}",
