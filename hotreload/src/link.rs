@@ -97,7 +97,12 @@ unsafe impl Send for Links {}
 
 impl Links {
     /// The imports `descriptor` declares, not yet linked to any callee.
-    pub(crate) fn of(caller: &str, generation: u64, descriptor: &ModuleDescriptor) -> Self {
+    pub(crate) fn of(
+        caller: &str,
+        generation: u64,
+        descriptor: &ModuleDescriptor,
+        forward_logs: bool,
+    ) -> Self {
         let imports = descriptor
             .imports
             .iter()
@@ -116,7 +121,7 @@ impl Links {
             caller: caller.to_owned(),
             generation,
             imports,
-            log: crate::logs::LogContext::new(caller, generation),
+            log: crate::logs::LogContext::new(caller, generation, forward_logs),
         }
     }
 

@@ -28,14 +28,22 @@ mod host;
 #[cfg(feature = "runtime")]
 pub(crate) use host::{LogContext, hooks};
 
-/// At most this many fields of an event or span are sent (as many as `tracing`'s macros
-/// take).
+/// At most this many fields of an event or span are sent; the rest are left out.
 const MAX_FIELDS: usize = 32;
 
+/// The span id the module uses for a span the host did not make (disabled, or a failure):
+/// the host ignores it. Never an id a subscriber gives out in practice.
+pub(crate) const NO_SPAN: u64 = u64::MAX;
+
 /// Installs this image's subscriber and logger, which send to the host. Called once, when
-/// the host attaches the image; if the module's code installed its own already, that one
-/// stays.
+/// the host attaches the image, before any of the module's code runs: a module that installs
+/// a global subscriber or logger of its own must use `try_init` (or the like), and the host
+/// can leave its logging alone with `ModuleOptions::forward_logs(false)`.
 pub(crate) fn install(hooks: LogHooks) {
+    // The host asked for the module's logging to be left alone.
+    if hooks.context.is_null() {
+        return;
+    }
     let _ = tracing_core::dispatcher::set_global_default(tracing_core::Dispatch::new(Forwarder {
         hooks,
     }));
@@ -118,6 +126,7 @@ fn with_callsite<R>(metadata: &Metadata<'_>, f: impl FnOnce(&LogCallsite<'_>) ->
 /// A field's value as visited, owned until it is sent.
 enum Owned {
     Value(LogValue<'static>),
+    Str(String),
     Text(String),
 }
 
@@ -143,6 +152,7 @@ impl Collect {
                 index: *index,
                 value: match value {
                     Owned::Value(value) => *value,
+                    Owned::Str(text) => LogValue::Str(RStr::from_str(text)),
                     Owned::Text(text) => LogValue::Text(RStr::from_str(text)),
                 },
             })
@@ -169,9 +179,8 @@ impl Visit for Collect {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        // Shown quoted, as the host's own strings are; copied, since the visit lends it
-        // only for this call.
-        self.push(field, Owned::Text(format!("{value:?}")));
+        // Copied: the visit lends it only for this call.
+        self.push(field, Owned::Str(value.to_owned()));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
@@ -214,9 +223,7 @@ impl Subscriber for Forwarder {
         let id = with_callsite(span.metadata(), |callsite| {
             values.send(|fields| (self.hooks.new_span)(self.hooks.context, callsite, fields))
         });
-        // The host's subscriber never gives 0 (an id is non-zero); should it, a span the host
-        // does not know is better than a panic in the module's code.
-        span::Id::from_u64(id.max(1))
+        span::Id::from_u64(if id == 0 { NO_SPAN } else { id })
     }
 
     /// Values recorded on a span after it was made are not sent (see the README).
@@ -241,7 +248,8 @@ impl Subscriber for Forwarder {
     }
 
     fn clone_span(&self, id: &span::Id) -> span::Id {
-        span::Id::from_u64((self.hooks.clone_span)(id.into_u64()).max(1))
+        let id = (self.hooks.clone_span)(id.into_u64());
+        span::Id::from_u64(if id == 0 { NO_SPAN } else { id })
     }
 
     fn try_close(&self, id: span::Id) -> bool {

@@ -28,10 +28,12 @@ use crate::__private::MethodSignature;
 /// How a module's calls are measured: set with
 /// [`ModuleOptions::metrics`](crate::ModuleOptions::metrics).
 ///
-/// Counting calls, errors and panics costs about a nanosecond per call and is always on unless
-/// metrics are [`off`](Self::off); the latency of a call is measured for the first
-/// `time_first` calls of each method on each thread, then for one call in `time_every`
-/// (rounded up to a power of two).
+/// Counting calls, errors and panics costs a few nanoseconds per call (the benchmark measures
+/// it) and is on unless metrics are [`off`](Self::off); the latency of a call is measured for
+/// the first calls of each method on each thread (strictly: in each thread's slot of
+/// counters, which a thread that ends hands on with its counts), then for one call in
+/// `every` (rounded up to a power of two), weighted in the histogram for the calls it
+/// stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MetricsConfig {
     pub(crate) on: bool,
@@ -68,7 +70,7 @@ impl MetricsConfig {
         MetricsConfig {
             on: true,
             time_first: first,
-            time_mask: every.max(1).next_power_of_two() - 1,
+            time_mask: every.max(1).checked_next_power_of_two().unwrap_or(1 << 63) - 1,
         }
     }
 
@@ -81,8 +83,8 @@ impl MetricsConfig {
 /// How many threads alive at once get counters of their own.
 pub(crate) const SLOTS: usize = 64;
 
-/// Buckets of the latency histogram: below 16 ns, then four per power of two from 2^4 to
-/// 2^35 ns (the last also holds everything longer).
+/// Buckets of the latency histogram: below 16 ns, then four per power of two from 2^4 ns to
+/// 2^36 ns (about 69 s; the last bucket also holds everything longer).
 const BUCKETS: usize = 1 + 4 * 32;
 const FIRST_EXPONENT: u32 = 4;
 const LAST_EXPONENT: u32 = FIRST_EXPONENT + 31;
@@ -117,6 +119,9 @@ struct Cells {
     calls: AtomicU64,
     errors: AtomicU64,
     panics: AtomicU64,
+    /// Calls timed.
+    timed: AtomicU64,
+    /// Per bucket, the calls the timed ones in it stand for (see `Probe::started`).
     latency: [AtomicU64; BUCKETS],
 }
 
@@ -126,8 +131,19 @@ impl Cells {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             panics: AtomicU64::new(0),
+            timed: AtomicU64::new(0),
             latency: std::array::from_fn(|_| AtomicU64::new(0)),
         }
+    }
+}
+
+/// Adds `n` to `counter`, as [`bump`] does.
+fn add(counter: &AtomicU64, n: u64, single_writer: bool) {
+    if single_writer {
+        let held = counter.load(Ordering::Relaxed);
+        counter.store(held + n, Ordering::Relaxed);
+    } else {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -179,7 +195,9 @@ impl std::fmt::Debug for Meter {
 pub(crate) struct Probe<'a> {
     cells: &'a Cells,
     single_writer: bool,
-    started: Option<Instant>,
+    /// When a timed call started, and how many calls it stands for: 1 among a thread's first
+    /// calls (all timed), `every` after them (one in `every` timed).
+    started: Option<(Instant, u64)>,
 }
 
 impl Probe<'_> {
@@ -203,9 +221,14 @@ impl Probe<'_> {
                 bump(&self.cells.panics, self.single_writer);
             }
         }
-        if let Some(started) = self.started {
+        if let Some((started, weight)) = self.started {
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            bump(&self.cells.latency[bucket(nanos)], self.single_writer);
+            add(
+                &self.cells.latency[bucket(nanos)],
+                weight,
+                self.single_writer,
+            );
+            bump(&self.cells.timed, self.single_writer);
         }
     }
 }
@@ -251,7 +274,20 @@ impl Meter {
         Probe {
             cells,
             single_writer,
-            started: if timed { Some(Instant::now()) } else { None },
+            started: if timed {
+                Some((Instant::now(), self.weight(made)))
+            } else {
+                None
+            },
+        }
+    }
+
+    /// How many calls the timed call number `made` stands for in the histogram.
+    fn weight(&self, made: u64) -> u64 {
+        if made < self.time_first {
+            1
+        } else {
+            self.time_mask + 1
         }
     }
 
@@ -301,15 +337,17 @@ impl Meter {
                     latency: Latency::default(),
                 };
                 let mut latency = [0u64; BUCKETS];
+                let mut timed = 0;
                 for cells in blocks.iter().map(|block| &block[index]) {
                     sum.calls += cells.calls.load(Ordering::Relaxed);
                     sum.errors += cells.errors.load(Ordering::Relaxed);
                     sum.panics += cells.panics.load(Ordering::Relaxed);
+                    timed += cells.timed.load(Ordering::Relaxed);
                     for (total, count) in latency.iter_mut().zip(&cells.latency) {
                         *total += count.load(Ordering::Relaxed);
                     }
                 }
-                sum.latency = Latency::from_dense(&latency);
+                sum.latency = Latency::from_dense(&latency, timed);
                 sum
             })
             .collect()
@@ -404,6 +442,7 @@ fn assign_slot() -> usize {
 
 /// One loaded version's metrics, per method the host calls.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct VersionMetrics {
     /// The module's name.
     pub module: String,
@@ -437,6 +476,7 @@ impl VersionMetrics {
 
 /// One method's metrics in one version.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct MethodMetrics {
     /// The method's name.
     pub method: &'static str,
@@ -452,38 +492,50 @@ pub struct MethodMetrics {
 }
 
 /// A histogram of call latencies: four buckets per power of two (each about 19% wide), from
-/// below 16 ns to about 34 s.
+/// below 16 ns to about 69 s (the last bucket holds everything longer).
+///
+/// Each timed call counts for the calls it stands for: 1 among a thread's first calls of a
+/// method (all timed), `every` after them (one in `every` timed; see [`MetricsConfig`]), so
+/// that quantiles describe all the calls, not the first ones mostly.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Latency {
-    /// The non-empty buckets (index, count), in order: a version's metrics outlive it in
-    /// [`RetiredVersion`](crate::RetiredVersion), so they stay small.
+    /// The non-empty buckets (index, calls they stand for), in order: a version's metrics
+    /// outlive it in [`RetiredVersion`](crate::RetiredVersion), so they stay small.
     counts: Vec<(u16, u64)>,
+    /// How many calls were timed.
+    timed: u64,
 }
 
 impl Latency {
-    fn from_dense(buckets: &[u64; BUCKETS]) -> Self {
+    fn from_dense(buckets: &[u64; BUCKETS], timed: u64) -> Self {
         Latency {
             counts: (0u16..)
                 .zip(buckets)
                 .filter(|(_, count)| **count > 0)
                 .map(|(index, count)| (index, *count))
                 .collect(),
+            timed,
         }
     }
 
     /// How many calls were timed.
     pub fn samples(&self) -> u64 {
+        self.timed
+    }
+
+    /// How many calls the histogram stands for (each timed call weighted, see above).
+    pub fn weight(&self) -> u64 {
         self.counts.iter().map(|(_, count)| count).sum()
     }
 
-    /// The latency below which a share `q` (0 to 1) of the timed calls fall, as the middle of
-    /// its bucket; `None` before any call was timed.
+    /// The latency below which a share `q` (0 to 1) of the calls fall, as the middle of its
+    /// bucket; `None` before any call was timed.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let samples = self.samples();
-        if samples == 0 {
+        let weight = self.weight();
+        if weight == 0 {
             return None;
         }
-        let rank = ((q.clamp(0.0, 1.0) * samples as f64).ceil() as u64).max(1);
+        let rank = ((q.clamp(0.0, 1.0) * weight as f64).ceil() as u64).max(1);
         let mut seen = 0;
         let (index, _) = self.counts.iter().find(|(_, count)| {
             seen += count;
@@ -499,7 +551,7 @@ impl Latency {
         Some(Duration::from_nanos(bucket_bounds(usize::from(*index)).1))
     }
 
-    /// Each non-empty bucket: its bounds `[low, high)` and how many timed calls it holds.
+    /// Each non-empty bucket: its bounds `[low, high)` and how many calls it stands for.
     pub fn buckets(&self) -> impl Iterator<Item = (Duration, Duration, u64)> + '_ {
         self.counts.iter().map(|(index, count)| {
             let (low, high) = bucket_bounds(usize::from(*index));
@@ -538,7 +590,7 @@ mod tests {
         let mut dense = [0; BUCKETS];
         dense[bucket(100)] = 90;
         dense[bucket(10_000)] = 10;
-        let latency = Latency::from_dense(&dense);
+        let latency = Latency::from_dense(&dense, 100);
         let p50 = latency.quantile(0.5).unwrap().as_nanos() as u64;
         let p99 = latency.quantile(0.99).unwrap().as_nanos() as u64;
         assert!((90..=112).contains(&p50), "{p50}");

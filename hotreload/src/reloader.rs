@@ -32,6 +32,7 @@ pub struct ModuleOptions {
     worker_stop_timeout: std::time::Duration,
     quiesce: Quiesce,
     metrics: crate::MetricsConfig,
+    forward_logs: bool,
 }
 
 impl Default for ModuleOptions {
@@ -48,6 +49,7 @@ impl Default for ModuleOptions {
             worker_stop_timeout: std::time::Duration::from_secs(1),
             quiesce: Quiesce::default(),
             metrics: crate::MetricsConfig::default(),
+            forward_logs: true,
         }
     }
 }
@@ -223,6 +225,16 @@ impl ModuleOptions {
     /// [`HotReloader::status`](crate::HotReloader::status).
     pub fn metrics(mut self, metrics: crate::MetricsConfig) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Whether the module's `tracing` events and spans and `log` records go to the host's
+    /// subscriber, with `module` and `generation` fields (the default), or the module's
+    /// logging is left alone (its own copies of `tracing` and `log`, with nothing installed
+    /// unless its code installs something). See the README's "Logs, metrics and the live
+    /// system".
+    pub fn forward_logs(mut self, forward: bool) -> Self {
+        self.forward_logs = forward;
         self
     }
 
@@ -464,6 +476,7 @@ impl HotReloader {
             worker_stop_timeout: options.worker_stop_timeout,
             quiesce: options.quiesce,
             metrics: options.metrics,
+            forward_logs: options.forward_logs,
             name: name.clone(),
         };
         let shadow = self.shared.shadow()?;
@@ -915,7 +928,17 @@ impl Shared {
                 metrics: kept.version.metrics(),
             })
             .collect();
-        let held = book.held.iter().map(|held| held.report()).collect();
+        let held = book
+            .held
+            .iter()
+            .map(|held| held.report())
+            .chain(
+                book.retired
+                    .iter()
+                    .filter(|retired| !retired.is_held() && retired.is_mapped_now() == Some(true))
+                    .cloned(),
+            )
+            .collect();
         drop(book);
         Ok(crate::ModuleStatus {
             name: core.spec.name.clone(),

@@ -29,8 +29,10 @@ pub struct ModuleStatus {
     pub serving: Option<VersionStatus>,
     /// Replaced versions still loaded for rollback, oldest first.
     pub kept: Vec<VersionStatus>,
-    /// Closed versions the runtime keeps mapped, each with the reason (a thread may still run
-    /// in it, or `keep_loaded`).
+    /// Closed versions still mapped, each with the reason: the runtime holds them (a thread
+    /// may still run in them, or `keep_loaded`: [`RetiredVersion::held`]), or the OS kept them
+    /// (`held` is `None`: it registered thread-local destructors the runtime could not take
+    /// over).
     pub held: Vec<RetiredVersion>,
     /// The probation of the serving version, if one runs.
     pub probation: Option<ProbationStatus>,
@@ -111,11 +113,11 @@ impl ModuleStatus {
         match &self.probation {
             Some(probation) if probation.generation == info.generation => {
                 write!(f, ", on probation")?;
-                if let Some(calls) = probation.calls_left {
-                    write!(f, ": {calls} calls left")?;
-                }
-                if let Some(left) = probation.time_left {
-                    write!(f, ": {} left", Secs(left))?;
+                let calls = probation.calls_left.map(|calls| format!("{calls} calls"));
+                let time = probation.time_left.map(|left| Secs(left).to_string());
+                let left: Vec<String> = calls.into_iter().chain(time).collect();
+                if !left.is_empty() {
+                    write!(f, ": {} left", left.join(" or "))?;
                 }
             }
             _ => {}
@@ -163,7 +165,9 @@ impl ModuleStatus {
                 f,
                 "  mapped    load #{} (closed): {}",
                 held.info.generation,
-                held.held.as_deref().unwrap_or("mapped by the OS")
+                held.held
+                    .as_deref()
+                    .unwrap_or("the OS keeps it mapped (thread-local destructors)")
             )?;
         }
         if let Some(refusal) = &self.last_refusal {
@@ -224,8 +228,10 @@ impl fmt::Display for Nanos {
             write!(f, "{nanos} ns")
         } else if nanos < 10_000_000 {
             write!(f, "{:.1} µs", nanos as f64 / 1e3)
-        } else {
+        } else if nanos < 10_000_000_000 {
             write!(f, "{:.1} ms", nanos as f64 / 1e6)
+        } else {
+            write!(f, "{:.1} s", nanos as f64 / 1e9)
         }
     }
 }

@@ -280,3 +280,14 @@ fn exported_metrics_equal_the_calls_made() {
     };
     assert!(p50.0 > 0.0 && p50.0 < 1.0, "{p50}");
 }
+
+#[test]
+fn a_module_registered_without_forwarding_keeps_its_logging_to_itself() {
+    let (captured, _guard) = capture(tracing::Level::TRACE);
+    let sandbox = Sandbox::new(variants!());
+    let (_reloader, module) = sandbox.register_with("v1", ModuleOptions::new().forward_logs(false));
+    hot_fn!(module.log_lines(8)).unwrap();
+    let text = captured.text();
+    assert!(!text.contains("counted to 8"), "{text}");
+    assert!(!text.contains("a log record about 8"), "{text}");
+}

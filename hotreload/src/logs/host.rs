@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
 
 use abi_stable::std_types::RSlice;
 use hotreload_abi::{
@@ -30,49 +30,73 @@ use tracing_core::{Event, Level, LevelFilter, Metadata, dispatcher, span};
 pub(crate) struct LogContext {
     module: String,
     generation: u64,
-    /// The host's copy of each callsite, by the address of the module's metadata.
-    callsites: Mutex<HashMap<usize, &'static HostCallsite>>,
+    /// Whether the module's logging goes to the host (`ModuleOptions::forward_logs`).
+    forward: bool,
+    /// The host's copy of each callsite: by the address of the module's metadata, or for a
+    /// `log` record (which has none) by a hash of its content.
+    callsites: RwLock<HashMap<(usize, u64), &'static HostCallsite>>,
 }
 
 impl LogContext {
-    pub(crate) fn new(module: &str, generation: u64) -> Self {
+    pub(crate) fn new(module: &str, generation: u64, forward: bool) -> Self {
         LogContext {
             module: module.to_owned(),
             generation,
-            callsites: Mutex::new(HashMap::new()),
+            forward,
+            callsites: RwLock::new(HashMap::new()),
         }
     }
 
     /// The host's copy of `callsite`.
     fn callsite(&self, callsite: &LogCallsite<'_>) -> &'static HostCallsite {
-        if callsite.key == 0 {
-            return intern(callsite);
-        }
-        let mut callsites = self
+        let key = if callsite.key == 0 {
+            (0, content_hash(callsite))
+        } else {
+            (callsite.key, 0)
+        };
+        let known = self
             .callsites
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = callsites.get(&callsite.key) {
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .copied();
+        // Checked against what the module reports: `tracing` may ask about metadata that is
+        // not static (made on a stack for one question), whose address can be reused.
+        if let Some(known) = known.filter(|known| known.is(callsite)) {
             return known;
         }
         // Interned without the map's lock held: registering it runs the host's subscribers,
         // which may log.
-        drop(callsites);
         let interned = intern(callsite);
-        callsites = self
-            .callsites
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        callsites.insert(callsite.key, interned);
+        self.callsites
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, interned);
         interned
     }
 }
 
+/// A hash of what a `log` record's callsite says.
+fn content_hash(callsite: &LogCallsite<'_>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (callsite.kind, callsite.level, callsite.line).hash(&mut hasher);
+    callsite.target.as_str().hash(&mut hasher);
+    callsite.module_path.as_str().hash(&mut hasher);
+    callsite.file.as_str().hash(&mut hasher);
+    callsite.name.as_str().hash(&mut hasher);
+    hasher.finish()
+}
+
 /// The hooks a version gets for its logging; `context` must stay valid while its image is
-/// mapped (it is its `Links`').
+/// mapped (it is its `Links`'). A null context tells the module to leave its logging alone.
 pub(crate) fn hooks(context: &LogContext) -> LogHooks {
     LogHooks {
-        context: std::ptr::from_ref(context).cast(),
+        context: if context.forward {
+            std::ptr::from_ref(context).cast()
+        } else {
+            std::ptr::null()
+        },
         max_level: match LevelFilter::current().into_level() {
             Some(level) => super::level_code(level),
             None => LOG_LEVEL_OFF,
@@ -108,18 +132,25 @@ impl Callsite for HostCallsite {
     }
 
     fn metadata(&self) -> &Metadata<'_> {
-        self.metadata()
+        self.metadata.get().expect("set when interned")
     }
 }
 
 impl HostCallsite {
-    fn metadata(&self) -> &'static Metadata<'static> {
-        // Set by `intern` before the callsite is shared or registered.
-        let metadata: &Metadata<'static> = self.metadata.get().expect("set when interned");
-        // SAFETY: every `HostCallsite` is leaked by `intern` (it lives for the rest of the
-        // process), and its metadata, once set, is never replaced: the reference is valid for
-        // 'static.
-        unsafe { &*std::ptr::from_ref(metadata) }
+    /// Its metadata (every `HostCallsite` is leaked by `intern`, and set before it is shared
+    /// or registered).
+    fn metadata(&'static self) -> &'static Metadata<'static> {
+        self.metadata.get().expect("set when interned")
+    }
+
+    /// Whether it is the copy of `callsite`.
+    fn is(&'static self, callsite: &LogCallsite<'_>) -> bool {
+        let metadata = self.metadata();
+        super::level_code(*metadata.level()) == callsite.level
+            && metadata.line().unwrap_or(0) == callsite.line
+            && metadata.target() == callsite.target.as_str()
+            && metadata.name() == callsite.name.as_str()
+            && metadata.fields().len() == callsite.fields.len() + 2
     }
 }
 
@@ -209,18 +240,21 @@ fn guarded<R>(fallback: R, f: impl FnOnce() -> R) -> R {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
 }
 
-/// # Safety (of every hook taking `context`)
-/// `context` is the `LogContext` of the version that calls, which lives as long as its image.
-fn context<'a>(context: *const c_void) -> &'a LogContext {
-    // SAFETY: `context` comes from `hooks` for a version whose `Links` (which hold the
-    // context) live as long as its image is mapped, and only code in that image calls these
-    // hooks, with the value it was given.
+/// The context a hook was given.
+///
+/// # Safety
+/// `context` must be the non-null `LogContext` address `hooks` gave a version, called by that
+/// version's code: its `Links` (which hold the context) live as long as its image is mapped.
+unsafe fn context<'a>(context: *const c_void) -> &'a LogContext {
+    // SAFETY: the contract above.
     unsafe { &*context.cast::<LogContext>() }
 }
 
 extern "C" fn register(ctx: *const c_void, callsite: &LogCallsite<'_>) -> u8 {
     guarded(LOG_INTEREST_NEVER, || {
-        context(ctx)
+        // SAFETY: the module passes back the context `hooks` gave it (the hooks' contract);
+        // it calls no hook when the context is null.
+        unsafe { context(ctx) }
             .callsite(callsite)
             .interest
             .load(Ordering::Relaxed)
@@ -229,7 +263,8 @@ extern "C" fn register(ctx: *const c_void, callsite: &LogCallsite<'_>) -> u8 {
 
 extern "C" fn enabled(ctx: *const c_void, callsite: &LogCallsite<'_>) -> bool {
     guarded(false, || {
-        let metadata = context(ctx).callsite(callsite).metadata();
+        // SAFETY: as in `register`.
+        let metadata = unsafe { context(ctx) }.callsite(callsite).metadata();
         dispatcher::get_default(|dispatch| dispatch.enabled(metadata))
     })
 }
@@ -240,6 +275,7 @@ enum HostValue<'a> {
     U64(u64),
     F64(f64),
     Bool(bool),
+    Str(&'a str),
     Text(DisplayValue<&'a str>),
 }
 
@@ -250,7 +286,8 @@ impl<'a> HostValue<'a> {
             LogValue::U64(v) => HostValue::U64(v),
             LogValue::F64(v) => HostValue::F64(v),
             LogValue::Bool(v) => HostValue::Bool(v),
-            LogValue::Str(text) | LogValue::Text(text) => HostValue::Text(display(text.as_str())),
+            LogValue::Str(text) => HostValue::Str(text.as_str()),
+            LogValue::Text(text) => HostValue::Text(display(text.as_str())),
         }
     }
 
@@ -260,15 +297,14 @@ impl<'a> HostValue<'a> {
             HostValue::U64(v) => v,
             HostValue::F64(v) => v,
             HostValue::Bool(v) => v,
+            HostValue::Str(v) => v,
             HostValue::Text(v) => v,
         }
     }
 }
 
-/// As many values as a callsite has fields, plus `module` and `generation`.
-const MAX_VALUES: usize = super::MAX_FIELDS + 2;
-
-/// Runs `f` with the values of an event or span of `metadata`, laid out on its fields.
+/// Runs `f` with the values of an event or span of `metadata` (the module's fields, then
+/// `module` and `generation`), in the order of its fields.
 fn with_values<R>(
     context: &LogContext,
     metadata: &'static Metadata<'static>,
@@ -276,26 +312,23 @@ fn with_values<R>(
     f: impl FnOnce(&tracing_core::field::ValueSet<'_>) -> R,
 ) -> R {
     let set = metadata.fields();
-    let all: Vec<Field> = set.iter().collect();
+    let own = set.len() - 2;
     let values: Vec<(usize, HostValue<'_>)> = fields
         .iter()
-        .filter(|field| (field.index as usize) + 2 < all.len())
+        .filter(|field| (field.index as usize) < own)
         .map(|field| (field.index as usize, HostValue::of(&field.value)))
         .collect();
     let module = context.module.as_str();
-    let mut pairs: [(&Field, Option<&dyn Value>); MAX_VALUES] = [(&all[0], None); MAX_VALUES];
-    for (pair, field) in pairs.iter_mut().zip(&all) {
-        pair.0 = field;
-    }
+    let mut all: Vec<Option<&dyn Value>> = vec![None; set.len()];
     for (index, value) in &values {
-        pairs[*index].1 = Some(value.as_value());
+        all[*index] = Some(value.as_value());
     }
-    pairs[all.len() - 2].1 = Some(&module);
-    pairs[all.len() - 1].1 = Some(&context.generation);
-    f(&set.value_set(&pairs))
+    all[own] = Some(&module);
+    all[own + 1] = Some(&context.generation);
+    // `value_set_all` takes one value (or none) per field: what `tracing`'s own macros call
+    // (hidden from its docs, but every `tracing` 0.1 build relies on it).
+    f(&set.value_set_all(&all))
 }
-
-use tracing_core::field::Field;
 
 extern "C" fn event(
     ctx: *const c_void,
@@ -303,7 +336,8 @@ extern "C" fn event(
     fields: RSlice<'_, LogField<'_>>,
 ) {
     guarded((), || {
-        let context = context(ctx);
+        // SAFETY: as in `register`.
+        let context = unsafe { context(ctx) };
         let metadata = context.callsite(callsite).metadata();
         dispatcher::get_default(|dispatch| {
             if dispatch.enabled(metadata) {
@@ -321,10 +355,14 @@ extern "C" fn new_span(
     fields: RSlice<'_, LogField<'_>>,
 ) -> u64 {
     guarded(0, || {
-        let context = context(ctx);
+        // SAFETY: as in `register`.
+        let context = unsafe { context(ctx) };
         let metadata = context.callsite(callsite).metadata();
-        with_values(context, metadata, fields, |values| {
-            dispatcher::get_default(|dispatch| {
+        dispatcher::get_default(|dispatch| {
+            if !dispatch.enabled(metadata) {
+                return 0;
+            }
+            with_values(context, metadata, fields, |values| {
                 dispatch
                     .new_span(&span::Attributes::new(metadata, values))
                     .into_u64()
@@ -333,9 +371,9 @@ extern "C" fn new_span(
     })
 }
 
-/// A span id from the module: the host's (0 never is one).
+/// A span id from the module: the host's, unless it stands for no span.
 fn span_id(id: u64) -> Option<span::Id> {
-    (id != 0).then(|| span::Id::from_u64(id))
+    (id != 0 && id != super::NO_SPAN).then(|| span::Id::from_u64(id))
 }
 
 extern "C" fn enter(id: u64) {

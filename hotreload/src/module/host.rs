@@ -42,6 +42,8 @@ pub(crate) struct ModuleSpec {
     pub quiesce: crate::Quiesce,
     /// How each version's calls are measured.
     pub metrics: crate::MetricsConfig,
+    /// Whether the module's `tracing` and `log` output goes to the host's subscriber.
+    pub forward_logs: bool,
 }
 
 impl ModuleSpec {

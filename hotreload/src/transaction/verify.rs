@@ -161,6 +161,7 @@ fn check(spec: &ModuleSpec, opened: &OpenedLibrary) -> Result<Checked, HotError>
             &spec.name,
             opened.generation,
             descriptor,
+            spec.forward_logs,
         )),
         info,
         lifecycle,
