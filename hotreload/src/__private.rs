@@ -113,9 +113,10 @@ fn contained(payload: Box<dyn Any + Send>) -> EntryError {
     if let Some(site) = LAST_PANIC_SITE.with(Cell::take) {
         message.push_str(&format!(" (at {site})"));
     }
+    let panic = LAST_PANIC.with(Cell::take);
     EntryError::Panicked {
         message: message.into(),
-        backtrace: PanicBacktraces::take().unwrap_or_default().into(),
+        backtrace: PanicBacktraces::take(panic).unwrap_or_default().into(),
     }
 }
 
@@ -135,7 +136,7 @@ static QUIET_HOOK: Once = Once::new();
 /// What the host that loaded this image lets it ask (see [`HostHooks`]); set by `attach`.
 static HOST: OnceLock<HostHooks> = OnceLock::new();
 
-// Both thread-locals are `const`-initialised and hold no `Drop` type, so they register no
+// These thread-locals are `const`-initialised and hold no `Drop` type, so they register no
 // thread-local destructor (the runtime would keep it, and run it when the version closes, on
 // every thread that ever panicked in a call).
 // Neither is touched by a method call that does not panic.
@@ -144,7 +145,13 @@ std::thread_local! {
     static IN_LIFECYCLE: Cell<u32> = const { Cell::new(0) };
     /// Where the last contained panic on this thread happened.
     static LAST_PANIC_SITE: Cell<Option<PanicSite>> = const { Cell::new(None) };
+    /// The number of the last contained panic on this thread (0: none): the key of its
+    /// backtrace, if one was kept.
+    static LAST_PANIC: Cell<u64> = const { Cell::new(0) };
 }
+
+/// Numbers the panics the hook sees, from 1.
+static PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Whether the panicking thread is inside an entry of this module, whose `contain` will catch
 /// the panic: a lifecycle or worker entry (they count themselves), or a method call, which the
@@ -160,20 +167,17 @@ fn inside_entry() -> bool {
 /// and taken by `contained` on the same thread: one global slot per thread that panicked, not
 /// a thread-local (a `String` in one would register a thread-local destructor in this image).
 ///
-/// A thread is known by the address of its `LAST_PANIC_SITE`, which no two running threads
-/// share. A panic that module code catches itself leaves its entry until that thread's next
-/// contained panic replaces it; the slots are bounded all the same.
+/// Each is kept under the panic's number (unique in the process), which the hook leaves in
+/// the thread's `LAST_PANIC` for `contained`: a backtrace never goes to another panic, of this
+/// thread or of one that ended. A panic that module code catches itself leaves its entry
+/// until newer ones push it out: the entries are bounded.
 struct PanicBacktraces;
 
-static PANIC_BACKTRACES: std::sync::Mutex<Vec<(usize, String)>> = std::sync::Mutex::new(Vec::new());
+static PANIC_BACKTRACES: std::sync::Mutex<Vec<(u64, String)>> = std::sync::Mutex::new(Vec::new());
 
 impl PanicBacktraces {
-    /// At most this many threads' backtraces are kept waiting; the oldest goes first.
+    /// At most this many backtraces are kept waiting; the oldest goes first.
     const SLOTS: usize = 64;
-
-    fn this_thread() -> usize {
-        LAST_PANIC_SITE.with(|site| std::ptr::from_ref(site) as usize)
-    }
 
     /// Captures a backtrace of this thread if the host's environment asks for one
     /// (`HOTRELOAD_BACKTRACE=1`) and keeps it, resolved, for `take`.
@@ -182,32 +186,32 @@ impl PanicBacktraces {
     /// copy of std's symbol cache, which is never freed, so the version's shadow copy stays
     /// mapped after the version is closed (measured: the whole 16 MB debug build, on
     /// `/dev/shm`, for the rest of the process). A host opts in to that cost.
-    fn record() {
+    fn record(panic: u64) {
         if std::env::var_os("HOTRELOAD_BACKTRACE").is_none_or(|v| v.is_empty() || v == "0") {
             return;
         }
         let backtrace = std::backtrace::Backtrace::force_capture();
         // Resolved here, while this image (and every frame's) is mapped.
         let text = from_the_panic(&backtrace.to_string());
-        let me = Self::this_thread();
         let mut slots = PANIC_BACKTRACES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slots.retain(|(thread, _)| *thread != me);
         if slots.len() >= Self::SLOTS {
             slots.remove(0);
         }
-        slots.push((me, text));
+        slots.push((panic, text));
     }
 
-    /// The backtrace `record` kept for this thread's last panic, if any.
-    fn take() -> Option<String> {
-        let me = Self::this_thread();
+    /// The backtrace `record` kept for panic number `panic`, if any.
+    fn take(panic: u64) -> Option<String> {
+        if panic == 0 {
+            return None;
+        }
         let mut slots = PANIC_BACKTRACES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let at = slots.iter().position(|(thread, _)| *thread == me)?;
-        Some(slots.swap_remove(at).1)
+        let at = slots.iter().position(|(number, _)| *number == panic)?;
+        Some(slots.remove(at).1)
     }
 }
 
@@ -281,7 +285,9 @@ fn install_quiet_hook() {
             }
         });
         LAST_PANIC_SITE.with(|last| last.set(site));
-        PanicBacktraces::record();
+        let panic = PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        LAST_PANIC.with(|last| last.set(panic));
+        PanicBacktraces::record(panic);
     }));
 }
 
@@ -478,7 +484,7 @@ pub fn migration_step<O>(
                 message.push_str(&format!(" (at {site})"));
             }
             // A migration's failure is a message: its backtrace is not carried.
-            let _ = PanicBacktraces::take();
+            let _ = PanicBacktraces::take(LAST_PANIC.with(Cell::take));
             Err(format!(
                 "state schema v{from} -> v{to}: {name} panicked: {message}"
             ))

@@ -128,6 +128,7 @@ fn stop_in(variant: &str, moved: bool) -> String {
 const SESSION: &[&str] = &[
     "set breakpoint pending on",
     "set debuginfod enabled off",
+    "set startup-with-shell off",
     "set filename-display absolute",
     "set pagination off",
     "break counter::Counter::add",
@@ -159,9 +160,7 @@ fn breaks_in_each_build(dirs: &[PathBuf], stops: &[String]) -> String {
     // `Breakpoint 1, counter::Counter::add (...) at <file>:<line>`, once per hit.
     let hits: Vec<&str> = output
         .lines()
-        .filter(|line| {
-            line.starts_with("Breakpoint 1") && line.contains(", counter::Counter::add (")
-        })
+        .filter(|line| line.contains("Breakpoint 1") && line.contains(", counter::Counter::add ("))
         .collect();
     let frames: Vec<&str> = output
         .lines()

@@ -168,7 +168,9 @@ where
     // there stops here, as the callee's own stop in its entries.
     let out = crate::__private::contain(move || match call(table, state) {
         RResult::ROk(value) => RResult::ROk(value.rehome()),
-        RResult::RErr(err) => RResult::RErr(err),
+        // The callee's strings, rebuilt with this module's allocator while the callee's
+        // version is held: dropping them later would call into its image.
+        RResult::RErr(err) => RResult::RErr(rehome_error(err)),
     });
     frame.out = Some(match out {
         RResult::ROk(result) => result,
@@ -177,3 +179,15 @@ where
 }
 
 call_path_through_table!(Import, false, true);
+
+/// `err` with its strings owned through this image's code.
+fn rehome_error(err: hotreload_abi::EntryError) -> hotreload_abi::EntryError {
+    use hotreload_abi::EntryError;
+    match err {
+        EntryError::Panicked { message, backtrace } => EntryError::Panicked {
+            message: message.as_str().into(),
+            backtrace: backtrace.as_str().into(),
+        },
+        EntryError::Failed(message) => EntryError::Failed(message.as_str().into()),
+    }
+}

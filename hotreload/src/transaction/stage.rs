@@ -156,10 +156,13 @@ pub(crate) fn stage(
 /// to the shadow directory under the name the section gives. They are copied, not
 /// hard-linked: rustc rewrites a `.dwp` in place on the next build, which a link would share.
 ///
-/// Every version of a module has the same debuglink name, so that file is the most recently
-/// staged version's: a debugger loading a version as it opens reads the right one (gdb
-/// checks the section's CRC and refuses a file of another build); one attaching later finds
-/// the debug info of that version only.
+/// Every version of a module has the same debuglink name, and only one file can have it: each
+/// version keeps a private copy (`<shadow>.debuglink`), and the name is a link to the copy of
+/// the most recently staged version still loaded. A debugger loading a version as it opens
+/// reads the right one (gdb checks the section's CRC and refuses a file of another build);
+/// one attaching later finds the debug info of that version only. When the version holding
+/// the name goes (a build refused after staging, say), the name goes back to the newest
+/// version left.
 ///
 /// With `split-debuginfo = "unpacked"` the library names its `.dwo` files by absolute path
 /// in the target directory: nothing is copied, and a debugger reads whatever the last build
@@ -172,12 +175,43 @@ pub(crate) fn stage(
 pub(crate) struct DebugFiles {
     /// Removed when the version goes.
     own: Vec<PathBuf>,
-    /// The debuglink file, removed if it is still the one this version put there.
-    shared: Option<(PathBuf, FileId)>,
+    /// The debuglink name and this version's private copy (also in `own`).
+    shared: Option<(PathBuf, PathBuf)>,
 }
 
-/// Device and inode.
-type FileId = (u64, u64);
+/// For each debuglink name in use, the private copies of the versions that have one, oldest
+/// first: the name links to the last. Process-wide, so that versions staged and dropped on
+/// different threads agree on who holds the name.
+static DEBUGLINKS: std::sync::Mutex<Vec<(PathBuf, Vec<PathBuf>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn debuglinks() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Vec<PathBuf>)>> {
+    DEBUGLINKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Points the debuglink name `name` at the private copy `copy`: a hard link (a copy where
+/// links are refused) renamed over the name, so that a debugger reading the previous file
+/// keeps it.
+fn point(name: &Path, copy: &Path) {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let temp = with_suffix(
+        name,
+        &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+    );
+    let pointed = fs::hard_link(copy, &temp)
+        .or_else(|_| fs::copy(copy, &temp).map(drop))
+        .and_then(|()| fs::rename(&temp, name));
+    if let Err(err) = pointed {
+        let _ = fs::remove_file(&temp);
+        tracing::debug!(
+            name = %name.display(),
+            "cannot give a library's debug file its debuglink name, a debugger sees no lines \
+             for it: {err}"
+        );
+    }
+}
 
 impl DebugFiles {
     /// Copies the debug files of the build at `artifact` beside its shadow copy at `shadow`;
@@ -187,7 +221,7 @@ impl DebugFiles {
         let dwp = with_suffix(artifact, ".dwp");
         if dwp.is_file() {
             let to = with_suffix(shadow, ".dwp");
-            if place(&dwp, &to).is_some() {
+            if place(&dwp, &to) {
                 files.own.push(to);
             }
         }
@@ -199,9 +233,17 @@ impl DebugFiles {
                 .find(|candidate| candidate.is_file());
             match found {
                 Some(from) => {
-                    let to = to_dir.join(name);
-                    if let Some(id) = place(&from, &to) {
-                        files.shared = Some((to, id));
+                    let copy = with_suffix(shadow, ".debuglink");
+                    if place(&from, &copy) {
+                        let name = to_dir.join(name);
+                        let mut links = debuglinks();
+                        match links.iter_mut().find(|(held, _)| *held == name) {
+                            Some((_, copies)) => copies.push(copy.clone()),
+                            None => links.push((name.clone(), vec![copy.clone()])),
+                        }
+                        point(&name, &copy);
+                        files.own.push(copy.clone());
+                        files.shared = Some((name, copy));
                     }
                 }
                 None => tracing::debug!(
@@ -217,32 +259,41 @@ impl DebugFiles {
 
 impl Drop for DebugFiles {
     fn drop(&mut self) {
+        if let Some((name, copy)) = &self.shared {
+            let mut links = debuglinks();
+            if let Some(at) = links.iter().position(|(held, _)| held == name) {
+                let copies = &mut links[at].1;
+                let was_last = copies.last() == Some(copy);
+                copies.retain(|other| other != copy);
+                match copies.last() {
+                    Some(newest) if was_last => point(name, newest),
+                    Some(_) => {}
+                    None => {
+                        links.swap_remove(at);
+                        let _ = fs::remove_file(name);
+                    }
+                }
+            }
+        }
         for path in &self.own {
             let _ = fs::remove_file(path);
-        }
-        if let Some((path, id)) = &self.shared {
-            if file_id(path).as_ref() == Some(id) {
-                let _ = fs::remove_file(path);
-            }
         }
     }
 }
 
 /// Copies `from` to `to` through a temporary file renamed into place (a debugger reading the
-/// previous file keeps it); the copy's identity, or `None` (with a debug line) if it failed.
-fn place(from: &Path, to: &Path) -> Option<FileId> {
+/// previous file keeps it); whether it could (a debug line says why not).
+fn place(from: &Path, to: &Path) -> bool {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let temp = with_suffix(
         to,
         &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
     );
-    let placed = fs::copy(from, &temp)
-        .and_then(|_| fs::rename(&temp, to))
-        .and_then(|()| file_id(to).ok_or_else(|| std::io::ErrorKind::NotFound.into()));
+    let placed = fs::copy(from, &temp).and_then(|_| fs::rename(&temp, to));
     match placed {
-        Ok(id) => {
+        Ok(()) => {
             tracing::debug!(from = %from.display(), to = %to.display(), "staged a debug file");
-            Some(id)
+            true
         }
         Err(err) => {
             let _ = fs::remove_file(&temp);
@@ -251,25 +302,8 @@ fn place(from: &Path, to: &Path) -> Option<FileId> {
                 to = %to.display(),
                 "cannot stage a debug file, a debugger sees no lines for this build: {err}"
             );
-            None
+            false
         }
-    }
-}
-
-fn file_id(path: &Path) -> Option<FileId> {
-    let meta = fs::metadata(path).ok()?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        Some((meta.dev(), meta.ino()))
-    }
-    #[cfg(not(unix))]
-    {
-        let modified = meta.modified().ok()?;
-        let nanos = modified
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        Some((meta.len(), nanos))
     }
 }
 
@@ -461,7 +495,49 @@ fn host_architecture() -> object::Architecture {
 
 #[cfg(test)]
 mod tests {
-    use super::check_library;
+
+    /// Builds `a` and then `b` of one module, each with its debuglink file beside it.
+    fn two_builds(dir: &Path) -> [(PathBuf, PathBuf); 2] {
+        ["a", "b"].map(|build| {
+            let artifact_dir = dir.join(build);
+            fs::create_dir_all(&artifact_dir).unwrap();
+            fs::write(
+                artifact_dir.join("libm.debug"),
+                format!("debug info of {build}"),
+            )
+            .unwrap();
+            let shadow = dir.join("shadow").join(format!("m-{build}-libm.so"));
+            (artifact_dir.join("libm.so"), shadow)
+        })
+    }
+
+    #[test]
+    fn the_debuglink_name_goes_back_to_the_newest_version_left() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("shadow")).unwrap();
+        let [(a_artifact, a_shadow), (b_artifact, b_shadow)] = two_builds(dir.path());
+        let name = dir.path().join("shadow/libm.debug");
+        let read = || fs::read_to_string(&name).ok();
+
+        let a = DebugFiles::stage(&a_artifact, &a_shadow, Some("libm.debug"));
+        assert_eq!(read().as_deref(), Some("debug info of a"));
+        // A newer build staged, then dropped (refused, say): the name is the older one's again.
+        let b = DebugFiles::stage(&b_artifact, &b_shadow, Some("libm.debug"));
+        assert_eq!(read().as_deref(), Some("debug info of b"));
+        drop(b);
+        assert_eq!(read().as_deref(), Some("debug info of a"));
+        // The older one dropped while the newer holds the name: the name stays the newer's.
+        let b = DebugFiles::stage(&b_artifact, &b_shadow, Some("libm.debug"));
+        drop(a);
+        assert_eq!(read().as_deref(), Some("debug info of b"));
+        drop(b);
+        assert_eq!(read(), None, "no version left: no debuglink file");
+        assert_eq!(fs::read_dir(dir.path().join("shadow")).unwrap().count(), 0);
+    }
+
+    use super::{DebugFiles, check_library};
+    use std::fs;
+    use std::path::{Path, PathBuf};
 
     #[test]
     fn empty_and_random_files_are_refused() {
