@@ -173,6 +173,8 @@ pub(crate) enum Outcome {
 
 /// The counters of one loaded version (see the module's docs).
 pub(crate) struct Meter {
+    /// Unique in the process (never reused): what this thread's `LAST` names.
+    id: u64,
     /// Per slot, a block of one `Cells` per method (`methods.len()` of them), made by the
     /// slot's thread at its first call and freed with the meter; null until then.
     slots: [AtomicPtr<Cells>; SLOTS],
@@ -235,7 +237,9 @@ impl Probe<'_> {
 
 impl Meter {
     pub(crate) fn new(methods: &'static [MethodSignature], config: MetricsConfig) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
         Meter {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             slots: std::array::from_fn(|_| AtomicPtr::new(std::ptr::null_mut())),
             shared: (0..methods.len()).map(|_| Cells::new()).collect(),
             methods,
@@ -248,6 +252,22 @@ impl Meter {
     /// thread, and starts its clock if this call is timed.
     #[inline(always)]
     pub(crate) fn start(&self, method: usize) -> Option<Probe<'_>> {
+        // The thread's last meter: its own block, without the walk from the meter to it.
+        let (id, block, len) = LAST.get();
+        if id == self.id && method < len {
+            // SAFETY: `LAST` holds this thread's block of this meter (`id` is never reused, so
+            // the meter is the one that made it and is alive: `self`), `len` cells long; the
+            // block lives as long as the meter.
+            let cells = unsafe { &*block.add(method) };
+            return Some(self.count(cells, true));
+        }
+        self.start_here(method)
+    }
+
+    /// `start` when this thread's last meter was another (or none).
+    #[cold]
+    #[inline(never)]
+    fn start_here(&self, method: usize) -> Option<Probe<'_>> {
         if method >= self.methods.len() {
             return None;
         }
@@ -260,6 +280,7 @@ impl Meter {
         } else {
             block
         };
+        LAST.set((self.id, block, self.methods.len()));
         // SAFETY: a non-null slot holds a block of `methods.len()` `Cells` (made by
         // `first_call_here`, published with a release store, read with an acquire load), freed
         // only when the meter is dropped, and `method` is in bounds (checked above).
@@ -382,6 +403,9 @@ std::thread_local! {
     static SLOT: Cell<u32> = const { Cell::new(UNASSIGNED) };
     /// Hands the slot back when the thread ends.
     static RETURN_SLOT: SlotReturn = const { SlotReturn };
+    /// The meter this thread counted in last (its id; 0: none), and its block there and that
+    /// block's length. `const`-initialised, without a destructor.
+    static LAST: Cell<(u64, *const Cells, usize)> = const { Cell::new((0, std::ptr::null(), 0)) };
 }
 
 /// Slots handed back by threads that ended, and the next never used.
@@ -392,6 +416,8 @@ struct SlotReturn;
 
 impl Drop for SlotReturn {
     fn drop(&mut self) {
+        // No more counting in the slot's block by way of `LAST` either.
+        let _ = LAST.try_with(|last| last.set((0, std::ptr::null(), 0)));
         let Ok(slot) = SLOT.try_with(|slot| slot.replace(SHARED)) else {
             return;
         };
@@ -617,6 +643,26 @@ mod tests {
             returns: "()",
         },
     ];
+
+    #[test]
+    fn a_thread_alternating_between_meters_counts_each_call_in_its_own() {
+        let first = Meter::new(&NAMES, MetricsConfig::off());
+        for round in 0..3 {
+            // A meter made (and dropped) in between: its id is new, never the cached one's.
+            let second = Meter::new(&NAMES, MetricsConfig::off());
+            for i in 0..10 {
+                first.start(i % 2).unwrap().finish(Outcome::Ok);
+                second.start(1).unwrap().finish(Outcome::Error);
+            }
+            let read = second.read();
+            assert_eq!((read[0].calls, read[1].calls, read[1].errors), (0, 10, 10));
+            let read = first.read();
+            assert_eq!(
+                (read[0].calls, read[1].calls),
+                (5 * (round + 1), 5 * (round + 1))
+            );
+        }
+    }
 
     #[test]
     fn counts_from_several_threads_add_up() {
