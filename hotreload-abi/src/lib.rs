@@ -116,20 +116,9 @@ pub struct ImportedCall {
     /// The caller's frame for the call (arguments in, result out); only `run` reads it.
     pub data: *mut c_void,
     /// Makes the call through the table and rebuilds its result with the caller's code,
-    /// while the host holds the callee's version live; says how it ended
-    /// ([`CALL_RETURNED`], [`CALL_ERR`] or [`CALL_PANICKED`]), for the callee's metrics.
-    /// Never unwinds.
-    pub run: unsafe extern "C" fn(data: *mut c_void, table: *const c_void, state: StatePtr) -> u8,
-    /// The method called: its place in the import's `methods` (as the caller was compiled).
-    pub method: u32,
+    /// while the host holds the callee's version live. Never unwinds.
+    pub run: unsafe extern "C" fn(data: *mut c_void, table: *const c_void, state: StatePtr),
 }
-
-/// [`ImportedCall::run`]: the method returned a value (not an `Err`).
-pub const CALL_RETURNED: u8 = 0;
-/// [`ImportedCall::run`]: the method returned `Err(..)`, or its entry failed.
-pub const CALL_ERR: u8 = 1;
-/// [`ImportedCall::run`]: the method panicked (contained).
-pub const CALL_PANICKED: u8 = 2;
 
 /// What the host did with an [`ImportedCall`].
 #[repr(u8)]

@@ -75,9 +75,6 @@ pub(crate) struct Link {
 struct Linked {
     generation: u64,
     table: HostTable,
-    /// For each method of the import (as the caller was compiled), its place in the callee
-    /// version's metrics (`u32::MAX`: not counted); made at the first call.
-    metered: OnceLock<Box<[u32]>>,
 }
 
 impl Drop for Link {
@@ -166,11 +163,7 @@ impl Link {
         table: HostTable,
         callee_locked: bool,
     ) {
-        let new = Box::into_raw(Box::new(Linked {
-            generation,
-            table,
-            metered: OnceLock::new(),
-        }));
+        let new = Box::into_raw(Box::new(Linked { generation, table }));
         let old = self.table.swap(new, Ordering::AcqRel);
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
         if !old.is_null() {
@@ -325,55 +318,24 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
         // SAFETY: this is the owner thread of a module that has one (checked just above).
         match unsafe { access.local_call(mode) } {
             Ok(entered) => run(entered.live(), link, call),
-            Err(refused) => return refused.into_outcome(),
+            Err(refused) => refused.into_outcome(),
         }
     } else {
         match access.shared_call(mode, |live| run(live, link, call)) {
-            Ok(ran) => ran,
-            Err(refused) => return refused.into_outcome(),
+            Ok(outcome) => outcome,
+            Err(refused) => refused.into_outcome(),
         }
     };
     #[cfg(not(feature = "static"))]
     crate::os::catch_up();
-    match outcome {
-        Ran::Yes {
-            generation,
-            api_version,
-        } => ImportOutcome::Ran {
-            generation,
-            api_version,
-        },
-        Ran::NotLoaded => ImportOutcome::NotLoaded,
-        Ran::Unlinked { generation } => unlinked(link, generation),
-    }
-}
-
-/// What `run` did: a small value, made into an [`ImportOutcome`] after the callee's lock is
-/// released (moving the FFI enum through the lock's closure costs more than the call).
-enum Ran {
-    Yes { generation: u64, api_version: u32 },
-    NotLoaded,
-    Unlinked { generation: u64 },
-}
-
-#[cold]
-#[inline(never)]
-fn unlinked(link: &Link, generation: u64) -> ImportOutcome {
-    ImportOutcome::Unavailable(
-        format!(
-            "the serving build of `{}` (load #{generation}) is not linked to this version of \
-             the caller (it no longer serves, or the callee's build does not fit it)",
-            link.callee
-        )
-        .into(),
-    )
+    outcome
 }
 
 /// Runs the caller's side of the call in the callee's serving version `live`, held by the
 /// caller's guard.
-fn run(live: Option<&Live>, link: &Link, call: ImportedCall) -> Ran {
+fn run(live: Option<&Live>, link: &Link, call: ImportedCall) -> ImportOutcome {
     let Some(live) = live else {
-        return Ran::NotLoaded;
+        return ImportOutcome::NotLoaded;
     };
     let generation = live.version.info.generation;
     let linked = link.table.load(Ordering::Acquire);
@@ -384,43 +346,26 @@ fn run(live: Option<&Live>, link: &Link, call: ImportedCall) -> Ran {
         Some(Linked {
             generation: linked,
             table,
-            metered,
         }) if *linked == generation => {
             // SAFETY: `table` is this caller's view of the callee's export table, filled with
             // the entries of load `generation` after checking each against the caller's
             // compiled layout; that version serves (the tag matches) and stays live until the
             // guard is dropped, after `run` returns; `live.state` is its state, used under the
             // lock `mode` asked for (an exclusive entry only under the write lock).
-            let ended = unsafe { (call.run)(call.data, table.as_ptr(), live.state) };
-            // Counted once it returned (nothing kept across the call): not timed.
-            if let Some(meter) = &live.version.meter {
-                let metered = metered.get_or_init(|| {
-                    link.methods
-                        .iter()
-                        .map(|method| {
-                            meter
-                                .index_of(method.name.as_str())
-                                .map_or(u32::MAX, |index| index as u32)
-                        })
-                        .collect()
-                });
-                if let Some(index) = metered.get(call.method as usize) {
-                    meter.count_returned(
-                        *index as usize,
-                        match ended {
-                            hotreload_abi::CALL_RETURNED => crate::metrics::Outcome::Ok,
-                            hotreload_abi::CALL_PANICKED => crate::metrics::Outcome::Panic,
-                            _ => crate::metrics::Outcome::Error,
-                        },
-                    );
-                }
-            }
-            Ran::Yes {
+            unsafe { (call.run)(call.data, table.as_ptr(), live.state) };
+            ImportOutcome::Ran {
                 generation,
                 api_version: live.version.info.api_version,
             }
         }
-        _ => Ran::Unlinked { generation },
+        _ => ImportOutcome::Unavailable(
+            format!(
+                "the serving build of `{}` (load #{generation}) is not linked to this version of \
+                 the caller (it no longer serves, or the callee's build does not fit it)",
+                link.callee
+            )
+            .into(),
+        ),
     }
 }
 
