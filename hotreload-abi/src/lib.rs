@@ -116,9 +116,29 @@ pub struct ImportedCall {
     /// The caller's frame for the call (arguments in, result out); only `run` reads it.
     pub data: *mut c_void,
     /// Makes the call through the table and rebuilds its result with the caller's code,
-    /// while the host holds the callee's version live. Never unwinds.
-    pub run: unsafe extern "C" fn(data: *mut c_void, table: *const c_void, state: StatePtr),
+    /// while the host holds the callee's version live; says how it ended
+    /// ([`CALL_RETURNED`], [`CALL_ERR`] or [`CALL_PANICKED`]), for the callee's metrics.
+    /// Never unwinds.
+    pub run: unsafe extern "C" fn(data: *mut c_void, table: *const c_void, state: StatePtr) -> u8,
 }
+
+/// The `target` of [`HostHooks::call_import`]: the import's place in
+/// [`ModuleDescriptor::imports`] (low 32 bits) and the method's in its `methods` (high 32).
+pub const fn import_target(import: u32, method: u32) -> u64 {
+    (import as u64) | ((method as u64) << 32)
+}
+
+/// The import and the method an [`import_target`] names.
+pub const fn import_and_method(target: u64) -> (u32, u32) {
+    (target as u32, (target >> 32) as u32)
+}
+
+/// [`ImportedCall::run`]: the method returned a value (not an `Err`).
+pub const CALL_RETURNED: u8 = 0;
+/// [`ImportedCall::run`]: the method returned `Err(..)`, or its entry failed.
+pub const CALL_ERR: u8 = 1;
+/// [`ImportedCall::run`]: the method panicked (contained).
+pub const CALL_PANICKED: u8 = 2;
 
 /// What the host did with an [`ImportedCall`].
 #[repr(u8)]
@@ -285,12 +305,14 @@ pub struct HostHooks {
     /// only inside an entry, which contains the panic; a panic on a thread the module started
     /// itself, outside every entry, is not contained and is reported as usual. Never panics.
     pub in_call: extern "C" fn() -> bool,
-    /// Runs a call of this module into the module it lists at `import` in its
+    /// Runs a call of this module into one of the modules it lists in its
     /// [`ModuleDescriptor::imports`] (the callee's serving version, under the callee's
-    /// lock). `links` is [`HostHooks::links`]. Never unwinds.
+    /// lock). `target` ([`import_target`]) names the import and the method called (its place
+    /// in that import's `methods`, for the callee's metrics), in one argument: a sixth
+    /// argument register measurably slowed every call. `links` is [`HostHooks::links`]. Never unwinds.
     pub call_import: extern "C" fn(
         links: *const c_void,
-        import: u32,
+        target: u64,
         exclusive: bool,
         call: ImportedCall,
     ) -> ImportOutcome,

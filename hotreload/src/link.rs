@@ -75,6 +75,9 @@ pub(crate) struct Link {
 struct Linked {
     generation: u64,
     table: HostTable,
+    /// For each method of the import (as the caller was compiled), its place in the callee
+    /// version's metrics (`u32::MAX`: not counted); made at the first call.
+    metered: OnceLock<Box<[u32]>>,
 }
 
 impl Drop for Link {
@@ -163,7 +166,11 @@ impl Link {
         table: HostTable,
         callee_locked: bool,
     ) {
-        let new = Box::into_raw(Box::new(Linked { generation, table }));
+        let new = Box::into_raw(Box::new(Linked {
+            generation,
+            table,
+            metered: OnceLock::new(),
+        }));
         let old = self.table.swap(new, Ordering::AcqRel);
         let mut retired = self.retired.lock().unwrap_or_else(PoisonError::into_inner);
         if !old.is_null() {
@@ -278,19 +285,29 @@ pub(crate) fn plan_callers<'a>(
 /// The hook a module's calls into other modules come through. Never unwinds.
 extern "C" fn call_import(
     links: *const c_void,
-    import: u32,
+    target: u64,
     exclusive: bool,
     call: ImportedCall,
 ) -> ImportOutcome {
+    let (import, method) = hotreload_abi::import_and_method(target);
     // SAFETY: `links` is the address `hooks` gave this version, whose image holds the `Arc`
     // until it is unmapped (see `Image`); only this version's code calls this hook with it.
     let links = unsafe { &*links.cast::<Links>() };
-    catch_unwind(AssertUnwindSafe(|| route(links, import, exclusive, call))).unwrap_or_else(|_| {
+    catch_unwind(AssertUnwindSafe(|| {
+        route(links, import, method, exclusive, call)
+    }))
+    .unwrap_or_else(|_| {
         ImportOutcome::Unavailable("the host panicked while making the call".into())
     })
 }
 
-fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> ImportOutcome {
+fn route(
+    links: &Links,
+    import: u32,
+    method: u32,
+    exclusive: bool,
+    call: ImportedCall,
+) -> ImportOutcome {
     let Some(link) = links.imports.get(import as usize) else {
         return ImportOutcome::Unavailable(format!("no import #{import}").into());
     };
@@ -317,11 +334,11 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
         }
         // SAFETY: this is the owner thread of a module that has one (checked just above).
         match unsafe { access.local_call(mode) } {
-            Ok(entered) => run(entered.live(), link, call),
+            Ok(entered) => run(entered.live(), link, method, call),
             Err(refused) => refused.into_outcome(),
         }
     } else {
-        match access.shared_call(mode, |live| run(live, link, call)) {
+        match access.shared_call(mode, |live| run(live, link, method, call)) {
             Ok(outcome) => outcome,
             Err(refused) => refused.into_outcome(),
         }
@@ -333,7 +350,7 @@ fn route(links: &Links, import: u32, exclusive: bool, call: ImportedCall) -> Imp
 
 /// Runs the caller's side of the call in the callee's serving version `live`, held by the
 /// caller's guard.
-fn run(live: Option<&Live>, link: &Link, call: ImportedCall) -> ImportOutcome {
+fn run(live: Option<&Live>, link: &Link, method: u32, call: ImportedCall) -> ImportOutcome {
     let Some(live) = live else {
         return ImportOutcome::NotLoaded;
     };
@@ -346,13 +363,17 @@ fn run(live: Option<&Live>, link: &Link, call: ImportedCall) -> ImportOutcome {
         Some(Linked {
             generation: linked,
             table,
+            metered,
         }) if *linked == generation => {
             // SAFETY: `table` is this caller's view of the callee's export table, filled with
             // the entries of load `generation` after checking each against the caller's
             // compiled layout; that version serves (the tag matches) and stays live until the
             // guard is dropped, after `run` returns; `live.state` is its state, used under the
             // lock `mode` asked for (an exclusive entry only under the write lock).
-            unsafe { (call.run)(call.data, table.as_ptr(), live.state) };
+            let ended = unsafe { (call.run)(call.data, table.as_ptr(), live.state) };
+            // Counted once it returned (nothing kept across the call), out of line: not
+            // timed.
+            count(live, link, metered, method, ended);
             ImportOutcome::Ran {
                 generation,
                 api_version: live.version.info.api_version,
@@ -366,6 +387,34 @@ fn run(live: Option<&Live>, link: &Link, call: ImportedCall) -> ImportOutcome {
             )
             .into(),
         ),
+    }
+}
+
+/// Counts a call between modules that returned `ended` in the callee version's metrics.
+#[inline(never)]
+fn count(live: &Live, link: &Link, metered: &OnceLock<Box<[u32]>>, method: u32, ended: u8) {
+    let Some(meter) = &live.version.meter else {
+        return;
+    };
+    let metered = metered.get_or_init(|| {
+        link.methods
+            .iter()
+            .map(|method| {
+                meter
+                    .index_of(method.name.as_str())
+                    .map_or(u32::MAX, |index| index as u32)
+            })
+            .collect()
+    });
+    if let Some(index) = metered.get(method as usize) {
+        meter.count_returned(
+            *index as usize,
+            match ended {
+                hotreload_abi::CALL_RETURNED => crate::metrics::Outcome::Ok,
+                hotreload_abi::CALL_PANICKED => crate::metrics::Outcome::Panic,
+                _ => crate::metrics::Outcome::Error,
+            },
+        );
     }
 }
 

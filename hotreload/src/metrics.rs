@@ -23,8 +23,6 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::__private::MethodSignature;
-
 /// How a module's calls are measured: set with
 /// [`ModuleOptions::metrics`](crate::ModuleOptions::metrics).
 ///
@@ -180,7 +178,9 @@ pub(crate) struct Meter {
     slots: [AtomicPtr<Cells>; SLOTS],
     /// The block the threads beyond the slots share.
     shared: Box<[Cells]>,
-    methods: &'static [MethodSignature],
+    /// The methods counted: the host's, in its order (a host call's index is its place
+    /// here), then the build's others (called only by other modules).
+    methods: Box<[Box<str>]>,
     time_first: u64,
     time_mask: u64,
 }
@@ -214,15 +214,7 @@ impl Probe<'_> {
     #[cold]
     #[inline(never)]
     fn finish_rare(self, outcome: Outcome) {
-        match outcome {
-            Outcome::Ok => {}
-            Outcome::Error => {
-                bump(&self.cells.errors, self.single_writer);
-            }
-            Outcome::Panic => {
-                bump(&self.cells.panics, self.single_writer);
-            }
-        }
+        record(self.cells, self.single_writer, outcome);
         if let Some((started, weight)) = self.started {
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             add(
@@ -236,7 +228,7 @@ impl Probe<'_> {
 }
 
 impl Meter {
-    pub(crate) fn new(methods: &'static [MethodSignature], config: MetricsConfig) -> Self {
+    pub(crate) fn new(methods: Box<[Box<str>]>, config: MetricsConfig) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         Meter {
             id: IDS.fetch_add(1, Ordering::Relaxed),
@@ -252,27 +244,46 @@ impl Meter {
     /// thread, and starts its clock if this call is timed.
     #[inline(always)]
     pub(crate) fn start(&self, method: usize) -> Option<Probe<'_>> {
+        let (cells, single_writer) = self.cells(method)?;
+        Some(self.count(cells, single_writer))
+    }
+
+    /// Counts a call of `method` that has returned, with how it ended, without timing it: for
+    /// a caller that keeps nothing across the call. Right after the call, nested calls
+    /// included (each counts once it has returned, before the one it is nested in).
+    #[inline(always)]
+    pub(crate) fn count_returned(&self, method: usize, outcome: Outcome) {
+        if let Some((cells, single_writer)) = self.cells(method) {
+            bump(&cells.calls, single_writer);
+            if outcome != Outcome::Ok {
+                record(cells, single_writer, outcome);
+            }
+        }
+    }
+
+    /// This thread's counters for `method`, and whether this thread alone writes them.
+    #[inline(always)]
+    fn cells(&self, method: usize) -> Option<(&Cells, bool)> {
         // The thread's last meter: its own block, without the walk from the meter to it.
         let (id, block, len) = LAST.get();
         if id == self.id && method < len {
             // SAFETY: `LAST` holds this thread's block of this meter (`id` is never reused, so
             // the meter is the one that made it and is alive: `self`), `len` cells long; the
             // block lives as long as the meter.
-            let cells = unsafe { &*block.add(method) };
-            return Some(self.count(cells, true));
+            return Some((unsafe { &*block.add(method) }, true));
         }
-        self.start_here(method)
+        self.cells_here(method)
     }
 
-    /// `start` when this thread's last meter was another (or none).
+    /// `cells` when this thread's last meter was another (or none).
     #[cold]
     #[inline(never)]
-    fn start_here(&self, method: usize) -> Option<Probe<'_>> {
+    fn cells_here(&self, method: usize) -> Option<(&Cells, bool)> {
         if method >= self.methods.len() {
             return None;
         }
         let Some(slot) = self.slots.get(this_thread_slot()) else {
-            return Some(self.start_shared(method));
+            return Some((&self.shared[method], false));
         };
         let block = slot.load(Ordering::Acquire);
         let block = if block.is_null() {
@@ -284,8 +295,7 @@ impl Meter {
         // SAFETY: a non-null slot holds a block of `methods.len()` `Cells` (made by
         // `first_call_here`, published with a release store, read with an acquire load), freed
         // only when the meter is dropped, and `method` is in bounds (checked above).
-        let cells = unsafe { &*block.add(method) };
-        Some(self.count(cells, true))
+        Some((unsafe { &*block.add(method) }, true))
     }
 
     #[inline(always)]
@@ -310,12 +320,6 @@ impl Meter {
         } else {
             self.time_mask + 1
         }
-    }
-
-    #[cold]
-    #[inline(never)]
-    fn start_shared(&self, method: usize) -> Probe<'_> {
-        self.count(&self.shared[method], false)
     }
 
     /// The slot's block, made now: only the slot's owner thread makes it, so no other store
@@ -343,6 +347,11 @@ impl Meter {
             .chain(std::iter::once(&*self.shared))
     }
 
+    /// The place of the method called `name` (as `start` takes it), if it is counted.
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
+        self.methods.iter().position(|method| &**method == name)
+    }
+
     /// What was counted so far, added up over the threads.
     pub(crate) fn read(&self) -> Vec<MethodMetrics> {
         let blocks: Vec<&[Cells]> = self.blocks().collect();
@@ -351,7 +360,7 @@ impl Meter {
             .enumerate()
             .map(|(index, method)| {
                 let mut sum = MethodMetrics {
-                    method: method.name,
+                    method: method.to_string(),
                     calls: 0,
                     errors: 0,
                     panics: 0,
@@ -386,6 +395,21 @@ impl Drop for Meter {
                 // counts in it any more).
                 drop(unsafe { Box::from_raw(block) });
             }
+        }
+    }
+}
+
+/// Counts an error or a panic.
+#[cold]
+#[inline(never)]
+fn record(cells: &Cells, single_writer: bool, outcome: Outcome) {
+    match outcome {
+        Outcome::Ok => {}
+        Outcome::Error => {
+            bump(&cells.errors, single_writer);
+        }
+        Outcome::Panic => {
+            bump(&cells.panics, single_writer);
         }
     }
 }
@@ -505,7 +529,7 @@ impl VersionMetrics {
 #[non_exhaustive]
 pub struct MethodMetrics {
     /// The method's name.
-    pub method: &'static str,
+    pub method: String,
     /// Calls that ran in this version (each counted when it begins).
     pub calls: u64,
     /// Calls that returned `Err(..)` (for a method whose return type is a `Result`), or whose
@@ -625,31 +649,16 @@ mod tests {
         assert!(latency.max().unwrap() >= Duration::from_nanos(10_000));
     }
 
-    static NAMES: [MethodSignature; 2] = [
-        MethodSignature {
-            name: "a",
-            takes_state: true,
-            exclusive: false,
-            params: &[],
-            types: &[],
-            returns: "()",
-        },
-        MethodSignature {
-            name: "b",
-            takes_state: true,
-            exclusive: false,
-            params: &[],
-            types: &[],
-            returns: "()",
-        },
-    ];
+    fn names() -> Box<[Box<str>]> {
+        ["a".into(), "b".into()].into()
+    }
 
     #[test]
     fn a_thread_alternating_between_meters_counts_each_call_in_its_own() {
-        let first = Meter::new(&NAMES, MetricsConfig::off());
+        let first = Meter::new(names(), MetricsConfig::off());
         for round in 0..3 {
             // A meter made (and dropped) in between: its id is new, never the cached one's.
-            let second = Meter::new(&NAMES, MetricsConfig::off());
+            let second = Meter::new(names(), MetricsConfig::off());
             for i in 0..10 {
                 first.start(i % 2).unwrap().finish(Outcome::Ok);
                 second.start(1).unwrap().finish(Outcome::Error);
@@ -666,7 +675,7 @@ mod tests {
 
     #[test]
     fn counts_from_several_threads_add_up() {
-        let meter = Meter::new(&NAMES, MetricsConfig::sampled(10, 4));
+        let meter = Meter::new(names(), MetricsConfig::sampled(10, 4));
         // All alive at once, so each has a slot of its own (a thread that ends hands its slot,
         // and the counts in it, to the next).
         let together = std::sync::Barrier::new(4);

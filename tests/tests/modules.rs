@@ -111,6 +111,22 @@ fn a_call_between_modules_reaches_the_callee_s_serving_build() {
         "{failed}"
     );
     assert!(hot_fn!(mesh.ai.think(0.1)).unwrap().is_ok());
+
+    // Calls between modules count in the callee version's metrics, as the host's own do:
+    // `physics` (which only other modules call) counted three steps of `ai` in load #2, one
+    // of which panicked; `ai` (load #1 throughout) counted the `Err` that panic became, among
+    // its three calls from the host and one from `planner`.
+    let physics = mesh.reloader.metrics("physics").unwrap().unwrap();
+    assert_eq!(physics.generation, 2);
+    let step = physics.method("step").unwrap();
+    assert_eq!(
+        (step.calls, step.errors, step.panics),
+        (3, 0, 1),
+        "{physics:?}"
+    );
+    let think = mesh.reloader.metrics("ai").unwrap().unwrap();
+    let think = think.method("think").unwrap();
+    assert_eq!((think.calls, think.errors, think.panics), (4, 1, 0));
 }
 
 #[test]

@@ -68,7 +68,7 @@ impl<T: HotModule> Import<T> {
     fn call<R, C>(
         &self,
         method: &'static str,
-        _index: usize,
+        index: usize,
         exclusive: bool,
         call: C,
     ) -> Result<R, HotError>
@@ -92,7 +92,12 @@ impl<T: HotModule> Import<T> {
             data: (&raw mut frame).cast::<c_void>(),
             run: run::<T, C, R>,
         };
-        match (host.call_import)(host.links, self.index, exclusive, imported) {
+        match (host.call_import)(
+            host.links,
+            hotreload_abi::import_target(self.index, u32::try_from(index).unwrap_or(u32::MAX)),
+            exclusive,
+            imported,
+        ) {
             ImportOutcome::Ran {
                 generation,
                 api_version,
@@ -150,7 +155,7 @@ struct Frame<T: HotModule, C, R> {
 /// the callee's serving export table laid out as `T::Table` (the host checked each entry this
 /// build was compiled with against the callee's build), and `state` is that version's state,
 /// both valid until this returns.
-unsafe extern "C" fn run<T, C, R>(data: *mut c_void, table: *const c_void, state: StatePtr)
+unsafe extern "C" fn run<T, C, R>(data: *mut c_void, table: *const c_void, state: StatePtr) -> u8
 where
     T: HotModule,
     C: FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
@@ -160,7 +165,7 @@ where
     // this call to return; nothing else refers to it meanwhile.
     let frame = unsafe { &mut *data.cast::<Frame<T, C, R>>() };
     let Some(call) = frame.call.take() else {
-        return;
+        return hotreload_abi::CALL_ERR;
     };
     // SAFETY: `table` is the callee's table as `T::Table`, valid for this call (the contract).
     let table = unsafe { &*table.cast::<T::Table>() };
@@ -172,10 +177,18 @@ where
         // version is held: dropping them later would call into its image.
         RResult::RErr(err) => RResult::RErr(rehome_error(err)),
     });
-    frame.out = Some(match out {
+    let out = match out {
         RResult::ROk(result) => result,
         RResult::RErr(err) => RResult::RErr(err),
-    });
+    };
+    let ended = match &out {
+        RResult::ROk(value) if value.is_err() => hotreload_abi::CALL_ERR,
+        RResult::ROk(_) => hotreload_abi::CALL_RETURNED,
+        RResult::RErr(hotreload_abi::EntryError::Panicked { .. }) => hotreload_abi::CALL_PANICKED,
+        RResult::RErr(hotreload_abi::EntryError::Failed(_)) => hotreload_abi::CALL_ERR,
+    };
+    frame.out = Some(out);
+    ended
 }
 
 call_path_through_table!(Import, false, true);

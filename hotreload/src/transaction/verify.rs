@@ -40,12 +40,30 @@ pub(crate) fn verify(
                 tracing::warn!(module = %spec.name, "attaching the module failed: {err:?}");
             }
             let meter = spec.metrics.is_on().then(|| {
-                std::sync::Arc::new(crate::metrics::Meter::new(spec.methods, spec.metrics))
+                std::sync::Arc::new(crate::metrics::Meter::new(
+                    metered_methods(spec, &opened),
+                    spec.metrics,
+                ))
             });
             Ok(opened.into_verified(checked, meter))
         }
         Err(err) => Err(Box::new((err, opened))),
     }
+}
+
+/// The methods a version's metrics count: the host's, in its order (a host call names one by
+/// its place), then the build's others, which only other modules call.
+fn metered_methods(spec: &ModuleSpec, opened: &OpenedLibrary) -> Box<[Box<str>]> {
+    let host = spec.methods.iter().map(|method| method.name);
+    // SAFETY: verification checked the descriptor at this address in the image `opened`
+    // keeps mapped; its method names are copied here.
+    let descriptor = unsafe { &*opened.descriptor };
+    let others = descriptor
+        .methods
+        .iter()
+        .map(|method| method.name.as_str())
+        .filter(|name| !spec.methods.iter().any(|host| host.name == *name));
+    host.chain(others).map(Box::from).collect()
 }
 
 /// The checks, in order; what a verified version is made of.

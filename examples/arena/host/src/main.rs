@@ -109,6 +109,27 @@ fn main() -> Result<(), Error> {
     }
     frames(&reloader, &director, 1)?;
 
+    println!(
+        "\n== Calls of each serving version (the host calls `director`, which calls the others)"
+    );
+    for module in reloader.status()?.modules {
+        let Some(metrics) = module.serving.and_then(|serving| serving.metrics) else {
+            continue;
+        };
+        let called: Vec<String> = metrics
+            .methods
+            .iter()
+            .filter(|method| method.calls > 0)
+            .map(|method| format!("{} {}", method.method, method.calls))
+            .collect();
+        println!(
+            "   {} load #{}: {}",
+            module.name,
+            metrics.generation,
+            called.join(", ")
+        );
+    }
+
     let (frame, _, _) = hot_fn!(director.frame(0.1))??;
     println!("\n== Done: {frame} frames, their state carried through every reload; one process");
     Ok(())
