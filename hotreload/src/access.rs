@@ -345,17 +345,9 @@ impl Access {
 
     /// What the serving version's metrics say now.
     pub(crate) fn serving_metrics(&self) -> Option<crate::VersionMetrics> {
-        let (info, meter) = self
-            .info
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .and_then(|published| Some((published.info.clone(), published.meter.clone()?)))?;
-        Some(crate::VersionMetrics {
-            module: info.module,
-            generation: info.generation,
-            methods: meter.read(),
-        })
+        let published = self.info.lock().unwrap_or_else(PoisonError::into_inner);
+        let published = published.as_ref()?;
+        Some(published.meter.as_ref()?.snapshot(&published.info))
     }
 
     /// The serving version's load number and descriptor.

@@ -135,27 +135,23 @@ impl Cells {
     }
 }
 
-/// Adds `n` to `counter`, as [`bump`] does.
-fn add(counter: &AtomicU64, n: u64, single_writer: bool) {
+/// Adds `n` to `counter`, returning what it held: with a load and a store when one thread
+/// only writes it (a slot's owner), else with an atomic addition (the shared block).
+#[inline(always)]
+fn add(counter: &AtomicU64, n: u64, single_writer: bool) -> u64 {
     if single_writer {
         let held = counter.load(Ordering::Relaxed);
         counter.store(held + n, Ordering::Relaxed);
+        held
     } else {
-        counter.fetch_add(n, Ordering::Relaxed);
+        counter.fetch_add(n, Ordering::Relaxed)
     }
 }
 
-/// Adds one to `counter`, returning what it held: with a load and a store when one thread
-/// only writes it (a slot's owner), else with an atomic addition (the shared block).
+/// Adds one to `counter`, returning what it held (see [`add`]).
 #[inline(always)]
 fn bump(counter: &AtomicU64, single_writer: bool) -> u64 {
-    if single_writer {
-        let held = counter.load(Ordering::Relaxed);
-        counter.store(held + 1, Ordering::Relaxed);
-        held
-    } else {
-        counter.fetch_add(1, Ordering::Relaxed)
-    }
+    add(counter, 1, single_writer)
 }
 
 /// How a measured call ended.
@@ -217,7 +213,7 @@ impl Probe<'_> {
         record(self.cells, self.single_writer, outcome);
         if let Some((started, weight)) = self.started {
             let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            add(
+            let _ = add(
                 &self.cells.latency[bucket(nanos)],
                 weight,
                 self.single_writer,
@@ -350,6 +346,15 @@ impl Meter {
     /// The place of the method called `name` (as `start` takes it), if it is counted.
     pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
         self.methods.iter().position(|method| &**method == name)
+    }
+
+    /// What was counted so far for the version `info` describes.
+    pub(crate) fn snapshot(&self, info: &crate::VersionInfo) -> VersionMetrics {
+        VersionMetrics {
+            module: info.module.clone(),
+            generation: info.generation,
+            methods: self.read(),
+        }
     }
 
     /// What was counted so far, added up over the threads.

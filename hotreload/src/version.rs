@@ -544,11 +544,7 @@ impl LoadedVersion {
 
     /// What its calls' metrics say now (`None` with metrics off).
     pub(crate) fn metrics(&self) -> Option<crate::VersionMetrics> {
-        self.meter.as_ref().map(|meter| crate::VersionMetrics {
-            module: self.info.module.clone(),
-            generation: self.info.generation,
-            methods: meter.read(),
-        })
+        self.meter.as_ref().map(|meter| meter.snapshot(&self.info))
     }
 
     /// Its whole description, the digest included (see [`Sha256Cell`]).

@@ -195,11 +195,7 @@ fn debuglinks() -> std::sync::MutexGuard<'static, Vec<(PathBuf, Vec<PathBuf>)>> 
 /// links are refused) renamed over the name, so that a debugger reading the previous file
 /// keeps it.
 fn point(name: &Path, copy: &Path) {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let temp = with_suffix(
-        name,
-        &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
-    );
+    let temp = incoming(name);
     let pointed = fs::hard_link(copy, &temp)
         .or_else(|_| fs::copy(copy, &temp).map(drop))
         .and_then(|()| fs::rename(&temp, name));
@@ -284,11 +280,7 @@ impl Drop for DebugFiles {
 /// Copies `from` to `to` through a temporary file renamed into place (a debugger reading the
 /// previous file keeps it); whether it could (a debug line says why not).
 fn place(from: &Path, to: &Path) -> bool {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let temp = with_suffix(
-        to,
-        &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
-    );
+    let temp = incoming(to);
     let placed = fs::copy(from, &temp).and_then(|_| fs::rename(&temp, to));
     match placed {
         Ok(()) => {
@@ -305,6 +297,15 @@ fn place(from: &Path, to: &Path) -> bool {
             false
         }
     }
+}
+
+/// A temporary name beside `path` for a file to be renamed over it, unique in the process.
+fn incoming(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    with_suffix(
+        path,
+        &format!(".incoming-{}", NEXT.fetch_add(1, Ordering::Relaxed)),
+    )
 }
 
 /// `path` with `suffix` appended to its file name.
