@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use crate::metrics::{Latency, Meter, Outcome};
 use crate::version::Live;
-use crate::{VersionInfo, VersionMetrics};
+use crate::{MethodMetrics, VersionInfo, VersionMetrics};
 
 /// How to start a canary: its build, how calls are split, and the policy that decides.
 #[derive(Debug, Clone)]
@@ -113,19 +113,21 @@ impl fmt::Display for Split {
 }
 
 /// When a canary is promoted or aborted, by its figures against the serving version's over
-/// the same time (every method taken together).
+/// the same time, method by method.
 ///
-/// It is aborted as soon as, with at least [`judge_after`](Self::judge_after) calls of its
-/// own, its failure rate (errors and panics per call) exceeds the serving version's by more
-/// than [`max_error_rate_increase`](Self::max_error_rate_increase), or its p99 latency exceeds
-/// the serving version's times [`max_p99_ratio`](Self::max_p99_ratio) plus
+/// It is aborted as soon as, for a method with at least [`judge_after`](Self::judge_after)
+/// calls in the canary, its failure rate (errors and panics per call) exceeds the serving
+/// version's by more than [`max_error_rate_increase`](Self::max_error_rate_increase), by
+/// three standard errors at least (so that a canary as good as the serving version is not
+/// aborted by chance, though the judge looks every [`check_every`](Self::check_every)); or,
+/// with [`latency_samples`](Self::latency_samples) timed calls of the method on each side,
+/// its p99 exceeds the serving version's times [`max_p99_ratio`](Self::max_p99_ratio) plus
 /// [`latency_slack`](Self::latency_slack); or at once when its failures reach the
 /// [`error_budget`](Self::error_budget) (counted on the call path: from that call on it takes
 /// no more calls, though calls already running in it may still fail). It is promoted once it
-/// has run [`min_duration`](Self::min_duration) and served
-/// [`min_calls`](Self::min_calls) within bounds. With a
-/// [`max_duration`](Self::max_duration), a canary that has not earned promotion by then is
-/// aborted.
+/// has run [`min_duration`](Self::min_duration) and served [`min_calls`](Self::min_calls)
+/// (and `judge_after`) calls within bounds. With a [`max_duration`](Self::max_duration), a
+/// canary that has not earned promotion by then is aborted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct CanaryPolicy {
@@ -143,11 +145,16 @@ pub struct CanaryPolicy {
     /// Added to the latency bound, so that calls of a few microseconds are not judged by
     /// noise. Default 1 ms.
     pub latency_slack: Duration,
-    /// Failed canary calls after which it takes no more calls and is aborted. Default 100.
+    /// Failed canary calls (errors and panics) after which it takes no more calls and is
+    /// aborted; 0: no budget. Default 0. Errors a method returns count too: for a module
+    /// whose calls fail now and then, leave room for its usual rate.
     pub error_budget: u64,
-    /// The canary's own calls before its rates are judged. Default 100.
+    /// A method's calls in the canary before its failure rate is judged. Default 100.
     pub judge_after: u64,
-    /// How often the judge reads the figures. Default 50 ms.
+    /// Timed calls of a method on each side before their p99 are compared (a p99 from fewer
+    /// is little more than the maximum). Default 200.
+    pub latency_samples: u64,
+    /// How often the judge reads the figures (at least 1 ms). Default 50 ms.
     pub check_every: Duration,
 }
 
@@ -160,8 +167,9 @@ impl Default for CanaryPolicy {
             max_error_rate_increase: 0.01,
             max_p99_ratio: 2.0,
             latency_slack: Duration::from_millis(1),
-            error_budget: 100,
+            error_budget: 0,
             judge_after: 100,
+            latency_samples: 200,
             check_every: Duration::from_millis(50),
         }
     }
@@ -198,6 +206,8 @@ policy_setters! {
     error_budget: u64;
     /// See [`CanaryPolicy::judge_after`](#structfield.judge_after).
     judge_after: u64;
+    /// See [`CanaryPolicy::latency_samples`](#structfield.latency_samples).
+    latency_samples: u64;
     /// See [`CanaryPolicy::check_every`](#structfield.check_every).
     check_every: Duration;
 }
@@ -216,12 +226,30 @@ pub enum Pick {
 }
 
 impl Pick {
-    /// [`Pick::Key`] for any hashable key (a user id, a session). The hash is the same in
-    /// every process built with the same Rust version.
+    /// [`Pick::Key`] for any hashable key (a user id, a session). The hash is FNV-1a over
+    /// the bytes the key's `Hash` writes: the same in every process and every build, so a
+    /// fleet of processes puts a key on the same side (and every canary with the same share
+    /// takes the same keys).
     pub fn key<K: Hash + ?Sized>(key: &K) -> Pick {
-        let mut hasher = std::hash::DefaultHasher::new();
+        let mut hasher = Fnv1a(0xcbf2_9ce4_8422_2325);
         key.hash(&mut hasher);
         Pick::Key(hasher.finish())
+    }
+}
+
+/// FNV-1a, 64 bits. Written by hand: std's hashers may change between Rust releases, and the
+/// few lines cost less than a dependency.
+struct Fnv1a(u64);
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0 ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }
 
@@ -251,6 +279,8 @@ pub struct SideFigures {
     pub panics: u64,
     /// Their latencies (timed calls, weighted).
     pub latency: Latency,
+    /// The same per method, in the host's order.
+    pub methods: Vec<MethodMetrics>,
 }
 
 impl SideFigures {
@@ -263,24 +293,40 @@ impl SideFigures {
         }
     }
 
+    /// The calls `now` holds beyond those of `before` (an earlier reading of the same meter).
     fn from_metrics(
         generation: u64,
         now: Option<&VersionMetrics>,
         before: Option<&VersionMetrics>,
     ) -> Self {
-        let total = |m: Option<&VersionMetrics>| {
-            m.map_or((0, 0, 0, Latency::default()), |m| {
-                (m.calls(), m.errors(), m.panics(), m.latency())
+        let methods: Vec<MethodMetrics> = now
+            .map(|now| now.methods.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|method| {
+                let earlier = before.and_then(|b| b.method(&method.method));
+                let was = |field: fn(&MethodMetrics) -> u64| earlier.map_or(0, field);
+                MethodMetrics {
+                    method: method.method.clone(),
+                    calls: method.calls.saturating_sub(was(|m| m.calls)),
+                    errors: method.errors.saturating_sub(was(|m| m.errors)),
+                    panics: method.panics.saturating_sub(was(|m| m.panics)),
+                    latency: match earlier {
+                        Some(earlier) => method.latency.since(&earlier.latency),
+                        None => method.latency.clone(),
+                    },
+                }
             })
-        };
-        let (calls, errors, panics, latency) = total(now);
-        let (calls0, errors0, panics0, latency0) = total(before);
+            .collect();
         SideFigures {
             generation,
-            calls: calls.saturating_sub(calls0),
-            errors: errors.saturating_sub(errors0),
-            panics: panics.saturating_sub(panics0),
-            latency: latency.since(&latency0),
+            calls: methods.iter().map(|m| m.calls).sum(),
+            errors: methods.iter().map(|m| m.errors).sum(),
+            panics: methods.iter().map(|m| m.panics).sum(),
+            latency: methods
+                .iter()
+                .fold(Latency::default(), |all, m| all.plus(&m.latency)),
+            methods,
         }
     }
 }
@@ -365,30 +411,26 @@ pub(crate) fn judge(policy: &CanaryPolicy, figures: &CanaryFigures, failures: u6
             policy.error_budget
         ));
     }
-    let (canary, serving) = (&figures.canary, &figures.serving);
-    if canary.calls >= policy.judge_after.max(1) {
-        let (ours, theirs) = (canary.failure_rate(), serving.failure_rate());
-        if ours > theirs + policy.max_error_rate_increase {
-            return Decision::Abort(format!(
-                "failure rate {:.2}% against {:.2}% serving (at most {:.2} points more)",
-                ours * 100.0,
-                theirs * 100.0,
-                policy.max_error_rate_increase * 100.0
-            ));
-        }
-        if let (Some(ours), Some(theirs)) = (
-            canary.latency.quantile(0.99),
-            serving.latency.quantile(0.99),
-        ) {
-            let bound = theirs.mul_f64(policy.max_p99_ratio.max(0.0)) + policy.latency_slack;
-            if canary.latency.samples() >= policy.judge_after.max(1) && ours > bound {
-                return Decision::Abort(format!(
-                    "p99 latency {ours:.1?} against {theirs:.1?} serving (at most {bound:.1?})"
-                ));
-            }
+    let judge_after = policy.judge_after.max(1);
+    for ours in figures
+        .canary
+        .methods
+        .iter()
+        .filter(|m| m.calls >= judge_after)
+    {
+        let theirs = figures
+            .serving
+            .methods
+            .iter()
+            .find(|m| m.method == ours.method);
+        if let Some(reason) =
+            failing_more(policy, ours, theirs).or_else(|| slower(policy, ours, theirs))
+        {
+            return Decision::Abort(reason);
         }
     }
-    if canary.calls >= policy.min_calls && figures.elapsed >= policy.min_duration {
+    let calls = figures.canary.calls;
+    if calls >= policy.min_calls.max(judge_after) && figures.elapsed >= policy.min_duration {
         return Decision::Promote;
     }
     if policy
@@ -396,11 +438,72 @@ pub(crate) fn judge(policy: &CanaryPolicy, figures: &CanaryFigures, failures: u6
         .is_some_and(|max| figures.elapsed >= max)
     {
         return Decision::Abort(format!(
-            "not promoted within {:.1?}: {} calls (needs {})",
-            figures.elapsed, canary.calls, policy.min_calls
+            "not promoted within {:.1?}: {calls} calls (needs {})",
+            figures.elapsed,
+            policy.min_calls.max(judge_after)
         ));
     }
     Decision::Wait
+}
+
+/// Errors and panics per call of a method.
+fn failure_rate(method: &MethodMetrics) -> f64 {
+    if method.calls == 0 {
+        0.0
+    } else {
+        (method.errors + method.panics) as f64 / method.calls as f64
+    }
+}
+
+/// Why the canary's `ours` fails more than the serving version's `theirs`, if it does: by
+/// more than the margin, and by three standard errors of the difference at least (a
+/// two-proportion test; the judge looks many times, so chance alone must rarely cross it).
+fn failing_more(
+    policy: &CanaryPolicy,
+    ours: &MethodMetrics,
+    theirs: Option<&MethodMetrics>,
+) -> Option<String> {
+    const STANDARD_ERRORS: f64 = 3.0;
+    let (p, n) = (failure_rate(ours), ours.calls as f64);
+    let (q, m) = theirs.map_or((0.0, 0), |t| (failure_rate(t), t.calls));
+    let excess = p - q - policy.max_error_rate_increase;
+    let spread = p * (1.0 - p) / n + if m > 0 { q * (1.0 - q) / m as f64 } else { 0.0 };
+    (excess > 0.0 && excess >= STANDARD_ERRORS * spread.sqrt()).then(|| {
+        format!(
+            "`{}` failed {:.2}% of {} calls against {:.2}% of {m} serving (at most {:.2} points \
+             more)",
+            ours.method,
+            p * 100.0,
+            ours.calls,
+            q * 100.0,
+            policy.max_error_rate_increase * 100.0
+        )
+    })
+}
+
+/// Why the canary's `ours` is slower than the serving version's `theirs`, if it is, with
+/// enough timed calls on both sides to say.
+fn slower(
+    policy: &CanaryPolicy,
+    ours: &MethodMetrics,
+    theirs: Option<&MethodMetrics>,
+) -> Option<String> {
+    let theirs = theirs?;
+    let enough = policy.latency_samples.max(1);
+    if ours.latency.samples() < enough || theirs.latency.samples() < enough {
+        return None;
+    }
+    let (p99, serving_p99) = (ours.latency.quantile(0.99)?, theirs.latency.quantile(0.99)?);
+    let bound = serving_p99.mul_f64(policy.max_p99_ratio.max(0.0)) + policy.latency_slack;
+    (p99 > bound).then(|| {
+        format!(
+            "`{}` p99 {p99:.1?} against {serving_p99:.1?} serving (at most {bound:.1?}; {} and {} \
+             timed calls)",
+            ours.method,
+            ours.latency.samples(),
+            theirs.latency.samples()
+        )
+    })
 }
 
 /// The host's record of one canary, shared by its slot in the routing table, the reloader
@@ -491,6 +594,8 @@ impl Trial {
         if let Some(policy) = &self.policy {
             if policy.error_budget > 0 && failures >= policy.error_budget {
                 self.open.store(false, Ordering::Relaxed);
+                // Under the judge's mutex, so that a judge about to wait sees the store.
+                let _ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
                 self.wake.notify_all();
             }
         }
@@ -609,13 +714,22 @@ fn mix(key: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// One version's figures with a single method, `m`.
     fn side(generation: u64, calls: u64, errors: u64) -> SideFigures {
+        let method = MethodMetrics {
+            method: "m".into(),
+            calls,
+            errors,
+            panics: 0,
+            latency: Latency::default(),
+        };
         SideFigures {
             generation,
             calls,
             errors,
             panics: 0,
             latency: Latency::default(),
+            methods: vec![method],
         }
     }
 
@@ -642,12 +756,84 @@ mod tests {
 
     #[test]
     fn a_canary_failing_more_than_the_serving_version_is_aborted_once_judged() {
-        let policy = CanaryPolicy::default().judge_after(100).error_budget(0);
+        let policy = CanaryPolicy::default().judge_after(100);
         let unjudged = figures(Duration::from_secs(1), side(1, 900, 0), side(2, 99, 50));
         assert_eq!(judge(&policy, &unjudged, 50), Decision::Wait);
-        let judged = figures(Duration::from_secs(1), side(1, 900, 9), side(2, 100, 3));
-        // 3% against 1%: two points more, one allowed.
-        assert!(matches!(judge(&policy, &judged, 3), Decision::Abort(r) if r.contains("3.00%")));
+        let judged = figures(Duration::from_secs(1), side(1, 900, 9), side(2, 200, 50));
+        // 25% against 1%: far beyond one point more.
+        let decision = judge(&policy, &judged, 50);
+        assert!(
+            matches!(&decision, Decision::Abort(r) if r.contains("`m` failed 25.00% of 200 calls")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn a_canary_as_good_as_the_serving_version_is_not_aborted_by_chance() {
+        let policy = CanaryPolicy::default()
+            .min_calls(1_000_000)
+            .max_error_rate_increase(0.01);
+        // 7% against 5%: two points more, but within three standard errors (1.2 of them
+        // beyond the margin) of 1000 calls.
+        let close = figures(
+            Duration::from_secs(1),
+            side(1, 20_000, 1_000),
+            side(2, 1_000, 70),
+        );
+        assert_eq!(judge(&policy, &close, 70), Decision::Wait);
+        // The same rates over ten times the calls are beyond doubt.
+        let sure = figures(
+            Duration::from_secs(9),
+            side(1, 200_000, 10_000),
+            side(2, 10_000, 700),
+        );
+        assert!(matches!(judge(&policy, &sure, 700), Decision::Abort(_)));
+    }
+
+    #[test]
+    fn latencies_are_compared_only_with_enough_timed_calls_on_both_sides() {
+        let timed = |nanos: u64, count: u64| {
+            let mut latency = Latency::default();
+            for _ in 0..count {
+                latency = latency.plus(&Latency::of(nanos));
+            }
+            latency
+        };
+        let with = |mut side: SideFigures, latency: Latency| {
+            side.methods[0].latency = latency;
+            side
+        };
+        let policy = CanaryPolicy::default()
+            .min_calls(1_000_000)
+            .latency_samples(200)
+            .latency_slack(Duration::ZERO);
+        let serving = with(side(1, 10_000, 0), timed(10_000, 300));
+        let few = figures(
+            Duration::ZERO,
+            serving.clone(),
+            with(side(2, 500, 0), timed(50_000, 199)),
+        );
+        assert_eq!(judge(&policy, &few, 0), Decision::Wait);
+        let enough = figures(
+            Duration::ZERO,
+            serving,
+            with(side(2, 500, 0), timed(50_000, 200)),
+        );
+        let decision = judge(&policy, &enough, 0);
+        assert!(
+            matches!(&decision, Decision::Abort(r) if r.contains("p99") && r.contains("200 and 300 timed")),
+            "{decision:?}"
+        );
+    }
+
+    #[test]
+    fn promotion_waits_for_the_calls_it_judges_by() {
+        let policy = CanaryPolicy::default()
+            .min_calls(10)
+            .min_duration(Duration::ZERO)
+            .judge_after(100);
+        let f = figures(Duration::from_secs(1), side(1, 100, 0), side(2, 50, 0));
+        assert_eq!(judge(&policy, &f, 0), Decision::Wait);
     }
 
     #[test]

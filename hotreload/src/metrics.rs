@@ -537,7 +537,7 @@ impl VersionMetrics {
 }
 
 /// One method's metrics in one version.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct MethodMetrics {
     /// The method's name.
@@ -569,6 +569,15 @@ pub struct Latency {
 }
 
 impl Latency {
+    /// One timed call of `nanos`.
+    #[cfg(test)]
+    pub(crate) fn of(nanos: u64) -> Self {
+        Latency {
+            counts: vec![(bucket(nanos) as u16, 1)],
+            timed: 1,
+        }
+    }
+
     fn from_dense(buckets: &[u64; BUCKETS], timed: u64) -> Self {
         Latency {
             counts: (0u16..)

@@ -328,6 +328,15 @@ impl std::fmt::Debug for HotReloader {
 
 impl Drop for HotReloader {
     fn drop(&mut self) {
+        // Canaries end with their reloader (handles may outlive it): the serving versions
+        // take every call again, and the canaries' judges stop.
+        for core in self.shared.modules() {
+            if core.canary().is_some() {
+                let _ = self
+                    .shared
+                    .abort_canary(&core.spec.name, None, "the reloader was dropped");
+            }
+        }
         // Stops and joins the watcher thread before the modules can go away.
         self.stop_watching();
     }

@@ -2,6 +2,7 @@
 //! (one thread per canary with a policy, which reads the figures and promotes or aborts).
 
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use super::{HotReloader, Shared};
 use crate::canary::{CanaryFigures, CanaryOptions, CanaryStatus, Decision, Trial, judge};
@@ -34,7 +35,9 @@ impl HotReloader {
         let (trial, _timings) = self
             .shared
             .transaction_lock(name)
-            .and_then(|_transactions| transaction::canary::start(&core, &options))
+            .and_then(|_transactions| {
+                transaction::canary::start(&core, &options, &self.shared.modules())
+            })
             .inspect_err(|error| {
                 self.shared.events.emit(Event::ReloadFailed {
                     module: name.to_owned(),
@@ -62,10 +65,13 @@ impl HotReloader {
         Ok(trial.canary.clone())
     }
 
-    /// Promotes module `name`'s canary now: it leaves the routing table, its own state is
-    /// dropped, and its build is swapped in like a reload, with the serving state carried
-    /// into it. On error (the serving state does not restore into it, say) the canary is
-    /// gone and the serving version keeps serving, state intact.
+    /// Promotes module `name`'s canary now: it leaves the routing table once no call is in
+    /// flight, its own state is retired, and its build is swapped in like a reload, with the
+    /// serving state carried into it. The reload hooks are asked and told as for a reload
+    /// (a veto leaves the canary running), and the events of a reload come first. If the
+    /// module stays busy past its patience with [`WhenBusy::GiveUp`](crate::WhenBusy), the
+    /// canary runs on; a failure after it left the routing table (the serving state does not
+    /// restore into it, say) ends it, and the serving version keeps serving, state intact.
     pub fn promote_canary(&self, name: &str) -> Result<ReloadReport, HotError> {
         self.shared.promote_canary(name, None, "requested")
     }
@@ -93,9 +99,44 @@ impl Shared {
     ) -> Result<ReloadReport, HotError> {
         let core = self.core(name)?;
         let canary = core.canary();
+        let no_canary = || HotError::NoCanary {
+            module: name.to_owned(),
+        };
+        let Some(running) = &canary else {
+            return Err(no_canary());
+        };
+        if expected.is_some_and(|expected| !Arc::ptr_eq(expected, running)) {
+            // A policy's decision about a canary that has ended since: void, and no event.
+            return Err(no_canary());
+        }
+        let current = core.version();
+        let request = crate::ReloadRequest {
+            module: name,
+            artifact: &running.canary.artifact,
+            current: current.as_ref(),
+        };
+        if let Err(reason) = self.hooks.before(&request) {
+            let vetoed = HotError::Vetoed {
+                module: name.to_owned(),
+                reason,
+            };
+            self.hooks.after(name, &Err(vetoed.clone()));
+            return Err(vetoed);
+        }
+        self.events.emit(Event::ReloadStarted {
+            module: name.to_owned(),
+            current,
+        });
         let outcome = self.transaction_lock(name).and_then(|_transactions| {
             transaction::canary::promote(&core, expected, &self.modules())
         });
+        self.hooks.after(
+            name,
+            &outcome
+                .as_ref()
+                .map(|(report, ..)| report.clone())
+                .map_err(Clone::clone),
+        );
         match outcome {
             Ok((report, trial, figures)) => {
                 self.emit_retired(name, &report.closed, &report.released);
@@ -167,7 +208,7 @@ fn spawn_judge(shared: Weak<Shared>, name: &str, trial: &Arc<Trial>) -> std::io:
         .name(format!("hotreload-canary-{name}"))
         .spawn(move || {
             loop {
-                if trial.wait(policy.check_every) {
+                if trial.wait(policy.check_every.max(Duration::from_millis(1))) {
                     return;
                 }
                 let decision = judge(&policy, &trial.figures(), trial.failures());
@@ -183,8 +224,11 @@ fn spawn_judge(shared: Weak<Shared>, name: &str, trial: &Arc<Trial>) -> std::io:
                         shared.abort_canary(&name, Some(&trial), &reason).map(drop)
                     }
                 };
-                if let Err(error) = outcome {
-                    tracing::warn!(module = %name, "the canary's policy could not act: {error}");
+                match outcome {
+                    Ok(()) | Err(HotError::NoCanary { .. }) => {}
+                    Err(error) => {
+                        tracing::warn!(module = %name, "the canary's policy could not act: {error}")
+                    }
                 }
                 return;
             }

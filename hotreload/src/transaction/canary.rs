@@ -26,6 +26,7 @@ use crate::{ReloadReport, RetiredVersion, VersionInfo};
 pub(crate) fn start(
     core: &Arc<ModuleCore>,
     options: &CanaryOptions,
+    registry: &[Arc<ModuleCore>],
 ) -> Result<(Arc<Trial>, StepTimings), HotError> {
     let name = &core.spec.name;
     let mark = core.access.begin_transaction(name)?;
@@ -51,6 +52,12 @@ pub(crate) fn start(
             core,
             "the build calls other modules (a canary's calls to them are not linked)",
         ));
+    }
+    // The serving modules that call this one must fit the build it would become (checked
+    // again at the promotion, which repoints them).
+    if let Err(err) = super::link::link(&[super::link::NewBuild::of(core, &version)], registry) {
+        close_unused(version, &mut book, &core.spec);
+        return Err(err);
     }
     let save_as = match commit::carry_plan(core, &version) {
         Ok(carry) => carry.map_or(version.schema.version, |carry| carry.save_as),
@@ -152,13 +159,15 @@ fn unsupported(core: &ModuleCore, reason: &str) -> HotError {
     }
 }
 
-/// Takes `core`'s canary out of the routing table (waiting for the calls in flight), and
-/// ends its record. `expected`: only if it is this canary (a policy's decision about one
-/// that has since ended is void).
+/// Takes `core`'s canary out of the routing table once no call is in flight (as a reload
+/// waits: by the module's [`Quiesce`](crate::Quiesce) policy, except that an abort never
+/// gives up), and ends its record. `expected`: only if it is this canary (a policy's
+/// decision about one that has since ended is void). On error the canary runs on.
 fn take_canary<'a>(
     core: &'a ModuleCore,
     mark: &crate::access::TransactionMark<'a>,
     expected: Option<&Arc<Trial>>,
+    recovery: bool,
 ) -> Result<(Box<Slot>, CanaryFigures), HotError> {
     let none = || HotError::NoCanary {
         module: core.spec.name.clone(),
@@ -167,7 +176,10 @@ fn take_canary<'a>(
     if expected.is_some_and(|expected| !Arc::ptr_eq(expected, &trial)) {
         return Err(none());
     }
-    let slot = core.access.permit_replace(mark).canary().take();
+    let slot = quiesce::acquire(core, mark, recovery)?
+        .permit
+        .canary()
+        .take();
     let slot = slot.ok_or_else(none)?;
     trial.end();
     *core.canary.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -184,11 +196,14 @@ pub(crate) fn promote(
 ) -> Result<(ReloadReport, Arc<Trial>, CanaryFigures), HotError> {
     let mark = core.access.begin_transaction(&core.spec.name)?;
     let book = core.book();
-    let (slot, figures) = take_canary(core, &mark, expected)?;
+    let (slot, figures) = take_canary(core, &mark, expected, false)?;
     let Slot { live, trial, .. } = *slot;
-    // The canary's own state: dropped with its code (its version keeps running, so its
-    // retire hook does not run and its workers go on).
-    commit::discard(&live.version, live.state);
+    retire_state(
+        &core.spec,
+        &live.version.lifecycle,
+        live.state,
+        &live.version.info,
+    );
     let generation = live.version.info.generation;
     let _span = tracing::info_span!("promote", module = %core.spec.name, generation).entered();
     let report = super::swap_in(
@@ -211,9 +226,47 @@ pub(crate) fn abort(
 ) -> Result<(Arc<Trial>, CanaryFigures, RetiredVersion), HotError> {
     let mark = core.access.begin_transaction(&core.spec.name)?;
     let mut book = core.book();
-    let (slot, figures) = take_canary(core, &mark, expected)?;
+    let (slot, figures) = take_canary(core, &mark, expected, true)?;
     let Slot { live, trial, .. } = *slot;
     let closed = super::retire::close(live.into_version(), &mut book, &core.spec);
     book.record_retired([closed.clone()]);
     Ok((trial, figures, closed))
+}
+
+/// Retires the canary's own state at its promotion, as any state that stops serving is
+/// retired (its retire hook, then its workers are stopped and joined, then it is dropped),
+/// and lets the version start workers again: it goes on serving, with the serving state.
+fn retire_state(
+    spec: &ModuleSpec,
+    lifecycle: &hotreload_abi::LifecycleEntries,
+    state: hotreload_abi::StatePtr,
+    info: &VersionInfo,
+) {
+    let warn = |what: &str, fault: hotreload_abi::EntryError| {
+        tracing::warn!(
+            module = %info.module,
+            generation = info.generation,
+            "{what} of the canary's own state: {}",
+            crate::error::ModuleFault::from(fault)
+        );
+    };
+    if let abi_stable::std_types::RResult::RErr(fault) = (lifecycle.retire)(state) {
+        warn("the retire hook", fault);
+    }
+    match (lifecycle.join_workers)(spec.worker_stop_timeout_ms()) {
+        abi_stable::std_types::RResult::ROk(0) => {}
+        abi_stable::std_types::RResult::ROk(running) => tracing::warn!(
+            module = %info.module,
+            generation = info.generation,
+            running,
+            "workers of the canary's own state did not stop in time; they run on"
+        ),
+        abi_stable::std_types::RResult::RErr(fault) => warn("stopping the workers", fault),
+    }
+    if let abi_stable::std_types::RResult::RErr(fault) = (lifecycle.resume_workers)() {
+        warn("resuming workers", fault);
+    }
+    if let abi_stable::std_types::RResult::RErr(fault) = (lifecycle.destroy)(state) {
+        warn("dropping", fault);
+    }
 }
