@@ -1,0 +1,184 @@
+//! Canaries: a new build serves a share of the requests beside the serving build, and a
+//! policy promotes it when its figures hold up or aborts it when they do not.
+//!
+//! The load run starts two: a good build, which the policy must promote, and a build that
+//! fails one price in five, which the policy must abort before it spends more than its error
+//! budget. It waits for each decision on the reloader's events, with a deadline. The admin
+//! routes start, show, promote and abort a canary by hand.
+
+use std::fmt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use hotreload::HotReloader;
+use hotreload::harness::VariantBuilder;
+
+use crate::load_run::{LIB, price_rule};
+use crate::server::App;
+
+/// Listed by the service when it starts.
+pub const ROUTES_HELP: &str = "POST /admin/canary?share=0.2[&manual=true] (body: a library's path)  \
+     GET /admin/canary  POST /admin/canary/promote  POST /admin/canary/abort";
+
+/// The share of the calls a canary takes.
+pub const SHARE: f64 = 0.2;
+
+/// Failed canary calls after which the policy stops the canary at once.
+pub const ERROR_BUDGET: u64 = 50;
+
+/// What a canary should come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Promoted by the policy.
+    Promoted,
+    /// Aborted by the policy.
+    Aborted,
+}
+
+/// A canary of the load run: which build, what it does, and what came of it.
+#[derive(Debug, Clone)]
+pub struct CanaryRun {
+    /// The variant.
+    pub build: &'static str,
+    /// What it does, in a few words.
+    pub what: &'static str,
+    /// What the policy should decide.
+    pub expect: Expect,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// What came of a canary.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Not run yet.
+    Pending,
+    /// `start_canary` refused it.
+    NotStarted(String),
+    /// The policy promoted it, `after` it started.
+    Promoted { after: Duration, figures: String },
+    /// The policy aborted it, `after` it started.
+    Aborted {
+        after: Duration,
+        reason: String,
+        figures: String,
+    },
+    /// No decision by the deadline; the figures then (the load run aborts it).
+    Undecided { status: String },
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Pending => write!(f, "not run"),
+            Outcome::NotStarted(err) => write!(f, "not started: {err}"),
+            Outcome::Promoted { after, figures } => {
+                write!(f, "promoted by the policy after {after:.2?}: {figures}")
+            }
+            Outcome::Aborted {
+                after,
+                reason,
+                figures,
+            } => write!(
+                f,
+                "aborted by the policy after {after:.2?}: {reason}; {figures}"
+            ),
+            Outcome::Undecided { status } => write!(f, "no decision by the deadline: {status}"),
+        }
+    }
+}
+
+/// The good canary: a new price rule, no errors.
+pub fn good() -> CanaryRun {
+    CanaryRun {
+        build: "members_12",
+        what: "members save 12%",
+        expect: Expect::Promoted,
+        outcome: Outcome::Pending,
+    }
+}
+
+/// The failing canary: the same rule, and one price request in five fails.
+pub fn failing() -> CanaryRun {
+    CanaryRun {
+        build: "members_12_failing",
+        what: "members save 12%, one price in five fails",
+        expect: Expect::Aborted,
+        outcome: Outcome::Pending,
+    }
+}
+
+/// Adds the canaries' builds to the load run's variants.
+pub fn variants(builder: VariantBuilder) -> VariantBuilder {
+    builder
+        .variant(good().build, price_rule("12"))
+        .variant(failing().build, |v| {
+            price_rule("12")(v).edit(
+                LIB,
+                "let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;",
+                "let served = self.served.fetch_add(1, Ordering::Relaxed) + 1;\n        \
+                 if served % 5 == 0 {\n            \
+                 return Err(format!(\"the price backend timed out (request {served})\"));\n        \
+                 }",
+            )
+        })
+}
+
+/// What the load run's canaries should have come to; one line per one that did not.
+pub fn check(runs: &[CanaryRun]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for expected in [good(), failing()] {
+        let Some(run) = runs.iter().find(|r| r.build == expected.build) else {
+            failures.push(format!("the canary `{}` did not run", expected.build));
+            continue;
+        };
+        let came = match run.outcome {
+            Outcome::Promoted { .. } => Some(Expect::Promoted),
+            Outcome::Aborted { .. } => Some(Expect::Aborted),
+            _ => None,
+        };
+        if came != Some(run.expect) {
+            failures.push(format!(
+                "the canary `{}` should have been {}: {}",
+                run.build,
+                match run.expect {
+                    Expect::Promoted => "promoted",
+                    Expect::Aborted => "aborted",
+                },
+                run.outcome
+            ));
+        }
+    }
+    failures
+}
+
+/// Requests that may fail in the run with reloads: the failing canary's error budget.
+pub fn failed_requests_allowed() -> u64 {
+    ERROR_BUDGET
+}
+
+pub use api::{routes, run};
+
+/// What needs the reloader's canary API.
+#[cfg(any())]
+mod api {
+    include!("canary_api.rs");
+}
+
+/// Until the reloader has a canary API: canaries are not started, and no admin routes.
+#[cfg(not(any()))]
+mod api {
+    use super::*;
+
+    /// Starts `run`'s canary from `path` and waits until `deadline` for its policy.
+    pub fn run(_: &HotReloader, mut run: CanaryRun, _: &Path, _: Instant) -> CanaryRun {
+        run.outcome = Outcome::NotStarted("this hotreload has no canaries yet".into());
+        run
+    }
+
+    /// The admin routes for canaries.
+    pub fn routes() -> Router<App> {
+        Router::new()
+    }
+}
