@@ -163,7 +163,159 @@ pub use api::{routes, run};
 /// What needs the reloader's canary API.
 #[cfg(any())]
 mod api {
-    include!("canary_api.rs");
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, post};
+    use hotreload::{CanaryOptions, CanaryPolicy, Event};
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::server::{MODULE, call_failed};
+
+    /// The policy both canaries of the load run are judged by.
+    pub fn policy() -> CanaryPolicy {
+        CanaryPolicy::default()
+            .min_calls(2_000)
+            .min_duration(Duration::from_secs(2))
+            .max_error_rate_increase(0.01)
+            .max_p99_ratio(3.0)
+            .error_budget(ERROR_BUDGET)
+    }
+
+    /// Starts `run`'s canary from `path` beside the serving build, on [`SHARE`] of the calls
+    /// under [`policy`], and waits until `deadline` for the policy's decision, told by the
+    /// reloader's events. Without one by then, the canary is aborted.
+    pub fn run(
+        reloader: &HotReloader,
+        mut run: CanaryRun,
+        path: &Path,
+        deadline: Instant,
+    ) -> CanaryRun {
+        // Subscribed before the start, so that no decision can come before the listening.
+        let events = reloader.subscribe();
+        let started = Instant::now();
+        let options = CanaryOptions::new(path)
+            .share_of_calls(SHARE)
+            .policy(policy());
+        if let Err(err) = reloader.start_canary(MODULE, options) {
+            run.outcome = Outcome::NotStarted(err.to_string());
+            return run;
+        }
+        run.outcome = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match events.recv_timeout(left) {
+                Ok(Event::CanaryPromoted {
+                    module, figures, ..
+                }) if module == MODULE => {
+                    break Outcome::Promoted {
+                        after: started.elapsed(),
+                        figures: figures.to_string(),
+                    };
+                }
+                Ok(Event::CanaryAborted {
+                    module,
+                    reason,
+                    figures,
+                    ..
+                }) if module == MODULE => {
+                    break Outcome::Aborted {
+                        after: started.elapsed(),
+                        reason: reason.to_string(),
+                        figures: figures.to_string(),
+                    };
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    let status = match reloader.canary(MODULE) {
+                        Ok(Some(status)) => status.to_string(),
+                        Ok(None) => "no canary runs".to_owned(),
+                        Err(err) => err.to_string(),
+                    };
+                    if let Err(err) = reloader.abort_canary(MODULE) {
+                        eprintln!("aborting the undecided canary: {err}");
+                    }
+                    break Outcome::Undecided { status };
+                }
+            }
+        };
+        run
+    }
+
+    /// `/admin/canary`: start (POST), show (GET); `/admin/canary/promote`, `/abort` (POST).
+    pub fn routes() -> Router<App> {
+        Router::new()
+            .route("/admin/canary", post(start).get(show))
+            .route("/admin/canary/promote", post(promote))
+            .route("/admin/canary/abort", post(abort))
+    }
+
+    #[derive(Deserialize)]
+    struct StartQuery {
+        share: Option<f64>,
+        manual: Option<bool>,
+    }
+
+    /// `POST /admin/canary?share=0.2[&manual=true]` with a library's path as the body.
+    async fn start(
+        State(app): State<App>,
+        Query(query): Query<StartQuery>,
+        path: String,
+    ) -> Response {
+        let path = std::path::PathBuf::from(path.trim());
+        let share = query.share.unwrap_or(SHARE);
+        if !(0.0..=1.0).contains(&share) {
+            return (StatusCode::BAD_REQUEST, "share is between 0 and 1\n").into_response();
+        }
+        let options = CanaryOptions::new(&path).share_of_calls(share);
+        let options = if query.manual == Some(true) {
+            options.manual()
+        } else {
+            options.policy(policy())
+        };
+        let reloader = app.reloader.clone();
+        let started =
+            tokio::task::spawn_blocking(move || reloader.start_canary(MODULE, options)).await;
+        match started {
+            Ok(Ok(canary)) => format!(
+                "canary load #{} takes {:.0}% of the calls\n",
+                canary.generation,
+                share * 100.0
+            )
+            .into_response(),
+            Ok(Err(err)) => (StatusCode::CONFLICT, format!("refused: {err}\n")).into_response(),
+            Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
+        }
+    }
+
+    /// `GET /admin/canary`: the canary's figures so far.
+    async fn show(State(app): State<App>) -> Response {
+        match app.reloader.canary(MODULE) {
+            Ok(Some(status)) => format!("{status}\n").into_response(),
+            Ok(None) => (StatusCode::NOT_FOUND, "no canary runs\n").into_response(),
+            Err(err) => call_failed(err),
+        }
+    }
+
+    /// `POST /admin/canary/promote`: the canary serves every call.
+    async fn promote(State(app): State<App>) -> Response {
+        let reloader = app.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.promote_canary(MODULE)).await {
+            Ok(Ok(report)) => format!("promoted {report}\n").into_response(),
+            Ok(Err(err)) => (StatusCode::CONFLICT, format!("{err}\n")).into_response(),
+            Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
+        }
+    }
+
+    /// `POST /admin/canary/abort`: the serving build takes every call again.
+    async fn abort(State(app): State<App>) -> Response {
+        let reloader = app.reloader.clone();
+        match tokio::task::spawn_blocking(move || reloader.abort_canary(MODULE)).await {
+            Ok(Ok(_)) => "aborted\n".into_response(),
+            Ok(Err(err)) => (StatusCode::CONFLICT, format!("{err}\n")).into_response(),
+            Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
+        }
+    }
 }
 
 /// Until the reloader has a canary API: canaries are not started, and no admin routes.

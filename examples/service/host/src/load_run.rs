@@ -125,11 +125,13 @@ pub fn run(plan: Plan) -> Result<bool, Error> {
     let done = driver
         .join()
         .map_err(|_| "the thread reloading the module panicked")?;
-    let (under, _) = under?;
+    let (under, raw) = under?;
+    print_indented(&raw);
     let done = done?;
 
     println!("\n== Baseline: {} with no reloads", plan.load);
-    let (baseline, _) = wrk::run(address, plan.load, &work)?;
+    let (baseline, raw) = wrk::run(address, plan.load, &work)?;
+    print_indented(&raw);
 
     let _ = stop_server.send(());
     runtime.block_on(async {
@@ -181,6 +183,14 @@ impl Driver {
     fn run(self, stop: &Receiver<()>) -> Result<Done, Error> {
         let mut done = Done::default();
         let mut turn = 0;
+        let before = self.rule().unwrap_or_else(|err| err);
+        self.reload_good(turn, &mut done);
+        turn += 1;
+        println!(
+            "   first reload: \"{before}\" -> \"{}\"; a member's tea now: {}",
+            self.rule().unwrap_or_else(|err| err),
+            self.member_tea().unwrap_or_else(|err| err)
+        );
         // The first reloads, at least as many as the plan asks for.
         while done.reload_times.len() + done.failed_reloads.len() < self.plan.reloads {
             self.reload_good(turn, &mut done);
@@ -287,10 +297,28 @@ impl Driver {
         Ok(stats[start..end].to_owned())
     }
 
+    /// What the serving build answers for a member's tea.
+    fn member_tea(&self) -> Result<String, String> {
+        let store = &self.store;
+        match hot_fn!(store.price("member-7", "tea")) {
+            Ok(Ok(Some(json))) => Ok(json),
+            Ok(Ok(None)) => Err("no tea".to_owned()),
+            Ok(Err(err)) => Err(err),
+            Err(err) => Err(err.to_string()),
+        }
+    }
+
     /// The module answers a call.
     fn store_answers(&self) -> Result<String, String> {
         let store = &self.store;
         hot_fn!(store.stats()).map_err(|err| err.to_string())
+    }
+}
+
+/// Prints wrk's own report, indented.
+fn print_indented(raw: &str) {
+    for line in raw.lines() {
+        println!("   | {line}");
     }
 }
 

@@ -131,17 +131,14 @@ impl Storefront {
     fn cached_price(&self, sku: &str, list: u64, member: bool) -> u64 {
         let key = format!("{sku}/{}", if member { "member" } else { "guest" });
         // A cache is only a cache: a panic elsewhere while it was held leaves it usable.
-        if let Some(hit) = self
-            .cache
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&key)
+        let cached = self.cache.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(hit) = cached.get(&key)
+            && hit.rule == RULE
         {
-            if hit.rule == RULE {
-                self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return hit.cents;
-            }
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return hit.cents;
         }
+        drop(cached);
         self.cache_misses.fetch_add(1, Ordering::Relaxed);
         let cents = list * (100 - discount_percent(member)) / 100;
         let mut cache = self.cache.write().unwrap_or_else(PoisonError::into_inner);
