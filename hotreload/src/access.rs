@@ -48,6 +48,7 @@ use crossbeam_utils::sync::ShardedLockWriteGuard;
 
 use self::lock::{CallLock, ExclusiveGuard, ReadGuard};
 use crate::VersionInfo;
+use crate::canary::{Pick, Slot, Trial};
 use crate::error::HotError;
 use crate::version::{Live, Schema, Sha256Cell};
 
@@ -58,6 +59,9 @@ pub(crate) struct Access {
     lock: CallLock,
     /// `None` until a first build has loaded (a module registered before it was built).
     live: UnsafeCell<Option<Live>>,
+    /// The canary beside `live`, if one runs (see `canary`): calls reach it by its rule.
+    /// Guarded like `live`.
+    canary: UnsafeCell<Option<Box<Slot>>>,
     /// The thread a `LocalModule` is bound to, if the module was registered as one.
     owner: Option<ThreadId>,
     /// Calls in progress through the `LocalModule`: the number of shared calls, or
@@ -233,6 +237,7 @@ impl Access {
             info: Mutex::new(live.as_ref().map(published)),
             lock: CallLock::new(),
             live: UnsafeCell::new(live),
+            canary: UnsafeCell::new(None),
             owner,
             local: AtomicU32::new(0),
             mutations: AtomicU64::new(0),
@@ -291,13 +296,13 @@ impl Access {
     /// and no reloader refers to it, so no call through a handle and no transaction runs).
     /// Calls from other modules may still come through their links: they wait for the write
     /// lock taken here, and find nothing to call afterwards.
-    pub(crate) fn take_live(&self) -> Option<Live> {
+    pub(crate) fn take_live(&self) -> (Option<Live>, Option<Box<Slot>>) {
         let _guard = self.lock.write().unwrap_or_else(PoisonError::into_inner);
         *self.info.lock().unwrap_or_else(PoisonError::into_inner) = None;
         // SAFETY: under the write lock, no call through a shared handle or from another
         // module runs; no local call can run (a `LocalModule` holds the core, which is being
         // dropped), and no transaction (it holds the core too).
-        unsafe { (*self.live.get()).take() }
+        unsafe { ((*self.live.get()).take(), (*self.canary.get()).take()) }
     }
 
     /// The version serving now, as last published.
@@ -348,6 +353,12 @@ impl Access {
         let published = self.info.lock().unwrap_or_else(PoisonError::into_inner);
         let published = published.as_ref()?;
         Some(published.meter.as_ref()?.snapshot(&published.info))
+    }
+
+    /// The serving version's meter, if its metrics are on.
+    pub(crate) fn serving_meter(&self) -> Option<std::sync::Arc<crate::metrics::Meter>> {
+        let published = self.info.lock().unwrap_or_else(PoisonError::into_inner);
+        published.as_ref()?.meter.clone()
     }
 
     /// The serving version's load number and descriptor.
@@ -514,7 +525,8 @@ impl Access {
     pub(crate) fn shared_call<R>(
         &self,
         mode: Mode,
-        call: impl FnOnce(Option<&Live>) -> R,
+        pick: Option<Pick>,
+        call: impl FnOnce(Target<'_>) -> R,
     ) -> Result<R, Refused> {
         let outer = INNERMOST.with(Cell::get);
         if self.gate.load(Ordering::Relaxed) {
@@ -533,7 +545,7 @@ impl Access {
         if mode == Mode::Exclusive {
             self.count_mutation();
         }
-        Ok(self.enter(mode, outer, call))
+        Ok(self.enter(mode, outer, pick, call))
     }
 
     /// For a call made while other calls run on this thread: whether it must lock (no call
@@ -556,7 +568,8 @@ impl Access {
         &self,
         mode: Mode,
         outer: *const Frame,
-        call: impl FnOnce(Option<&Live>) -> R,
+        pick: Option<Pick>,
+        call: impl FnOnce(Target<'_>) -> R,
     ) -> R {
         let frame = Frame {
             access: self,
@@ -571,7 +584,15 @@ impl Access {
         // exclusive call uses the state through the entry's `&mut`, not through this
         // reference, and holds the write lock so no other reference is made.
         let live = unsafe { &*self.live.get() };
-        call(live.as_ref())
+        // SAFETY: as for `live`: the canary slot is replaced only under the write lock.
+        let canary = unsafe { &*self.canary.get() };
+        call(match canary {
+            None => Target {
+                live: live.as_ref(),
+                canary: None,
+            },
+            Some(slot) => route(live.as_ref(), slot, pick),
+        })
     }
 
     /// Starts a call through the local handle (on the owner thread: the caller guarantees it,
@@ -611,6 +632,29 @@ impl Access {
             access: self,
             before: running,
         })
+    }
+}
+
+/// The version a call runs in: the serving one, or the canary its rule chose (then
+/// `canary` is its record, which counts the call's failures).
+pub(crate) struct Target<'a> {
+    pub live: Option<&'a Live>,
+    pub canary: Option<&'a Trial>,
+}
+
+/// A call while a canary runs: the canary or the serving version, by the canary's rule.
+#[inline(never)]
+fn route<'a>(serving: Option<&'a Live>, slot: &'a Slot, pick: Option<Pick>) -> Target<'a> {
+    if slot.takes(pick) {
+        Target {
+            live: Some(&slot.live),
+            canary: Some(&slot.trial),
+        }
+    } else {
+        Target {
+            live: serving,
+            canary: None,
+        }
     }
 }
 
@@ -773,6 +817,14 @@ impl Drop for TransactionMark<'_> {
                 .store(self.local_before, Ordering::Relaxed);
         }
         INNERMOST.with(|innermost| innermost.set(self.frame.outer));
+    }
+}
+
+impl ReplacePermit<'_> {
+    /// The canary slot, to start or end a canary.
+    pub(crate) fn canary(&mut self) -> &mut Option<Box<Slot>> {
+        // SAFETY: the permit holds the write lock (as for `live`): no call reads the slot.
+        unsafe { &mut *self.access.canary.get() }
     }
 }
 

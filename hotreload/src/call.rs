@@ -27,10 +27,15 @@ pub(crate) mod sealed {
 /// ..)`, given `$shared` or `$exclusive` for the access; the `direct` path is the `static`
 /// build mode's.
 macro_rules! call_path_through_table {
-    ($handle:ident, $shared:expr, $exclusive:expr) => {
-        impl<T: $crate::module::HotModule> $crate::call::sealed::Sealed for $handle<T> {}
+    ($handle:ident $(<$lt:lifetime>)?, $shared:expr, $exclusive:expr) => {
+        impl<$($lt,)? T: $crate::module::HotModule> $crate::call::sealed::Sealed
+            for $handle<$($lt,)? T>
+        {
+        }
 
-        impl<T: $crate::module::HotModule> $crate::call::CallPath<T> for $handle<T> {
+        impl<$($lt,)? T: $crate::module::HotModule> $crate::call::CallPath<T>
+            for $handle<$($lt,)? T>
+        {
             #[inline(always)]
             unsafe fn call_shared<A, R, F: $crate::rehome::Rehome>(
                 &self,
@@ -83,7 +88,7 @@ mod loaded;
 #[cfg(feature = "static")]
 pub use linked::{LocalModule, Module};
 #[cfg(all(feature = "runtime", not(feature = "static")))]
-pub use loaded::{LocalModule, Module};
+pub use loaded::{LocalModule, Module, Routed};
 
 /// How a handle gets a call to the module. Implemented by [`Module`] and [`LocalModule`] only
 /// (the trait is sealed);

@@ -308,6 +308,35 @@ pub enum HotError {
         running_exclusive: bool,
     },
 
+    /// A reload, rollback or new canary of a module was asked for while a canary of it runs
+    /// beside the serving version: promote or abort the canary first. Nothing changed.
+    #[error(
+        "module `{module}`: canary load #{generation} runs beside the serving version; promote \
+         or abort it first"
+    )]
+    CanaryRunning {
+        /// The module.
+        module: String,
+        /// The canary's load number.
+        generation: u64,
+    },
+
+    /// A canary was to be promoted or aborted, but none runs.
+    #[error("module `{module}`: no canary runs")]
+    NoCanary {
+        /// The module.
+        module: String,
+    },
+
+    /// A canary cannot start for this module or build; nothing changed.
+    #[error("module `{module}`: cannot start a canary: {reason}")]
+    CanaryUnsupported {
+        /// The module.
+        module: String,
+        /// Why.
+        reason: String,
+    },
+
     /// A rollback was asked for, but no earlier version is kept.
     #[error("module `{module}`: no earlier version to roll back to")]
     NoHistory {

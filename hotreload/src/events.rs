@@ -91,6 +91,41 @@ pub enum Event {
         /// Why: "requested", or the panic that ended a probation.
         reason: String,
     },
+    /// A canary started: a new build serves a share of the calls beside the serving version.
+    CanaryStarted {
+        /// The module.
+        module: String,
+        /// The version serving beside it.
+        serving: VersionInfo,
+        /// The canary's version.
+        canary: VersionInfo,
+        /// Which calls it takes.
+        split: crate::Split,
+    },
+    /// A canary was promoted: its build serves every call now, with the serving state carried
+    /// into it (a [`Reloaded`](Event::Reloaded) event came just before).
+    CanaryPromoted {
+        /// The module.
+        module: String,
+        /// The version promoted.
+        canary: VersionInfo,
+        /// Why: "requested", or the policy's bounds met.
+        reason: String,
+        /// Both versions' figures over the canary's time.
+        figures: crate::CanaryFigures,
+    },
+    /// A canary was aborted: its version is closed, and the serving version, which never
+    /// stopped serving, keeps its state.
+    CanaryAborted {
+        /// The module.
+        module: String,
+        /// The canary's version.
+        canary: VersionInfo,
+        /// Why: "requested", the bound the policy found exceeded, or the failed promotion.
+        reason: String,
+        /// Both versions' figures over the canary's time.
+        figures: crate::CanaryFigures,
+    },
     /// A version's probation ended without a panic (or the host marked it good).
     ProbationEnded {
         /// The module.
@@ -173,6 +208,9 @@ impl Event {
             | Event::ReloadFailed { module, .. }
             | Event::RolledBack { module, .. }
             | Event::ProbationEnded { module, .. }
+            | Event::CanaryStarted { module, .. }
+            | Event::CanaryPromoted { module, .. }
+            | Event::CanaryAborted { module, .. }
             | Event::VersionHeld { module, .. }
             | Event::VersionReleased { module, .. }
             | Event::BuildStarted { module, .. }
@@ -235,6 +273,36 @@ impl std::fmt::Display for Event {
                     _ if migrations.is_empty() => "current state".to_owned(),
                     _ => format!("current state, migrated {}", migrations.join(", ")),
                 }
+            ),
+            Event::CanaryStarted {
+                module,
+                serving,
+                canary,
+                split,
+            } => write!(
+                f,
+                "{module}: canary load #{} takes {split} beside load #{}",
+                canary.generation, serving.generation
+            ),
+            Event::CanaryPromoted {
+                module,
+                canary,
+                reason,
+                figures,
+            } => write!(
+                f,
+                "{module}: canary load #{} promoted ({reason}), {figures}",
+                canary.generation
+            ),
+            Event::CanaryAborted {
+                module,
+                canary,
+                reason,
+                figures,
+            } => write!(
+                f,
+                "{module}: canary load #{} aborted: {reason}; {figures}",
+                canary.generation
             ),
             Event::ProbationEnded { module, generation } => {
                 write!(f, "{module}: load #{generation} passed probation")

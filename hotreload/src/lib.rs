@@ -172,6 +172,8 @@ mod access;
 #[cfg(feature = "runtime")]
 mod build;
 #[cfg(feature = "runtime")]
+mod canary;
+#[cfg(feature = "runtime")]
 mod events;
 #[cfg(feature = "runtime")]
 mod graph;
@@ -201,9 +203,15 @@ mod watch;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+#[cfg(all(feature = "runtime", not(feature = "static")))]
+pub use call::Routed;
 pub use call::{CallPath, Import};
 #[cfg(feature = "runtime")]
 pub use call::{LocalModule, Module};
+#[cfg(feature = "runtime")]
+pub use canary::{
+    CanaryFigures, CanaryOptions, CanaryPolicy, CanaryStatus, Pick, SideFigures, Split,
+};
 pub use error::{HotError, ModuleFault, Rejection};
 #[cfg(feature = "runtime")]
 pub use events::{Event, ReloadRequest};

@@ -31,6 +31,7 @@ use hotreload_abi::{
 };
 
 use crate::access::{Access, Mode};
+use crate::canary::Pick;
 use crate::error::{HotError, Rejection};
 use crate::module::ModuleCore;
 use crate::transaction::verify::{Expected, HostTable, fill_table};
@@ -338,7 +339,9 @@ fn route(
             Err(refused) => refused.into_outcome(),
         }
     } else {
-        match access.shared_call(mode, |live| run(live, link, method, call)) {
+        match access.shared_call(mode, Some(Pick::Serving), |target| {
+            run(target.live, link, method, call)
+        }) {
             Ok(outcome) => outcome,
             Err(refused) => refused.into_outcome(),
         }

@@ -527,6 +527,13 @@ impl VersionMetrics {
     pub fn panics(&self) -> u64 {
         self.methods.iter().map(|m| m.panics).sum()
     }
+
+    /// Every method's latencies in one histogram.
+    pub fn latency(&self) -> Latency {
+        self.methods
+            .iter()
+            .fold(Latency::default(), |all, m| all.plus(&m.latency))
+    }
 }
 
 /// One method's metrics in one version.
@@ -598,6 +605,42 @@ impl Latency {
         })?;
         let (low, high) = bucket_bounds(usize::from(*index));
         Some(Duration::from_nanos(low + (high - low) / 2))
+    }
+
+    /// This histogram with `other`'s calls added (the methods of a version taken together).
+    pub(crate) fn plus(&self, other: &Latency) -> Latency {
+        let mut counts = self.counts.clone();
+        for &(index, count) in &other.counts {
+            match counts.binary_search_by_key(&index, |(i, _)| *i) {
+                Ok(at) => counts[at].1 += count,
+                Err(at) => counts.insert(at, (index, count)),
+            }
+        }
+        Latency {
+            counts,
+            timed: self.timed + other.timed,
+        }
+    }
+
+    /// The calls this histogram holds beyond those of `earlier`, a reading of the same
+    /// counters taken before (the calls of a window).
+    pub(crate) fn since(&self, earlier: &Latency) -> Latency {
+        let counts = self
+            .counts
+            .iter()
+            .map(|&(index, count)| {
+                let before = earlier
+                    .counts
+                    .binary_search_by_key(&index, |(i, _)| *i)
+                    .map_or(0, |at| earlier.counts[at].1);
+                (index, count.saturating_sub(before))
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        Latency {
+            counts,
+            timed: self.timed.saturating_sub(earlier.timed),
+        }
     }
 
     /// The upper bound of the highest bucket holding a timed call.

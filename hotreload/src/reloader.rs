@@ -17,6 +17,8 @@ use crate::version::RetiredVersion;
 use crate::watch::{self, WatchOptions, Watcher};
 use crate::{ShadowDir, VersionInfo, locate};
 
+mod canary;
+
 /// How to register a module: where its library is, which API versions to accept, whether it
 /// may be missing at first, and whether the reloader builds it.
 #[derive(Debug, Clone)]
@@ -947,6 +949,7 @@ impl Shared {
             kept,
             held,
             probation: core.probation.report(),
+            canary: core.canary().map(|trial| trial.status()),
             last_refusal: self.events.last_refusal(&core.spec.name),
         })
     }

@@ -36,6 +36,8 @@ pub struct ModuleStatus {
     pub held: Vec<RetiredVersion>,
     /// The probation of the serving version, if one runs.
     pub probation: Option<ProbationStatus>,
+    /// The canary serving beside it, if one runs.
+    pub canary: Option<crate::CanaryStatus>,
     /// The last reload refused (or build failed), if any: it may be older than the serving
     /// version.
     pub last_refusal: Option<Refusal>,
@@ -137,6 +139,9 @@ impl ModuleStatus {
         writeln!(f, "loaded {} ago", Ago(now, info.loaded_at))?;
         if let Some(metrics) = &serving.metrics {
             write_metrics(f, metrics)?;
+        }
+        if let Some(canary) = &self.canary {
+            writeln!(f, "  canary    {canary}")?;
         }
         for kept in &self.kept {
             write!(

@@ -78,6 +78,11 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
                 .edit(LIB, "// EXTRA_ITEMS", "impl Default for Counter {\n    fn default() -> Self {\n        panic!(\"the constructor fails on purpose\")\n    }\n}")
         })
         .variant("restore_error", |v| v.edit(LIB, "// FIELDS", "required: u8,"))
+        .variant("divide_fails", |v| {
+            // Fails one division in four (of a multiple of 4) that `v1` answers.
+            v.edit(LIB, "a.checked_div(b)\n", "a.checked_div(b)\n            .filter(|_| a % 4 != 0)\n")
+                .edit(LIB, "1 // TAG", "4 // TAG")
+        })
         .variant("schema_v2", |v| {
             v.edit(LIB, "#[hot_module(version = 1,", "#[hot_module(version = 1, state_version = 2,")
         })

@@ -55,6 +55,11 @@ impl<T: HotModule> std::fmt::Debug for LocalModule<T> {
 }
 
 impl<T: HotModule> Module<T> {
+    /// The same handle: a linked module has one version, so every pick reaches it.
+    pub fn route(&self, _pick: crate::Pick) -> &Self {
+        self
+    }
+
     pub(crate) fn linked() -> Self {
         Module {
             state: Arc::new(ShardedLock::new(T::default())),

@@ -7,7 +7,8 @@ use abi_stable::std_types::RResult;
 use hotreload_abi::{EntryError, EntryResult, StatePtr};
 
 use crate::VersionInfo;
-use crate::access::{Access, Listing, Mode, Refused};
+use crate::access::{Access, Listing, Mode, Refused, Target};
+use crate::canary::Pick;
 use crate::error::{HotError, ModuleFault};
 use crate::metrics::Outcome;
 use crate::module::{HotModule, ModuleCore};
@@ -120,6 +121,14 @@ handle_common!(Module);
 handle_common!(LocalModule);
 
 impl<T: HotModule> Module<T> {
+    /// A handle to make calls with `pick`, the version they go to while a canary runs:
+    /// `hot_fn!(module.route(Pick::key(&user)).method(..))`. Plain calls
+    /// (`hot_fn!(module.method(..))`) follow the canary's split; with no canary running,
+    /// every call goes to the serving version.
+    pub fn route(&self, pick: Pick) -> Routed<'_, T> {
+        Routed { module: self, pick }
+    }
+
     #[inline(always)]
     fn call<R: Rehome>(
         &self,
@@ -128,15 +137,52 @@ impl<T: HotModule> Module<T> {
         mode: Mode,
         call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
     ) -> Result<R, HotError> {
+        self.call_picked(method, index, mode, None, call)
+    }
+
+    #[inline(always)]
+    fn call_picked<R: Rehome>(
+        &self,
+        method: &'static str,
+        index: usize,
+        mode: Mode,
+        pick: Option<Pick>,
+        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
+    ) -> Result<R, HotError> {
         let core = &*self.core;
-        let result = match self
-            .access
-            .shared_call(mode, |live| run::<T, R>(live, core, method, index, call))
-        {
+        let result = match self.access.shared_call(mode, pick, |target| {
+            run::<T, R>(target, core, method, index, call)
+        }) {
             Ok(result) => result,
             Err(refused) => Err(refusal(core, method, refused)),
         };
         finish(core, result)
+    }
+}
+
+/// A [`Module`] handle whose calls go to the version a [`Pick`] chooses (see
+/// [`Module::route`]).
+pub struct Routed<'a, T> {
+    module: &'a Module<T>,
+    pick: Pick,
+}
+
+impl<T: HotModule> Routed<'_, T> {
+    #[doc(hidden)]
+    pub fn __hot_proxy(&self) -> T::Proxy<'_, Self> {
+        T::proxy(self)
+    }
+
+    #[inline(always)]
+    fn call<R: Rehome>(
+        &self,
+        method: &'static str,
+        index: usize,
+        mode: Mode,
+        call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
+    ) -> Result<R, HotError> {
+        self.module
+            .call_picked(method, index, mode, Some(self.pick), call)
     }
 }
 
@@ -156,7 +202,14 @@ impl<T: HotModule> LocalModule<T> {
         // SAFETY: a `LocalModule` exists only for a module with an owner thread (it is made
         // by `register_local`), and it is neither `Send` nor `Sync`, so this is that thread.
         let result = match unsafe { self.access.local_call(mode) } {
-            Ok(entered) => run::<T, R>(entered.live(), core, method, index, call),
+            Ok(entered) => {
+                // Canaries run beside shared handles only: a local module has none.
+                let target = Target {
+                    live: entered.live(),
+                    canary: None,
+                };
+                run::<T, R>(target, core, method, index, call)
+            }
             Err(refused) => Err(refusal(core, method, refused)),
         };
         finish(core, result)
@@ -165,18 +218,19 @@ impl<T: HotModule> LocalModule<T> {
 
 call_path_through_table!(Module, Mode::Shared, Mode::Exclusive);
 call_path_through_table!(LocalModule, Mode::Shared, Mode::Exclusive);
+call_path_through_table!(Routed<'a>, Mode::Shared, Mode::Exclusive);
 
 /// The call in the live version. A failure comes back boxed: while the call's guards drop,
 /// the result stays two words (in registers when `R` is small).
 #[inline(always)]
 fn run<T: HotModule, R: Rehome>(
-    live: Option<&Live>,
+    target: Target<'_>,
     core: &ModuleCore,
     method: &'static str,
     index: usize,
     call: impl FnOnce(&T::Table, StatePtr) -> EntryResult<R>,
 ) -> Result<R, Box<HotError>> {
-    let Some(live) = live else {
+    let Some(live) = target.live else {
         return Err(not_loaded(core, method));
     };
     // SAFETY: the version's table is the host's `T::Table`, filled by verification with the
@@ -190,13 +244,17 @@ fn run<T: HotModule, R: Rehome>(
         None => None,
     };
     let result = call(table, live.state);
+    let outcome = || match &result {
+        RResult::ROk(value) if value.is_err() => Outcome::Error,
+        RResult::ROk(_) => Outcome::Ok,
+        RResult::RErr(EntryError::Panicked { .. }) => Outcome::Panic,
+        RResult::RErr(EntryError::Failed(_)) => Outcome::Error,
+    };
     if let Some(probe) = probe {
-        probe.finish(match &result {
-            RResult::ROk(value) if value.is_err() => Outcome::Error,
-            RResult::ROk(_) => Outcome::Ok,
-            RResult::RErr(EntryError::Panicked { .. }) => Outcome::Panic,
-            RResult::RErr(EntryError::Failed(_)) => Outcome::Error,
-        });
+        probe.finish(outcome());
+    }
+    if let Some(trial) = target.canary {
+        trial.after_call(outcome());
     }
     match result {
         // Rebuilt with the host's code while the version is still held (see `rehome`).

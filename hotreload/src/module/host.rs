@@ -12,6 +12,7 @@ use crate::version::{Held, Kept, Live, RetiredVersion};
 use crate::{ShadowDir, VersionInfo};
 
 /// What the host expects of a module: fixed at registration.
+#[derive(Clone)]
 pub(crate) struct ModuleSpec {
     pub name: String,
     pub artifact: PathBuf,
@@ -87,15 +88,19 @@ pub(crate) struct ModuleCore {
     refused_build: Mutex<Option<RefusedBuild>>,
     /// The probation in progress, if any.
     pub probation: Probation,
+    /// The canary running beside the serving version, if any. Set and cleared by the
+    /// canary's transactions (under the reloader's transaction lock), with its slot in
+    /// `access`.
+    pub canary: Mutex<Option<std::sync::Arc<crate::canary::Trial>>>,
     /// The reloader, for a rollback the call path starts (probation) and its events.
     pub reloader: std::sync::Weak<crate::reloader::Shared>,
 }
 
 impl Drop for ModuleCore {
     fn drop(&mut self) {
-        let live = self.access.take_live();
+        let (live, canary) = self.access.take_live();
         let book = self.book.get_mut().unwrap_or_else(PoisonError::into_inner);
-        crate::transaction::retire::retire_all(live, book, &self.spec);
+        crate::transaction::retire::retire_all(live, canary, book, &self.spec);
     }
 }
 
@@ -138,6 +143,7 @@ impl ModuleCore {
             }),
             refused_build: Mutex::new(None),
             probation: Probation::default(),
+            canary: Mutex::new(None),
             reloader,
         }
     }
@@ -186,6 +192,26 @@ impl ModuleCore {
         refused.is_some_and(|build| {
             build.len == copy.bytes().len() as u64 && build.sha256 == copy.sha256()
         })
+    }
+
+    /// The canary running now, if any.
+    pub(crate) fn canary(&self) -> Option<std::sync::Arc<crate::canary::Trial>> {
+        self.canary
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Refuses a transaction that replaces the serving version while a canary runs beside
+    /// it: promote or abort the canary first.
+    pub(crate) fn no_canary(&self) -> Result<(), HotError> {
+        match self.canary() {
+            None => Ok(()),
+            Some(trial) => Err(HotError::CanaryRunning {
+                module: self.spec.name.clone(),
+                generation: trial.canary.generation,
+            }),
+        }
     }
 
     pub(crate) fn book(&self) -> MutexGuard<'_, Book> {

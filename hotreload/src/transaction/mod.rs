@@ -20,6 +20,7 @@
 //! module's write lock. A failure at any step drops what the transaction built (closing the
 //! new library and deleting its shadow copy) and leaves the running version as it was.
 
+pub(crate) mod canary;
 pub(crate) mod commit;
 pub(crate) mod link;
 pub(crate) mod open;
@@ -233,7 +234,7 @@ fn step<R>(name: &'static str, slot: &mut Duration, f: impl FnOnce() -> R) -> R 
 
 /// Steps 1 to 3: a verified new version, not yet live. A library opened and then refused
 /// comes back with the error, to be closed like a version that stops serving.
-fn load_verified(
+pub(crate) fn load_verified(
     spec: &ModuleSpec,
     shadow: &ShadowDir,
     generation: u64,
@@ -295,9 +296,39 @@ fn load_verified(
     })
 }
 
+/// Closes a verified version that will not serve, like a version that stops serving: held if
+/// a thread it started (in `restore`, say) may still run in it.
+pub(crate) fn close_unused(
+    version: LoadedVersion,
+    book: &mut crate::module::Book,
+    spec: &ModuleSpec,
+) {
+    let closed = retire::close(version, book, spec);
+    if closed.held.is_some() {
+        book.record_retired([closed]);
+    }
+}
+
+/// Closes what a refused load opened; why it was refused, and the build if it is at fault.
+pub(crate) fn close_refused(
+    refused: Refused,
+    book: &mut crate::module::Book,
+    module: &str,
+) -> (HotError, Option<RefusedBuild>) {
+    let Refused { err, opened, build } = refused;
+    if let Some(opened) = opened {
+        let (info, image) = opened.into_refused(module);
+        let closed = retire::close_unverified(info, image, book);
+        if closed.held.is_some() {
+            book.record_retired([closed]);
+        }
+    }
+    (err, build)
+}
+
 /// Why a new build will not serve, with the library if it was opened and, if the build is at
 /// fault, what the watcher needs to recognise it.
-struct Refused {
+pub(crate) struct Refused {
     err: HotError,
     opened: Option<open::OpenedLibrary>,
     build: Option<RefusedBuild>,
@@ -349,13 +380,30 @@ pub(crate) fn reload(
     // from inside one of the module's calls. From here on this thread counts as inside an
     // exclusive call of the module (module code run by the transaction cannot re-enter it).
     let mark = core.access.begin_transaction(&core.spec.name)?;
+    core.no_canary()?;
     let mut book = core.book();
     let generation = book.next_generation;
     book.next_generation += 1;
     let _span = tracing::info_span!("reload", module = %core.spec.name, generation).entered();
     let mut timings = StepTimings::default();
+    let loaded = load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings);
+    swap_in(core, mark, book, generation, loaded, registry, timings)
+}
+
+/// Steps 3b to 6 of a reload, for a version loaded and verified (or refused) by steps 1 to
+/// 3: link it, carry the state into it, commit, retire the old one. Also how a canary is
+/// promoted: its version, loaded when it started, is swapped in like a new build.
+pub(crate) fn swap_in(
+    core: &Arc<ModuleCore>,
+    mark: crate::access::TransactionMark<'_>,
+    mut book: std::sync::MutexGuard<'_, crate::module::Book>,
+    generation: u64,
+    loaded: Result<LoadedVersion, Box<Refused>>,
+    registry: &[Arc<ModuleCore>],
+    mut timings: StepTimings,
+) -> Result<ReloadReport, HotError> {
     let (mut changed, mut method_count) = (Vec::new(), 0);
-    let result = match load_verified(&core.spec, &core.shadow, generation, bytes, &mut timings) {
+    let result = match loaded {
         Ok(version) => {
             // Linked before anything running is touched; counted with verification.
             let started = Instant::now();
@@ -375,25 +423,13 @@ pub(crate) fn reload(
                         sha256: refused.info().sha256,
                     })
                 });
-                // Closed like a version that stops serving: held if a thread it started
-                // in `restore` may still run in it.
-                let closed = retire::close(refused, &mut book, &core.spec);
-                if closed.held.is_some() {
-                    book.record_retired([closed]);
-                }
+                close_unused(refused, &mut book, &core.spec);
                 err
             })
         }
         Err(refused) => {
-            let Refused { err, opened, build } = *refused;
+            let (err, build) = close_refused(*refused, &mut book, &core.spec.name);
             core.remember_refused(&err, || build);
-            if let Some(opened) = opened {
-                let (info, image) = opened.into_refused(&core.spec.name);
-                let closed = retire::close_unverified(info, image, &mut book);
-                if closed.held.is_some() {
-                    book.record_retired([closed]);
-                }
-            }
             Err(err)
         }
     };

@@ -141,7 +141,16 @@ pub(crate) fn release_held(book: &mut Book, spec: &ModuleSpec) -> Vec<RetiredVer
 /// When the module goes away (its reloader and every handle dropped): retires the live
 /// version, closes every kept and held version that nothing runs in, and leaves mapped for
 /// the rest of the process those that something may still run in.
-pub(crate) fn retire_all(live: Option<Live>, book: &mut Book, spec: &ModuleSpec) {
+pub(crate) fn retire_all(
+    live: Option<Live>,
+    canary: Option<Box<crate::canary::Slot>>,
+    book: &mut Book,
+    spec: &ModuleSpec,
+) {
+    if let Some(slot) = canary {
+        slot.trial.end();
+        close(slot.live.into_version(), book, spec);
+    }
     if let Some(live) = live {
         let version = live.into_version();
         close(version, book, spec);

@@ -59,6 +59,7 @@ pub(crate) fn rollback(
     registry: &[std::sync::Arc<ModuleCore>],
 ) -> Result<Option<RollbackReport>, HotError> {
     let mark = core.access.begin_transaction(&core.spec.name)?;
+    core.no_canary()?;
     let mut book = core.book();
     // A recovery: it never gives up, it waits once the module's patience is spent.
     let mut live = super::quiesce::acquire(core, &mark, true)?.permit;
@@ -217,6 +218,7 @@ pub(crate) fn rollback_set(
         marks
             .0
             .push(core.access.begin_transaction(&core.spec.name)?);
+        core.no_canary()?;
     }
     let mut books: Vec<_> = cores.iter().map(|core| core.book()).collect();
     let refs: Vec<&ModuleCore> = cores.iter().map(|core| &**core).collect();

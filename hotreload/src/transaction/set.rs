@@ -54,6 +54,7 @@ pub(crate) fn reload_set(
         marks
             .0
             .push(core.access.begin_transaction(&core.spec.name)?);
+        core.no_canary()?;
     }
     let mut books: Vec<MutexGuard<'_, Book>> = cores.iter().map(|core| core.book()).collect();
     let names: Vec<&str> = cores.iter().map(|core| core.spec.name.as_str()).collect();

@@ -1,0 +1,674 @@
+//! Canary releases: a new build of a module serving a share of the calls beside the serving
+//! version, promoted or aborted by its figures against the serving version's over the same
+//! time.
+//!
+//! - [`CanaryOptions`] says where the build is, how calls are split ([`Split`]) and by which
+//!   [`CanaryPolicy`] the runtime decides (or none: promote and abort by hand).
+//! - The routing table lives in the module core (`access`): the serving version and, while a
+//!   canary runs, a [`Slot`] with the canary's version, its state and its rule. A call with no
+//!   canary running pays one extra load; a call while one runs draws from a thread-local
+//!   generator (a share of calls) or hashes its key (a share of keys).
+//! - A [`Trial`] is the host's record of one canary: both versions' meters, the serving
+//!   version's figures when it began, the failures counted on the call path against the
+//!   error budget, and whether it still takes calls. The policy's judge (a thread per canary,
+//!   see `reloader`) reads it every [`CanaryPolicy::check_every`], and at once when the
+//!   budget is spent.
+//! - The transaction steps that start, promote and abort a canary are in
+//!   `transaction::canary`.
+//!
+//! # State
+//! The canary starts with a copy of the serving state (saved by the serving build, restored
+//! by the canary's, as a reload would), and from then on each version has its own: calls
+//! routed to one change only its state. On **promotion** the serving version's state is
+//! carried into the canary's build, exactly as a reload of that build would carry it, and the
+//! canary's own state is dropped: the serving state has seen every call outside the canary's
+//! share, and it is the one a rollback returns to. On **abort** the canary's state is
+//! retired with its build (its retire hook runs, its workers are stopped) and the serving
+//! version goes on with its own state, which the canary never touched. Either way, what the
+//! canary's calls wrote to its own state is not kept: keep what must outlive an experiment
+//! outside the module's state.
+
+use std::cell::Cell;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::metrics::{Latency, Meter, Outcome};
+use crate::version::Live;
+use crate::{VersionInfo, VersionMetrics};
+
+/// How to start a canary: its build, how calls are split, and the policy that decides.
+#[derive(Debug, Clone)]
+pub struct CanaryOptions {
+    pub(crate) artifact: PathBuf,
+    pub(crate) split: Split,
+    pub(crate) policy: Option<CanaryPolicy>,
+}
+
+impl CanaryOptions {
+    /// The build at `artifact` as the canary: a tenth of the calls, decided by
+    /// [`CanaryPolicy::default`].
+    pub fn new(artifact: impl Into<PathBuf>) -> Self {
+        CanaryOptions {
+            artifact: artifact.into(),
+            split: Split::Calls(0.1),
+            policy: Some(CanaryPolicy::default()),
+        }
+    }
+
+    /// A share (0 to 1) of the calls, each drawn at random.
+    pub fn share_of_calls(mut self, share: f64) -> Self {
+        self.split = Split::Calls(share);
+        self
+    }
+
+    /// A share (0 to 1) of the keys: a call made with a key ([`Pick::key`]) reaches the canary
+    /// if its key is among them, always the same version for the same key. Calls made without
+    /// a key go to the serving version.
+    pub fn share_of_keys(mut self, share: f64) -> Self {
+        self.split = Split::Keys(share);
+        self
+    }
+
+    /// The policy that promotes or aborts the canary.
+    pub fn policy(mut self, policy: CanaryPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// No policy: the canary runs until the host promotes or aborts it.
+    pub fn manual(mut self) -> Self {
+        self.policy = None;
+        self
+    }
+}
+
+/// Which calls a canary takes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Split {
+    /// This share of all calls, drawn at random per call.
+    Calls(f64),
+    /// This share of the keys calls are made with; calls without a key take none.
+    Keys(f64),
+}
+
+impl Split {
+    fn share(self) -> f64 {
+        match self {
+            Split::Calls(share) | Split::Keys(share) => share,
+        }
+    }
+}
+
+impl fmt::Display for Split {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Split::Calls(share) => write!(f, "{:.1}% of calls", share * 100.0),
+            Split::Keys(share) => write!(f, "{:.1}% of keys", share * 100.0),
+        }
+    }
+}
+
+/// When a canary is promoted or aborted, by its figures against the serving version's over
+/// the same time (every method taken together).
+///
+/// It is aborted as soon as, with at least [`judge_after`](Self::judge_after) calls of its
+/// own, its failure rate (errors and panics per call) exceeds the serving version's by more
+/// than [`max_error_rate_increase`](Self::max_error_rate_increase), or its p99 latency exceeds
+/// the serving version's times [`max_p99_ratio`](Self::max_p99_ratio) plus
+/// [`latency_slack`](Self::latency_slack); or at once when its failures reach the
+/// [`error_budget`](Self::error_budget) (counted on the call path: from that call on it takes
+/// no more calls, though calls already running in it may still fail). It is promoted once it
+/// has run [`min_duration`](Self::min_duration) and served
+/// [`min_calls`](Self::min_calls) within bounds. With a
+/// [`max_duration`](Self::max_duration), a canary that has not earned promotion by then is
+/// aborted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct CanaryPolicy {
+    /// Calls the canary serves before it may be promoted. Default 1,000.
+    pub min_calls: u64,
+    /// How long it runs before it may be promoted. Default 10 s.
+    pub min_duration: Duration,
+    /// Aborted if not promoted by then. Default: no limit.
+    pub max_duration: Option<Duration>,
+    /// How far the canary's failure rate may exceed the serving one's (0.01: one point).
+    /// Default 0.01.
+    pub max_error_rate_increase: f64,
+    /// How many times the serving version's p99 the canary's may be. Default 2.
+    pub max_p99_ratio: f64,
+    /// Added to the latency bound, so that calls of a few microseconds are not judged by
+    /// noise. Default 1 ms.
+    pub latency_slack: Duration,
+    /// Failed canary calls after which it takes no more calls and is aborted. Default 100.
+    pub error_budget: u64,
+    /// The canary's own calls before its rates are judged. Default 100.
+    pub judge_after: u64,
+    /// How often the judge reads the figures. Default 50 ms.
+    pub check_every: Duration,
+}
+
+impl Default for CanaryPolicy {
+    fn default() -> Self {
+        CanaryPolicy {
+            min_calls: 1_000,
+            min_duration: Duration::from_secs(10),
+            max_duration: None,
+            max_error_rate_increase: 0.01,
+            max_p99_ratio: 2.0,
+            latency_slack: Duration::from_millis(1),
+            error_budget: 100,
+            judge_after: 100,
+            check_every: Duration::from_millis(50),
+        }
+    }
+}
+
+macro_rules! policy_setters {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty;)*) => {
+        impl CanaryPolicy {
+            $(
+                $(#[$doc])*
+                pub fn $field(mut self, $field: $ty) -> Self {
+                    self.$field = $field.into();
+                    self
+                }
+            )*
+        }
+    };
+}
+
+policy_setters! {
+    /// See [`CanaryPolicy::min_calls`](#structfield.min_calls).
+    min_calls: u64;
+    /// See [`CanaryPolicy::min_duration`](#structfield.min_duration).
+    min_duration: Duration;
+    /// See [`CanaryPolicy::max_duration`](#structfield.max_duration).
+    max_duration: Duration;
+    /// See [`CanaryPolicy::max_error_rate_increase`](#structfield.max_error_rate_increase).
+    max_error_rate_increase: f64;
+    /// See [`CanaryPolicy::max_p99_ratio`](#structfield.max_p99_ratio).
+    max_p99_ratio: f64;
+    /// See [`CanaryPolicy::latency_slack`](#structfield.latency_slack).
+    latency_slack: Duration;
+    /// See [`CanaryPolicy::error_budget`](#structfield.error_budget).
+    error_budget: u64;
+    /// See [`CanaryPolicy::judge_after`](#structfield.judge_after).
+    judge_after: u64;
+    /// See [`CanaryPolicy::check_every`](#structfield.check_every).
+    check_every: Duration;
+}
+
+/// Which version a call goes to, for a call made through
+/// [`Module::route`](crate::Module::route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// The serving version.
+    Serving,
+    /// The canary if one runs and still takes calls; the serving version otherwise.
+    Canary,
+    /// By the canary's split: with a share of keys, the same version for the same key as long
+    /// as the canary runs; with a share of calls, drawn like any call.
+    Key(u64),
+}
+
+impl Pick {
+    /// [`Pick::Key`] for any hashable key (a user id, a session). The hash is the same in
+    /// every process built with the same Rust version.
+    pub fn key<K: Hash + ?Sized>(key: &K) -> Pick {
+        let mut hasher = std::hash::DefaultHasher::new();
+        key.hash(&mut hasher);
+        Pick::Key(hasher.finish())
+    }
+}
+
+/// Figures of both versions over the canary's time so far (every method taken together).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CanaryFigures {
+    /// How long the canary has run.
+    pub elapsed: Duration,
+    /// The serving version's calls since the canary began.
+    pub serving: SideFigures,
+    /// The canary's calls.
+    pub canary: SideFigures,
+}
+
+/// One version's calls over a canary's time.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SideFigures {
+    /// The version's load number.
+    pub generation: u64,
+    /// Calls.
+    pub calls: u64,
+    /// Calls that returned `Err(..)` or failed without panicking.
+    pub errors: u64,
+    /// Calls that panicked.
+    pub panics: u64,
+    /// Their latencies (timed calls, weighted).
+    pub latency: Latency,
+}
+
+impl SideFigures {
+    /// Errors and panics per call (0 without calls).
+    pub fn failure_rate(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            (self.errors + self.panics) as f64 / self.calls as f64
+        }
+    }
+
+    fn from_metrics(
+        generation: u64,
+        now: Option<&VersionMetrics>,
+        before: Option<&VersionMetrics>,
+    ) -> Self {
+        let total = |m: Option<&VersionMetrics>| {
+            m.map_or((0, 0, 0, Latency::default()), |m| {
+                (m.calls(), m.errors(), m.panics(), m.latency())
+            })
+        };
+        let (calls, errors, panics, latency) = total(now);
+        let (calls0, errors0, panics0, latency0) = total(before);
+        SideFigures {
+            generation,
+            calls: calls.saturating_sub(calls0),
+            errors: errors.saturating_sub(errors0),
+            panics: panics.saturating_sub(panics0),
+            latency: latency.since(&latency0),
+        }
+    }
+}
+
+impl fmt::Display for SideFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "load #{}: {} calls, {} errors, {} panics ({:.2}% failed)",
+            self.generation,
+            self.calls,
+            self.errors,
+            self.panics,
+            self.failure_rate() * 100.0
+        )?;
+        if let (Some(p50), Some(p99)) = (self.latency.quantile(0.5), self.latency.quantile(0.99)) {
+            write!(f, ", p50 {p50:.1?}, p99 {p99:.1?}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for CanaryFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "after {:.1?}: canary {}; serving {}",
+            self.elapsed, self.canary, self.serving
+        )
+    }
+}
+
+/// A canary in progress ([`HotReloader::canary`](crate::HotReloader::canary)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct CanaryStatus {
+    /// The canary's version.
+    pub canary: VersionInfo,
+    /// The version serving beside it.
+    pub serving: VersionInfo,
+    /// Which calls it takes.
+    pub split: Split,
+    /// The policy deciding it, if any.
+    pub policy: Option<CanaryPolicy>,
+    /// Whether it still takes calls (not once its error budget is spent).
+    pub taking_calls: bool,
+    /// Both versions' figures so far.
+    pub figures: CanaryFigures,
+}
+
+impl fmt::Display for CanaryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "canary load #{} beside load #{}, {}{}, {}",
+            self.canary.generation,
+            self.serving.generation,
+            self.split,
+            if self.taking_calls {
+                ""
+            } else {
+                " (closed: error budget spent)"
+            },
+            self.figures
+        )
+    }
+}
+
+/// What the policy makes of the figures now.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Decision {
+    Wait,
+    Promote,
+    Abort(String),
+}
+
+/// The policy's verdict on `figures`, given the failures the call path counted.
+pub(crate) fn judge(policy: &CanaryPolicy, figures: &CanaryFigures, failures: u64) -> Decision {
+    if policy.error_budget > 0 && failures >= policy.error_budget {
+        return Decision::Abort(format!(
+            "its error budget is spent: {failures} failed calls (budget {})",
+            policy.error_budget
+        ));
+    }
+    let (canary, serving) = (&figures.canary, &figures.serving);
+    if canary.calls >= policy.judge_after.max(1) {
+        let (ours, theirs) = (canary.failure_rate(), serving.failure_rate());
+        if ours > theirs + policy.max_error_rate_increase {
+            return Decision::Abort(format!(
+                "failure rate {:.2}% against {:.2}% serving (at most {:.2} points more)",
+                ours * 100.0,
+                theirs * 100.0,
+                policy.max_error_rate_increase * 100.0
+            ));
+        }
+        if let (Some(ours), Some(theirs)) = (
+            canary.latency.quantile(0.99),
+            serving.latency.quantile(0.99),
+        ) {
+            let bound = theirs.mul_f64(policy.max_p99_ratio.max(0.0)) + policy.latency_slack;
+            if canary.latency.samples() >= policy.judge_after.max(1) && ours > bound {
+                return Decision::Abort(format!(
+                    "p99 latency {ours:.1?} against {theirs:.1?} serving (at most {bound:.1?})"
+                ));
+            }
+        }
+    }
+    if canary.calls >= policy.min_calls && figures.elapsed >= policy.min_duration {
+        return Decision::Promote;
+    }
+    if policy
+        .max_duration
+        .is_some_and(|max| figures.elapsed >= max)
+    {
+        return Decision::Abort(format!(
+            "not promoted within {:.1?}: {} calls (needs {})",
+            figures.elapsed, canary.calls, policy.min_calls
+        ));
+    }
+    Decision::Wait
+}
+
+/// The host's record of one canary, shared by its slot in the routing table, the reloader
+/// and the policy's judge.
+pub(crate) struct Trial {
+    pub canary: VersionInfo,
+    pub serving: VersionInfo,
+    pub split: Split,
+    pub policy: Option<CanaryPolicy>,
+    started: Instant,
+    serving_meter: Option<Arc<Meter>>,
+    /// The serving version's figures when the canary began: its window starts there.
+    serving_before: Option<VersionMetrics>,
+    canary_meter: Option<Arc<Meter>>,
+    /// Whether it still takes calls: cleared at once when its error budget is spent.
+    open: AtomicBool,
+    /// Failed calls routed to it, counted on the call path.
+    failures: AtomicU64,
+    /// Set when the canary is promoted or aborted: its judge stops.
+    ended: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Trial {
+    pub(crate) fn new(
+        canary: &crate::version::LoadedVersion,
+        serving: (VersionInfo, Option<Arc<Meter>>),
+        split: Split,
+        policy: Option<CanaryPolicy>,
+    ) -> Self {
+        let (serving, serving_meter) = serving;
+        Trial {
+            serving_before: serving_meter.as_ref().map(|m| m.snapshot(&serving)),
+            canary: canary.info(),
+            serving,
+            split,
+            policy,
+            started: Instant::now(),
+            serving_meter,
+            canary_meter: canary.meter.clone(),
+            open: AtomicBool::new(true),
+            failures: AtomicU64::new(0),
+            ended: Mutex::new(false),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// Both versions' figures since the canary began.
+    pub(crate) fn figures(&self) -> CanaryFigures {
+        let serving_now = self
+            .serving_meter
+            .as_ref()
+            .map(|m| m.snapshot(&self.serving));
+        let canary_now = self.canary_meter.as_ref().map(|m| m.snapshot(&self.canary));
+        CanaryFigures {
+            elapsed: self.started.elapsed(),
+            serving: SideFigures::from_metrics(
+                self.serving.generation,
+                serving_now.as_ref(),
+                self.serving_before.as_ref(),
+            ),
+            canary: SideFigures::from_metrics(self.canary.generation, canary_now.as_ref(), None),
+        }
+    }
+
+    /// Failed calls routed to the canary.
+    pub(crate) fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn status(&self) -> CanaryStatus {
+        CanaryStatus {
+            canary: self.canary.clone(),
+            serving: self.serving.clone(),
+            split: self.split,
+            policy: self.policy,
+            taking_calls: self.open.load(Ordering::Relaxed),
+            figures: self.figures(),
+        }
+    }
+
+    /// A call routed to the canary failed (an error or a panic): counted, and once the
+    /// budget is spent the canary takes no more calls and its judge wakes.
+    #[cold]
+    #[inline(never)]
+    fn failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(policy) = &self.policy {
+            if policy.error_budget > 0 && failures >= policy.error_budget {
+                self.open.store(false, Ordering::Relaxed);
+                self.wake.notify_all();
+            }
+        }
+    }
+
+    /// After a call routed to the canary, how it ended.
+    #[inline(always)]
+    pub(crate) fn after_call(&self, outcome: Outcome) {
+        if outcome != Outcome::Ok {
+            self.failed();
+        }
+    }
+
+    /// The canary stopped (promoted or aborted): no more calls, and its judge ends.
+    pub(crate) fn end(&self) {
+        self.open.store(false, Ordering::Relaxed);
+        *self.ended.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_all();
+    }
+
+    /// Waits up to `timeout`, or until the canary ends or its budget is spent; whether it
+    /// has ended.
+    pub(crate) fn wait(&self, timeout: Duration) -> bool {
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        if *ended || !self.open.load(Ordering::Relaxed) {
+            return *ended;
+        }
+        *self
+            .wake
+            .wait_timeout(ended, timeout)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+    }
+}
+
+/// A canary in the routing table: its version, its state and its rule.
+pub(crate) struct Slot {
+    pub live: Live,
+    pub trial: Arc<Trial>,
+    /// A call whose draw (or mixed key) is below this goes to the canary.
+    threshold: u64,
+    by_keys: bool,
+}
+
+impl Slot {
+    pub(crate) fn new(live: Live, trial: Arc<Trial>) -> Self {
+        // `as` saturates: a share of 1 is `u64::MAX` (all but one draw in 2^64).
+        let threshold = (trial.split.share().clamp(0.0, 1.0) * 18_446_744_073_709_551_616.0) as u64;
+        let by_keys = matches!(trial.split, Split::Keys(_));
+        Slot {
+            live,
+            trial,
+            threshold,
+            by_keys,
+        }
+    }
+
+    /// Whether a call made with `pick` (`None`: a plain call) goes to the canary.
+    #[inline]
+    pub(crate) fn takes(&self, pick: Option<Pick>) -> bool {
+        if !self.trial.open.load(Ordering::Relaxed) {
+            return false;
+        }
+        match pick {
+            None if self.by_keys => false,
+            None => draw() < self.threshold,
+            Some(Pick::Serving) => false,
+            Some(Pick::Canary) => true,
+            Some(Pick::Key(key)) if self.by_keys => mix(key) < self.threshold,
+            Some(Pick::Key(_)) => draw() < self.threshold,
+        }
+    }
+}
+
+std::thread_local! {
+    /// This thread's generator for routing draws (xorshift64*): seeded at its first draw.
+    static DRAWS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A uniformly distributed draw, from this thread's generator. Written by hand: a draw costs
+/// a few instructions on the call path, and no crate of the workspace's keeps a generator
+/// per thread without a dependency for it.
+fn draw() -> u64 {
+    DRAWS.with(|state| {
+        let mut x = state.get();
+        if x == 0 {
+            x = seed();
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A non-zero seed that differs between threads and processes.
+#[cold]
+fn seed() -> u64 {
+    use std::hash::BuildHasher;
+    let hashed = std::collections::hash_map::RandomState::new()
+        .hash_one((std::thread::current().id(), Instant::now()));
+    hashed | 1
+}
+
+/// Spreads a key (user ids are often consecutive) over the whole range: splitmix64's
+/// finaliser.
+fn mix(key: u64) -> u64 {
+    let mut z = key.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn side(generation: u64, calls: u64, errors: u64) -> SideFigures {
+        SideFigures {
+            generation,
+            calls,
+            errors,
+            panics: 0,
+            latency: Latency::default(),
+        }
+    }
+
+    fn figures(elapsed: Duration, serving: SideFigures, canary: SideFigures) -> CanaryFigures {
+        CanaryFigures {
+            elapsed,
+            serving,
+            canary,
+        }
+    }
+
+    #[test]
+    fn a_canary_within_bounds_is_promoted_only_after_its_calls_and_its_time() {
+        let policy = CanaryPolicy::default()
+            .min_calls(1000)
+            .min_duration(Duration::from_secs(5));
+        let early = figures(Duration::from_secs(1), side(1, 9000, 0), side(2, 1000, 0));
+        assert_eq!(judge(&policy, &early, 0), Decision::Wait);
+        let few = figures(Duration::from_secs(6), side(1, 9000, 0), side(2, 999, 0));
+        assert_eq!(judge(&policy, &few, 0), Decision::Wait);
+        let ready = figures(Duration::from_secs(6), side(1, 9000, 9), side(2, 1000, 5));
+        assert_eq!(judge(&policy, &ready, 5), Decision::Promote);
+    }
+
+    #[test]
+    fn a_canary_failing_more_than_the_serving_version_is_aborted_once_judged() {
+        let policy = CanaryPolicy::default().judge_after(100).error_budget(0);
+        let unjudged = figures(Duration::from_secs(1), side(1, 900, 0), side(2, 99, 50));
+        assert_eq!(judge(&policy, &unjudged, 50), Decision::Wait);
+        let judged = figures(Duration::from_secs(1), side(1, 900, 9), side(2, 100, 3));
+        // 3% against 1%: two points more, one allowed.
+        assert!(matches!(judge(&policy, &judged, 3), Decision::Abort(r) if r.contains("3.00%")));
+    }
+
+    #[test]
+    fn a_spent_budget_aborts_whatever_the_rates() {
+        let policy = CanaryPolicy::default().error_budget(10);
+        let f = figures(Duration::ZERO, side(1, 0, 0), side(2, 10, 10));
+        assert!(matches!(judge(&policy, &f, 10), Decision::Abort(r) if r.contains("budget")));
+    }
+
+    #[test]
+    fn an_unpromoted_canary_is_aborted_at_its_deadline() {
+        let policy = CanaryPolicy::default().max_duration(Duration::from_secs(3));
+        let f = figures(Duration::from_secs(3), side(1, 10, 0), side(2, 5, 0));
+        assert!(matches!(judge(&policy, &f, 0), Decision::Abort(r) if r.contains("not promoted")));
+    }
+
+    #[test]
+    fn mixed_keys_split_consecutive_ids_evenly() {
+        let threshold = u64::MAX / 4;
+        let taken = (0..100_000u64).filter(|&k| mix(k) < threshold).count();
+        // A quarter, within five standard deviations (137).
+        assert!((24_315..=25_685).contains(&taken), "{taken}");
+    }
+}

@@ -1,0 +1,219 @@
+//! A canary's transactions (see `crate::canary` for the routing and the policy):
+//!
+//! - [`start`]: steps 1 to 3 of a reload on the canary's build (staged, opened and verified
+//!   like any build), then step 4 on a copy: the serving state is saved by the serving build
+//!   and restored by the canary's, and the canary goes into the routing table beside the
+//!   serving version, which keeps its own state. The serving version is not replaced.
+//! - [`promote`]: the canary leaves the routing table and its own state is dropped; its
+//!   version is then swapped in by steps 3b to 6 of a reload (`swap_in`), with the serving
+//!   state carried into it, so every rule of a reload applies (and its failure leaves the
+//!   serving version as it was).
+//! - [`abort`]: the canary leaves the routing table; its state is retired with its code and
+//!   its version closed. The serving version and its state were never touched.
+//!
+//! Each runs under the reloader's transaction lock, like a reload.
+
+use std::sync::Arc;
+
+use super::{StepTimings, close_refused, close_unused, commit, load_verified, quiesce};
+use crate::canary::{CanaryFigures, CanaryOptions, Slot, Split, Trial};
+use crate::error::HotError;
+use crate::module::{ModuleCore, ModuleSpec};
+use crate::version::Live;
+use crate::{ReloadReport, RetiredVersion, VersionInfo};
+
+/// Starts a canary of `core` from `options`' build: its record, and the time each step took.
+pub(crate) fn start(
+    core: &Arc<ModuleCore>,
+    options: &CanaryOptions,
+) -> Result<(Arc<Trial>, StepTimings), HotError> {
+    let name = &core.spec.name;
+    let mark = core.access.begin_transaction(name)?;
+    core.no_canary()?;
+    let serving = refuse_unsupported(core, options)?;
+    let mut book = core.book();
+    let generation = book.next_generation;
+    book.next_generation += 1;
+    let _span = tracing::info_span!("canary", module = %name, generation).entered();
+    let spec = ModuleSpec {
+        artifact: std::path::absolute(&options.artifact)
+            .unwrap_or_else(|_| options.artifact.clone()),
+        ..core.spec.clone()
+    };
+    let mut timings = StepTimings::default();
+    let version = match load_verified(&spec, &core.shadow, generation, None, &mut timings) {
+        Ok(version) => version,
+        Err(refused) => return Err(close_refused(*refused, &mut book, name).0),
+    };
+    if !version.links().imports.is_empty() {
+        close_unused(version, &mut book, &core.spec);
+        return Err(unsupported(
+            core,
+            "the build calls other modules (a canary's calls to them are not linked)",
+        ));
+    }
+    let save_as = match commit::carry_plan(core, &version) {
+        Ok(carry) => carry.map_or(version.schema.version, |carry| carry.save_as),
+        Err(err) => {
+            close_unused(version, &mut book, &core.spec);
+            return Err(err);
+        }
+    };
+    let quiesced = match quiesce::acquire(core, &mark, false) {
+        Ok(quiesced) => quiesced,
+        Err(err) => {
+            close_unused(version, &mut book, &core.spec);
+            return Err(err);
+        }
+    };
+    timings.quiesce = quiesced.looked;
+    timings.wait = quiesced.held_back;
+    let mut permit = quiesced.permit;
+    let started = std::time::Instant::now();
+    let state = match commit::carry_over(permit.as_ref(), &version, save_as) {
+        Ok((state, _snapshot)) => state,
+        Err(err) => {
+            drop(permit);
+            close_unused(version, &mut book, &core.spec);
+            return Err(err);
+        }
+    };
+    timings.prepare = started.elapsed();
+    let trial = Arc::new(Trial::new(
+        &version,
+        (serving, core.access.serving_meter()),
+        options.split,
+        options.policy,
+    ));
+    let started = std::time::Instant::now();
+    *permit.canary() = Some(Box::new(Slot::new(
+        Live { version, state },
+        Arc::clone(&trial),
+    )));
+    drop(permit);
+    timings.commit = started.elapsed();
+    *core.canary.lock().unwrap_or_else(|p| p.into_inner()) = Some(Arc::clone(&trial));
+    tracing::info!(
+        canary = generation,
+        split = %trial.split,
+        pause_us = timings.pause().as_micros() as u64,
+        "canary started"
+    );
+    Ok((trial, timings))
+}
+
+/// The serving version, or why `core` cannot have a canary now.
+fn refuse_unsupported(core: &ModuleCore, options: &CanaryOptions) -> Result<VersionInfo, HotError> {
+    if core.access.has_owner() {
+        return Err(unsupported(
+            core,
+            "it is a `LocalModule`; canaries run beside `Module` handles",
+        ));
+    }
+    if !core.spec.host_calls {
+        return Err(unsupported(
+            core,
+            "the host does not call it (other modules' calls reach the serving version only)",
+        ));
+    }
+    let share = match options.split {
+        Split::Calls(share) | Split::Keys(share) => share,
+    };
+    if !(0.0..=1.0).contains(&share) {
+        return Err(unsupported(
+            core,
+            &format!("its share must be between 0 and 1, not {share}"),
+        ));
+    }
+    if options.policy.is_some() && !core.spec.metrics.is_on() {
+        return Err(unsupported(
+            core,
+            "the module's metrics are off and the policy judges by them (turn them on, or \
+             start it with `manual()`)",
+        ));
+    }
+    if let Some(probation) = core.probation.report() {
+        return Err(unsupported(
+            core,
+            &format!(
+                "load #{} is on probation; end it first (`mark_good`)",
+                probation.generation
+            ),
+        ));
+    }
+    core.version()
+        .ok_or_else(|| unsupported(core, "no version serves yet"))
+}
+
+fn unsupported(core: &ModuleCore, reason: &str) -> HotError {
+    HotError::CanaryUnsupported {
+        module: core.spec.name.clone(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Takes `core`'s canary out of the routing table (waiting for the calls in flight), and
+/// ends its record. `expected`: only if it is this canary (a policy's decision about one
+/// that has since ended is void).
+fn take_canary<'a>(
+    core: &'a ModuleCore,
+    mark: &crate::access::TransactionMark<'a>,
+    expected: Option<&Arc<Trial>>,
+) -> Result<(Box<Slot>, CanaryFigures), HotError> {
+    let none = || HotError::NoCanary {
+        module: core.spec.name.clone(),
+    };
+    let trial = core.canary().ok_or_else(none)?;
+    if expected.is_some_and(|expected| !Arc::ptr_eq(expected, &trial)) {
+        return Err(none());
+    }
+    let slot = core.access.permit_replace(mark).canary().take();
+    let slot = slot.ok_or_else(none)?;
+    trial.end();
+    *core.canary.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    // Read once no call runs in it: its final figures.
+    let figures = trial.figures();
+    Ok((slot, figures))
+}
+
+/// Promotes `core`'s canary: swapped in with the serving state, like a reload of its build.
+pub(crate) fn promote(
+    core: &Arc<ModuleCore>,
+    expected: Option<&Arc<Trial>>,
+    registry: &[Arc<ModuleCore>],
+) -> Result<(ReloadReport, Arc<Trial>, CanaryFigures), HotError> {
+    let mark = core.access.begin_transaction(&core.spec.name)?;
+    let book = core.book();
+    let (slot, figures) = take_canary(core, &mark, expected)?;
+    let Slot { live, trial, .. } = *slot;
+    // The canary's own state: dropped with its code (its version keeps running, so its
+    // retire hook does not run and its workers go on).
+    commit::discard(&live.version, live.state);
+    let generation = live.version.info.generation;
+    let _span = tracing::info_span!("promote", module = %core.spec.name, generation).entered();
+    let report = super::swap_in(
+        core,
+        mark,
+        book,
+        generation,
+        Ok(live.version),
+        registry,
+        StepTimings::default(),
+    )?;
+    Ok((report, trial, figures))
+}
+
+/// Aborts `core`'s canary: its state retired, its version closed (or held, like any version
+/// that stops serving, while a thread may run in it).
+pub(crate) fn abort(
+    core: &Arc<ModuleCore>,
+    expected: Option<&Arc<Trial>>,
+) -> Result<(Arc<Trial>, CanaryFigures, RetiredVersion), HotError> {
+    let mark = core.access.begin_transaction(&core.spec.name)?;
+    let mut book = core.book();
+    let (slot, figures) = take_canary(core, &mark, expected)?;
+    let Slot { live, trial, .. } = *slot;
+    let closed = super::retire::close(live.into_version(), &mut book, &core.spec);
+    book.record_retired([closed.clone()]);
+    Ok((trial, figures, closed))
+}
