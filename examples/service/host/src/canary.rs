@@ -11,14 +11,19 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use hotreload::HotReloader;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
 use hotreload::harness::VariantBuilder;
+use hotreload::{CanaryFigures, CanaryOptions, CanaryPolicy, Event, HotReloader};
+use serde::Deserialize;
 
 use crate::load_run::{LIB, price_rule};
-use crate::server::App;
+use crate::server::{App, MODULE, call_failed};
 
 /// Listed by the service when it starts.
-pub const ROUTES_HELP: &str = "POST /admin/canary?share=0.2[&manual=true] (body: a library's path)  \
+pub const ROUTES_HELP: &str = "POST /admin/canary?share=0.2[&by=keys][&manual=true] (body: a library's path)  \
      GET /admin/canary  POST /admin/canary/promote  POST /admin/canary/abort";
 
 /// The share of the calls a canary takes.
@@ -56,13 +61,17 @@ pub enum Outcome {
     Pending,
     /// `start_canary` refused it.
     NotStarted(String),
-    /// The policy promoted it, `after` it started.
-    Promoted { after: Duration, figures: String },
-    /// The policy aborted it, `after` it started.
+    /// Promoted, `after` it started.
+    Promoted {
+        after: Duration,
+        reason: String,
+        figures: CanaryFigures,
+    },
+    /// Aborted, `after` it started.
     Aborted {
         after: Duration,
         reason: String,
-        figures: String,
+        figures: CanaryFigures,
     },
     /// No decision by the deadline; the figures then (the load run aborts it).
     Undecided { status: String },
@@ -73,16 +82,21 @@ impl fmt::Display for Outcome {
         match self {
             Outcome::Pending => write!(f, "not run"),
             Outcome::NotStarted(err) => write!(f, "not started: {err}"),
-            Outcome::Promoted { after, figures } => {
-                write!(f, "promoted by the policy after {after:.2?}: {figures}")
-            }
+            Outcome::Promoted {
+                after,
+                reason,
+                figures,
+            } => write!(
+                f,
+                "promoted {after:.2?} after it was offered ({reason}); {figures}"
+            ),
             Outcome::Aborted {
                 after,
                 reason,
                 figures,
             } => write!(
                 f,
-                "aborted by the policy after {after:.2?}: {reason}; {figures}"
+                "aborted {after:.2?} after it was offered: {reason}; {figures}"
             ),
             Outcome::Undecided { status } => write!(f, "no decision by the deadline: {status}"),
         }
@@ -153,184 +167,172 @@ pub fn check(runs: &[CanaryRun]) -> Vec<String> {
     failures
 }
 
+/// The failed calls (errors and panics) the failing canary's figures counted, once aborted.
+pub fn failed_calls(runs: &[CanaryRun]) -> Option<u64> {
+    runs.iter()
+        .filter(|r| r.expect == Expect::Aborted)
+        .find_map(|r| match &r.outcome {
+            Outcome::Aborted { figures, .. } => Some(figures.canary.errors + figures.canary.panics),
+            _ => None,
+        })
+}
+
 /// Requests that may fail in the run with reloads: the failing canary's error budget.
 pub fn failed_requests_allowed() -> u64 {
     ERROR_BUDGET
 }
 
-pub use api::{routes, run};
+/// The policy both canaries of the load run are judged by.
+pub fn policy() -> CanaryPolicy {
+    CanaryPolicy::default()
+        .min_calls(2_000)
+        .min_duration(Duration::from_secs(2))
+        .max_error_rate_increase(0.01)
+        .max_p99_ratio(3.0)
+        .error_budget(ERROR_BUDGET)
+}
 
-/// What needs the reloader's canary API.
-#[cfg(any())]
-mod api {
-    use axum::extract::{Query, State};
-    use axum::http::StatusCode;
-    use axum::response::{IntoResponse, Response};
-    use axum::routing::{get, post};
-    use hotreload::{CanaryOptions, CanaryPolicy, Event};
-    use serde::Deserialize;
-
-    use super::*;
-    use crate::server::{MODULE, call_failed};
-
-    /// The policy both canaries of the load run are judged by.
-    pub fn policy() -> CanaryPolicy {
-        CanaryPolicy::default()
-            .min_calls(2_000)
-            .min_duration(Duration::from_secs(2))
-            .max_error_rate_increase(0.01)
-            .max_p99_ratio(3.0)
-            .error_budget(ERROR_BUDGET)
-    }
-
-    /// Starts `run`'s canary from `path` beside the serving build, on [`SHARE`] of the calls
-    /// under [`policy`], and waits until `deadline` for the policy's decision, told by the
-    /// reloader's events. Without one by then, the canary is aborted.
-    pub fn run(
-        reloader: &HotReloader,
-        mut run: CanaryRun,
-        path: &Path,
-        deadline: Instant,
-    ) -> CanaryRun {
-        // Subscribed before the start, so that no decision can come before the listening.
-        let events = reloader.subscribe();
-        let started = Instant::now();
-        let options = CanaryOptions::new(path)
-            .share_of_calls(SHARE)
-            .policy(policy());
-        if let Err(err) = reloader.start_canary(MODULE, options) {
+/// Starts `run`'s canary from `path` beside the serving build, on [`SHARE`] of the calls
+/// under [`policy`], and waits until `deadline` for the policy's decision, told by the
+/// reloader's events. Without one by then, the canary is aborted.
+pub fn run(
+    reloader: &HotReloader,
+    mut run: CanaryRun,
+    path: &Path,
+    deadline: Instant,
+) -> CanaryRun {
+    // Subscribed before the start, so that no decision can come before the listening.
+    let events = reloader.subscribe();
+    let started = Instant::now();
+    let options = CanaryOptions::new(path)
+        .share_of_calls(SHARE)
+        .policy(policy());
+    let canary = match reloader.start_canary(MODULE, options) {
+        Ok(canary) => canary.generation,
+        Err(err) => {
             run.outcome = Outcome::NotStarted(err.to_string());
             return run;
         }
-        run.outcome = loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match events.recv_timeout(left) {
-                Ok(Event::CanaryPromoted {
-                    module, figures, ..
-                }) if module == MODULE => {
-                    break Outcome::Promoted {
-                        after: started.elapsed(),
-                        figures: figures.to_string(),
-                    };
-                }
-                Ok(Event::CanaryAborted {
-                    module,
+    };
+    run.outcome = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match events.recv_timeout(left) {
+            Ok(Event::CanaryPromoted {
+                module,
+                canary: version,
+                reason,
+                figures,
+            }) if module == MODULE && version.generation == canary => {
+                break Outcome::Promoted {
+                    after: started.elapsed(),
                     reason,
                     figures,
-                    ..
-                }) if module == MODULE => {
-                    break Outcome::Aborted {
-                        after: started.elapsed(),
-                        reason: reason.to_string(),
-                        figures: figures.to_string(),
-                    };
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    let status = match reloader.canary(MODULE) {
-                        Ok(Some(status)) => status.to_string(),
-                        Ok(None) => "no canary runs".to_owned(),
-                        Err(err) => err.to_string(),
-                    };
-                    if let Err(err) = reloader.abort_canary(MODULE) {
-                        eprintln!("aborting the undecided canary: {err}");
-                    }
-                    break Outcome::Undecided { status };
-                }
+                };
             }
-        };
-        run
-    }
-
-    /// `/admin/canary`: start (POST), show (GET); `/admin/canary/promote`, `/abort` (POST).
-    pub fn routes() -> Router<App> {
-        Router::new()
-            .route("/admin/canary", post(start).get(show))
-            .route("/admin/canary/promote", post(promote))
-            .route("/admin/canary/abort", post(abort))
-    }
-
-    #[derive(Deserialize)]
-    struct StartQuery {
-        share: Option<f64>,
-        manual: Option<bool>,
-    }
-
-    /// `POST /admin/canary?share=0.2[&manual=true]` with a library's path as the body.
-    async fn start(
-        State(app): State<App>,
-        Query(query): Query<StartQuery>,
-        path: String,
-    ) -> Response {
-        let path = std::path::PathBuf::from(path.trim());
-        let share = query.share.unwrap_or(SHARE);
-        if !(0.0..=1.0).contains(&share) {
-            return (StatusCode::BAD_REQUEST, "share is between 0 and 1\n").into_response();
+            Ok(Event::CanaryAborted {
+                module,
+                canary: version,
+                reason,
+                figures,
+            }) if module == MODULE && version.generation == canary => {
+                break Outcome::Aborted {
+                    after: started.elapsed(),
+                    reason,
+                    figures,
+                };
+            }
+            Ok(_) => {}
+            // The deadline passed (or the reloader is gone): no decision.
+            Err(_) => {
+                let status = match reloader.canary(MODULE) {
+                    Ok(Some(status)) => status.to_string(),
+                    Ok(None) => "no canary runs".to_owned(),
+                    Err(err) => err.to_string(),
+                };
+                if let Err(err) = reloader.abort_canary(MODULE) {
+                    eprintln!("aborting the undecided canary: {err}");
+                }
+                break Outcome::Undecided { status };
+            }
         }
-        let options = CanaryOptions::new(&path).share_of_calls(share);
-        let options = if query.manual == Some(true) {
-            options.manual()
-        } else {
-            options.policy(policy())
-        };
-        let reloader = app.reloader.clone();
-        let started =
-            tokio::task::spawn_blocking(move || reloader.start_canary(MODULE, options)).await;
-        match started {
-            Ok(Ok(canary)) => format!(
-                "canary load #{} takes {:.0}% of the calls\n",
-                canary.generation,
-                share * 100.0
+    };
+    run
+}
+
+/// `/admin/canary`: start (POST), show (GET); `/admin/canary/promote`, `/abort` (POST).
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/admin/canary", post(start).get(show))
+        .route("/admin/canary/promote", post(promote))
+        .route("/admin/canary/abort", post(abort))
+}
+
+#[derive(Deserialize)]
+struct StartQuery {
+    share: Option<f64>,
+    /// `keys`: a share of the users (each always sees the same version); else of the calls.
+    by: Option<String>,
+    manual: Option<bool>,
+}
+
+/// `POST /admin/canary?share=0.2[&by=keys][&manual=true]` with a library's path as the body.
+async fn start(State(app): State<App>, Query(query): Query<StartQuery>, path: String) -> Response {
+    let path = std::path::PathBuf::from(path.trim());
+    let share = query.share.unwrap_or(SHARE);
+    if !(0.0..=1.0).contains(&share) {
+        return (StatusCode::BAD_REQUEST, "share is between 0 and 1\n").into_response();
+    }
+    let options = CanaryOptions::new(&path);
+    let options = match query.by.as_deref() {
+        Some("keys") => options.share_of_keys(share),
+        None | Some("calls") => options.share_of_calls(share),
+        Some(other) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("by is `calls` or `keys`, not `{other}`\n"),
             )
-            .into_response(),
-            Ok(Err(err)) => (StatusCode::CONFLICT, format!("refused: {err}\n")).into_response(),
-            Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
+                .into_response();
         }
-    }
-
-    /// `GET /admin/canary`: the canary's figures so far.
-    async fn show(State(app): State<App>) -> Response {
-        match app.reloader.canary(MODULE) {
-            Ok(Some(status)) => format!("{status}\n").into_response(),
-            Ok(None) => (StatusCode::NOT_FOUND, "no canary runs\n").into_response(),
-            Err(err) => call_failed(err),
-        }
-    }
-
-    /// `POST /admin/canary/promote`: the canary serves every call.
-    async fn promote(State(app): State<App>) -> Response {
-        let reloader = app.reloader.clone();
-        match tokio::task::spawn_blocking(move || reloader.promote_canary(MODULE)).await {
-            Ok(Ok(report)) => format!("promoted {report}\n").into_response(),
-            Ok(Err(err)) => (StatusCode::CONFLICT, format!("{err}\n")).into_response(),
-            Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
-        }
-    }
-
-    /// `POST /admin/canary/abort`: the serving build takes every call again.
-    async fn abort(State(app): State<App>) -> Response {
-        let reloader = app.reloader.clone();
-        match tokio::task::spawn_blocking(move || reloader.abort_canary(MODULE)).await {
-            Ok(Ok(_)) => "aborted\n".into_response(),
-            Ok(Err(err)) => (StatusCode::CONFLICT, format!("{err}\n")).into_response(),
-            Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
-        }
+    };
+    let options = if query.manual == Some(true) {
+        options.manual()
+    } else {
+        options.policy(policy())
+    };
+    let reloader = app.reloader.clone();
+    let started = tokio::task::spawn_blocking(move || reloader.start_canary(MODULE, options)).await;
+    match started {
+        Ok(Ok(canary)) => format!("canary load #{} started\n", canary.generation).into_response(),
+        Ok(Err(err)) => (StatusCode::CONFLICT, format!("refused: {err}\n")).into_response(),
+        Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
     }
 }
 
-/// Until the reloader has a canary API: canaries are not started, and no admin routes.
-#[cfg(not(any()))]
-mod api {
-    use super::*;
-
-    /// Starts `run`'s canary from `path` and waits until `deadline` for its policy.
-    pub fn run(_: &HotReloader, mut run: CanaryRun, _: &Path, _: Instant) -> CanaryRun {
-        run.outcome = Outcome::NotStarted("this hotreload has no canaries yet".into());
-        run
+/// `GET /admin/canary`: the canary's figures so far.
+async fn show(State(app): State<App>) -> Response {
+    match app.reloader.canary(MODULE) {
+        Ok(Some(status)) => format!("{status}\n").into_response(),
+        Ok(None) => (StatusCode::NOT_FOUND, "no canary runs\n").into_response(),
+        Err(err) => call_failed(err),
     }
+}
 
-    /// The admin routes for canaries.
-    pub fn routes() -> Router<App> {
-        Router::new()
+/// `POST /admin/canary/promote`: the canary serves every call.
+async fn promote(State(app): State<App>) -> Response {
+    let reloader = app.reloader.clone();
+    match tokio::task::spawn_blocking(move || reloader.promote_canary(MODULE)).await {
+        Ok(Ok(report)) => format!("promoted {report}\n").into_response(),
+        Ok(Err(err)) => (StatusCode::CONFLICT, format!("{err}\n")).into_response(),
+        Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
+    }
+}
+
+/// `POST /admin/canary/abort`: the serving build takes every call again.
+async fn abort(State(app): State<App>) -> Response {
+    let reloader = app.reloader.clone();
+    match tokio::task::spawn_blocking(move || reloader.abort_canary(MODULE)).await {
+        Ok(Ok(figures)) => format!("aborted; {figures}\n").into_response(),
+        Ok(Err(err)) => (StatusCode::CONFLICT, format!("{err}\n")).into_response(),
+        Err(join) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{join}\n")).into_response(),
     }
 }

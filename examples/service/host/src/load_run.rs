@@ -380,6 +380,14 @@ fn report(plan: &Plan, under: &Figures, baseline: &Figures, done: &Done) -> bool
     for run in &done.canaries {
         println!("   canary `{}` ({}): {}", run.build, run.what, run.outcome);
     }
+    if let Some(failed) = canary::failed_calls(&done.canaries) {
+        println!(
+            "   failed requests under reloads: {}; failed calls the failing canary's figures \
+             counted: {failed} (error budget {})",
+            under.failed(),
+            canary::ERROR_BUDGET
+        );
+    }
 
     let mut failures: Vec<String> = Vec::new();
     failures.extend(

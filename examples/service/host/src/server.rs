@@ -12,7 +12,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hotreload::{HotError, HotReloader, Module, hot_fn};
+use hotreload::{HotError, HotReloader, Module, Pick, hot_fn};
 use serde::Deserialize;
 use storefront::Storefront;
 
@@ -71,7 +71,9 @@ async fn price(
             .into_response();
     }
     let store = &app.store;
-    match hot_fn!(store.price(&user, &sku)) {
+    // Keyed by the user: under a canary that takes a share of the users, each user sees one
+    // version throughout; under a share of the calls, a key is drawn like any call.
+    match hot_fn!(store.route(Pick::key(&user)).price(&user, &sku)) {
         Ok(Ok(Some(json))) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Ok(Ok(None)) => (StatusCode::NOT_FOUND, format!("no product `{sku}`\n")).into_response(),
         Ok(Err(module_error)) => module_failed(module_error),
