@@ -119,12 +119,23 @@ pub fn run(plan: Plan) -> Result<bool, Error> {
         plan,
         wrk_ends: Instant::now() + plan.load.duration,
     };
-    let driver = std::thread::spawn(move || driver.run(&stopped));
+    let (finished, driver_done) = mpsc::channel();
+    let driver = std::thread::spawn(move || {
+        let _ = finished.send(driver.run(&stopped));
+    });
     let under = wrk::run(address, plan.load, &work);
     let _ = stop_driver.send(());
-    let done = driver
-        .join()
-        .map_err(|_| "the thread reloading the module panicked")?;
+    // Once wrk is done, the reloading thread ends after the reload in progress, if any.
+    let done = match driver_done.recv_timeout(Duration::from_secs(60)) {
+        Ok(done) => done,
+        Err(RecvTimeoutError::Timeout) => {
+            return Err("the thread reloading the module did not stop within 60 s".into());
+        }
+        Err(RecvTimeoutError::Disconnected) => {
+            return Err("the thread reloading the module panicked".into());
+        }
+    };
+    let _ = driver.join();
     let (under, raw) = under?;
     print_indented(&raw);
     let done = done?;
