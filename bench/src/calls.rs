@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use bench_caller::BenchCaller;
 use bench_module::BenchState;
-use hotreload::{HotReloader, LocalModule, MetricsConfig, Module, ModuleOptions, hot_fn};
+use hotreload::{
+    CanaryOptions, HotReloader, LocalModule, MetricsConfig, Module, ModuleOptions, Pick, hot_fn,
+};
 
 use crate::Plan;
 use crate::fixtures::{Fixtures, install};
@@ -238,6 +240,38 @@ pub fn run(
         |i| hot_fn!(timed.add(i, 1)).unwrap(),
     );
 
+    // A canary beside the serving version (the same build): plain calls drawn for it, half
+    // of them, and calls routed by a key, half of the keys.
+    let (canary_reloader, canaried): (_, Module<BenchState>) =
+        register_with_metrics(fixtures, "calls-canary", MetricsConfig::default())?;
+    canary_reloader.start_canary(
+        canaried.name(),
+        CanaryOptions::new(&fixtures.module[0])
+            .share_of_calls(0.1)
+            .manual(),
+    )?;
+    let canary_calls = one_thread(
+        "hot_fn_shared_canary_tenth_calls",
+        "hot_fn! shared handle, canary on a tenth of the calls",
+        rounds,
+        iters,
+        |i| hot_fn!(canaried.add(i, 1)).unwrap(),
+    );
+    canary_reloader.abort_canary(canaried.name())?;
+    canary_reloader.start_canary(
+        canaried.name(),
+        CanaryOptions::new(&fixtures.module[0])
+            .share_of_keys(0.5)
+            .manual(),
+    )?;
+    let canary_keys = one_thread(
+        "hot_fn_shared_canary_half_keys",
+        "hot_fn! shared handle, canary on half the keys (Pick::key(&u64))",
+        rounds,
+        iters,
+        |i| hot_fn!(canaried.route(Pick::key(&i)).add(i, 1)).unwrap(),
+    );
+
     // A module calling another through the host (the same `add`, from the caller's code).
     let caller_dir = fixtures.scratch("calls-between-modules");
     let caller_artifact = caller_dir.join(hotreload::library_file_name("bench_caller"));
@@ -298,6 +332,8 @@ pub fn run(
         shared,
         shared_off,
         shared_timed,
+        canary_calls,
+        canary_keys,
         all_cores,
         between,
         between_all,

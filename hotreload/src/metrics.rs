@@ -278,6 +278,15 @@ impl Meter {
         if method >= self.methods.len() {
             return None;
         }
+        // The meter before the last: calls that alternate between two versions (a canary
+        // beside the serving one) find their block here, and it becomes the last again.
+        let (id, block, len) = BEFORE_LAST.get();
+        if id == self.id {
+            BEFORE_LAST.set(LAST.replace((id, block, len)));
+            // SAFETY: as in `cells`: `BEFORE_LAST` held this thread's block of this meter,
+            // `len` (its method count: `method` is in bounds, checked above) cells long.
+            return Some((unsafe { &*block.add(method) }, true));
+        }
         let Some(slot) = self.slots.get(this_thread_slot()) else {
             return Some((&self.shared[method], false));
         };
@@ -287,7 +296,7 @@ impl Meter {
         } else {
             block
         };
-        LAST.set((self.id, block, self.methods.len()));
+        BEFORE_LAST.set(LAST.replace((self.id, block, self.methods.len())));
         // SAFETY: a non-null slot holds a block of `methods.len()` `Cells` (made by
         // `first_call_here`, published with a release store, read with an acquire load), freed
         // only when the meter is dropped, and `method` is in bounds (checked above).
@@ -435,6 +444,9 @@ std::thread_local! {
     /// The meter this thread counted in last (its id; 0: none), and its block there and that
     /// block's length. `const`-initialised, without a destructor.
     static LAST: Cell<(u64, *const Cells, usize)> = const { Cell::new((0, std::ptr::null(), 0)) };
+    /// The meter this thread counted in before `LAST`'s, the same way.
+    static BEFORE_LAST: Cell<(u64, *const Cells, usize)> =
+        const { Cell::new((0, std::ptr::null(), 0)) };
 }
 
 /// Slots handed back by threads that ended, and the next never used.
@@ -447,6 +459,7 @@ impl Drop for SlotReturn {
     fn drop(&mut self) {
         // No more counting in the slot's block by way of `LAST` either.
         let _ = LAST.try_with(|last| last.set((0, std::ptr::null(), 0)));
+        let _ = BEFORE_LAST.try_with(|last| last.set((0, std::ptr::null(), 0)));
         let Ok(slot) = SLOT.try_with(|slot| slot.replace(SHARED)) else {
             return;
         };
