@@ -173,6 +173,8 @@ mod access;
 mod build;
 #[cfg(feature = "runtime")]
 mod canary;
+#[cfg(feature = "harness")]
+pub mod check;
 #[cfg(feature = "runtime")]
 mod events;
 #[cfg(feature = "runtime")]

@@ -533,6 +533,65 @@ impl HotReloader {
         Ok(core)
     }
 
+    /// Registers module `name` from the build at `artifact`, expecting of every later build
+    /// what a host compiled against that build would: its methods' layouts, its API version
+    /// (a host with the module's crate at that build). For [`check`](crate::check), which
+    /// answers whether a new build would reload into a program running this one; no handle
+    /// calls it. Its versions stay mapped for the rest of the process (`keep_loaded`): the
+    /// expectations point into the first build's image.
+    #[cfg(feature = "harness")]
+    pub(crate) fn register_as_built(&self, name: &str, artifact: PathBuf) -> Result<(), HotError> {
+        let _transactions = self.shared.transaction_lock(name)?;
+        let defaults = ModuleOptions::new();
+        // Loaded first as a module only other modules call (nothing expected of it), to read
+        // what its build exports.
+        let provisional = ModuleSpec {
+            name: name.to_owned(),
+            manifest_dir: artifact.parent().map(PathBuf::from).unwrap_or_default(),
+            artifact: absolute(artifact),
+            entries: &[],
+            table_size: std::mem::size_of::<hotreload_abi::LifecycleEntries>(),
+            methods: &[],
+            accepted_api: 0..=u32::MAX,
+            host_calls: false,
+            build_manifest: None,
+            history: defaults.history,
+            pinned: None,
+            probation: None,
+            keep_loaded: true,
+            worker_stop_timeout: defaults.worker_stop_timeout,
+            quiesce: defaults.quiesce,
+            metrics: crate::MetricsConfig::off(),
+            forward_logs: false,
+        };
+        let shadow = self.shared.shadow()?;
+        let live = transaction::load_initial(&provisional, &shadow)?;
+        let expected = crate::check::expectations(live.version.descriptor());
+        let spec = ModuleSpec {
+            entries: expected.entries,
+            table_size: expected.table_size,
+            methods: expected.methods,
+            accepted_api: expected.api_version..=expected.api_version,
+            host_calls: true,
+            ..provisional
+        };
+        let core = Arc::new(ModuleCore::new(
+            spec,
+            shadow,
+            Some(live),
+            None,
+            Arc::downgrade(&self.shared),
+        ));
+        let mut modules = self.shared.lock_modules();
+        if modules.contains_key(name) {
+            return Err(HotError::AlreadyRegistered {
+                module: name.to_owned(),
+            });
+        }
+        modules.insert(name.to_owned(), core);
+        Ok(())
+    }
+
     /// Reloads module `name` from its artifact now, on this thread: one whole transaction
     /// (stage, open, verify, prepare, commit, retire). On error the running version keeps
     /// serving, state intact.

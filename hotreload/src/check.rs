@@ -1,0 +1,212 @@
+//! Will a new build reload into a program running an older one? Answered by doing it: the
+//! older build is loaded into a real reloader that expects of later builds what a host
+//! compiled against it would (its methods' layouts, its API version), and the newer build
+//! is reloaded into it through the whole transaction, state and migrations included. The
+//! outcome is a [`Verdict`], the same as the runtime's when the two builds meet in a running
+//! program.
+//!
+//! ```no_run
+//! use hotreload::check::{Verdict, check_reload};
+//!
+//! let checked = check_reload(
+//!     "game_logic",
+//!     "builds/main/libgame_logic.so".as_ref(),
+//!     "target/debug/libgame_logic.so".as_ref(),
+//! )?;
+//! println!("{}", checked.verdict);
+//! assert!(!matches!(checked.verdict, Verdict::Refused { .. }));
+//! # Ok::<(), hotreload::HotError>(())
+//! ```
+//!
+//! The state carried over is the older build's fresh state (`Default`): a build whose
+//! restore fails only on some states passes here. Each check leaves both builds mapped for
+//! the rest of the process (the expectations point into the older build's image): a check
+//! costs the two libraries' memory, which matters in a long-lived process only.
+
+use std::fmt;
+use std::path::Path;
+
+use hotreload_abi::{ModuleDescriptor, TableEntry};
+
+use crate::__private::MethodSignature;
+use crate::error::{HotError, Rejection};
+use crate::{HotReloader, ReloadReport};
+
+/// What a program running the older build would do with the newer one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// It reloads, the state carried over as it is.
+    ReloadsCleanly,
+    /// It reloads, the state migrated by the new build's steps.
+    ReloadsWithMigration {
+        /// The state schema the older build saves.
+        from: u32,
+        /// The newer build's.
+        to: u32,
+        /// The migration steps run, named.
+        steps: Vec<String>,
+    },
+    /// The program refuses it and keeps the older build: it cannot take over the state, or
+    /// cannot be loaded at all. A host built anew would load it only with a fresh state (or
+    /// not at all).
+    Refused {
+        /// The runtime's one line.
+        reason: String,
+    },
+    /// The program refuses it because the host's use of the module's API changed (a method
+    /// it calls changed its signature or went away, the API version moved, the module was
+    /// renamed, the framework's ABI changed): a host compiled against the new build would
+    /// take it; the running one must be restarted.
+    NeedsHostRestart {
+        /// The runtime's one line.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// Whether the running program would take the new build.
+    pub fn reloads(&self) -> bool {
+        matches!(
+            self,
+            Verdict::ReloadsCleanly | Verdict::ReloadsWithMigration { .. }
+        )
+    }
+
+    /// The verdict of a reload's outcome.
+    fn of(outcome: &Result<ReloadReport, HotError>, from: u32) -> Verdict {
+        match outcome {
+            Ok(report) if report.migrations.is_empty() => Verdict::ReloadsCleanly,
+            Ok(report) => Verdict::ReloadsWithMigration {
+                from,
+                to: report.to.state_version,
+                steps: report.migrations.clone(),
+            },
+            Err(err) if needs_host_restart(err) => Verdict::NeedsHostRestart {
+                reason: err.to_string(),
+            },
+            Err(err) => Verdict::Refused {
+                reason: err.to_string(),
+            },
+        }
+    }
+}
+
+/// Whether `err` refuses a build for what the host was compiled with, not for the build or
+/// its state.
+fn needs_host_restart(err: &HotError) -> bool {
+    match err {
+        HotError::Rejected { reason, .. } => matches!(
+            reason,
+            Rejection::Layout(_)
+                | Rejection::ApiVersion { .. }
+                | Rejection::ModuleName { .. }
+                | Rejection::AbiVersion { .. }
+                | Rejection::DescriptorSize { .. }
+        ),
+        _ => false,
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::ReloadsCleanly => write!(f, "reloads cleanly"),
+            Verdict::ReloadsWithMigration { from, to, steps } if steps.is_empty() => {
+                write!(f, "reloads with migration v{from} -> v{to}")
+            }
+            // Each step names its schemas and its function: "v1 -> v2 (from_v1)".
+            Verdict::ReloadsWithMigration { steps, .. } => {
+                write!(f, "reloads with migration {}", steps.join(", then "))
+            }
+            Verdict::Refused { reason } => write!(f, "refused: {reason}"),
+            Verdict::NeedsHostRestart { reason } => {
+                write!(
+                    f,
+                    "needs a host restart (the host's use of the API changed): {reason}"
+                )
+            }
+        }
+    }
+}
+
+/// A check of one pair of builds.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Checked {
+    /// What the running program would do.
+    pub verdict: Verdict,
+    /// The reload's report, when it reloaded: the methods whose code changed, those the
+    /// older host does not know, the migrations, the time of each step.
+    pub report: Option<ReloadReport>,
+    /// The error, when it did not.
+    pub error: Option<HotError>,
+}
+
+/// Loads `old` (a build of module `module`) as a program compiled against it would, then
+/// reloads `new` into it. An error means the check itself could not run (`old` does not
+/// load, a file could not be copied); the new build's fate is in the verdict.
+pub fn check_reload(module: &str, old: &Path, new: &Path) -> Result<Checked, HotError> {
+    let scratch = tempfile::tempdir().map_err(|source| HotError::ShadowDir {
+        source: source.into(),
+    })?;
+    let artifact = scratch.path().join(crate::library_file_name(module));
+    let copy = |from: &Path| {
+        crate::harness::install(from, &artifact).map_err(|source| HotError::ReadArtifact {
+            module: module.to_owned(),
+            path: from.to_path_buf(),
+            source: source.into(),
+        })
+    };
+    copy(old)?;
+    let reloader = HotReloader::new();
+    reloader.register_as_built(module, artifact.clone())?;
+    let from = reloader
+        .current_version(module)?
+        .map_or(0, |version| version.state_version);
+    copy(new)?;
+    let outcome = reloader.reload_module(module);
+    Ok(Checked {
+        verdict: Verdict::of(&outcome, from),
+        report: outcome.as_ref().ok().cloned(),
+        error: outcome.err(),
+    })
+}
+
+/// What a host compiled against the build `descriptor` describes expects of later builds.
+/// Leaked: a module's spec holds `'static` expectations (a host's come from its code).
+pub(crate) struct Expectations {
+    pub entries: &'static [TableEntry],
+    pub methods: &'static [MethodSignature],
+    pub table_size: usize,
+    pub api_version: u32,
+}
+
+pub(crate) fn expectations(descriptor: &ModuleDescriptor) -> Expectations {
+    fn leak(text: &str) -> &'static str {
+        Box::leak(text.to_owned().into_boxed_str())
+    }
+    fn leak_all<'a>(texts: impl Iterator<Item = &'a str>) -> &'static [&'static str] {
+        Box::leak(texts.map(leak).collect::<Vec<_>>().into_boxed_slice())
+    }
+    let methods = descriptor
+        .methods
+        .iter()
+        .map(|method| MethodSignature {
+            name: leak(method.name.as_str()),
+            takes_state: method.takes_state,
+            exclusive: method.exclusive,
+            params: leak_all(method.params.iter().map(|p| p.as_str())),
+            types: leak_all(method.types.iter().map(|t| t.as_str())),
+            returns: leak(method.returns.as_str()),
+        })
+        .collect::<Vec<_>>();
+    Expectations {
+        // The layouts they refer to are in the build's image, which stays mapped: the
+        // module is registered `keep_loaded`.
+        entries: Box::leak(descriptor.entries.as_slice().to_vec().into_boxed_slice()),
+        methods: Box::leak(methods.into_boxed_slice()),
+        table_size: descriptor.table_size,
+        api_version: descriptor.api_version,
+    }
+}
