@@ -173,6 +173,36 @@ pub fn check_reload(module: &str, old: &Path, new: &Path) -> Result<Checked, Hot
     })
 }
 
+/// The hot modules a library exports (the names its descriptor symbols carry), read from the
+/// file without loading it.
+pub fn modules_in(artifact: &Path) -> Result<Vec<String>, HotError> {
+    use object::{Object, ObjectSymbol};
+    let not_a_library = |reason: String| HotError::NotALibrary {
+        module: String::new(),
+        path: artifact.to_path_buf(),
+        reason,
+    };
+    let bytes = std::fs::read(artifact).map_err(|source| HotError::ReadArtifact {
+        module: String::new(),
+        path: artifact.to_path_buf(),
+        source: source.into(),
+    })?;
+    let file = object::File::parse(&*bytes)
+        .map_err(|err| not_a_library(format!("not an object file ({err})")))?;
+    let prefix = hotreload_abi::descriptor_symbol("");
+    let mut names: Vec<String> = file
+        .dynamic_symbols()
+        .filter(|symbol| symbol.is_definition())
+        .filter_map(|symbol| {
+            let name = symbol.name().ok()?;
+            name.strip_prefix(prefix.as_str()).map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
 /// What a host compiled against the build `descriptor` describes expects of later builds.
 /// Leaked: a module's spec holds `'static` expectations (a host's come from its code).
 pub(crate) struct Expectations {
