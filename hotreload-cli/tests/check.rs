@@ -194,5 +194,5 @@ fn in_a_module_repository_the_working_tree_is_checked_against_the_main_branch() 
     assert!(output.status.success());
     let (code, printed) = run();
     assert_eq!(code, 3, "{printed}");
-    assert!(printed.contains("give --base"), "{printed}");
+    assert!(printed.contains("to compare with"), "{printed}");
 }

@@ -23,6 +23,8 @@
 //! the rest of the process (the expectations point into the older build's image): a check
 //! costs the two libraries' memory, which matters in a long-lived process only.
 
+mod builds;
+
 use std::fmt;
 use std::path::Path;
 
@@ -31,6 +33,8 @@ use hotreload_abi::{ModuleDescriptor, TableEntry};
 use crate::__private::MethodSignature;
 use crate::error::{HotError, Rejection};
 use crate::{HotReloader, ReloadReport};
+
+pub use builds::{Builds, Compare};
 
 /// What a program running the older build would do with the newer one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,5 +242,157 @@ pub(crate) fn expectations(descriptor: &ModuleDescriptor) -> Expectations {
         methods: Box::leak(methods.into_boxed_slice()),
         table_size: descriptor.table_size,
         api_version: descriptor.api_version,
+    }
+}
+
+impl Builds {
+    /// Each hot module the older build exports, checked: what a program running the older
+    /// build would do with the newer one.
+    pub fn check(&self) -> Result<Vec<(String, Checked)>, HotError> {
+        modules_in(&self.old)?
+            .into_iter()
+            .map(|module| {
+                let checked = check_reload(&module, &self.old, &self.new)?;
+                Ok((module, checked))
+            })
+            .collect()
+    }
+
+    /// Loads the older build for the host type `T` (this crate as it is now: the older
+    /// build must fit its API, as it does whenever the change keeps the host's calls), lets
+    /// `drive` make calls, then reloads the newer build into it. The reload's outcome, with
+    /// the handle (serving the newer build if it reloaded) to look at the state through.
+    pub fn reload<T: crate::HotModule>(
+        &self,
+        drive: impl FnOnce(&crate::Module<T>) -> Result<(), HotError>,
+    ) -> Result<Reloaded<T>, HotError> {
+        let (reloader, module, dir) = self.load_old::<T>()?;
+        drive(&module)?;
+        install(
+            &self.new,
+            &dir.path().join(crate::library_file_name(T::MODULE_NAME)),
+        )?;
+        let outcome = reloader.reload_module(T::MODULE_NAME);
+        Ok(Reloaded {
+            outcome,
+            module,
+            _reloader: reloader,
+            _dir: dir,
+        })
+    }
+
+    /// Reloads the newer build, then the older, then the newer..., `rounds` reloads in all,
+    /// with `drive` making calls before each and `invariant` checked after each: the reports,
+    /// or the first reload refused or invariant broken, said in one line.
+    pub fn back_and_forth<T: crate::HotModule>(
+        &self,
+        rounds: usize,
+        mut drive: impl FnMut(&crate::Module<T>) -> Result<(), HotError>,
+        mut invariant: impl FnMut(&crate::Module<T>) -> Result<(), String>,
+    ) -> Result<Vec<ReloadReport>, String> {
+        let (reloader, module, dir) = self.load_old::<T>().map_err(|err| err.to_string())?;
+        let artifact = dir.path().join(crate::library_file_name(T::MODULE_NAME));
+        let mut reports = Vec::new();
+        for round in 0..rounds {
+            let (to, which) = if round % 2 == 0 {
+                (&self.new, "newer")
+            } else {
+                (&self.old, "older")
+            };
+            let at = |what: String| format!("reload {} (to the {which} build): {what}", round + 1);
+            drive(&module).map_err(|err| at(format!("a call before it failed: {err}")))?;
+            install(to, &artifact).map_err(|err| at(err.to_string()))?;
+            let report = reloader
+                .reload_module(T::MODULE_NAME)
+                .map_err(|err| at(format!("refused: {err}")))?;
+            invariant(&module).map_err(|broken| at(format!("the invariant broke: {broken}")))?;
+            reports.push(report);
+        }
+        Ok(reports)
+    }
+
+    /// A reloader with the older build registered for `T`, from a copy in a directory of
+    /// its own.
+    fn load_old<T: crate::HotModule>(
+        &self,
+    ) -> Result<(HotReloader, crate::Module<T>, tempfile::TempDir), HotError> {
+        let dir = tempfile::tempdir().map_err(|source| HotError::ShadowDir {
+            source: source.into(),
+        })?;
+        let artifact = dir.path().join(crate::library_file_name(T::MODULE_NAME));
+        install(&self.old, &artifact)?;
+        let reloader = HotReloader::new();
+        let module =
+            reloader.register_with::<T>(crate::ModuleOptions::new().artifact(&artifact))?;
+        Ok((reloader, module, dir))
+    }
+}
+
+/// Puts a build at `to`, as a linker would (see [`harness::install`](crate::harness::install)).
+fn install(from: &Path, to: &Path) -> Result<(), HotError> {
+    crate::harness::install(from, to).map_err(|source| HotError::ReadArtifact {
+        module: String::new(),
+        path: from.to_path_buf(),
+        source: source.into(),
+    })
+}
+
+/// A reload of the newer build into the older one, driven by [`Builds::reload`].
+#[non_exhaustive]
+pub struct Reloaded<T> {
+    /// The reload's outcome: its report, or the runtime's refusal.
+    pub outcome: Result<ReloadReport, HotError>,
+    /// The module: serving the newer build if it reloaded, the older one with its state if
+    /// not.
+    pub module: crate::Module<T>,
+    _reloader: HotReloader,
+    _dir: tempfile::TempDir,
+}
+
+impl<T> fmt::Debug for Reloaded<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reloaded")
+            .field("outcome", &self.outcome)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Reloaded<T> {
+    /// Panics unless the newer build reloaded; its report.
+    #[track_caller]
+    pub fn assert_reloaded(&self) -> &ReloadReport {
+        match &self.outcome {
+            Ok(report) => report,
+            Err(err) => panic!("the newer build did not reload: {err}"),
+        }
+    }
+
+    /// Panics unless the newer build was refused with a reason containing `because`.
+    #[track_caller]
+    pub fn assert_refused_because(&self, because: &str) {
+        match &self.outcome {
+            Ok(report) => panic!("the newer build reloaded ({report}), expected a refusal"),
+            Err(err) if err.to_string().contains(because) => {}
+            Err(err) => panic!("refused for another reason than `{because}`: {err}"),
+        }
+    }
+}
+
+impl Checked {
+    /// Panics unless the newer build reloads (cleanly or with a migration).
+    #[track_caller]
+    pub fn assert_reloads(&self) {
+        assert!(self.verdict.reloads(), "{}", self.verdict);
+    }
+
+    /// Panics unless the newer build is refused (or needs a host restart) with a reason
+    /// containing `because`.
+    #[track_caller]
+    pub fn assert_refused_because(&self, because: &str) {
+        match &self.verdict {
+            Verdict::Refused { reason } | Verdict::NeedsHostRestart { reason }
+                if reason.contains(because) => {}
+            other => panic!("expected a refusal because of `{because}`, got: {other}"),
+        }
     }
 }

@@ -4,6 +4,18 @@
 //! Every variant is a copy of the crate with textual edits, in a scratch workspace of its
 //! own; all variants build into one target directory, so the dependencies compile once.
 //!
+//! - **Workspace members.** A crate that inherits from its workspace builds as it does there:
+//!   each `dep.workspace = true` is replaced by the workspace's `[workspace.dependencies]`
+//!   entry (the member's own `features` and `optional` kept), and every `path` dependency is
+//!   made absolute against the original crate, in every dependency table (dev, build and
+//!   target-specific ones included). Give the workspace's lock file
+//!   ([`VariantBuilder::lockfile`]) to build with the versions it pins.
+//! - **Files.** `src/` (every file, as bytes: data files, non-UTF-8 ones and
+//!   `include_bytes!` inputs are copied as they are) and `build.rs` are copied; an edit
+//!   applies to a file read as UTF-8 text, and fails the build if its text does not occur.
+//! - **Comparing with what runs.** [`check`](crate::check) builds a crate at a git revision
+//!   and as it is now, and says whether the new build reloads into the old one.
+//!
 //! ```no_run
 //! use hotreload::harness::VariantBuilder;
 //!
@@ -49,8 +61,15 @@ pub enum HarnessError {
         /// The text searched for.
         needle: String,
     },
+    /// git could not give the revision to build (no repository, no such revision, no main
+    /// branch to compare with).
+    #[error("{message}")]
+    Git {
+        /// What git said, or what is missing.
+        message: String,
+    },
     /// cargo failed; holds its output.
-    #[error("cargo build of the variants failed:\n{output}")]
+    #[error("cargo build failed:\n{output}")]
     Build {
         /// What cargo printed.
         output: String,

@@ -146,3 +146,20 @@ fn a_file_that_is_no_library_is_refused_and_a_missing_old_build_is_an_error() {
     );
     assert!(check_reload("counter", &dir.path().join("missing.so"), &junk).is_err());
 }
+
+#[test]
+fn the_readme_shows_the_example_crates_reload_test_as_it_is() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let test = std::fs::read_to_string(root.join("examples/game-logic/tests/reloads.rs")).unwrap();
+    let section = &readme[readme.find("## Testing your reloads").expect("the section")..];
+    let block = section
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```\n").next())
+        .expect("a rust block in the section");
+    assert_eq!(
+        block, test,
+        "README's example differs from examples/game-logic/tests/reloads.rs"
+    );
+}

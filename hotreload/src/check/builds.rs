@@ -1,0 +1,332 @@
+//! The two builds a check compares: built from a module crate at a git revision and as it
+//! is now, or from two source trees, or taken as they are.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::harness::HarnessError;
+
+/// Where the builds to compare come from: a module crate as it is now against a base.
+///
+/// ```no_run
+/// use hotreload::check::Compare;
+///
+/// // The crate as it is now, against its build at the merge base with the main branch.
+/// let builds = Compare::crate_at(env!("CARGO_MANIFEST_DIR")).build()?;
+/// for (module, checked) in builds.check()? {
+///     println!("{module}: {}", checked.verdict);
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Compare {
+    crate_dir: PathBuf,
+    base: Base,
+    new_artifact: Option<PathBuf>,
+    target_dir: Option<PathBuf>,
+    release: bool,
+}
+
+/// The older build.
+#[derive(Debug, Clone)]
+enum Base {
+    /// The merge base of HEAD with the main branch.
+    MainBranch,
+    Revision(String),
+    Tree(PathBuf),
+    Artifact(PathBuf),
+}
+
+impl Compare {
+    /// The module crate in `crate_dir` (holding its `Cargo.toml`), as it is now, against its
+    /// build at the merge base of HEAD with the main branch (`origin/main`, `main`,
+    /// `origin/master` or `master`, the first that exists).
+    pub fn crate_at(crate_dir: impl Into<PathBuf>) -> Self {
+        Compare {
+            crate_dir: crate_dir.into(),
+            base: Base::MainBranch,
+            new_artifact: None,
+            target_dir: None,
+            release: false,
+        }
+    }
+
+    /// Against the crate at git revision `revision` (a branch, a tag, a commit), built from a
+    /// worktree of the repository.
+    pub fn base_revision(mut self, revision: impl Into<String>) -> Self {
+        self.base = Base::Revision(revision.into());
+        self
+    }
+
+    /// Against another source tree of the crate (its directory, holding its `Cargo.toml`).
+    pub fn base_tree(mut self, crate_dir: impl Into<PathBuf>) -> Self {
+        self.base = Base::Tree(crate_dir.into());
+        self
+    }
+
+    /// Against a library already built (the one running in production, say).
+    pub fn base_artifact(mut self, artifact: impl Into<PathBuf>) -> Self {
+        self.base = Base::Artifact(artifact.into());
+        self
+    }
+
+    /// Takes this library as the new build instead of building the crate.
+    pub fn new_artifact(mut self, artifact: impl Into<PathBuf>) -> Self {
+        self.new_artifact = Some(artifact.into());
+        self
+    }
+
+    /// Where cargo builds, one directory per tree [default: `hotreload-check` in the crate's
+    /// workspace's target directory].
+    pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.target_dir = Some(dir.into());
+        self
+    }
+
+    /// Builds with `--release`.
+    pub fn release(mut self, release: bool) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// Builds what needs building; the two libraries.
+    pub fn build(self) -> Result<Builds, HarnessError> {
+        let manifest =
+            std::path::absolute(self.crate_dir.join("Cargo.toml")).map_err(|source| {
+                HarnessError::Io {
+                    path: self.crate_dir.clone(),
+                    source,
+                }
+            })?;
+        let scratch = tempfile::Builder::new()
+            .prefix("hotreload-check-")
+            .tempdir()
+            .map_err(|source| HarnessError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let target = || -> Result<PathBuf, HarnessError> {
+            Ok(match &self.target_dir {
+                Some(dir) => dir.clone(),
+                None => workspace_target(&manifest)?.join("hotreload-check"),
+            })
+        };
+        // One target directory per tree: both build the same package, whose cdylib's file
+        // name carries no hash, and cargo would take one tree's library for the other's when
+        // it finds its own build fresh.
+        let (base, old) = match &self.base {
+            Base::Artifact(artifact) => (None, artifact.clone()),
+            Base::Tree(dir) => {
+                let old = build(
+                    &dir.join("Cargo.toml"),
+                    &target()?.join("base"),
+                    self.release,
+                    &scratch.path().join("old"),
+                )?;
+                (Some(dir.display().to_string()), old)
+            }
+            Base::MainBranch | Base::Revision(_) => {
+                let revision = match &self.base {
+                    Base::Revision(revision) => Some(revision.as_str()),
+                    _ => None,
+                };
+                let (named, old) = build_revision(
+                    &manifest,
+                    revision,
+                    &target()?.join("base"),
+                    self.release,
+                    scratch.path(),
+                )?;
+                (Some(named), old)
+            }
+        };
+        let new = match self.new_artifact {
+            Some(artifact) => artifact,
+            None => build(
+                &manifest,
+                &target()?.join("working-tree"),
+                self.release,
+                &scratch.path().join("new"),
+            )?,
+        };
+        Ok(Builds {
+            base,
+            old,
+            new,
+            _scratch: scratch,
+        })
+    }
+}
+
+/// Two builds of a module crate, ready to compare (see [`Compare`]).
+#[derive(Debug)]
+pub struct Builds {
+    /// What the older build was made from: the revision (with its commit) or the tree.
+    pub base: Option<String>,
+    /// The older build's library.
+    pub old: PathBuf,
+    /// The newer build's.
+    pub new: PathBuf,
+    /// Holds the libraries built.
+    _scratch: tempfile::TempDir,
+}
+
+/// Builds the crate of `manifest` at `revision` (default: the merge base with the main
+/// branch) from a worktree under `scratch`; the revision's name with its commit, and the
+/// library.
+fn build_revision(
+    manifest: &Path,
+    revision: Option<&str>,
+    target: &Path,
+    release: bool,
+    scratch: &Path,
+) -> Result<(String, PathBuf), HarnessError> {
+    let crate_dir = manifest.parent().unwrap_or(Path::new("."));
+    let top = PathBuf::from(git(crate_dir, &["rev-parse", "--show-toplevel"])?.trim());
+    let relative = manifest
+        .strip_prefix(&top)
+        .map_err(|_| HarnessError::Git {
+            message: format!("{} is not inside {}", manifest.display(), top.display()),
+        })?
+        .to_path_buf();
+    let revision = match revision {
+        Some(revision) => revision.to_owned(),
+        None => main_merge_base(&top)?,
+    };
+    let commit = git(
+        &top,
+        &["rev-parse", "--verify", &format!("{revision}^{{commit}}")],
+    )?;
+    let commit = commit.trim().to_owned();
+    let tree = scratch.join("base");
+    let tree_arg = tree.to_string_lossy().into_owned();
+    git(
+        &top,
+        &["worktree", "add", "--detach", "--quiet", &tree_arg, &commit],
+    )?;
+    let built = build(&tree.join(&relative), target, release, &scratch.join("old"));
+    // The worktree goes whatever the build did.
+    let _ = git(&top, &["worktree", "remove", "--force", &tree_arg]);
+    let short = &commit[..12.min(commit.len())];
+    Ok((format!("{revision} ({short})"), built?))
+}
+
+/// The merge base of HEAD with the first main branch that exists.
+fn main_merge_base(top: &Path) -> Result<String, HarnessError> {
+    for branch in ["origin/main", "main", "origin/master", "master"] {
+        if git(top, &["rev-parse", "--verify", "--quiet", branch]).is_ok() {
+            return Ok(git(top, &["merge-base", "HEAD", branch])?.trim().to_owned());
+        }
+    }
+    Err(HarnessError::Git {
+        message: "no main branch (origin/main, main, origin/master, master) to compare with: \
+                  give a base revision"
+            .into(),
+    })
+}
+
+/// The target directory cargo uses for `manifest`'s workspace.
+fn workspace_target(manifest: &Path) -> Result<PathBuf, HarnessError> {
+    cargo_metadata::MetadataCommand::new()
+        .cargo_path(cargo())
+        .manifest_path(manifest)
+        .no_deps()
+        .exec()
+        .map(|metadata| metadata.target_directory.into_std_path_buf())
+        .map_err(|err| HarnessError::Manifest {
+            path: manifest.to_path_buf(),
+            message: format!("cargo metadata: {err}"),
+        })
+}
+
+/// Builds the library of the crate at `manifest` into `target` and copies it into `to`.
+fn build(
+    manifest: &Path,
+    target: &Path,
+    release: bool,
+    to: &Path,
+) -> Result<PathBuf, HarnessError> {
+    let mut command = Command::new(cargo());
+    command
+        .args(["build", "--lib", "--message-format=json-render-diagnostics"])
+        .arg("--manifest-path")
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target);
+    if release {
+        command.arg("--release");
+    }
+    let output = command.output().map_err(|source| HarnessError::Io {
+        path: PathBuf::from("cargo"),
+        source,
+    })?;
+    if !output.status.success() {
+        return Err(HarnessError::Build {
+            output: String::from_utf8_lossy(&output.stderr).into_owned(),
+        });
+    }
+    let library = cdylib_of(&output.stdout, manifest).ok_or_else(|| HarnessError::Manifest {
+        path: manifest.to_path_buf(),
+        message: "the crate builds no cdylib (`crate-type = [\"cdylib\", \"rlib\"]`)".into(),
+    })?;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| HarnessError::Io { path, source }
+    };
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    let copy = to.join(library.file_name().unwrap_or_default());
+    std::fs::copy(&library, &copy).map_err(io(&library))?;
+    Ok(copy)
+}
+
+/// The cdylib cargo's JSON messages say it built for the package at `manifest`.
+fn cdylib_of(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
+    let manifest = manifest.canonicalize().ok()?;
+    cargo_metadata::Message::parse_stream(messages)
+        .filter_map(Result::ok)
+        .filter_map(|message| match message {
+            cargo_metadata::Message::CompilerArtifact(artifact) => Some(artifact),
+            _ => None,
+        })
+        .filter(|artifact| {
+            artifact
+                .manifest_path
+                .canonicalize()
+                .is_ok_and(|path| path == manifest)
+        })
+        .flat_map(|artifact| artifact.filenames)
+        .map(|file| file.into_std_path_buf())
+        .find(|file| {
+            file.extension()
+                .is_some_and(|ext| ext == std::env::consts::DLL_EXTENSION)
+        })
+}
+
+/// `git` in `dir`: its output, or what it said.
+fn git(dir: &Path, args: &[&str]) -> Result<String, HarnessError> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map_err(|source| HarnessError::Io {
+            path: PathBuf::from("git"),
+            source,
+        })?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(HarnessError::Git {
+            message: format!(
+                "git {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        })
+    }
+}
+
+/// The cargo that runs this (cargo sets `CARGO` for what it runs), else `cargo`.
+fn cargo() -> std::ffi::OsString {
+    std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
