@@ -81,9 +81,8 @@ fn compare(args: &CheckArgs) -> Result<Outcome, Failure> {
     };
     let mut checked = Vec::new();
     for module in modules {
-        let verdict = check_reload(&module, &builds.old, &builds.new).map_err(|err| {
-            format!("the base build of `{module}` could not be loaded to check against: {err}")
-        })?;
+        let verdict = check_reload(&module, &builds.old, &builds.new)
+            .map_err(|err| format!("`{module}` could not be checked: {err}"))?;
         checked.push((module, verdict));
     }
     Ok(Outcome {

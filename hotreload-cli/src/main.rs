@@ -38,7 +38,7 @@ struct CheckArgs {
     manifest_path: PathBuf,
     /// The revision whose build runs now [default: the merge base of HEAD with the main
     /// branch: origin/main, main, origin/master or master, the first that exists].
-    #[arg(long)]
+    #[arg(long, conflicts_with = "old")]
     base: Option<String>,
     /// Compare this built library (the running build) instead of building the base.
     #[arg(long, requires = "new")]
@@ -49,8 +49,8 @@ struct CheckArgs {
     /// The module to check [default: every hot module the library exports].
     #[arg(long)]
     module: Option<String>,
-    /// Where cargo builds both revisions, each in a directory of its own [default:
-    /// `hotreload-check` in the workspace's target directory].
+    /// Where cargo builds both revisions [default: `hotreload-check` in the workspace's
+    /// target directory].
     #[arg(long)]
     target_dir: Option<PathBuf>,
     /// Build with `--release`.

@@ -19,7 +19,11 @@
 //! ```
 //!
 //! The state carried over is the older build's fresh state (`Default`): a build whose
-//! restore fails only on some states passes here. Each check leaves both builds mapped for
+//! restore fails only on some states passes here ([`Builds::reload`] drives the older
+//! build with your calls first). Each module is checked alone, as a host calls it: the
+//! links of modules that call each other (`uses = [...]`) are not checked, and a module
+//! only other modules call (registered with `register_for_imports`, which accepts any API
+//! version) is judged as if the host called it. Each check leaves both builds mapped for
 //! the rest of the process (the expectations point into the older build's image): a check
 //! costs the two libraries' memory, which matters in a long-lived process only.
 
@@ -108,6 +112,9 @@ fn needs_host_restart(err: &HotError) -> bool {
                 | Rejection::AbiVersion { .. }
                 | Rejection::DescriptorSize { .. }
         ),
+        // The module was renamed (its descriptor symbol carries its name): a host built
+        // against the new name registers it.
+        HotError::NoDescriptor { .. } => true,
         _ => false,
     }
 }
@@ -258,9 +265,15 @@ impl Builds {
             .collect()
     }
 
-    /// Loads the older build for the host type `T` (this crate as it is now: the older
-    /// build must fit its API, as it does whenever the change keeps the host's calls), lets
-    /// `drive` make calls, then reloads the newer build into it. The reload's outcome, with
+    /// Loads the older build for the host type `T` (this crate as it is now), lets `drive`
+    /// make calls, then reloads the newer build into it.
+    ///
+    /// The older build must have `T`'s API: every method `T` has, with the same signatures,
+    /// and the same API version. A change that adds a method or bumps the API version (which
+    /// a running host takes, see [`check`](Self::check)) cannot be driven this way: the
+    /// older build is refused at registration, and this returns that error
+    /// ([`HotError::Rejected`]). A change that removes a method the running host calls is
+    /// judged by [`check`](Self::check), not here (`T` no longer has it). The reload's outcome, with
     /// the handle (serving the newer build if it reloaded) to look at the state through.
     pub fn reload<T: crate::HotModule>(
         &self,
@@ -268,13 +281,22 @@ impl Builds {
     ) -> Result<Reloaded<T>, HotError> {
         let (reloader, module, dir) = self.load_old::<T>()?;
         drive(&module)?;
+        let before = reloader.saved_state(T::MODULE_NAME)?;
+        let resident_before = resident_kb();
         install(
             &self.new,
             &dir.path().join(crate::library_file_name(T::MODULE_NAME)),
         )?;
         let outcome = reloader.reload_module(T::MODULE_NAME);
+        let resident_growth_kb = resident_kb() - resident_before;
+        let state = match &outcome {
+            Ok(_) => StateCarried::compare(&before, &reloader.saved_state(T::MODULE_NAME)?),
+            Err(_) => StateCarried::NotReloaded,
+        };
         Ok(Reloaded {
             outcome,
+            state,
+            resident_growth_kb,
             module,
             _reloader: reloader,
             _dir: dir,
@@ -337,11 +359,80 @@ fn install(from: &Path, to: &Path) -> Result<(), HotError> {
     })
 }
 
+/// This process's resident memory, in kB (0 where the platform does not say).
+fn resident_kb() -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// How the state came through a reload, by what each build saves of it: the older build
+/// just before the reload, the newer one just after.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StateCarried {
+    /// Both builds save the same state, field by field, in the same schema.
+    Exactly,
+    /// The same schema, other values: fields the newer build added (with their defaults),
+    /// values its restore changed. Both as JSON, to compare or show.
+    Differently {
+        /// What the older build saved.
+        before: serde_json::Value,
+        /// What the newer build saves.
+        after: serde_json::Value,
+    },
+    /// The schema changed (a migration ran): compare through the module's calls.
+    Migrated {
+        /// The older build's schema.
+        from: u32,
+        /// The newer build's.
+        to: u32,
+    },
+    /// The newer build did not reload.
+    NotReloaded,
+}
+
+impl StateCarried {
+    /// Compares two saved envelopes.
+    fn compare(before: &[u8], after: &[u8]) -> StateCarried {
+        use hotreload_abi::StateEnvelope;
+        let open = |bytes: &[u8]| -> Option<(u32, serde_json::Value)> {
+            let envelope: StateEnvelope = rmp_serde::from_slice(bytes).ok()?;
+            let value = rmp_serde::from_slice(&envelope.payload).ok()?;
+            Some((envelope.state_version, value))
+        };
+        match (open(before), open(after)) {
+            (Some((from, _)), Some((to, _))) if from != to => StateCarried::Migrated { from, to },
+            (Some((_, before)), Some((_, after))) if before == after => StateCarried::Exactly,
+            (Some((_, before)), Some((_, after))) => StateCarried::Differently { before, after },
+            // A payload that is no self-describing MessagePack: nothing to compare by.
+            _ => StateCarried::Differently {
+                before: serde_json::Value::Null,
+                after: serde_json::Value::Null,
+            },
+        }
+    }
+}
+
 /// A reload of the newer build into the older one, driven by [`Builds::reload`].
 #[non_exhaustive]
 pub struct Reloaded<T> {
-    /// The reload's outcome: its report, or the runtime's refusal.
+    /// The reload's outcome: its report (the methods whose code changed, the migrations, the
+    /// time of each step, the versions closed and whether they stayed mapped), or the
+    /// runtime's refusal.
     pub outcome: Result<ReloadReport, HotError>,
+    /// How the state came through, by what each build saves.
+    pub state: StateCarried,
+    /// How much this process's resident memory grew over the reload, in kB (the newer
+    /// library mapped, the older kept for rollback; 0 where the platform does not say).
+    pub resident_growth_kb: i64,
+
     /// The module: serving the newer build if it reloaded, the older one with its state if
     /// not.
     pub module: crate::Module<T>,
@@ -353,6 +444,8 @@ impl<T> fmt::Debug for Reloaded<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reloaded")
             .field("outcome", &self.outcome)
+            .field("state", &self.state)
+            .field("resident_growth_kb", &self.resident_growth_kb)
             .finish_non_exhaustive()
     }
 }
@@ -365,6 +458,18 @@ impl<T> Reloaded<T> {
             Ok(report) => report,
             Err(err) => panic!("the newer build did not reload: {err}"),
         }
+    }
+
+    /// Panics unless the newer build reloaded and the state came through exactly (the same
+    /// fields with the same values; see [`StateCarried`]).
+    #[track_caller]
+    pub fn assert_state_preserved(&self) {
+        self.assert_reloaded();
+        assert!(
+            self.state == StateCarried::Exactly,
+            "the state did not come through as it was: {:?}",
+            self.state
+        );
     }
 
     /// Panics unless the newer build was refused with a reason containing `because`.
@@ -383,6 +488,17 @@ impl Checked {
     #[track_caller]
     pub fn assert_reloads(&self) {
         assert!(self.verdict.reloads(), "{}", self.verdict);
+    }
+
+    /// Panics unless the newer build needs a host restart (the host's use of the API
+    /// changed).
+    #[track_caller]
+    pub fn assert_needs_host_restart(&self) {
+        assert!(
+            matches!(self.verdict, Verdict::NeedsHostRestart { .. }),
+            "expected a host restart, got: {}",
+            self.verdict
+        );
     }
 
     /// Panics unless the newer build is refused (or needs a host restart) with a reason

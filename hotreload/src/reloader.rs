@@ -592,6 +592,21 @@ impl HotReloader {
         Ok(())
     }
 
+    /// Module `name`'s serving state, saved by its build in its own schema (the whole
+    /// envelope), with `&mut self` calls held back while it is saved: for checks.
+    #[cfg(feature = "harness")]
+    pub(crate) fn saved_state(&self, name: &str) -> Result<Vec<u8>, HotError> {
+        let core = self.shared.core(name)?;
+        let _transactions = self.shared.transaction_lock(name)?;
+        let mark = core.access.begin_transaction(name)?;
+        let sharing = core.access.permit_share(&mark);
+        let live = sharing.live().ok_or_else(|| HotError::NotLoaded {
+            module: name.to_owned(),
+            method: "save",
+        })?;
+        transaction::prepare::save(live, live.version.schema.version)
+    }
+
     /// Reloads module `name` from its artifact now, on this thread: one whole transaction
     /// (stage, open, verify, prepare, commit, retire). On error the running version keeps
     /// serving, state intact.

@@ -3,8 +3,8 @@
 
 use std::path::Path;
 
-use hotreload::check::{Verdict, check_reload};
-use hotreload::{HotError, HotReloader, ModuleOptions, ReloadReport};
+use hotreload::check::{Compare, StateCarried, Verdict, check_reload};
+use hotreload::{HotError, HotReloader, ModuleOptions, ReloadReport, hot_fn};
 use hotreload_tests::{ledger_variants, variants};
 
 /// The kind of a reload's outcome: `Ok`, or the error's variant (with a rejection's reason's
@@ -140,7 +140,10 @@ fn a_file_that_is_no_library_is_refused_and_a_missing_old_build_is_an_error() {
     std::fs::write(&junk, b"not a library").unwrap();
     let checked = check_reload("counter", counter.artifact("v1"), &junk).unwrap();
     assert!(
-        matches!(checked.verdict, Verdict::Refused { ref reason } if reason.contains("not")),
+        matches!(
+            checked.verdict,
+            Verdict::Refused { ref reason } if reason.contains("is not a loadable shared library")
+        ),
         "{}",
         checked.verdict
     );
@@ -161,5 +164,99 @@ fn the_readme_shows_the_example_crates_reload_test_as_it_is() {
     assert_eq!(
         block, test,
         "README's example differs from examples/game-logic/tests/reloads.rs"
+    );
+}
+
+/// The two counter builds `old` and `new`, to drive.
+fn counter_builds(old: &str, new: &str) -> hotreload::check::Builds {
+    let counter = variants!();
+    Compare::crate_at(env!("CARGO_MANIFEST_DIR"))
+        .base_artifact(counter.artifact(old))
+        .new_artifact(counter.artifact(new))
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_driven_reload_says_how_the_state_came_through() {
+    let drive = |module: &hotreload::Module<counter::Counter>| {
+        hot_fn!(module.add(5))?;
+        Ok(())
+    };
+    // A body changed: the state comes through exactly.
+    let body = counter_builds("v1", "v2").reload(drive).unwrap();
+    body.assert_state_preserved();
+    assert_eq!(
+        hot_fn!(body.module.add(1)).unwrap(),
+        5 + 2,
+        "the new build serves"
+    );
+
+    // A field added with a default: the same schema, a new field.
+    let field = counter_builds("v1", "v2_field").reload(drive).unwrap();
+    field.assert_reloaded();
+    match &field.state {
+        StateCarried::Differently { before, after } => {
+            assert_eq!(before["total"], after["total"]);
+            assert_eq!(after["bonus"], 7, "{after}");
+            assert!(before.get("bonus").is_none(), "{before}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A field added without one: refused, the old build serving with its state.
+    let refused = counter_builds("v1", "restore_error").reload(drive).unwrap();
+    refused.assert_refused_because("could not restore");
+    assert_eq!(refused.state, StateCarried::NotReloaded);
+    assert_eq!(hot_fn!(refused.module.snapshot()).unwrap().total, 5);
+
+    // A migration: compared through calls, not bytes.
+    let ledger = ledger_variants(env!("CARGO_TARGET_TMPDIR"));
+    let migrated = Compare::crate_at(env!("CARGO_MANIFEST_DIR"))
+        .base_artifact(ledger.artifact("v1"))
+        .new_artifact(ledger.artifact("v2"))
+        .build()
+        .unwrap()
+        .reload::<ledger::Ledger>(|_| Ok(()))
+        .unwrap();
+    assert_eq!(migrated.state, StateCarried::Migrated { from: 1, to: 2 });
+}
+
+#[test]
+fn back_and_forth_holds_the_invariant_or_says_where_it_broke() {
+    let builds = counter_builds("v1", "v2");
+    let made = std::cell::Cell::new(0u64);
+    let reports = builds
+        .back_and_forth::<counter::Counter>(
+            6,
+            |module| {
+                made.set(made.get() + 1);
+                hot_fn!(module.bump()).map(drop)
+            },
+            |module| {
+                let calls = hot_fn!(module.calls()).map_err(|err| err.to_string())?;
+                (calls == made.get())
+                    .then_some(())
+                    .ok_or(format!("{calls} calls counted, {} made", made.get()))
+            },
+        )
+        .unwrap();
+    let tags: Vec<u64> = reports.iter().map(|r| r.to.generation).collect();
+    assert_eq!(tags, [2, 3, 4, 5, 6, 7]);
+
+    // An invariant that breaks: the round and the reason.
+    let broken = builds
+        .back_and_forth::<counter::Counter>(
+            4,
+            |_| Ok(()),
+            |module| match hot_fn!(module.build_tag()).unwrap() {
+                1 => Err("back on the old build".to_owned()),
+                _ => Ok(()),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(
+        broken,
+        "reload 2 (to the older build): the invariant broke: back on the old build"
     );
 }

@@ -76,8 +76,8 @@ impl Compare {
         self
     }
 
-    /// Where cargo builds, one directory per tree [default: `hotreload-check` in the crate's
-    /// workspace's target directory].
+    /// Where cargo builds both trees [default: `hotreload-check` in the crate's workspace's
+    /// target directory].
     pub fn target_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.target_dir = Some(dir.into());
         self
@@ -111,15 +111,14 @@ impl Compare {
                 None => workspace_target(&manifest)?.join("hotreload-check"),
             })
         };
-        // One target directory per tree: both build the same package, whose cdylib's file
-        // name carries no hash, and cargo would take one tree's library for the other's when
-        // it finds its own build fresh.
+        // One target directory for both trees (the dependencies compile once); each build
+        // cleans the module's own package first (see `build`).
         let (base, old) = match &self.base {
             Base::Artifact(artifact) => (None, artifact.clone()),
             Base::Tree(dir) => {
                 let old = build(
                     &dir.join("Cargo.toml"),
-                    &target()?.join("base"),
+                    &target()?,
                     self.release,
                     &scratch.path().join("old"),
                 )?;
@@ -133,7 +132,7 @@ impl Compare {
                 let (named, old) = build_revision(
                     &manifest,
                     revision,
-                    &target()?.join("base"),
+                    &target()?,
                     self.release,
                     scratch.path(),
                 )?;
@@ -144,7 +143,7 @@ impl Compare {
             Some(artifact) => artifact,
             None => build(
                 &manifest,
-                &target()?.join("working-tree"),
+                &target()?,
                 self.release,
                 &scratch.path().join("new"),
             )?,
@@ -183,6 +182,8 @@ fn build_revision(
 ) -> Result<(String, PathBuf), HarnessError> {
     let crate_dir = manifest.parent().unwrap_or(Path::new("."));
     let top = PathBuf::from(git(crate_dir, &["rev-parse", "--show-toplevel"])?.trim());
+    // Both resolved: git names the top without symbolic links.
+    let (top, manifest) = (canonical(&top)?, canonical(manifest)?);
     let relative = manifest
         .strip_prefix(&top)
         .map_err(|_| HarnessError::Git {
@@ -198,6 +199,8 @@ fn build_revision(
         &["rev-parse", "--verify", &format!("{revision}^{{commit}}")],
     )?;
     let commit = commit.trim().to_owned();
+    // Worktrees of checks that were interrupted are forgotten first.
+    let _ = git(&top, &["worktree", "prune"]);
     let tree = scratch.join("base");
     let tree_arg = tree.to_string_lossy().into_owned();
     git(
@@ -215,7 +218,21 @@ fn build_revision(
 fn main_merge_base(top: &Path) -> Result<String, HarnessError> {
     for branch in ["origin/main", "main", "origin/master", "master"] {
         if git(top, &["rev-parse", "--verify", "--quiet", branch]).is_ok() {
-            return Ok(git(top, &["merge-base", "HEAD", branch])?.trim().to_owned());
+            return match git(top, &["merge-base", "HEAD", branch]) {
+                Ok(base) => Ok(base.trim().to_owned()),
+                Err(_)
+                    if git(top, &["rev-parse", "--is-shallow-repository"])
+                        .is_ok_and(|shallow| shallow.trim() == "true") =>
+                {
+                    Err(HarnessError::Git {
+                        message: format!(
+                            "no merge base of HEAD and {branch}: the clone is shallow (fetch \
+                             the whole history: `fetch-depth: 0`, or `git fetch --unshallow`)"
+                        ),
+                    })
+                }
+                Err(err) => Err(err),
+            };
         }
     }
     Err(HarnessError::Git {
@@ -240,13 +257,33 @@ fn workspace_target(manifest: &Path) -> Result<PathBuf, HarnessError> {
 }
 
 /// Builds the library of the crate at `manifest` into `target` and copies it into `to`.
+///
+/// The two trees build the same package, whose cdylib's file name carries no hash: when
+/// cargo finds one tree's build fresh it would hand out the library the other tree wrote
+/// last. So the package itself (not its dependencies) is cleaned before each build.
 fn build(
     manifest: &Path,
     target: &Path,
     release: bool,
     to: &Path,
 ) -> Result<PathBuf, HarnessError> {
+    let package = package_name(manifest)?;
+    let mut clean = Command::new(cargo());
+    clean
+        .args(["clean", "--quiet", "--package", &package, "--manifest-path"])
+        .arg(manifest)
+        .arg("--target-dir")
+        .arg(target);
+    if release {
+        clean.arg("--release");
+    }
+    // Nothing to clean the first time: whatever it says, the build decides.
+    let _ = clean.output();
     let mut command = Command::new(cargo());
+    // From the crate's directory: its `.cargo/config.toml` applies, not the caller's.
+    if let Some(dir) = manifest.parent() {
+        command.current_dir(dir);
+    }
     command
         .args(["build", "--lib", "--message-format=json-render-diagnostics"])
         .arg("--manifest-path")
@@ -304,7 +341,11 @@ fn cdylib_of(messages: &[u8], manifest: &Path) -> Option<PathBuf> {
 
 /// `git` in `dir`: its output, or what it said.
 fn git(dir: &Path, args: &[&str]) -> Result<String, HarnessError> {
+    // A git hook's environment names its own repository: not the one asked about.
     let output = Command::new("git")
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
         .arg("-C")
         .arg(dir)
         .args(args)
@@ -324,6 +365,42 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, HarnessError> {
             ),
         })
     }
+}
+
+/// The name of the package whose manifest is `manifest`.
+fn package_name(manifest: &Path) -> Result<String, HarnessError> {
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .cargo_path(cargo())
+        .manifest_path(manifest)
+        .no_deps()
+        .exec()
+        .map_err(|err| HarnessError::Manifest {
+            path: manifest.to_path_buf(),
+            message: format!("cargo metadata: {err}"),
+        })?;
+    let wanted = canonical(manifest)?;
+    metadata
+        .packages
+        .into_iter()
+        .find(|package| {
+            package
+                .manifest_path
+                .canonicalize()
+                .is_ok_and(|path| path == wanted)
+        })
+        .map(|package| package.name.to_string())
+        .ok_or_else(|| HarnessError::Manifest {
+            path: manifest.to_path_buf(),
+            message: "no package has this manifest (a virtual workspace manifest?)".into(),
+        })
+}
+
+/// `path` with every symbolic link resolved.
+fn canonical(path: &Path) -> Result<PathBuf, HarnessError> {
+    path.canonicalize().map_err(|source| HarnessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The cargo that runs this (cargo sets `CARGO` for what it runs), else `cargo`.
