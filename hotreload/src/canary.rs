@@ -524,6 +524,9 @@ pub(crate) struct Trial {
     failures: AtomicU64,
     /// Set when the canary is promoted or aborted: its judge stops.
     ended: Mutex<bool>,
+    /// The module's artifact file when the canary began: a build written there meanwhile
+    /// was refused, and is offered again once the canary ends.
+    pub artifact_at_start: Option<crate::version::ArtifactIdentity>,
     wake: Condvar,
 }
 
@@ -533,9 +536,13 @@ impl Trial {
         serving: (VersionInfo, Option<Arc<Meter>>),
         split: Split,
         policy: Option<CanaryPolicy>,
+        artifact: &std::path::Path,
     ) -> Self {
         let (serving, serving_meter) = serving;
         Trial {
+            artifact_at_start: std::fs::metadata(artifact)
+                .ok()
+                .and_then(|meta| crate::version::ArtifactIdentity::of(&meta)),
             serving_before: serving_meter.as_ref().map(|m| m.snapshot(&serving)),
             canary: canary.info(),
             serving,

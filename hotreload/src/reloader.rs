@@ -284,6 +284,9 @@ pub(crate) struct Shared {
     transactions: Mutex<()>,
     /// The thread holding `transactions`, if any.
     transaction_thread: Mutex<Option<std::thread::ThreadId>>,
+    /// The watcher's inbox while it runs: for a check it should make again (a build that
+    /// came while a canary ran, once the canary has ended).
+    pub(crate) watcher: Mutex<Option<std::sync::mpsc::Sender<watch::Msg>>>,
 }
 
 /// Reloads waiting for `poll()`.
@@ -690,12 +693,22 @@ impl HotReloader {
     pub fn start_watching_with(&self, options: WatchOptions) -> Result<(), HotError> {
         self.stop_watching();
         let watcher = watch::start(Arc::downgrade(&self.shared), options)?;
+        *self
+            .shared
+            .watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(watcher.sender());
         *self.lock_watcher() = Some(watcher);
         Ok(())
     }
 
     /// Stops the watcher thread, if one runs, and waits for it to finish.
     pub fn stop_watching(&self) {
+        *self
+            .shared
+            .watcher
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         let watcher = self.lock_watcher().take();
         drop(watcher);
     }

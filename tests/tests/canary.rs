@@ -541,3 +541,46 @@ fn a_canary_ends_with_its_reloader_though_handles_outlive_it() {
         "the serving version takes every call"
     );
 }
+
+#[test]
+fn a_build_that_arrives_while_a_canary_runs_is_taken_once_it_ends() {
+    let sandbox = Sandbox::new(variants!());
+    let (reloader, module) = sandbox.register("v1");
+    let events = reloader.subscribe();
+    reloader.start_watching().unwrap();
+    wait_for(&events, Duration::from_secs(30), "watching", |e| {
+        matches!(e, Event::Watching { .. })
+    });
+    reloader
+        .start_canary(
+            "counter",
+            CanaryOptions::new(variants!().artifact("v2")).manual(),
+        )
+        .unwrap();
+    // A new build lands while the canary runs: refused for now.
+    sandbox.install("v2_field");
+    wait_for(
+        &events,
+        Duration::from_secs(30),
+        "the new build refused while the canary runs",
+        |e| {
+            matches!(
+                e,
+                Event::ReloadFailed {
+                    error: HotError::CanaryRunning { .. },
+                    ..
+                }
+            )
+        },
+    );
+    assert_eq!(hot_fn!(module.route(Pick::Serving).build_tag()).unwrap(), 1);
+    // The canary ends: the build that came meanwhile is taken.
+    reloader.abort_canary("counter").unwrap();
+    wait_for(
+        &events,
+        Duration::from_secs(30),
+        "the new build taken after the canary",
+        |e| matches!(e, Event::Reloaded { to, .. } if to.generation == 3),
+    );
+    assert_eq!(hot_fn!(module.build_tag()).unwrap(), 3, "v2_field serves");
+}

@@ -139,6 +139,7 @@ impl Shared {
         );
         match outcome {
             Ok((report, trial, figures)) => {
+                self.offer_again(&core, &trial);
                 self.emit_retired(name, &report.closed, &report.released);
                 self.events.emit(Event::Reloaded {
                     module: name.to_owned(),
@@ -185,6 +186,7 @@ impl Shared {
         let (trial, figures, closed) = self
             .transaction_lock(name)
             .and_then(|_transactions| transaction::canary::abort(&core, expected))?;
+        self.offer_again(&core, &trial);
         self.emit_retired(name, std::slice::from_ref(&closed), &[]);
         self.events.emit(Event::CanaryAborted {
             module: name.to_owned(),
@@ -193,6 +195,28 @@ impl Shared {
             figures: figures.clone(),
         });
         Ok(figures)
+    }
+}
+
+impl Shared {
+    /// After `trial` ended: if the module's artifact changed while it ran (a build the
+    /// watcher found then was refused with [`HotError::CanaryRunning`]), the watcher checks
+    /// it again now. A file unchanged since the canary began is not offered (after a
+    /// promotion it holds the build the canary replaced).
+    fn offer_again(&self, core: &crate::module::ModuleCore, trial: &Trial) {
+        let now = std::fs::metadata(&core.spec.artifact)
+            .ok()
+            .and_then(|meta| crate::version::ArtifactIdentity::of(&meta));
+        if now == trial.artifact_at_start {
+            return;
+        }
+        let watcher = self
+            .watcher
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(watcher) = watcher.as_ref() {
+            let _ = watcher.send(crate::watch::Msg::Recheck(core.spec.name.clone()));
+        }
     }
 }
 

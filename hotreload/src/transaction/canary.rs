@@ -91,6 +91,7 @@ pub(crate) fn start(
         (serving, core.access.serving_meter()),
         options.split,
         options.policy,
+        &core.spec.artifact,
     ));
     let started = std::time::Instant::now();
     *permit.canary() = Some(Box::new(Slot::new(

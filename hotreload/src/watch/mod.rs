@@ -104,6 +104,9 @@ pub(crate) enum Msg {
     Fs(notify::Result<notify::Event>),
     Build(BuildDone),
     Rescan,
+    /// Check a module's artifact again now (a build it refused for the moment: one that came
+    /// while its canary ran).
+    Recheck(String),
     Stop,
 }
 
@@ -117,6 +120,11 @@ impl Watcher {
     /// Tells the watcher the set of modules changed.
     pub(crate) fn modules_changed(&self) {
         let _ = self.tx.send(Msg::Rescan);
+    }
+
+    /// Where to ask the watcher to check a module's artifact again ([`Msg::Recheck`]).
+    pub(crate) fn sender(&self) -> Sender<Msg> {
+        self.tx.clone()
     }
 }
 
@@ -252,6 +260,7 @@ impl WatchLoop {
                 message: err.to_string(),
             }),
             Msg::Rescan => self.rescan(),
+            Msg::Recheck(module) => self.schedule_now(&module),
             Msg::Build(done) => self.on_build_done(done),
         }
         false
