@@ -171,8 +171,8 @@ pub struct Builds {
 }
 
 /// Builds the crate of `manifest` at `revision` (default: the merge base with the main
-/// branch) from a worktree under `scratch`; the revision's name with its commit, and the
-/// library.
+/// branch) in the kept worktree (see `base_tree`), and copies the library under `scratch`;
+/// the revision's name with its commit, and the library.
 fn build_revision(
     manifest: &Path,
     revision: Option<&str>,
@@ -199,19 +199,59 @@ fn build_revision(
         &["rev-parse", "--verify", &format!("{revision}^{{commit}}")],
     )?;
     let commit = commit.trim().to_owned();
-    // Worktrees of checks that were interrupted are forgotten first.
-    let _ = git(&top, &["worktree", "prune"]);
-    let tree = scratch.join("base");
+    let tree = base_tree(&top, target, &commit)?;
+    let built = build(&tree.join(&relative), target, release, &scratch.join("old"))?;
+    let short = &commit[..12.min(commit.len())];
+    Ok((format!("{revision} ({short})"), built))
+}
+
+/// The worktree of the repository at `top` that the base revision builds in, at `commit`:
+/// `<target>/base-tree`, kept between checks and moved to each one's commit, so that only
+/// the files that differ change (cargo rebuilds what changed, not every path dependency).
+/// A directory there that is no worktree of this repository is replaced.
+fn base_tree(top: &Path, target: &Path, commit: &str) -> Result<PathBuf, HarnessError> {
+    // Worktrees whose directories are gone (a check interrupted, a target cleaned) are
+    // forgotten first.
+    let _ = git(top, &["worktree", "prune"]);
+    let tree = target.join("base-tree");
+    let listed = git(top, &["worktree", "list", "--porcelain"])?;
+    let registered = tree.canonicalize().is_ok_and(|tree| {
+        listed
+            .lines()
+            .filter_map(|line| line.strip_prefix("worktree "))
+            .any(|path| {
+                Path::new(path)
+                    .canonicalize()
+                    .is_ok_and(|path| path == tree)
+            })
+    });
+    if registered {
+        git(
+            &tree,
+            &["checkout", "--detach", "--force", "--quiet", commit],
+        )?;
+        // Untracked files left by a build script, say; ignored ones (a `target/`) stay.
+        git(&tree, &["clean", "-d", "--force", "--quiet"])?;
+        return Ok(tree);
+    }
+    if tree.exists() {
+        std::fs::remove_dir_all(&tree).map_err(|source| HarnessError::Io {
+            path: tree.clone(),
+            source,
+        })?;
+    }
+    if let Some(parent) = tree.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| HarnessError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
     let tree_arg = tree.to_string_lossy().into_owned();
     git(
-        &top,
-        &["worktree", "add", "--detach", "--quiet", &tree_arg, &commit],
+        top,
+        &["worktree", "add", "--detach", "--quiet", &tree_arg, commit],
     )?;
-    let built = build(&tree.join(&relative), target, release, &scratch.join("old"));
-    // The worktree goes whatever the build did.
-    let _ = git(&top, &["worktree", "remove", "--force", &tree_arg]);
-    let short = &commit[..12.min(commit.len())];
-    Ok((format!("{revision} ({short})"), built?))
+    Ok(tree)
 }
 
 /// The merge base of HEAD with the first main branch that exists.
