@@ -286,11 +286,7 @@ pub struct SideFigures {
 impl SideFigures {
     /// Errors and panics per call (0 without calls).
     pub fn failure_rate(&self) -> f64 {
-        if self.calls == 0 {
-            0.0
-        } else {
-            (self.errors + self.panics) as f64 / self.calls as f64
-        }
+        per_call(self.errors + self.panics, self.calls)
     }
 
     /// The calls `now` holds beyond those of `before` (an earlier reading of the same meter).
@@ -323,9 +319,7 @@ impl SideFigures {
             calls: methods.iter().map(|m| m.calls).sum(),
             errors: methods.iter().map(|m| m.errors).sum(),
             panics: methods.iter().map(|m| m.panics).sum(),
-            latency: methods
-                .iter()
-                .fold(Latency::default(), |all, m| all.plus(&m.latency)),
+            latency: Latency::of_methods(&methods),
             methods,
         }
     }
@@ -448,10 +442,15 @@ pub(crate) fn judge(policy: &CanaryPolicy, figures: &CanaryFigures, failures: u6
 
 /// Errors and panics per call of a method.
 fn failure_rate(method: &MethodMetrics) -> f64 {
-    if method.calls == 0 {
+    per_call(method.errors + method.panics, method.calls)
+}
+
+/// `count` per call (0 without calls).
+fn per_call(count: u64, calls: u64) -> f64 {
+    if calls == 0 {
         0.0
     } else {
-        (method.errors + method.panics) as f64 / method.calls as f64
+        count as f64 / calls as f64
     }
 }
 
@@ -540,9 +539,7 @@ impl Trial {
     ) -> Self {
         let (serving, serving_meter) = serving;
         Trial {
-            artifact_at_start: std::fs::metadata(artifact)
-                .ok()
-                .and_then(|meta| crate::version::ArtifactIdentity::of(&meta)),
+            artifact_at_start: crate::version::ArtifactIdentity::of_path(artifact),
             serving_before: serving_meter.as_ref().map(|m| m.snapshot(&serving)),
             canary: canary.info(),
             serving,

@@ -30,7 +30,7 @@
 mod builds;
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hotreload_abi::{ModuleDescriptor, TableEntry};
 
@@ -158,24 +158,14 @@ pub struct Checked {
 /// reloads `new` into it. An error means the check itself could not run (`old` does not
 /// load, a file could not be copied); the new build's fate is in the verdict.
 pub fn check_reload(module: &str, old: &Path, new: &Path) -> Result<Checked, HotError> {
-    let scratch = tempfile::tempdir().map_err(|source| HotError::ShadowDir {
-        source: source.into(),
-    })?;
-    let artifact = scratch.path().join(crate::library_file_name(module));
-    let copy = |from: &Path| {
-        crate::harness::install(from, &artifact).map_err(|source| HotError::ReadArtifact {
-            module: module.to_owned(),
-            path: from.to_path_buf(),
-            source: source.into(),
-        })
-    };
-    copy(old)?;
+    let (_scratch, artifact) = artifact_dir(module)?;
+    install(module, old, &artifact)?;
     let reloader = HotReloader::new();
     reloader.register_as_built(module, artifact.clone())?;
     let from = reloader
         .current_version(module)?
         .map_or(0, |version| version.state_version);
-    copy(new)?;
+    install(module, new, &artifact)?;
     let outcome = reloader.reload_module(module);
     Ok(Checked {
         verdict: Verdict::of(&outcome, from),
@@ -279,14 +269,11 @@ impl Builds {
         &self,
         drive: impl FnOnce(&crate::Module<T>) -> Result<(), HotError>,
     ) -> Result<Reloaded<T>, HotError> {
-        let (reloader, module, dir) = self.load_old::<T>()?;
+        let (reloader, module, dir, artifact) = self.load_old::<T>()?;
         drive(&module)?;
         let before = reloader.saved_state(T::MODULE_NAME)?;
         let resident_before = resident_kb();
-        install(
-            &self.new,
-            &dir.path().join(crate::library_file_name(T::MODULE_NAME)),
-        )?;
+        install(T::MODULE_NAME, &self.new, &artifact)?;
         let outcome = reloader.reload_module(T::MODULE_NAME);
         let resident_growth_kb = resident_kb() - resident_before;
         let state = match &outcome {
@@ -312,8 +299,8 @@ impl Builds {
         mut drive: impl FnMut(&crate::Module<T>) -> Result<(), HotError>,
         mut invariant: impl FnMut(&crate::Module<T>) -> Result<(), String>,
     ) -> Result<Vec<ReloadReport>, String> {
-        let (reloader, module, dir) = self.load_old::<T>().map_err(|err| err.to_string())?;
-        let artifact = dir.path().join(crate::library_file_name(T::MODULE_NAME));
+        let (reloader, module, _dir, artifact) =
+            self.load_old::<T>().map_err(|err| err.to_string())?;
         let mut reports = Vec::new();
         for round in 0..rounds {
             let (to, which) = if round % 2 == 0 {
@@ -323,7 +310,7 @@ impl Builds {
             };
             let at = |what: String| format!("reload {} (to the {which} build): {what}", round + 1);
             drive(&module).map_err(|err| at(format!("a call before it failed: {err}")))?;
-            install(to, &artifact).map_err(|err| at(err.to_string()))?;
+            install(T::MODULE_NAME, to, &artifact).map_err(|err| at(err.to_string()))?;
             let report = reloader
                 .reload_module(T::MODULE_NAME)
                 .map_err(|err| at(format!("refused: {err}")))?;
@@ -333,27 +320,35 @@ impl Builds {
         Ok(reports)
     }
 
-    /// A reloader with the older build registered for `T`, from a copy in a directory of
-    /// its own.
+    /// A reloader with the older build registered for `T`, from a copy at the artifact path
+    /// in a directory of its own (returned, with that path).
+    #[allow(clippy::type_complexity)]
     fn load_old<T: crate::HotModule>(
         &self,
-    ) -> Result<(HotReloader, crate::Module<T>, tempfile::TempDir), HotError> {
-        let dir = tempfile::tempdir().map_err(|source| HotError::ShadowDir {
-            source: source.into(),
-        })?;
-        let artifact = dir.path().join(crate::library_file_name(T::MODULE_NAME));
-        install(&self.old, &artifact)?;
+    ) -> Result<(HotReloader, crate::Module<T>, tempfile::TempDir, PathBuf), HotError> {
+        let (dir, artifact) = artifact_dir(T::MODULE_NAME)?;
+        install(T::MODULE_NAME, &self.old, &artifact)?;
         let reloader = HotReloader::new();
         let module =
             reloader.register_with::<T>(crate::ModuleOptions::new().artifact(&artifact))?;
-        Ok((reloader, module, dir))
+        Ok((reloader, module, dir, artifact))
     }
 }
 
-/// Puts a build at `to`, as a linker would (see [`harness::install`](crate::harness::install)).
-fn install(from: &Path, to: &Path) -> Result<(), HotError> {
+/// A private directory, and the path in it where module `module`'s builds are put.
+fn artifact_dir(module: &str) -> Result<(tempfile::TempDir, PathBuf), HotError> {
+    let dir = tempfile::tempdir().map_err(|source| HotError::ShadowDir {
+        source: source.into(),
+    })?;
+    let artifact = dir.path().join(crate::library_file_name(module));
+    Ok((dir, artifact))
+}
+
+/// Puts a build of `module` at `to`, as a linker would (see
+/// [`harness::install`](crate::harness::install)).
+fn install(module: &str, from: &Path, to: &Path) -> Result<(), HotError> {
     crate::harness::install(from, to).map_err(|source| HotError::ReadArtifact {
-        module: String::new(),
+        module: module.to_owned(),
         path: from.to_path_buf(),
         source: source.into(),
     })

@@ -196,6 +196,15 @@ pub enum Event {
 }
 
 impl Event {
+    /// [`Event::ReloadFailed`] for `module`, with `error` and its one line.
+    pub(crate) fn failed(module: &str, error: &HotError) -> Event {
+        Event::ReloadFailed {
+            module: module.to_owned(),
+            reason: error.to_string(),
+            error: error.clone(),
+        }
+    }
+
     /// The module the event is about, if any.
     pub fn module(&self) -> Option<&str> {
         match self {

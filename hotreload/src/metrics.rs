@@ -543,9 +543,7 @@ impl VersionMetrics {
 
     /// Every method's latencies in one histogram.
     pub fn latency(&self) -> Latency {
-        self.methods
-            .iter()
-            .fold(Latency::default(), |all, m| all.plus(&m.latency))
+        Latency::of_methods(&self.methods)
     }
 }
 
@@ -627,6 +625,13 @@ impl Latency {
         })?;
         let (low, high) = bucket_bounds(usize::from(*index));
         Some(Duration::from_nanos(low + (high - low) / 2))
+    }
+
+    /// The latencies of `methods` in one histogram.
+    pub(crate) fn of_methods(methods: &[MethodMetrics]) -> Latency {
+        methods
+            .iter()
+            .fold(Latency::default(), |all, m| all.plus(&m.latency))
     }
 
     /// This histogram with `other`'s calls added (the methods of a version taken together).

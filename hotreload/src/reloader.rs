@@ -811,11 +811,7 @@ impl HotReloader {
             }
             Err(error) => {
                 for name in &names {
-                    self.shared.events.emit(Event::ReloadFailed {
-                        module: (*name).to_owned(),
-                        reason: error.to_string(),
-                        error: error.clone(),
-                    });
+                    self.shared.events.emit(Event::failed(name, error));
                 }
             }
         }
@@ -1129,11 +1125,7 @@ impl Shared {
                 })
             }
             Ok(None) => {}
-            Err(error) => self.events.emit(Event::ReloadFailed {
-                module: core.spec.name.clone(),
-                reason: error.to_string(),
-                error: error.clone(),
-            }),
+            Err(error) => self.events.emit(Event::failed(&core.spec.name, error)),
         }
         outcome
     }
@@ -1252,11 +1244,7 @@ impl Shared {
                 for (asked, _) in &members[..=i] {
                     self.hooks.after(&asked.spec.name, &Err(vetoed.clone()));
                 }
-                self.events.emit(Event::ReloadFailed {
-                    module: name.clone(),
-                    reason: vetoed.to_string(),
-                    error: vetoed.clone(),
-                });
+                self.events.emit(Event::failed(name, &vetoed));
                 return Err(vetoed);
             }
         }
@@ -1292,11 +1280,7 @@ impl Shared {
             }
             Err(error) => {
                 for module in &modules {
-                    self.events.emit(Event::ReloadFailed {
-                        module: module.clone(),
-                        reason: error.to_string(),
-                        error: error.clone(),
-                    });
+                    self.events.emit(Event::failed(module, error));
                     self.hooks.after(module, &Err(error.clone()));
                 }
             }
@@ -1370,11 +1354,7 @@ impl Shared {
                 to: report.to.clone(),
                 timings: report.timings,
             },
-            Err(error) => Event::ReloadFailed {
-                module: module.clone(),
-                reason: error.to_string(),
-                error: error.clone(),
-            },
+            Err(error) => Event::failed(&module, error),
         });
         self.hooks.after(&module, &outcome);
         outcome

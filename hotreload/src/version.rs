@@ -34,6 +34,12 @@ impl ArtifactIdentity {
         std::time::UNIX_EPOCH.checked_add(since)
     }
 
+    /// The identity of the file at `path` now; `None` if it is not there, or where the
+    /// platform does not say.
+    pub(crate) fn of_path(path: &std::path::Path) -> Option<Self> {
+        Self::of(&std::fs::metadata(path).ok()?)
+    }
+
     /// The identity of the file `meta` describes; `None` where the platform does not say.
     pub(crate) fn of(meta: &std::fs::Metadata) -> Option<Self> {
         #[cfg(unix)]

@@ -38,13 +38,7 @@ impl HotReloader {
             .and_then(|_transactions| {
                 transaction::canary::start(&core, &options, &self.shared.modules())
             })
-            .inspect_err(|error| {
-                self.shared.events.emit(Event::ReloadFailed {
-                    module: name.to_owned(),
-                    reason: error.to_string(),
-                    error: error.clone(),
-                })
-            })?;
+            .inspect_err(|error| self.shared.events.emit(Event::failed(name, error)))?;
         self.shared.events.emit(Event::CanaryStarted {
             module: name.to_owned(),
             serving: serving.unwrap_or_else(|| trial.serving.clone()),
@@ -156,11 +150,7 @@ impl Shared {
                 Ok(report)
             }
             Err(error) => {
-                self.events.emit(Event::ReloadFailed {
-                    module: name.to_owned(),
-                    reason: error.to_string(),
-                    error: error.clone(),
-                });
+                self.events.emit(Event::failed(name, &error));
                 // Taken out and closed by the failed promotion: the canary is over.
                 if let Some(trial) = canary.filter(|_| core.canary().is_none()) {
                     self.events.emit(Event::CanaryAborted {
@@ -204,9 +194,7 @@ impl Shared {
     /// it again now. A file unchanged since the canary began is not offered (after a
     /// promotion it holds the build the canary replaced).
     fn offer_again(&self, core: &crate::module::ModuleCore, trial: &Trial) {
-        let now = std::fs::metadata(&core.spec.artifact)
-            .ok()
-            .and_then(|meta| crate::version::ArtifactIdentity::of(&meta));
+        let now = crate::version::ArtifactIdentity::of_path(&core.spec.artifact);
         if now == trial.artifact_at_start {
             return;
         }

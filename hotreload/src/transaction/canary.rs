@@ -46,46 +46,14 @@ pub(crate) fn start(
         Ok(version) => version,
         Err(refused) => return Err(close_refused(*refused, &mut book, name).0),
     };
-    if !version.links().imports.is_empty() {
-        close_unused(version, &mut book, &core.spec);
-        return Err(unsupported(
-            core,
-            "the build calls other modules (a canary's calls to them are not linked)",
-        ));
-    }
-    // The serving modules that call this one must fit the build it would become (checked
-    // again at the promotion, which repoints them).
-    if let Err(err) = super::link::link(&[super::link::NewBuild::of(core, &version)], registry) {
-        close_unused(version, &mut book, &core.spec);
-        return Err(err);
-    }
-    let save_as = match commit::carry_plan(core, &version) {
-        Ok(carry) => carry.map_or(version.schema.version, |carry| carry.save_as),
-        Err(err) => {
-            close_unused(version, &mut book, &core.spec);
-            return Err(err);
-        }
-    };
-    let quiesced = match quiesce::acquire(core, &mark, false) {
-        Ok(quiesced) => quiesced,
-        Err(err) => {
-            close_unused(version, &mut book, &core.spec);
-            return Err(err);
-        }
-    };
-    timings.quiesce = quiesced.looked;
-    timings.wait = quiesced.held_back;
-    let mut permit = quiesced.permit;
-    let started = std::time::Instant::now();
-    let state = match commit::carry_over(permit.as_ref(), &version, save_as) {
-        Ok((state, _snapshot)) => state,
-        Err(err) => {
-            drop(permit);
-            close_unused(version, &mut book, &core.spec);
-            return Err(err);
-        }
-    };
-    timings.prepare = started.elapsed();
+    let (mut permit, state) =
+        match fit_and_copy_state(core, &mark, &version, registry, &mut timings) {
+            Ok(ready) => ready,
+            Err(err) => {
+                close_unused(version, &mut book, &core.spec);
+                return Err(err);
+            }
+        };
     let trial = Arc::new(Trial::new(
         &version,
         (serving, core.access.serving_meter()),
@@ -108,6 +76,37 @@ pub(crate) fn start(
         "canary started"
     );
     Ok((trial, timings))
+}
+
+/// Whether the canary's `version` may run beside the serving one (it calls no other
+/// module; the serving modules that call this one fit it; the serving state carries to its
+/// schema), then the permit to install it, held, and its copy of the serving state. On error
+/// nothing was installed and the caller closes `version`.
+fn fit_and_copy_state<'a>(
+    core: &'a Arc<ModuleCore>,
+    mark: &crate::access::TransactionMark<'a>,
+    version: &crate::version::LoadedVersion,
+    registry: &[Arc<ModuleCore>],
+    timings: &mut StepTimings,
+) -> Result<(crate::access::ReplacePermit<'a>, hotreload_abi::StatePtr), HotError> {
+    if !version.links().imports.is_empty() {
+        return Err(unsupported(
+            core,
+            "the build calls other modules (a canary's calls to them are not linked)",
+        ));
+    }
+    // The serving modules that call this one must fit the build it would become (checked
+    // again at the promotion, which repoints them).
+    super::link::link(&[super::link::NewBuild::of(core, version)], registry)?;
+    let save_as =
+        commit::carry_plan(core, version)?.map_or(version.schema.version, |carry| carry.save_as);
+    let quiesced = quiesce::acquire(core, mark, false)?;
+    timings.quiesce = quiesced.looked;
+    timings.wait = quiesced.held_back;
+    let started = std::time::Instant::now();
+    let (state, _snapshot) = commit::carry_over(quiesced.permit.as_ref(), version, save_as)?;
+    timings.prepare = started.elapsed();
+    Ok((quiesced.permit, state))
 }
 
 /// The serving version, or why `core` cannot have a canary now.

@@ -505,9 +505,7 @@ pub(crate) fn unchanged(core: &ModuleCore) -> Result<Option<ReloadReport>, HotEr
         return Ok(None);
     };
     drop(book);
-    let now = std::fs::metadata(&core.spec.artifact)
-        .ok()
-        .and_then(|meta| crate::version::ArtifactIdentity::of(&meta));
+    let now = crate::version::ArtifactIdentity::of_path(&core.spec.artifact);
     if now != Some(serving) {
         return Ok(None);
     }
