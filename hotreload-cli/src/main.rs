@@ -5,8 +5,12 @@
 //! loads the older build as a host compiled against it would, reloads the newer one into it
 //! (see `hotreload::check`), and prints a verdict per module. Exit status: 0 it reloads,
 //! 1 refused, 2 needs a host restart, 3 the check could not run.
+//!
+//! `hotreload keygen | publish | rollout | status | rollback`: releases to a fleet of
+//! processes over NATS JetStream (see `hotreload_fleet`).
 
 mod check;
+mod fleet;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,6 +33,19 @@ enum Command {
     /// Whether the module crate's change reloads into a program running the base revision's
     /// build. Exit status: 0 reloads, 1 refused, 2 needs a host restart, 3 could not check.
     Check(CheckArgs),
+    /// Writes a new minisign key pair (no password) for signing releases.
+    Keygen(fleet::KeygenArgs),
+    /// Uploads a module build to the fleet's NATS JetStream buckets, signs it and writes its
+    /// release record with the next release number.
+    Publish(fleet::PublishArgs),
+    /// Drives the module's current release to the nodes in waves; a refusal or failed
+    /// probation stops it and rolls the fleet back. Exit status 1 when it stopped.
+    Rollout(fleet::RolloutArgs),
+    /// Prints every node's state: the release it serves, its phase, its heartbeat.
+    Status(fleet::StatusArgs),
+    /// Rolls the fleet back to the build the current release replaced (a signed rollback
+    /// record).
+    Rollback(fleet::RollbackArgs),
 }
 
 #[derive(clap::Args)]
@@ -73,5 +90,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check(args) => check::run(args),
+        Command::Keygen(args) => fleet::keygen(args),
+        Command::Publish(args) => fleet::publish(args),
+        Command::Rollout(args) => fleet::rollout(args),
+        Command::Status(args) => fleet::status(args),
+        Command::Rollback(args) => fleet::rollback(args),
     }
 }

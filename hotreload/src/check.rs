@@ -174,6 +174,23 @@ pub fn check_reload(module: &str, old: &Path, new: &Path) -> Result<Checked, Hot
     })
 }
 
+/// Loads `artifact` (a build of module `module`) as a program compiled against it would, and
+/// describes it: its API and state schema versions, size and digest. Loading it is the check
+/// that it is a build of `module` for this framework at all. A publisher reads what to sign
+/// from it.
+pub fn describe(module: &str, artifact: &Path) -> Result<crate::VersionInfo, HotError> {
+    let (_scratch, copy) = artifact_dir(module)?;
+    install(module, artifact, &copy)?;
+    let reloader = HotReloader::new();
+    reloader.register_as_built(module, copy)?;
+    reloader
+        .current_version(module)?
+        .ok_or_else(|| HotError::NotLoaded {
+            module: module.to_owned(),
+            method: "describe",
+        })
+}
+
 /// The hot modules a library exports (the names its descriptor symbols carry), read from the
 /// file without loading it.
 pub fn modules_in(artifact: &Path) -> Result<Vec<String>, HotError> {

@@ -1,0 +1,357 @@
+//! Rollouts: a release admitted wave by wave, each wave waited for until every node in it
+//! serves the release and is healthy; a refusal or failed probation stops it and rolls the
+//! fleet back with a signed rollback record.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+
+use crate::record::{Kind, NodeStatus, Phase, Release, release_key};
+use crate::store::{Store, decode};
+use crate::{FleetError, Publisher};
+
+/// What a rollout did.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RolloutReport {
+    /// The module.
+    pub module: String,
+    /// The release rolled out.
+    pub release: u64,
+    /// Each wave: the nodes it added and how long until they were all healthy.
+    pub waves: Vec<WaveReport>,
+    /// Nodes that stopped beating during the rollout: they take the release when they come
+    /// back.
+    pub gone: Vec<String>,
+    /// From the first admission to the last wave healthy.
+    pub took: Duration,
+}
+
+/// One wave of a rollout.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct WaveReport {
+    /// The nodes it brought the release to.
+    pub nodes: Vec<String>,
+    /// How long until they all served it, healthy.
+    pub took: Duration,
+}
+
+impl std::fmt::Display for RolloutReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{}: release {} rolled out in {:.2?}",
+            self.module, self.release, self.took
+        )?;
+        for (i, wave) in self.waves.iter().enumerate() {
+            writeln!(
+                f,
+                "  wave {}: {} node(s) healthy in {:.2?}: {}",
+                i + 1,
+                wave.nodes.len(),
+                wave.took,
+                wave.nodes.join(", ")
+            )?;
+        }
+        if !self.gone.is_empty() {
+            writeln!(
+                f,
+                "  gone meanwhile (they catch up on return): {}",
+                self.gone.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a wait ended without every node healthy.
+enum Stop {
+    /// A node refused or failed the release.
+    Node(String),
+    /// The deadline passed.
+    Late(String),
+}
+
+impl Publisher {
+    /// Drives the module's current release to the nodes by its plan: admits each wave,
+    /// waits until all of its nodes serve the release and are healthy, then the next; after
+    /// the last wave every node (and every node that joins later) may take it. If a node
+    /// refuses the release or fails its probation, or a wave is not healthy within the
+    /// plan's timeout, it stops, writes a signed rollback record to the build the release
+    /// replaced, waits for the nodes that took the release to go back, and returns
+    /// [`FleetError::RolloutAborted`].
+    ///
+    /// The nodes are those whose status for the module is fresh (written within three
+    /// heartbeats) when it starts, in name order.
+    pub async fn rollout(&self, module: &str) -> Result<RolloutReport, FleetError> {
+        let release = self
+            .release(module)
+            .await?
+            .ok_or_else(|| FleetError::NoRelease {
+                module: module.to_owned(),
+            })?;
+        let started = Instant::now();
+        let timeout = Duration::from_secs(release.plan.wave_timeout_secs.max(1));
+        let mut statuses = Statuses::open(&self.store, module).await?;
+        if matches!(release.kind, Kind::Rollback { .. }) {
+            self.admit(module, release.release, None).await?;
+            let took = self.settle(&mut statuses, &release, None, timeout).await;
+            return match took {
+                Ok(gone) => Ok(RolloutReport {
+                    module: module.to_owned(),
+                    release: release.release,
+                    waves: vec![WaveReport {
+                        nodes: statuses.alive().map(|s| s.node.clone()).collect(),
+                        took: started.elapsed(),
+                    }],
+                    gone,
+                    took: started.elapsed(),
+                }),
+                Err(Stop::Node(reason) | Stop::Late(reason)) => Err(FleetError::Timeout {
+                    module: module.to_owned(),
+                    what: format!("rollback release {}: {reason}", release.release),
+                    seconds: timeout.as_secs(),
+                }),
+            };
+        }
+        let nodes: Vec<String> = statuses.alive().map(|s| s.node.clone()).collect();
+        if nodes.is_empty() {
+            return Err(FleetError::Timeout {
+                module: module.to_owned(),
+                what: "a live node to roll out to".to_owned(),
+                seconds: 0,
+            });
+        }
+        let mut report = RolloutReport {
+            module: module.to_owned(),
+            release: release.release,
+            waves: Vec::new(),
+            gone: Vec::new(),
+            took: Duration::ZERO,
+        };
+        let mut admitted = 0;
+        for (index, wave) in release.plan.waves.iter().enumerate() {
+            let reach = wave.reach(nodes.len(), admitted);
+            if reach <= admitted {
+                continue;
+            }
+            let wave_started = Instant::now();
+            let members = nodes[..reach].to_vec();
+            tracing::info!(module, release = release.release, wave = index + 1, nodes = ?&members[admitted..], "admitting a wave");
+            self.admit(module, release.release, Some(members.clone()))
+                .await?;
+            match self
+                .settle(&mut statuses, &release, Some(&members), timeout)
+                .await
+            {
+                Ok(gone) => {
+                    for node in gone {
+                        if !report.gone.contains(&node) {
+                            report.gone.push(node);
+                        }
+                    }
+                }
+                Err(Stop::Node(reason) | Stop::Late(reason)) => {
+                    return Err(self
+                        .abort(&mut statuses, &release, index + 1, reason, timeout)
+                        .await);
+                }
+            }
+            report.waves.push(WaveReport {
+                nodes: members[admitted..].to_vec(),
+                took: wave_started.elapsed(),
+            });
+            admitted = reach;
+        }
+        self.admit(module, release.release, None).await?;
+        report.took = started.elapsed();
+        Ok(report)
+    }
+
+    /// Waits until every live node serves the module's release `release`, healthy, and
+    /// returns their statuses; a node refusing or failing it ends the wait with an error.
+    pub async fn wait_for_release(
+        &self,
+        module: &str,
+        release: &Release,
+        timeout: Duration,
+    ) -> Result<Vec<NodeStatus>, FleetError> {
+        let mut statuses = Statuses::open(&self.store, module).await?;
+        match self.settle(&mut statuses, release, None, timeout).await {
+            Ok(_) => Ok(statuses.alive().cloned().collect()),
+            Err(Stop::Node(reason) | Stop::Late(reason)) => Err(FleetError::Timeout {
+                module: module.to_owned(),
+                what: format!("every node serving release {}: {reason}", release.release),
+                seconds: timeout.as_secs(),
+            }),
+        }
+    }
+
+    /// Waits until each of `members` (every live node with `None`) serves `release` and is
+    /// healthy, or is gone. Returns the nodes gone.
+    async fn settle(
+        &self,
+        statuses: &mut Statuses,
+        release: &Release,
+        members: Option<&[String]>,
+        timeout: Duration,
+    ) -> Result<Vec<String>, Stop> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            statuses.update().await;
+            let names: Vec<String> = match members {
+                Some(members) => members.to_vec(),
+                None => statuses.alive().map(|s| s.node.clone()).collect(),
+            };
+            let mut waiting = Vec::new();
+            let mut gone = Vec::new();
+            for name in names {
+                match statuses.nodes.get(&name) {
+                    Some(status) if !is_alive(status) => gone.push(name),
+                    Some(status)
+                        if status.release == release.release && status.phase == Phase::Healthy => {}
+                    Some(status)
+                        if matches!(status.phase, Phase::Refused | Phase::Failed)
+                            && status.attempted == Some(release.release) =>
+                    {
+                        return Err(Stop::Node(format!(
+                            "node {name} {}: {}",
+                            status.phase,
+                            status.reason.as_deref().unwrap_or("no reason given")
+                        )));
+                    }
+                    _ => waiting.push(name),
+                }
+            }
+            if waiting.is_empty() {
+                return Ok(gone);
+            }
+            if Instant::now() >= deadline {
+                return Err(Stop::Late(format!(
+                    "not serving release {} healthy within {} s: {}",
+                    release.release,
+                    timeout.as_secs(),
+                    waiting.join(", ")
+                )));
+            }
+        }
+    }
+
+    /// Stops a rollout: the signed rollback record, admitted to all, and a wait for the nodes
+    /// that took the release to leave it.
+    async fn abort(
+        &self,
+        statuses: &mut Statuses,
+        release: &Release,
+        wave: usize,
+        reason: String,
+        timeout: Duration,
+    ) -> FleetError {
+        tracing::warn!(module = %release.module, release = release.release, wave, %reason, "rollout stopped");
+        let module = release.module.clone();
+        let rolled_back = async {
+            let (current, revision) = self
+                .store
+                .get::<Release>(&release_key(&module))
+                .await?
+                .ok_or_else(|| FleetError::NoRelease {
+                    module: module.clone(),
+                })?;
+            let rollback = self
+                .write(self.rollback_record(&current)?, revision)
+                .await?;
+            self.admit(&module, rollback.release, None).await?;
+            // Back where it was: every node that took the release has left it.
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                statuses.update().await;
+                let left = statuses.alive().all(|s| s.release != release.release);
+                if left {
+                    break;
+                }
+            }
+            Ok::<u64, FleetError>(rollback.release)
+        };
+        match rolled_back.await {
+            Ok(rollback_release) => FleetError::RolloutAborted {
+                module,
+                release: release.release,
+                wave,
+                reason,
+                rollback_release,
+            },
+            Err(err) => err,
+        }
+    }
+}
+
+/// The nodes' statuses for one module, kept current by a watch.
+struct Statuses {
+    store: Store,
+    filter: String,
+    watch: Option<kv::Watch>,
+    nodes: BTreeMap<String, NodeStatus>,
+}
+
+/// How long one update waits for a status before the caller looks again (deadlines, nodes
+/// going quiet).
+const LOOK_EVERY: Duration = Duration::from_millis(100);
+
+impl Statuses {
+    async fn open(store: &Store, module: &str) -> Result<Self, FleetError> {
+        let mut statuses = Statuses {
+            store: store.clone(),
+            filter: format!("node.{module}.*"),
+            watch: None,
+            nodes: BTreeMap::new(),
+        };
+        for status in store.list::<NodeStatus>(&format!("node.{module}.")).await? {
+            statuses.nodes.insert(status.node.clone(), status);
+        }
+        Ok(statuses)
+    }
+
+    /// Takes in the statuses that arrive within [`LOOK_EVERY`], reopening the watch if the
+    /// server went away.
+    async fn update(&mut self) {
+        let until = tokio::time::Instant::now() + LOOK_EVERY;
+        if self.watch.is_none() {
+            self.watch = self.store.kv.watch_with_history(&self.filter).await.ok();
+        }
+        let Some(watch) = &mut self.watch else {
+            tokio::time::sleep_until(until).await;
+            return;
+        };
+        loop {
+            match tokio::time::timeout_at(until, watch.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(entry))) => {
+                    if entry.operation == kv::Operation::Put
+                        && let Ok(status) = decode::<NodeStatus>(&entry.key, &entry.value)
+                    {
+                        self.nodes.insert(status.node.clone(), status);
+                    }
+                }
+                Ok(_) => {
+                    self.watch = None;
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn alive(&self) -> impl Iterator<Item = &NodeStatus> {
+        self.nodes.values().filter(|s| is_alive(s))
+    }
+}
+
+/// Whether a node's status is fresh: written within three heartbeats and two seconds (for
+/// clocks a little apart).
+fn is_alive(status: &NodeStatus) -> bool {
+    let age = crate::record::unix_ms().saturating_sub(status.written_unix_ms);
+    age <= status.heartbeat_ms.saturating_mul(3) + 2_000
+}

@@ -1,0 +1,762 @@
+//! Fleet reloads with real parts: `nats-server` processes on free loopback ports with
+//! JetStream in temporary directories, node processes (`fleet_node`: the counter module
+//! behind a real reloader, attached to the fleet), builds of the counter fixture, and the
+//! publisher and rollout of `hotreload-fleet`.
+//!
+//! `fleet_figures` (ignored: run it with `--ignored --nocapture`) measures publish to every
+//! node serving, for a release and a debug build, and the same for a rollback.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hotreload_fleet::{
+    FleetConfig, FleetError, NodeStatus, Phase, Plan, Publisher, Release, SigningKey, TrustedKeys,
+    Wave, generate_keys,
+};
+use hotreload_tests::variants;
+
+/// How long any one wait of these tests may take before it fails with what it waited for.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// The nodes' heartbeat.
+const HEARTBEAT_MS: u64 = 100;
+
+/// The `nats-server` binary: on `PATH`, or where Debian's package puts it.
+fn nats_server_binary() -> PathBuf {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    });
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+        .expect("nats-server is not installed (Debian: apt-get install nats-server)")
+}
+
+/// A free TCP port on the loopback interface.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + DEADLINE;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A `nats-server` process with JetStream (file storage) on loopback.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    args: Vec<String>,
+    name: String,
+}
+
+impl NatsServer {
+    /// One server, its JetStream files under `dir`.
+    fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.join("jetstream").display().to_string(),
+        ];
+        Self::spawn("nats-server".into(), port, args)
+    }
+
+    /// A cluster of three on loopback, each with its own JetStream directory under `dir`.
+    fn cluster(dir: &Path) -> Vec<NatsServer> {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        (0..3)
+            .map(|i| {
+                let routes: Vec<String> = ports
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, (_, cluster))| format!("nats://127.0.0.1:{cluster}"))
+                    .collect();
+                let args = vec![
+                    "-a".into(),
+                    "127.0.0.1".into(),
+                    "-p".into(),
+                    ports[i].0.to_string(),
+                    "-n".into(),
+                    format!("n{i}"),
+                    "-js".into(),
+                    "-sd".into(),
+                    dir.join(format!("n{i}")).display().to_string(),
+                    "--cluster_name".into(),
+                    "hotreload".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{}", ports[i].1),
+                    "--routes".into(),
+                    routes.join(","),
+                ];
+                Self::spawn(format!("nats-server n{i}"), ports[i].0, args)
+            })
+            .collect()
+    }
+
+    fn spawn(name: String, port: u16, args: Vec<String>) -> Self {
+        let mut server = NatsServer {
+            child: None,
+            port,
+            args,
+            name,
+        };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (as a crash would).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same port and files.
+    fn restart(&mut self) {
+        self.stop();
+        let child = Command::new(nats_server_binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|err| panic!("starting {}: {err}", self.name));
+        self.child = Some(child);
+        wait_for_port(self.port, &self.name);
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A node process: `fleet_node` with the counter module.
+struct Node {
+    name: String,
+    artifact: PathBuf,
+    child: Option<Child>,
+    stdin: Option<ChildStdin>,
+}
+
+impl Node {
+    /// Starts node `name` with its artifact under `dir`, first putting `build` there (none:
+    /// the build left there by its last run).
+    fn start(fleet: &Fleet, name: &str, build: Option<&Path>) -> Node {
+        let dir = fleet.dir.path().join("nodes").join(name);
+        std::fs::create_dir_all(&dir).expect("the node's directory");
+        let artifact = dir.join("libcounter.so");
+        if let Some(build) = build {
+            hotreload::harness::install(build, &artifact).expect("the node's first build");
+        }
+        let mut node = Node {
+            name: name.to_owned(),
+            artifact,
+            child: None,
+            stdin: None,
+        };
+        node.spawn(fleet);
+        node
+    }
+
+    fn spawn(&mut self, fleet: &Fleet) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleet_node"))
+            .args([
+                fleet.servers.as_str(),
+                BUCKET,
+                &self.name,
+                &fleet.public.display().to_string(),
+                &self.artifact.display().to_string(),
+                &HEARTBEAT_MS.to_string(),
+                &fleet.probation.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting fleet_node");
+        let stdout = child.stdout.take().expect("the node's stdout");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                if line.is_ok_and(|line| line == "ready") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("node {} did not start within {DEADLINE:?}", self.name));
+        self.stdin = child.stdin.take();
+        self.child = Some(child);
+    }
+
+    /// Kills the process (SIGKILL: no goodbye to the fleet).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stdin = None;
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+const BUCKET: &str = "fleet";
+const MODULE: &str = "counter";
+
+/// A fleet under test: its servers' URLs, a signing key, its nodes.
+struct Fleet {
+    dir: tempfile::TempDir,
+    servers: String,
+    secret: PathBuf,
+    public: PathBuf,
+    probation: u64,
+    nodes: Vec<Node>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Fleet {
+    fn new(dir: tempfile::TempDir, servers: String) -> Fleet {
+        let secret = dir.path().join("release.key");
+        let public = dir.path().join("release.pub");
+        generate_keys(&secret, &public).expect("a key pair");
+        Fleet {
+            dir,
+            servers,
+            secret,
+            public,
+            probation: 20,
+            nodes: Vec::new(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime"),
+        }
+    }
+
+    fn config(&self) -> FleetConfig {
+        FleetConfig::new(self.servers.as_str(), BUCKET)
+    }
+
+    /// Starts `count` nodes named `node-00`... on `build`.
+    fn start_nodes(&mut self, count: usize, build: &Path) {
+        for i in 0..count {
+            let node = Node::start(self, &format!("node-{i:02}"), Some(build));
+            self.nodes.push(node);
+        }
+    }
+
+    fn publisher(&self) -> Publisher {
+        self.publisher_with(&self.secret)
+    }
+
+    fn publisher_with(&self, secret: &Path) -> Publisher {
+        let key = SigningKey::from_file(secret, None).expect("the signing key");
+        self.runtime
+            .block_on(Publisher::connect(&self.config(), key))
+            .expect("the publisher connects")
+    }
+
+    fn statuses(&self) -> Vec<NodeStatus> {
+        self.runtime
+            .block_on(hotreload_fleet::status(&self.config(), Some(MODULE)))
+            .expect("the statuses")
+    }
+
+    /// Waits until `count` nodes have statuses and `done` holds for all of them.
+    fn wait_for(
+        &self,
+        count: usize,
+        what: &str,
+        done: impl Fn(&NodeStatus) -> bool,
+    ) -> Vec<NodeStatus> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let statuses = self.statuses();
+            if statuses.len() >= count && statuses.iter().all(&done) {
+                return statuses;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not within {DEADLINE:?}; statuses: {statuses:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every node has reported once.
+    fn wait_for_nodes(&self) {
+        let count = self.nodes.len();
+        self.wait_for(count, "every node reporting", |_| true);
+    }
+
+    /// Publishes `build` and rolls it out.
+    fn release(
+        &self,
+        publisher: &Publisher,
+        build: &Path,
+        plan: Plan,
+    ) -> Result<Release, FleetError> {
+        let release = self
+            .runtime
+            .block_on(publisher.publish(MODULE, build, plan))
+            .expect("publish");
+        self.runtime
+            .block_on(publisher.rollout(MODULE))
+            .map(|_| release)
+    }
+}
+
+fn sha256_of(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).expect("the build");
+    sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn waves() -> Plan {
+    Plan {
+        waves: vec![Wave::Nodes(1), Wave::Percent(50), Wave::Percent(100)],
+        wave_timeout_secs: 30,
+    }
+}
+
+fn single_server() -> (NatsServer, Fleet) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let server = NatsServer::start(dir.path());
+    let fleet = Fleet::new(dir, server.url());
+    (server, fleet)
+}
+
+#[test]
+fn ten_nodes_take_a_release_in_waves_and_a_rollback_by_hand() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(10, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+
+    // Release 1 is the build the nodes run: they note its number without reloading.
+    let first = fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+    fleet.wait_for(10, "every node on release 1", |s| {
+        s.release == first.release && s.sha256 == sha256_of(v1) && s.phase == Phase::Healthy
+    });
+
+    let second = fleet
+        .runtime
+        .block_on(publisher.publish(MODULE, v2, waves()))
+        .expect("publish v2");
+    let report = fleet
+        .runtime
+        .block_on(publisher.rollout(MODULE))
+        .expect("the rollout completes");
+    let sizes: Vec<usize> = report.waves.iter().map(|w| w.nodes.len()).collect();
+    assert_eq!(sizes, [1, 4, 5], "{report}");
+    assert_eq!(
+        report.waves[0].nodes,
+        ["node-00"],
+        "the canary wave: {report}"
+    );
+    let statuses = fleet.wait_for(10, "every node on release 2", |s| {
+        s.release == second.release && s.phase == Phase::Healthy
+    });
+    for status in &statuses {
+        assert_eq!(status.sha256, sha256_of(v2), "{status:?}");
+    }
+
+    // By hand, back to v1: a signed rollback record, release 3.
+    let back = fleet
+        .runtime
+        .block_on(publisher.rollback(MODULE))
+        .expect("rollback");
+    assert_eq!(back.release, 3);
+    assert_eq!(back.kind, hotreload_fleet::Kind::Rollback { from: 2 });
+    let nodes = fleet
+        .runtime
+        .block_on(publisher.wait_for_release(MODULE, &back, DEADLINE))
+        .expect("every node serves the rollback");
+    assert_eq!(nodes.len(), 10);
+    for status in &nodes {
+        assert_eq!(status.sha256, sha256_of(v1), "{status:?}");
+    }
+}
+
+#[test]
+fn a_release_signed_by_an_untrusted_key_is_refused_by_every_node() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(10, v1);
+    fleet.wait_for_nodes();
+    let other_secret = fleet.dir.path().join("other.key");
+    generate_keys(&other_secret, &fleet.dir.path().join("other.pub")).expect("another key pair");
+    let stranger = fleet.publisher_with(&other_secret);
+
+    let outcome = fleet.release(&stranger, v2, waves());
+    match outcome {
+        Err(FleetError::RolloutAborted { wave, reason, .. }) => {
+            assert_eq!(wave, 1, "stopped at the canary wave");
+            assert!(reason.contains("signature"), "{reason}");
+        }
+        other => panic!("the rollout went on: {other:?}"),
+    }
+    // Every node refused it as soon as it saw it, admitted or not, and serves v1 still.
+    let statuses = fleet.wait_for(10, "every node refusing release 1", |s| {
+        s.attempted.is_some() && s.phase == Phase::Refused
+    });
+    for status in &statuses {
+        assert_eq!(status.sha256, sha256_of(v1), "{status:?}");
+        assert_eq!(status.release, 0, "{status:?}");
+        assert!(
+            status
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.contains("signature")),
+            "{status:?}"
+        );
+    }
+}
+
+#[test]
+fn records_written_without_the_key_and_replayed_records_are_refused() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(3, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+    let first = fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+    let second = fleet
+        .release(&publisher, v2, Plan::all_at_once())
+        .expect("release 2");
+    fleet.wait_for(3, "every node on release 2", |s| {
+        s.release == second.release
+    });
+
+    // Someone with write access to the bucket but not the key: release 3 claiming v1's
+    // build under release 2's signature, admitted to every node.
+    let forged = Release {
+        release: 3,
+        object: first.object.clone(),
+        sha256: first.sha256.clone(),
+        size: first.size,
+        ..second.clone()
+    };
+    let raw = RawStore::open(&fleet);
+    raw.put("release.counter", &forged);
+    raw.put(
+        "admit.counter",
+        &hotreload_fleet::Admission {
+            release: 3,
+            nodes: None,
+        },
+    );
+    let statuses = fleet.wait_for(3, "every node refusing the forged record", |s| {
+        s.attempted == Some(3) && s.phase == Phase::Refused
+    });
+    for status in &statuses {
+        assert_eq!(status.release, second.release, "{status:?}");
+        assert_eq!(status.sha256, sha256_of(v2), "{status:?}");
+        let reason = status.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("signature") && reason.contains("does not match"),
+            "{reason}"
+        );
+    }
+
+    // Release 1's record, signed and all, written back: older than what they serve.
+    raw.put("release.counter", &first);
+    raw.put(
+        "admit.counter",
+        &hotreload_fleet::Admission {
+            release: 1,
+            nodes: None,
+        },
+    );
+    let statuses = fleet.wait_for(3, "every node refusing the replayed record", |s| {
+        s.attempted == Some(1) && s.phase == Phase::Refused
+    });
+    for status in &statuses {
+        assert_eq!(status.sha256, sha256_of(v2), "{status:?}");
+        let reason = status.reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.contains("older than the served release 2"),
+            "{reason}"
+        );
+    }
+}
+
+/// Writes records straight into the fleet's Key-Value bucket, as someone with access to the
+/// bucket but without the signing key could.
+struct RawStore {
+    runtime: tokio::runtime::Runtime,
+    kv: async_nats::jetstream::kv::Store,
+}
+
+impl RawStore {
+    fn open(fleet: &Fleet) -> RawStore {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let kv = runtime.block_on(async {
+            let client = async_nats::connect(fleet.servers.as_str())
+                .await
+                .expect("connect");
+            async_nats::jetstream::new(client)
+                .get_key_value(BUCKET)
+                .await
+                .expect("the fleet's bucket")
+        });
+        RawStore { runtime, kv }
+    }
+
+    fn put<T: serde::Serialize>(&self, key: &str, record: &T) {
+        let bytes = serde_json::to_vec(record).expect("json");
+        self.runtime
+            .block_on(self.kv.put(key, bytes.into()))
+            .expect("a raw write");
+    }
+}
+
+#[test]
+fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
+    let built = variants!();
+    let (v1, bad) = (built.artifact("v1"), built.artifact("bad_signature"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(10, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+    let first = fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+
+    match fleet.release(&publisher, bad, waves()) {
+        Err(FleetError::RolloutAborted {
+            wave,
+            reason,
+            release,
+            rollback_release,
+            ..
+        }) => {
+            assert_eq!((wave, release, rollback_release), (1, 2, 3), "{reason}");
+            assert!(
+                reason.starts_with("node node-00 refused: reload:"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("add"),
+                "the reason names the changed method: {reason}"
+            );
+        }
+        other => panic!("the rollout went on: {other:?}"),
+    }
+    // The canary refused it; nobody else was admitted; the rollback record (release 3, the
+    // build of release 1) is what every node now serves, v1 all along.
+    let statuses = fleet.wait_for(10, "every node on the rollback", |s| s.release == 3);
+    for status in &statuses {
+        assert_eq!(status.sha256, first.sha256, "{status:?}");
+        let expected = if status.node == "node-00" {
+            Some(2)
+        } else {
+            None
+        };
+        assert_eq!(status.attempted, expected, "{status:?}");
+    }
+}
+
+#[test]
+fn a_node_killed_during_a_rollout_catches_up_when_it_comes_back() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(4, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+    fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+
+    let second = fleet
+        .runtime
+        .block_on(publisher.publish(MODULE, v2, waves()))
+        .expect("publish v2");
+    // The rollout runs on its own thread; node-03 (last wave) dies once the canary took it.
+    let rollout = spawn_rollout(&fleet);
+    fleet.wait_for(4, "the canary on release 2", |s| {
+        s.node != "node-00" || s.release == second.release
+    });
+    fleet.nodes[3].kill();
+    let report = rollout
+        .join()
+        .expect("the rollout thread")
+        .expect("the rollout completes");
+    assert_eq!(report.gone, ["node-03"], "{report}");
+
+    // Back, on the build it had: it catches up with release 2.
+    let mut node = Node {
+        name: "node-03".into(),
+        artifact: fleet.nodes[3].artifact.clone(),
+        child: None,
+        stdin: None,
+    };
+    node.spawn(&fleet);
+    fleet.wait_for(4, "every node on release 2, node-03 included", |s| {
+        s.release == second.release && s.phase == Phase::Healthy && s.sha256 == sha256_of(v2)
+    });
+}
+
+#[test]
+fn a_rollout_survives_its_server_restarting() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let (mut server, mut fleet) = single_server();
+    fleet.start_nodes(4, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+    fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+    let second = fleet
+        .runtime
+        .block_on(publisher.publish(MODULE, v2, waves()))
+        .expect("publish v2");
+    let rollout = spawn_rollout(&fleet);
+    fleet.wait_for(4, "the canary on release 2", |s| {
+        s.node != "node-00" || s.release == second.release
+    });
+    server.stop();
+    std::thread::sleep(Duration::from_millis(500)); // the outage, not a synchronisation
+    server.restart();
+    let report = rollout
+        .join()
+        .expect("the rollout thread")
+        .expect("the rollout completes");
+    assert!(report.gone.is_empty(), "{report}");
+    fleet.wait_for(4, "every node on release 2", |s| {
+        s.release == second.release && s.phase == Phase::Healthy
+    });
+}
+
+#[test]
+fn a_rollout_survives_a_three_server_cluster_losing_one() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut servers = NatsServer::cluster(dir.path());
+    let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
+    let mut fleet = Fleet::new(dir, urls.join(","));
+    // Three copies of the buckets, made before the nodes come.
+    let publisher = {
+        let key = SigningKey::from_file(&fleet.secret, None).expect("key");
+        fleet
+            .runtime
+            .block_on(Publisher::connect(&fleet.config().replicas(3), key))
+            .expect("the publisher connects to the cluster")
+    };
+    fleet.start_nodes(4, v1);
+    fleet.wait_for_nodes();
+    fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+    let second = fleet
+        .runtime
+        .block_on(publisher.publish(MODULE, v2, waves()))
+        .expect("publish v2");
+    let rollout = spawn_rollout(&fleet);
+    fleet.wait_for(4, "the canary on release 2", |s| {
+        s.node != "node-00" || s.release == second.release
+    });
+    servers[1].stop();
+    let report = rollout
+        .join()
+        .expect("the rollout thread")
+        .expect("the rollout completes");
+    assert!(report.gone.is_empty(), "{report}");
+    fleet.wait_for(4, "every node on release 2", |s| {
+        s.release == second.release && s.phase == Phase::Healthy
+    });
+}
+
+/// Runs `rollout` of the fleet's module on a thread of its own, with its own connection.
+fn spawn_rollout(
+    fleet: &Fleet,
+) -> std::thread::JoinHandle<Result<hotreload_fleet::RolloutReport, FleetError>> {
+    let config = fleet.config();
+    let secret = fleet.secret.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async {
+            let key = SigningKey::from_file(&secret, None).expect("key");
+            let publisher = Publisher::connect(&config, key).await.expect("connect");
+            publisher.rollout(MODULE).await
+        })
+    })
+}
+
+#[test]
+fn trusted_keys_read_minisign_files_and_refuse_other_keys() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (secret, public) = (dir.path().join("a.key"), dir.path().join("a.pub"));
+    let id = generate_keys(&secret, &public).expect("keys");
+    let key = SigningKey::from_file(&secret, None).expect("the secret key");
+    assert_eq!(key.key_id(), id);
+    let trusted = TrustedKeys::new()
+        .with_file(&public)
+        .expect("the public key");
+    let text = std::fs::read_to_string(&public).expect("the public key file");
+    assert!(
+        text.starts_with("untrusted comment: "),
+        "minisign's format: {text}"
+    );
+    assert!(trusted.len() == 1 && TrustedKeys::new().is_empty());
+    assert!(
+        generate_keys(&secret, &public).is_err(),
+        "existing key files are kept"
+    );
+    let err = SigningKey::from_file(&public, None).expect_err("a public key is no secret key");
+    assert!(
+        err.to_string().contains("not a minisign secret key"),
+        "{err}"
+    );
+}
