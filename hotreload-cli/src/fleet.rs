@@ -254,17 +254,14 @@ fn print_release(release: &Release) {
 }
 
 fn print_table(statuses: &[NodeStatus]) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
     let rows: Vec<[String; 7]> = statuses
         .iter()
         .map(|s| {
-            let age = now.saturating_sub(s.written_unix_ms);
-            let beat = if age > s.heartbeat_ms.saturating_mul(3) + 2_000 {
-                format!("gone {:.0} s", age as f64 / 1000.0)
+            let age = s.age().as_secs_f64();
+            let beat = if s.is_fresh() {
+                format!("{age:.1} s ago")
             } else {
-                format!("{:.1} s ago", age as f64 / 1000.0)
+                format!("gone {age:.0} s")
             };
             [
                 s.module.clone(),

@@ -71,9 +71,15 @@ pub enum FleetError {
         release: u64,
     },
     /// The rollout stopped: a node refused the release or failed its probation, or a wave
-    /// did not become healthy in time. The fleet was rolled back to `rolled_back_to`.
+    /// did not become healthy in time. The fleet was rolled back by release
+    /// `rollback_release` (`None`: the release replaced nothing, so there was nothing to go
+    /// back to, and the nodes that took it keep it).
     #[error(
-        "module {module}: rollout of release {release} stopped at wave {wave}: {reason}; fleet rolled back by release {rollback_release}"
+        "module {module}: rollout of release {release} stopped at wave {wave}: {reason}; {}",
+        match rollback_release {
+            Some(rollback) => format!("fleet rolled back by release {rollback}"),
+            None => "nothing to roll back to".to_owned(),
+        }
     )]
     RolloutAborted {
         /// The module.
@@ -85,7 +91,7 @@ pub enum FleetError {
         /// The node and what it said, or the timeout.
         reason: String,
         /// The signed rollback record's release number.
-        rollback_release: u64,
+        rollback_release: Option<u64>,
     },
     /// A rollout's wait ran past its deadline without a failure to blame (no node alive to
     /// take a wave, say).

@@ -72,9 +72,7 @@
 //! let publisher = Publisher::connect(&FleetConfig::new("nats://127.0.0.1:4222", "game"), key).await?;
 //! match publisher.rollout("game_logic").await {
 //!     Ok(report) => print!("{report}"),
-//!     Err(FleetError::RolloutAborted { reason, rollback_release, .. }) => {
-//!         eprintln!("stopped: {reason}; the fleet went back with release {rollback_release}")
-//!     }
+//!     Err(err @ FleetError::RolloutAborted { .. }) => eprintln!("{err}"),
 //!     Err(other) => return Err(other),
 //! }
 //! for status in publisher.status(Some("game_logic")).await? {

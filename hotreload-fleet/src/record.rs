@@ -205,6 +205,19 @@ pub struct NodeStatus {
     pub pid: u32,
 }
 
+impl NodeStatus {
+    /// How long ago it was written, by this machine's clock.
+    pub fn age(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(unix_ms().saturating_sub(self.written_unix_ms))
+    }
+
+    /// Whether the node is alive: its status written within three heartbeats and five
+    /// seconds (a node reconnecting to another server of a cluster, clocks a little apart).
+    pub fn is_fresh(&self) -> bool {
+        self.age().as_millis() <= u128::from(self.heartbeat_ms.saturating_mul(3) + 5_000)
+    }
+}
+
 /// Where a node stands with a module.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -67,14 +67,6 @@ impl std::fmt::Display for RolloutReport {
     }
 }
 
-/// Why a wait ended without every node healthy.
-enum Stop {
-    /// A node refused or failed the release.
-    Node(String),
-    /// The deadline passed.
-    Late(String),
-}
-
 impl Publisher {
     /// Drives the module's current release to the nodes by its plan: admits each wave,
     /// waits until all of its nodes serve the release and are healthy, then the next; after
@@ -110,7 +102,7 @@ impl Publisher {
                     gone,
                     took: started.elapsed(),
                 }),
-                Err(Stop::Node(reason) | Stop::Late(reason)) => Err(FleetError::Timeout {
+                Err(reason) => Err(FleetError::Timeout {
                     module: module.to_owned(),
                     what: format!("rollback release {}: {reason}", release.release),
                     seconds: timeout.as_secs(),
@@ -154,7 +146,7 @@ impl Publisher {
                         }
                     }
                 }
-                Err(Stop::Node(reason) | Stop::Late(reason)) => {
+                Err(reason) => {
                     return Err(self
                         .abort(&mut statuses, &release, index + 1, reason, timeout)
                         .await);
@@ -182,7 +174,7 @@ impl Publisher {
         let mut statuses = Statuses::open(&self.store, module).await?;
         match self.settle(&mut statuses, release, None, timeout).await {
             Ok(_) => Ok(statuses.alive().cloned().collect()),
-            Err(Stop::Node(reason) | Stop::Late(reason)) => Err(FleetError::Timeout {
+            Err(reason) => Err(FleetError::Timeout {
                 module: module.to_owned(),
                 what: format!("every node serving release {}: {reason}", release.release),
                 seconds: timeout.as_secs(),
@@ -191,14 +183,15 @@ impl Publisher {
     }
 
     /// Waits until each of `members` (every live node with `None`) serves `release` and is
-    /// healthy, or is gone. Returns the nodes gone.
+    /// healthy, or is gone. Returns the nodes gone, or why it stopped: a node refused or
+    /// failed the release, or the deadline passed.
     async fn settle(
         &self,
         statuses: &mut Statuses,
         release: &Release,
         members: Option<&[String]>,
         timeout: Duration,
-    ) -> Result<Vec<String>, Stop> {
+    ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + timeout;
         loop {
             statuses.update().await;
@@ -210,18 +203,18 @@ impl Publisher {
             let mut gone = Vec::new();
             for name in names {
                 match statuses.nodes.get(&name) {
-                    Some(status) if !is_alive(status) => gone.push(name),
+                    Some(status) if !status.is_fresh() => gone.push(name),
                     Some(status)
                         if status.release == release.release && status.phase == Phase::Healthy => {}
                     Some(status)
                         if matches!(status.phase, Phase::Refused | Phase::Failed)
                             && status.attempted == Some(release.release) =>
                     {
-                        return Err(Stop::Node(format!(
+                        return Err(format!(
                             "node {name} {}: {}",
                             status.phase,
                             status.reason.as_deref().unwrap_or("no reason given")
-                        )));
+                        ));
                     }
                     _ => waiting.push(name),
                 }
@@ -230,12 +223,12 @@ impl Publisher {
                 return Ok(gone);
             }
             if Instant::now() >= deadline {
-                return Err(Stop::Late(format!(
+                return Err(format!(
                     "not serving release {} healthy within {} s: {}",
                     release.release,
                     timeout.as_secs(),
                     waiting.join(", ")
-                )));
+                ));
             }
         }
     }
@@ -260,6 +253,9 @@ impl Publisher {
                 .ok_or_else(|| FleetError::NoRelease {
                     module: module.clone(),
                 })?;
+            if current.previous.is_none() {
+                return Ok(None);
+            }
             let rollback = self
                 .write(self.rollback_record(&current)?, revision)
                 .await?;
@@ -268,12 +264,11 @@ impl Publisher {
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
                 statuses.update().await;
-                let left = statuses.alive().all(|s| s.release != release.release);
-                if left {
+                if statuses.alive().all(|s| s.release != release.release) {
                     break;
                 }
             }
-            Ok::<u64, FleetError>(rollback.release)
+            Ok::<_, FleetError>(Some(rollback.release))
         };
         match rolled_back.await {
             Ok(rollback_release) => FleetError::RolloutAborted {
@@ -345,13 +340,6 @@ impl Statuses {
     }
 
     fn alive(&self) -> impl Iterator<Item = &NodeStatus> {
-        self.nodes.values().filter(|s| is_alive(s))
+        self.nodes.values().filter(|s| s.is_fresh())
     }
-}
-
-/// Whether a node's status is fresh: written within three heartbeats and two seconds (for
-/// clocks a little apart).
-fn is_alive(status: &NodeStatus) -> bool {
-    let age = crate::record::unix_ms().saturating_sub(status.written_unix_ms);
-    age <= status.heartbeat_ms.saturating_mul(3) + 2_000
 }

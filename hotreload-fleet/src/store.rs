@@ -70,7 +70,7 @@ impl Store {
             options = options.retry_on_initial_connect();
         }
         let client = options
-            .connect(servers.as_str())
+            .connect(servers.split(',').map(str::trim).collect::<Vec<_>>())
             .await
             .map_err(|err| FleetError::nats(&servers, "connect", err))?;
         let js = jetstream::new(client);
@@ -176,7 +176,12 @@ impl Store {
     /// Uploads `bytes` as object `name`, unless an object of that name (content-addressed:
     /// the same bytes) is there already.
     pub(crate) async fn upload(&self, name: &str, bytes: &[u8]) -> Result<(), FleetError> {
-        if self.objects.info(name).await.is_ok() {
+        if self
+            .objects
+            .info(name)
+            .await
+            .is_ok_and(|info| !info.deleted)
+        {
             return Ok(());
         }
         retrying(&self.servers, format!("upload {name}"), || async {
@@ -187,9 +192,17 @@ impl Store {
         .map(drop)
     }
 
-    /// Downloads object `name`.
+    /// Downloads object `name`. A missing object fails at once; other failures (a server
+    /// restarting) are retried.
     pub(crate) async fn download(&self, name: &str) -> Result<Vec<u8>, FleetError> {
-        retrying(&self.servers, format!("download {name}"), || async {
+        let what = format!("download {name}");
+        match self.objects.get(name).await {
+            Err(err) if err.kind() == object_store::GetErrorKind::NotFound => {
+                return Err(FleetError::nats(&self.servers, what, err));
+            }
+            _ => {}
+        }
+        retrying(&self.servers, what, || async {
             let mut object = self.objects.get(name).await?;
             let mut bytes = Vec::new();
             object.read_to_end(&mut bytes).await?;

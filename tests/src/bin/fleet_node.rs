@@ -17,6 +17,11 @@ use hotreload::{HotReloader, ModuleOptions, Probation, hot_fn};
 use hotreload_fleet::{FleetConfig, FleetNode, NodeOptions, TrustedKeys};
 
 fn main() -> ExitCode {
+    // `RUST_LOG=hotreload_fleet=debug` shows what the node does, on its standard error.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [
         servers,
