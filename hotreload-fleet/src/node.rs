@@ -406,7 +406,8 @@ impl Run {
                 tracked.phase = Phase::Healthy;
                 tracked.attempted = None;
                 tracked.reason = None;
-                tracked.taken = (before.1 != sha256).then(|| Taken {
+                let changed = before.1 != sha256;
+                tracked.taken = changed.then_some(Taken {
                     release: release.release,
                     sha256,
                     before_release: before.0,

@@ -309,8 +309,8 @@ impl Statuses {
         Ok(statuses)
     }
 
-    /// Takes in the statuses that arrive within [`LOOK_EVERY`], reopening the watch if the
-    /// server went away.
+    /// Takes in the next status to arrive, waiting at most [`LOOK_EVERY`] for it, and
+    /// reopens the watch if the server went away.
     async fn update(&mut self) {
         let until = tokio::time::Instant::now() + LOOK_EVERY;
         if self.watch.is_none() {
@@ -328,6 +328,7 @@ impl Statuses {
                         && let Ok(status) = decode::<NodeStatus>(&entry.key, &entry.value)
                     {
                         self.nodes.insert(status.node.clone(), status);
+                        return;
                     }
                 }
                 Ok(_) => {
