@@ -50,6 +50,20 @@ pub enum FleetError {
         /// Why it does not decode.
         reason: String,
     },
+    /// The module's release record does not verify with the publisher's key: it was not
+    /// written by this publisher's key, or changed since. Nothing is built on it (its
+    /// `previous` could point at any build).
+    #[error(
+        "module {module}: release record {release} does not verify with the publisher's key: {reason}"
+    )]
+    Untrusted {
+        /// The module.
+        module: String,
+        /// The record's release number.
+        release: u64,
+        /// Why it does not verify.
+        reason: String,
+    },
     /// No release of the module has been published.
     #[error("module {module}: no release published")]
     NoRelease {

@@ -9,9 +9,10 @@
 //! applies, and on any failure the old build keeps serving. It writes its status at every
 //! change and every heartbeat.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
@@ -22,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::check_name;
 use crate::publish::hex;
 use crate::record::{self, Admission, Kind, NodeStatus, Phase, Release};
-use crate::store::{Store, decode};
+use crate::store::{Missing, Store, decode};
 use crate::{FleetConfig, FleetError, TrustedKeys};
 
 /// How a node attaches: where the fleet is, who the node is, whose signatures it trusts.
@@ -33,6 +34,7 @@ pub struct NodeOptions {
     trusted: TrustedKeys,
     modules: Vec<String>,
     heartbeat: Duration,
+    memory: Option<PathBuf>,
 }
 
 impl NodeOptions {
@@ -46,12 +48,23 @@ impl NodeOptions {
             trusted,
             modules: Vec::new(),
             heartbeat: Duration::from_secs(1),
+            memory: None,
         }
     }
 
     /// Follows only these modules (call once per module).
     pub fn module(mut self, module: impl Into<String>) -> Self {
         self.modules.push(module.into());
+        self
+    }
+
+    /// Keeps, in file `path` (JSON), the newest release number this node has taken or
+    /// refused (with a valid signature) for each module, and reads it when it attaches: a
+    /// restarted node still refuses a signed record older than what it decided before, even
+    /// if someone with write access to the bucket puts one back. Without it, a node
+    /// remembers only while it runs.
+    pub fn remember_in(mut self, path: impl Into<PathBuf>) -> Self {
+        self.memory = Some(path.into());
         self
     }
 
@@ -101,6 +114,13 @@ impl FleetNode {
                 })?;
             tracked.push(Tracked::new(module, serving.sha256));
         }
+        let remembered = match &options.memory {
+            Some(path) => read_memory(path)?,
+            None => BTreeMap::new(),
+        };
+        for tracked in &mut tracked {
+            tracked.decided = remembered.get(&tracked.module).copied().unwrap_or(0);
+        }
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let followed = modules.clone();
         reloader.on_event(move |event| {
@@ -127,6 +147,7 @@ impl FleetNode {
                     options,
                     tracked,
                     store: None,
+                    remembered,
                 };
                 runtime.block_on(run.run(stopped, events_rx));
             })
@@ -178,6 +199,8 @@ struct Tracked {
     admission: Option<Admission>,
     /// The reason of the last local rollback, from the reloader's events.
     last_rollback: Option<String>,
+    /// When a local rollback was first seen without its event.
+    rollback_seen: Option<Instant>,
 }
 
 struct Taken {
@@ -201,12 +224,16 @@ impl Tracked {
             record: None,
             admission: None,
             last_rollback: None,
+            rollback_seen: None,
         }
     }
 
-    fn refuse(&mut self, release: u64, reason: String) {
+    /// Refuses `release`; a `signed` one counts as decided (its number is not taken again).
+    fn refuse(&mut self, release: u64, reason: String, signed: bool) {
         tracing::warn!(module = %self.module, release, %reason, "release refused");
-        self.decided = self.decided.max(release);
+        if signed {
+            self.decided = self.decided.max(release);
+        }
         self.phase = Phase::Refused;
         self.attempted = Some(release);
         self.reason = Some(reason);
@@ -218,6 +245,8 @@ struct Run {
     options: NodeOptions,
     tracked: Vec<Tracked>,
     store: Option<Store>,
+    /// What the memory file holds.
+    remembered: BTreeMap<String, u64>,
 }
 
 /// How often a node re-reads its modules' records even with its watches up: a watch lost
@@ -258,10 +287,16 @@ impl Run {
                     None => admissions = None,
                 },
                 Some((module, rolled_back)) = events.recv() => {
-                    if let Some(tracked) = self.tracked.iter_mut().find(|t| t.module == module) {
-                        if rolled_back.is_some() {
-                            tracked.last_rollback = rolled_back;
+                    if let Some(tracked) = self.tracked.iter_mut().find(|t| t.module == module)
+                        && let Some(reason) = rolled_back
+                    {
+                        // A rollback seen before its event: its reason, now.
+                        if tracked.phase == Phase::Failed
+                            && tracked.reason.as_deref() == Some(ROLLED_BACK)
+                        {
+                            tracked.reason = Some(reason.clone());
                         }
+                        tracked.last_rollback = Some(reason);
                     }
                     self.refresh(&module).await;
                     self.write_status(&module).await;
@@ -347,32 +382,52 @@ impl Run {
     async fn consider(&mut self, module: &str) {
         let node = self.options.node.clone();
         let trusted = self.options.trusted.clone();
+        let bucket = self.options.config.bucket.clone();
         let Some(tracked) = self.tracked(module) else {
             return;
         };
         let Some(release) = tracked.record.clone() else {
             return;
         };
-        if release.release <= tracked.decided {
-            if release.release < tracked.release && tracked.attempted != Some(release.release) {
-                let reason = format!(
-                    "release {} is older than the served release {} (a replayed record?)",
-                    release.release, tracked.release
-                );
-                tracked.refuse(release.release, reason);
+        if tracked.phase == Phase::Refused && tracked.attempted == Some(release.release) {
+            return;
+        }
+        // Unsigned or not for this module: refused, and its number means nothing (a forged
+        // record with a huge number must not make the real next release look old).
+        let signed = if release.module != module {
+            Err(format!("the record names module {}", release.module))
+        } else {
+            trusted
+                .verify(&release.statement(&bucket), &release.signature)
+                .map_err(|reason| format!("signature: {reason}"))
+        };
+        if let Err(reason) = signed {
+            tracked.refuse(release.release, reason, false);
+            self.write_status(module).await;
+            return;
+        }
+        if release.release < tracked.decided {
+            let reason = format!(
+                "release {} is older than release {}, the newest this node has taken or refused (a replayed record?)",
+                release.release, tracked.decided
+            );
+            tracked.refuse(release.release, reason, false);
+            self.write_status(module).await;
+            return;
+        }
+        if release.release == tracked.decided {
+            // Decided already: the build it serves gets its number back (after a restart),
+            // and a refusal of some other record since is over.
+            if tracked.sha256 == release.sha256
+                && (tracked.release != release.release || tracked.phase == Phase::Refused)
+            {
+                tracked.release = release.release;
+                tracked.phase = Phase::Healthy;
+                tracked.attempted = None;
+                tracked.reason = None;
+                self.refresh(module).await;
                 self.write_status(module).await;
             }
-            return;
-        }
-        if release.module != module {
-            let reason = format!("the record names module {}", release.module);
-            tracked.refuse(release.release, reason);
-            self.write_status(module).await;
-            return;
-        }
-        if let Err(reason) = trusted.verify(&release.statement(), &release.signature) {
-            tracked.refuse(release.release, format!("signature: {reason}"));
-            self.write_status(module).await;
             return;
         }
         let admitted = tracked
@@ -390,41 +445,44 @@ impl Run {
     /// Takes a signed, admitted release.
     async fn take(&mut self, module: &str, release: Release) {
         let outcome = self.install(module, &release).await;
-        let reloader = self.reloader.clone();
         let Some(tracked) = self.tracked(module) else {
             return;
         };
         match outcome {
             Ok(()) => {
-                let before = (tracked.release, tracked.sha256.clone());
-                let serving = reloader.current_version(module).ok().flatten();
-                let sha256 = serving.map(|v| v.sha256).unwrap_or_default();
                 tracing::info!(module, release = release.release, "release taken");
+                let changed = tracked.sha256 != release.sha256;
+                tracked.taken = changed.then_some(Taken {
+                    release: release.release,
+                    sha256: release.sha256.clone(),
+                    before_release: tracked.release,
+                    before_sha256: tracked.sha256.clone(),
+                });
                 tracked.decided = release.release;
                 tracked.release = release.release;
-                tracked.sha256 = sha256.clone();
+                tracked.sha256 = release.sha256;
+                tracked.last_rollback = None;
                 tracked.phase = Phase::Healthy;
                 tracked.attempted = None;
                 tracked.reason = None;
-                let changed = before.1 != sha256;
-                tracked.taken = changed.then_some(Taken {
-                    release: release.release,
-                    sha256,
-                    before_release: before.0,
-                    before_sha256: before.1,
-                });
             }
-            Err(reason) => tracked.refuse(release.release, reason),
+            Err(Failure::Refused(reason)) => tracked.refuse(release.release, reason, true),
+            Err(Failure::Transient(reason)) => {
+                // Not decided: tried again at the next look at the records.
+                tracing::warn!(module, release = release.release, %reason, "release not taken yet");
+            }
         }
     }
 
     /// Makes the release's build serve: already serving, kept for rollback, or downloaded,
-    /// checked and reloaded.
-    async fn install(&mut self, module: &str, release: &Release) -> Result<(), String> {
+    /// checked and reloaded. A failed reload puts the serving build back at the artifact
+    /// path, so that a restart loads what served.
+    async fn install(&mut self, module: &str, release: &Release) -> Result<(), Failure> {
         let reloader = self.reloader.clone();
+        let transient = |err: hotreload::HotError| Failure::Transient(err.to_string());
         let serving = reloader
             .current_version(module)
-            .map_err(|err| err.to_string())?
+            .map_err(transient)?
             .map(|v| v.sha256)
             .unwrap_or_default();
         if serving == release.sha256 {
@@ -433,51 +491,55 @@ impl Run {
         if matches!(release.kind, Kind::Rollback { .. }) {
             let kept = reloader
                 .history(module)
-                .map_err(|err| err.to_string())?
+                .map_err(transient)?
                 .last()
                 .is_some_and(|v| v.sha256 == release.sha256);
-            if kept {
-                return reloader
-                    .rollback(module)
-                    .map(drop)
-                    .map_err(|err| format!("rollback: {err}"));
+            // A kept build that cannot go back (its state) is downloaded and reloaded below.
+            if kept && reloader.rollback(module).is_ok() {
+                if let Err(err) = restore_artifact(&reloader, module) {
+                    tracing::warn!(module, %err, "the serving build is not back at the artifact path");
+                }
+                return Ok(());
             }
         }
-        let store = self.store.clone().ok_or("not connected")?;
-        let bytes = store
-            .download(&release.object)
-            .await
-            .map_err(|err| err.to_string())?;
+        let store = self
+            .store
+            .clone()
+            .ok_or(Failure::Transient("not connected".to_owned()))?;
+        let bytes = match store.download(&release.object, release.size).await {
+            Ok(bytes) => bytes,
+            Err(Missing::NotThere(reason)) => {
+                return Err(Failure::Refused(format!("download: {reason}")));
+            }
+            Err(Missing::Unreachable(reason)) => return Err(Failure::Transient(reason)),
+        };
         let digest = hex(&Sha256::digest(&bytes));
-        if bytes.len() as u64 != release.size || digest != release.sha256 {
-            return Err(format!(
-                "digest: the download is {} bytes with SHA-256 {digest}, the signed release says {} bytes with {}",
-                bytes.len(),
-                release.size,
+        if digest != release.sha256 {
+            return Err(Failure::Refused(format!(
+                "digest: the download's SHA-256 is {digest}, the signed release says {}",
                 release.sha256
-            ));
+            )));
         }
-        let status = reloader.status().map_err(|err| err.to_string())?;
-        let artifact = status
-            .modules
-            .iter()
-            .find(|m| m.name == module)
-            .map(|m| m.artifact.clone())
-            .ok_or("the module is not registered")?;
+        let artifact = artifact_of(&reloader, module).map_err(Failure::Transient)?;
         put_in_place(&artifact, &bytes)
-            .map_err(|err| format!("writing {}: {err}", artifact.display()))?;
-        let report = reloader
-            .reload_module(module)
-            .map_err(|err| format!("reload: {err}"))?;
-        if report.to.sha256 != release.sha256 {
-            // The artifact file changed between our write and the reload's copy of it.
-            let _ = reloader.rollback(module);
-            return Err(format!(
-                "the artifact changed under the node: loaded SHA-256 {}, the release is {}",
-                report.to.sha256, release.sha256
-            ));
+            .map_err(|err| Failure::Transient(format!("writing {}: {err}", artifact.display())))?;
+        let outcome = reloader.reload_module(module);
+        let refused = match outcome {
+            Ok(report) if report.to.sha256 == release.sha256 => return Ok(()),
+            Ok(report) => {
+                // The artifact file changed between our write and the reload's copy of it.
+                let _ = reloader.rollback(module);
+                format!(
+                    "the artifact changed under the node: loaded SHA-256 {}, the release is {}",
+                    report.to.sha256, release.sha256
+                )
+            }
+            Err(err) => format!("reload: {err}"),
+        };
+        if let Err(err) = restore_artifact(&reloader, module) {
+            tracing::warn!(module, %err, "the serving build is not back at the artifact path");
         }
-        Ok(())
+        Err(Failure::Refused(refused))
     }
 
     /// Reads the module's phase from the reloader: probation over, or rolled back by it.
@@ -490,19 +552,32 @@ impl Run {
             return;
         };
         if serving.sha256 != tracked.sha256 {
+            let rolled_back = tracked.taken.as_ref().is_some_and(|taken| {
+                taken.sha256 == tracked.sha256 && serving.sha256 == taken.before_sha256
+            });
+            // The runtime's event says why; it follows the swap closely. Wait for it a little.
+            if rolled_back && tracked.last_rollback.is_none() {
+                let first_seen = *tracked.rollback_seen.get_or_insert_with(Instant::now);
+                if first_seen.elapsed() < EVENT_GRACE {
+                    // Not healthy, whatever the reason turns out to be.
+                    tracked.phase = Phase::Probation;
+                    return;
+                }
+            }
             match &tracked.taken {
-                Some(taken)
-                    if taken.sha256 == tracked.sha256 && serving.sha256 == taken.before_sha256 =>
-                {
+                Some(taken) if rolled_back => {
                     tracked.phase = Phase::Failed;
                     tracked.attempted = Some(taken.release);
                     tracked.reason = Some(
                         tracked
                             .last_rollback
                             .clone()
-                            .unwrap_or_else(|| "rolled back by the runtime".to_owned()),
+                            .unwrap_or_else(|| ROLLED_BACK.to_owned()),
                     );
                     tracked.release = taken.before_release;
+                    if let Err(err) = restore_artifact(&reloader, module) {
+                        tracing::warn!(module, %err, "the serving build is not back at the artifact path");
+                    }
                 }
                 _ => {
                     // A build the host loaded itself: not a release.
@@ -512,6 +587,7 @@ impl Run {
             }
             tracked.sha256 = serving.sha256.clone();
             tracked.taken = None;
+            tracked.rollback_seen = None;
         }
         if matches!(tracked.phase, Phase::Healthy | Phase::Probation) {
             let on_probation = reloader.status().ok().is_some_and(|status| {
@@ -550,8 +626,30 @@ impl Run {
             written_unix_ms: record::unix_ms(),
             pid: std::process::id(),
         };
+        // On disk before the fleet hears of it.
+        self.remember();
         if let Err(err) = store.put(&record::status_key(module, &node), &status).await {
             tracing::warn!(%err, "status not written");
+        }
+    }
+
+    /// Writes the decided release numbers to the memory file, if they changed.
+    fn remember(&mut self) {
+        let Some(path) = &self.options.memory else {
+            return;
+        };
+        let decided: BTreeMap<String, u64> = self
+            .tracked
+            .iter()
+            .map(|t| (t.module.clone(), t.decided))
+            .collect();
+        if decided == self.remembered {
+            return;
+        }
+        let json = serde_json::to_vec_pretty(&decided).expect("numbers serialise");
+        match put_in_place(path, &json) {
+            Ok(()) => self.remembered = decided,
+            Err(err) => tracing::warn!(%err, path = %path.display(), "release numbers not kept"),
         }
     }
 }
@@ -585,6 +683,56 @@ async fn next(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
                 return None;
             }
         }
+    }
+}
+
+/// How long a node waits for the runtime's event about a local rollback it has seen.
+const EVENT_GRACE: Duration = Duration::from_secs(1);
+
+/// What a local rollback says when its event never told why.
+const ROLLED_BACK: &str = "rolled back by the runtime";
+
+/// Why a node did not take a release.
+enum Failure {
+    /// The release is refused: decided, not tried again.
+    Refused(String),
+    /// Something local or the server failed: tried again later.
+    Transient(String),
+}
+
+/// Where module `module`'s builds are read from.
+fn artifact_of(reloader: &HotReloader, module: &str) -> Result<PathBuf, String> {
+    let status = reloader.status().map_err(|err| err.to_string())?;
+    status
+        .modules
+        .iter()
+        .find(|m| m.name == module)
+        .map(|m| m.artifact.clone())
+        .ok_or_else(|| format!("module {module} is not registered"))
+}
+
+/// Puts the serving version's build (its private shadow copy) back at the artifact path.
+fn restore_artifact(reloader: &HotReloader, module: &str) -> Result<(), String> {
+    let serving = reloader
+        .current_version(module)
+        .map_err(|err| err.to_string())?
+        .ok_or("nothing serves")?;
+    let bytes = std::fs::read(&serving.shadow)
+        .map_err(|err| format!("reading {}: {err}", serving.shadow.display()))?;
+    let artifact = artifact_of(reloader, module)?;
+    put_in_place(&artifact, &bytes).map_err(|err| format!("writing {}: {err}", artifact.display()))
+}
+
+/// Reads a memory file: module → newest release decided. A missing file is an empty memory.
+fn read_memory(path: &Path) -> Result<BTreeMap<String, u64>, FleetError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|err| FleetError::Node(format!("its memory file {}: {err}", path.display()))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(err) => Err(FleetError::Node(format!(
+            "its memory file {}: {err}",
+            path.display()
+        ))),
     }
 }
 

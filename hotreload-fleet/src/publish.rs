@@ -8,12 +8,14 @@ use sha2::{Digest, Sha256};
 use crate::error::check_name;
 use crate::record::{self, Admission, Kind, NodeStatus, Plan, Release, admit_key, release_key};
 use crate::store::Store;
-use crate::{FleetConfig, FleetError, SigningKey};
+use crate::{FleetConfig, FleetError, SigningKey, TrustedKeys};
 
 /// The side that holds the signing key: publishes releases, drives rollouts, rolls back.
 pub struct Publisher {
     pub(crate) store: Store,
     pub(crate) key: SigningKey,
+    /// The key's public half: the records a publisher builds on must verify with it.
+    trusted: TrustedKeys,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -30,6 +32,7 @@ impl Publisher {
     pub async fn connect(config: &FleetConfig, key: SigningKey) -> Result<Self, FleetError> {
         Ok(Publisher {
             store: Store::open(config, false).await?,
+            trusted: TrustedKeys::of_signing_key(&key)?,
             key,
         })
     }
@@ -57,12 +60,27 @@ impl Publisher {
         let sha256 = hex(&Sha256::digest(&bytes));
         let object = record::object_name(module, &sha256);
         self.store.upload(&object, &bytes).await?;
-        let current = self.store.get::<Release>(&release_key(module)).await?;
-        let (number, previous, revision) = match &current {
-            Some((current, revision)) => {
-                (current.release + 1, Some(current.as_previous()), *revision)
+        let (number, previous, revision) = match self.current(module).await {
+            Ok(Some((current, revision))) => (
+                next_number(module, current.release)?,
+                Some(current.as_previous()),
+                revision,
+            ),
+            Ok(None) => (1, None, 0),
+            Err(FleetError::Untrusted {
+                release, reason, ..
+            }) => {
+                // Not this key's record: published over (nodes refused it anyway), taking
+                // nothing from it but a higher number; there is nothing to roll back to.
+                tracing::warn!(module, release, %reason, "publishing over a record that does not verify");
+                let revision = self
+                    .store
+                    .get::<Release>(&release_key(module))
+                    .await?
+                    .map_or(0, |(_, revision)| revision);
+                (next_number(module, release)?, None, revision)
             }
-            None => (1, None, 0),
+            Err(err) => return Err(err),
         };
         let release = Release {
             module: module.to_owned(),
@@ -86,13 +104,12 @@ impl Publisher {
     /// Returns the record; [`status`](Self::status) shows the nodes taking it.
     pub async fn rollback(&self, module: &str) -> Result<Release, FleetError> {
         check_name("module", module)?;
-        let (current, revision) = self
-            .store
-            .get::<Release>(&release_key(module))
-            .await?
-            .ok_or_else(|| FleetError::NoRelease {
-                module: module.to_owned(),
-            })?;
+        let (current, revision) =
+            self.current(module)
+                .await?
+                .ok_or_else(|| FleetError::NoRelease {
+                    module: module.to_owned(),
+                })?;
         let release = self.rollback_record(&current)?;
         let release = self.write(release, revision).await?;
         self.admit(module, release.release, None).await?;
@@ -110,7 +127,7 @@ impl Publisher {
             })?;
         Ok(Release {
             module: current.module.clone(),
-            release: current.release + 1,
+            release: next_number(&current.module, current.release)?,
             kind: Kind::Rollback {
                 from: current.release,
             },
@@ -132,7 +149,7 @@ impl Publisher {
         mut release: Release,
         revision: u64,
     ) -> Result<Release, FleetError> {
-        release.signature = self.key.sign(&release.statement())?;
+        release.signature = self.key.sign(&release.statement(&self.store.bucket))?;
         let key = release_key(&release.module);
         if self.store.put_if(&key, &release, revision).await? {
             Ok(release)
@@ -156,14 +173,33 @@ impl Publisher {
             .map(drop)
     }
 
-    /// The module's current release record, if any.
+    /// The module's current release record, if any, checked against the publisher's key.
     pub async fn release(&self, module: &str) -> Result<Option<Release>, FleetError> {
         check_name("module", module)?;
-        Ok(self
-            .store
-            .get::<Release>(&release_key(module))
-            .await?
-            .map(|(release, _)| release))
+        Ok(self.current(module).await?.map(|(release, _)| release))
+    }
+
+    /// The current release record and its revision, if it verifies with the publisher's key:
+    /// a record someone changed in the bucket is never built upon.
+    pub(crate) async fn current(&self, module: &str) -> Result<Option<(Release, u64)>, FleetError> {
+        let Some((release, revision)) = self.store.get::<Release>(&release_key(module)).await?
+        else {
+            return Ok(None);
+        };
+        let verified = if release.module == module {
+            self.trusted
+                .verify(&release.statement(&self.store.bucket), &release.signature)
+        } else {
+            Err(format!("it names module {}", release.module))
+        };
+        match verified {
+            Ok(()) => Ok(Some((release, revision))),
+            Err(reason) => Err(FleetError::Untrusted {
+                module: module.to_owned(),
+                release: release.release,
+                reason,
+            }),
+        }
     }
 
     /// Every node's last status for `module` (every module's with `None`), by key order.
@@ -190,6 +226,14 @@ async fn statuses_in(store: &Store, module: Option<&str>) -> Result<Vec<NodeStat
         None => "node.".to_owned(),
     };
     store.list(&prefix).await
+}
+
+/// The release number after `release`.
+fn next_number(module: &str, release: u64) -> Result<u64, FleetError> {
+    release.checked_add(1).ok_or_else(|| FleetError::BadRecord {
+        key: release_key(module),
+        reason: "no release number is left after it".to_owned(),
+    })
 }
 
 /// Lower-case hex.

@@ -74,16 +74,25 @@ pub enum Kind {
 }
 
 impl Release {
-    /// The text the signature covers: every field that decides what a node runs.
-    pub fn statement(&self) -> String {
+    /// The text the signature covers: every field that decides what a node runs, the
+    /// release a rollback of it would go back to, and the fleet's bucket (a record copied
+    /// from another fleet trusting the same key fails).
+    pub fn statement(&self, bucket: &str) -> String {
         let kind = match self.kind {
             Kind::Build => "build".to_owned(),
             Kind::Rollback { from } => format!("rollback of release {from}"),
         };
+        let previous = match &self.previous {
+            Some(p) => format!(
+                "release {} object {} size {} sha256 {} api_version {} state_version {}",
+                p.release, p.object, p.size, p.sha256, p.api_version, p.state_version
+            ),
+            None => "none".to_owned(),
+        };
         format!(
             "hotreload release of {module} number {release}\n\
-             kind: {kind}\nobject: {object}\nsize: {size}\nsha256: {sha256}\n\
-             api_version: {api}\nstate_version: {state}\n",
+             fleet: {bucket}\nkind: {kind}\nobject: {object}\nsize: {size}\nsha256: {sha256}\n\
+             api_version: {api}\nstate_version: {state}\nprevious: {previous}\n",
             module = self.module,
             release = self.release,
             object = self.object,
@@ -211,10 +220,11 @@ impl NodeStatus {
         std::time::Duration::from_millis(unix_ms().saturating_sub(self.written_unix_ms))
     }
 
-    /// Whether the node is alive: its status written within three heartbeats and five
-    /// seconds (a node reconnecting to another server of a cluster, clocks a little apart).
+    /// Whether the node is alive: its status written within three heartbeats and ten
+    /// seconds (a node whose server died waits for another server of the cluster to take its
+    /// writes; clocks a little apart).
     pub fn is_fresh(&self) -> bool {
-        self.age().as_millis() <= u128::from(self.heartbeat_ms.saturating_mul(3) + 5_000)
+        self.age().as_millis() <= u128::from(self.heartbeat_ms.saturating_mul(3) + 10_000)
     }
 }
 
@@ -302,7 +312,8 @@ mod tests {
             plan: Plan::default(),
             published_unix_ms: 0,
         };
-        let base = release.statement();
+        let base = release.statement("fleet");
+        assert_ne!(release.statement("other"), base, "the bucket");
         let changed = [
             Release {
                 release: 4,
@@ -328,9 +339,28 @@ mod tests {
                 module: "n".into(),
                 ..release.clone()
             },
+            Release {
+                api_version: 2,
+                ..release.clone()
+            },
+            Release {
+                state_version: 2,
+                ..release.clone()
+            },
+            Release {
+                previous: Some(Previous {
+                    release: 2,
+                    object: "m.cc".into(),
+                    size: 9,
+                    sha256: "cc".into(),
+                    api_version: 1,
+                    state_version: 1,
+                }),
+                ..release.clone()
+            },
         ];
         for other in changed {
-            assert_ne!(other.statement(), base, "{other:?}");
+            assert_ne!(other.statement("fleet"), base, "{other:?}");
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::kv;
 use futures_util::StreamExt;
 
-use crate::record::{Kind, NodeStatus, Phase, Release, release_key};
+use crate::record::{Kind, NodeStatus, Phase, Release};
 use crate::store::{Store, decode};
 use crate::{FleetError, Publisher};
 
@@ -135,8 +135,12 @@ impl Publisher {
             tracing::info!(module, release = release.release, wave = index + 1, nodes = ?&members[admitted..], "admitting a wave");
             self.admit(module, release.release, Some(members.clone()))
                 .await?;
+            let wave_members = Members {
+                nodes: &members,
+                canary: report.waves.is_empty(),
+            };
             match self
-                .settle(&mut statuses, &release, Some(&members), timeout)
+                .settle(&mut statuses, &release, Some(wave_members), timeout)
                 .await
             {
                 Ok(gone) => {
@@ -182,27 +186,36 @@ impl Publisher {
         }
     }
 
-    /// Waits until each of `members` (every live node with `None`) serves `release` and is
-    /// healthy, or is gone. Returns the nodes gone, or why it stopped: a node refused or
-    /// failed the release, or the deadline passed.
+    /// Waits until each of a wave's members (every live node with `None`) serves `release`
+    /// and is healthy, or is gone. Returns the nodes gone, or why it stopped: a node refused
+    /// or failed the release, a canary stopped answering (a build that kills its process
+    /// must not pass for a node gone), every member of a wave did, or the deadline passed.
     async fn settle(
         &self,
         statuses: &mut Statuses,
         release: &Release,
-        members: Option<&[String]>,
+        members: Option<Members<'_>>,
         timeout: Duration,
     ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + timeout;
         loop {
             statuses.update().await;
-            let names: Vec<String> = match members {
-                Some(members) => members.to_vec(),
+            let names: Vec<String> = match &members {
+                Some(wave) => wave.nodes.to_vec(),
                 None => statuses.alive().map(|s| s.node.clone()).collect(),
             };
+            let canary = members.as_ref().is_some_and(|wave| wave.canary);
+            let count = names.len();
             let mut waiting = Vec::new();
             let mut gone = Vec::new();
             for name in names {
                 match statuses.nodes.get(&name) {
+                    Some(status) if !status.is_fresh() && canary => {
+                        return Err(format!(
+                            "canary node {name} stopped answering (last heard {:.1} s ago)",
+                            status.age().as_secs_f64()
+                        ));
+                    }
                     Some(status) if !status.is_fresh() => gone.push(name),
                     Some(status)
                         if status.release == release.release && status.phase == Phase::Healthy => {}
@@ -218,6 +231,12 @@ impl Publisher {
                     }
                     _ => waiting.push(name),
                 }
+            }
+            if members.is_some() && count > 0 && gone.len() == count {
+                return Err(format!(
+                    "every node of the wave stopped answering: {}",
+                    gone.join(", ")
+                ));
             }
             if waiting.is_empty() {
                 return Ok(gone);
@@ -246,15 +265,22 @@ impl Publisher {
         tracing::warn!(module = %release.module, release = release.release, wave, %reason, "rollout stopped");
         let module = release.module.clone();
         let rolled_back = async {
-            let (current, revision) = self
-                .store
-                .get::<Release>(&release_key(&module))
-                .await?
-                .ok_or_else(|| FleetError::NoRelease {
-                    module: module.clone(),
-                })?;
+            let (current, revision) =
+                self.current(&module)
+                    .await?
+                    .ok_or_else(|| FleetError::NoRelease {
+                        module: module.clone(),
+                    })?;
+            if current.release != release.release {
+                // Someone published meanwhile: rolling back "the current release" would undo
+                // theirs, and could take the fleet to the build that just failed.
+                return Ok(Err(format!(
+                    "release {} was published meanwhile, so nothing was rolled back",
+                    current.release
+                )));
+            }
             if current.previous.is_none() {
-                return Ok(None);
+                return Ok(Ok(None));
             }
             let rollback = self
                 .write(self.rollback_record(&current)?, revision)
@@ -268,19 +294,33 @@ impl Publisher {
                     break;
                 }
             }
-            Ok::<_, FleetError>(Some(rollback.release))
+            Ok::<_, FleetError>(Ok(Some(rollback.release)))
         };
         match rolled_back.await {
-            Ok(rollback_release) => FleetError::RolloutAborted {
+            Ok(Ok(rollback_release)) => FleetError::RolloutAborted {
                 module,
                 release: release.release,
                 wave,
                 reason,
                 rollback_release,
             },
+            Ok(Err(why_not)) => FleetError::RolloutAborted {
+                module,
+                release: release.release,
+                wave,
+                reason: format!("{reason}; {why_not}"),
+                rollback_release: None,
+            },
             Err(err) => err,
         }
     }
+}
+
+/// The members of a wave being waited for.
+struct Members<'a> {
+    nodes: &'a [String],
+    /// The first wave: a member that stops answering fails it.
+    canary: bool,
 }
 
 /// The nodes' statuses for one module, kept current by a watch.

@@ -45,6 +45,8 @@ impl FleetConfig {
 #[derive(Clone)]
 pub(crate) struct Store {
     pub(crate) servers: String,
+    /// The bucket's name: part of every signed statement.
+    pub(crate) bucket: String,
     pub(crate) kv: kv::Store,
     objects: object_store::ObjectStore,
 }
@@ -65,7 +67,12 @@ impl Store {
         let mut options = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(REQUEST_TIMEOUT))
-            .max_reconnects(None);
+            .max_reconnects(None)
+            // Back soon after a server restarts: 100 ms more per attempt, at most a second
+            // (the client's default waits up to several seconds between attempts).
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64 * 100).min(1_000))
+            });
         if keep_trying {
             options = options.retry_on_initial_connect();
         }
@@ -84,6 +91,7 @@ impl Store {
         .await?;
         Ok(Store {
             servers,
+            bucket: config.bucket.clone(),
             kv,
             objects,
         })
@@ -173,17 +181,9 @@ impl Store {
         Ok(records)
     }
 
-    /// Uploads `bytes` as object `name`, unless an object of that name (content-addressed:
-    /// the same bytes) is there already.
+    /// Uploads `bytes` as object `name`, replacing an object of that name: whatever is
+    /// there (planted by someone with access to the bucket, say) is not trusted to hold them.
     pub(crate) async fn upload(&self, name: &str, bytes: &[u8]) -> Result<(), FleetError> {
-        if self
-            .objects
-            .info(name)
-            .await
-            .is_ok_and(|info| !info.deleted)
-        {
-            return Ok(());
-        }
         retrying(&self.servers, format!("upload {name}"), || async {
             let mut reader = bytes;
             self.objects.put(name, &mut reader).await
@@ -192,23 +192,30 @@ impl Store {
         .map(drop)
     }
 
-    /// Downloads object `name`. A missing object fails at once; other failures (a server
-    /// restarting) are retried.
-    pub(crate) async fn download(&self, name: &str) -> Result<Vec<u8>, FleetError> {
-        let what = format!("download {name}");
-        match self.objects.get(name).await {
-            Err(err) if err.kind() == object_store::GetErrorKind::NotFound => {
-                return Err(FleetError::nats(&self.servers, what, err));
+    /// Downloads object `name`, which must be `size` bytes long (it is not read otherwise).
+    /// A missing or mis-sized object fails at once; other failures (a server restarting)
+    /// are retried.
+    pub(crate) async fn download(&self, name: &str, size: u64) -> Result<Vec<u8>, Missing> {
+        let what = || format!("download {name}");
+        retrying(&self.servers, what(), || async {
+            let mut object = match self.objects.get(name).await {
+                Err(err) if err.kind() == object_store::GetErrorKind::NotFound => {
+                    return Ok(Err(Missing::NotThere(err.to_string())));
+                }
+                found => found?,
+            };
+            if object.info.size as u64 != size {
+                return Ok(Err(Missing::NotThere(format!(
+                    "object {name} is {} bytes, the release says {size}",
+                    object.info.size
+                ))));
             }
-            _ => {}
-        }
-        retrying(&self.servers, what, || async {
-            let mut object = self.objects.get(name).await?;
             let mut bytes = Vec::new();
             object.read_to_end(&mut bytes).await?;
-            Ok::<_, async_nats::Error>(bytes)
+            Ok::<_, async_nats::Error>(Ok(bytes))
         })
         .await
+        .map_err(|err| Missing::Unreachable(err.to_string()))?
     }
 }
 
@@ -237,6 +244,15 @@ where
             }
         }
     }
+}
+
+/// Why a build could not be downloaded.
+#[derive(Debug)]
+pub(crate) enum Missing {
+    /// The object is not there, or not the size the release says: asking again will not help.
+    NotThere(String),
+    /// The server did not answer in time.
+    Unreachable(String),
 }
 
 /// Decodes a record, naming its key when it does not.

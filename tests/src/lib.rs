@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the fixture variants, built once per run with
 //! cargo, and a sandbox per test holding the artifact path a module is registered at.
 
+pub mod nats;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -28,6 +30,13 @@ fn counter_variants(builder: VariantBuilder) -> VariantBuilder {
                 LIB,
                 "pub fn add(&mut self, n: i64) -> i64 {",
                 "pub fn add(&mut self, n: f64) -> i64 {\n        let n = n as i64;",
+            )
+        })
+        .variant("add_panics", |v| {
+            v.edit(
+                LIB,
+                "pub fn add(&mut self, n: i64) -> i64 {",
+                "pub fn add(&mut self, n: i64) -> i64 {\n        if n != 0 {\n            panic!(\"add fails on purpose\");\n        }",
             )
         })
         .variant("param_type_changed", |v| {

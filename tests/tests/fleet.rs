@@ -16,144 +16,13 @@ use hotreload_fleet::{
     FleetConfig, FleetError, NodeStatus, Phase, Plan, Publisher, Release, SigningKey, TrustedKeys,
     Wave, generate_keys,
 };
+use hotreload_tests::nats::NatsServer;
 use hotreload_tests::variants;
 
 /// How long any one wait of these tests may take before it fails with what it waited for.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// The nodes' heartbeat.
 const HEARTBEAT_MS: u64 = 100;
-
-/// The `nats-server` binary: on `PATH`, or where Debian's package puts it.
-fn nats_server_binary() -> PathBuf {
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|path| path.is_file())
-    });
-    on_path
-        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
-        .expect("nats-server is not installed (Debian: apt-get install nats-server)")
-}
-
-/// A free TCP port on the loopback interface.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
-/// Waits until something accepts connections on `port`.
-fn wait_for_port(port: u16, what: &str) {
-    let deadline = Instant::now() + DEADLINE;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{what} did not listen on port {port} within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A `nats-server` process with JetStream (file storage) on loopback.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    args: Vec<String>,
-    name: String,
-}
-
-impl NatsServer {
-    /// One server, its JetStream files under `dir`.
-    fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.join("jetstream").display().to_string(),
-        ];
-        Self::spawn("nats-server".into(), port, args)
-    }
-
-    /// A cluster of three on loopback, each with its own JetStream directory under `dir`.
-    fn cluster(dir: &Path) -> Vec<NatsServer> {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        (0..3)
-            .map(|i| {
-                let routes: Vec<String> = ports
-                    .iter()
-                    .enumerate()
-                    .filter(|(j, _)| *j != i)
-                    .map(|(_, (_, cluster))| format!("nats://127.0.0.1:{cluster}"))
-                    .collect();
-                let args = vec![
-                    "-a".into(),
-                    "127.0.0.1".into(),
-                    "-p".into(),
-                    ports[i].0.to_string(),
-                    "-n".into(),
-                    format!("n{i}"),
-                    "-js".into(),
-                    "-sd".into(),
-                    dir.join(format!("n{i}")).display().to_string(),
-                    "--cluster_name".into(),
-                    "hotreload".into(),
-                    "--cluster".into(),
-                    format!("nats://127.0.0.1:{}", ports[i].1),
-                    "--routes".into(),
-                    routes.join(","),
-                ];
-                Self::spawn(format!("nats-server n{i}"), ports[i].0, args)
-            })
-            .collect()
-    }
-
-    fn spawn(name: String, port: u16, args: Vec<String>) -> Self {
-        let mut server = NatsServer {
-            child: None,
-            port,
-            args,
-            name,
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (as a crash would).
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again with the same port and files.
-    fn restart(&mut self) {
-        self.stop();
-        let child = Command::new(nats_server_binary())
-            .args(&self.args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|err| panic!("starting {}: {err}", self.name));
-        self.child = Some(child);
-        wait_for_port(self.port, &self.name);
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 /// A node process: `fleet_node` with the counter module.
 struct Node {
@@ -169,7 +38,7 @@ impl Node {
     fn start(fleet: &Fleet, name: &str, build: Option<&Path>) -> Node {
         let dir = fleet.dir.path().join("nodes").join(name);
         std::fs::create_dir_all(&dir).expect("the node's directory");
-        let artifact = dir.join("libcounter.so");
+        let artifact = dir.join(format!("lib{}.so", fleet.kind));
         if let Some(build) = build {
             hotreload::harness::install(build, &artifact).expect("the node's first build");
         }
@@ -186,6 +55,7 @@ impl Node {
     fn spawn(&mut self, fleet: &Fleet) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fleet_node"))
             .args([
+                fleet.kind,
                 fleet.servers.as_str(),
                 BUCKET,
                 &self.name,
@@ -241,6 +111,10 @@ struct Fleet {
     secret: PathBuf,
     public: PathBuf,
     probation: u64,
+    /// What the nodes host: `counter` (the counter fixture) or `bench` (`bench/module`).
+    kind: &'static str,
+    /// That module's name.
+    module: &'static str,
     nodes: Vec<Node>,
     runtime: tokio::runtime::Runtime,
     /// The last field, dropped last: the nodes end before the next test's fleet starts.
@@ -261,6 +135,8 @@ impl Fleet {
             secret,
             public,
             probation: 20,
+            kind: "counter",
+            module: MODULE,
             nodes: Vec::new(),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -297,7 +173,7 @@ impl Fleet {
 
     fn statuses(&self) -> Vec<NodeStatus> {
         self.runtime
-            .block_on(hotreload_fleet::status(&self.config(), Some(MODULE)))
+            .block_on(hotreload_fleet::status(&self.config(), Some(self.module)))
             .expect("the statuses")
     }
 
@@ -337,10 +213,10 @@ impl Fleet {
     ) -> Result<Release, FleetError> {
         let release = self
             .runtime
-            .block_on(publisher.publish(MODULE, build, plan))
+            .block_on(publisher.publish(self.module, build, plan))
             .expect("publish");
         self.runtime
-            .block_on(publisher.rollout(MODULE))
+            .block_on(publisher.rollout(self.module))
             .map(|_| release)
     }
 }
@@ -434,34 +310,47 @@ fn a_release_signed_by_an_untrusted_key_is_refused_by_every_node() {
     let other_secret = fleet.dir.path().join("other.key");
     generate_keys(&other_secret, &fleet.dir.path().join("other.pub")).expect("another key pair");
     let stranger = fleet.publisher_with(&other_secret);
-    let publisher = fleet.publisher();
-    fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
 
-    let outcome = fleet.release(&stranger, v2, waves());
-    match outcome {
-        Err(FleetError::RolloutAborted { wave, reason, .. }) => {
-            assert_eq!(wave, 1, "stopped at the canary wave");
+    match fleet.release(&stranger, v2, waves()) {
+        Err(FleetError::RolloutAborted {
+            wave,
+            reason,
+            rollback_release,
+            ..
+        }) => {
+            assert_eq!((wave, rollback_release), (1, None), "{reason}");
             assert!(reason.contains("signature"), "{reason}");
         }
         other => panic!("the rollout went on: {other:?}"),
     }
     // Every node refused it as soon as it saw it, admitted or not, and serves v1 still.
-    let statuses = fleet.wait_for(10, "every node refusing release 2 and its rollback", |s| {
-        s.attempted == Some(3) && s.phase == Phase::Refused
+    let statuses = fleet.wait_for(10, "every node refusing release 1", |s| {
+        s.attempted == Some(1) && s.phase == Phase::Refused
     });
     for status in &statuses {
         assert_eq!(status.sha256, sha256_of(v1), "{status:?}");
-        assert_eq!(status.release, 1, "{status:?}");
+        assert_eq!(status.release, 0, "{status:?}");
+        let reason = status.reason.as_deref().unwrap_or_default();
         assert!(
-            status
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.contains("signature")),
-            "{status:?}"
+            reason.contains("signed by a key that is not trusted"),
+            "{reason}"
         );
     }
+
+    // The real publisher cannot build on that record, and publishes over it: release 2,
+    // with nothing to roll back to, taken by every node.
+    let publisher = fleet.publisher();
+    match fleet.runtime.block_on(publisher.rollback(MODULE)) {
+        Err(FleetError::Untrusted { release: 1, .. }) => {}
+        other => panic!("a rollback built on the stranger's record: {other:?}"),
+    }
+    let release = fleet
+        .release(&publisher, v2, Plan::all_at_once())
+        .expect("the real release");
+    assert_eq!((release.release, release.previous), (2, None));
+    fleet.wait_for(10, "every node on release 2", |s| {
+        s.release == 2 && s.phase == Phase::Healthy && s.sha256 == sha256_of(v2)
+    });
 }
 
 #[test]
@@ -528,11 +417,79 @@ fn records_written_without_the_key_and_replayed_records_are_refused() {
     for status in &statuses {
         assert_eq!(status.sha256, sha256_of(v2), "{status:?}");
         let reason = status.reason.as_deref().unwrap_or_default();
-        assert!(
-            reason.contains("older than the served release 2"),
-            "{reason}"
-        );
+        assert!(reason.contains("is older than release 2"), "{reason}");
     }
+
+    // Release 2's record with its `previous` pointed elsewhere (what a rollback would go
+    // back to): the nodes refuse it, and the publisher will not sign a rollback built on it.
+    let tampered = Release {
+        previous: second.previous.clone().map(|p| hotreload_fleet::Previous {
+            sha256: sha256_of(v2),
+            object: second.object.clone(),
+            ..p
+        }),
+        ..second.clone()
+    };
+    raw.put("release.counter", &tampered);
+    fleet.wait_for(3, "every node refusing the tampered record", |s| {
+        s.attempted == Some(2) && s.phase == Phase::Refused && s.sha256 == sha256_of(v2)
+    });
+    match fleet.runtime.block_on(publisher.rollback(MODULE)) {
+        Err(FleetError::Untrusted {
+            release: 2, reason, ..
+        }) => assert!(reason.contains("does not match"), "{reason}"),
+        other => panic!("a rollback built on a tampered record: {other:?}"),
+    }
+}
+
+#[test]
+fn a_restarted_node_remembers_the_newest_release_it_took() {
+    let built = variants!();
+    let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(2, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+    let first = fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+    let second = fleet
+        .release(&publisher, v2, Plan::all_at_once())
+        .expect("release 2");
+    fleet.wait_for(2, "both nodes on release 2", |s| {
+        s.release == second.release
+    });
+
+    // node-00 goes down; meanwhile release 1's record, validly signed, is put back and
+    // admitted. Back up, the node knows it took release 2 and refuses it.
+    fleet.nodes[0].kill();
+    let raw = RawStore::open(&fleet);
+    raw.put("release.counter", &first);
+    raw.put(
+        "admit.counter",
+        &hotreload_fleet::Admission {
+            release: 1,
+            nodes: None,
+        },
+    );
+    let fleet = &mut fleet;
+    let mut node = Node {
+        name: "node-00".into(),
+        artifact: fleet.nodes[0].artifact.clone(),
+        child: None,
+        stdin: None,
+    };
+    node.spawn(fleet);
+    let statuses = fleet.wait_for(2, "node-00 refusing the older record", |s| {
+        s.node != "node-00" || (s.phase == Phase::Refused && s.attempted == Some(1))
+    });
+    let status = statuses
+        .iter()
+        .find(|s| s.node == "node-00")
+        .expect("node-00");
+    assert_eq!(status.sha256, sha256_of(v2), "{status:?}");
+    let reason = status.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains("is older than release 2"), "{reason}");
 }
 
 /// Writes records straight into the fleet's Key-Value bucket, as someone with access to the
@@ -631,6 +588,56 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
 }
 
 #[test]
+fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() {
+    let built = variants!();
+    let (v1, panics) = (built.artifact("v1"), built.artifact("add_panics"));
+    let (_server, mut fleet) = single_server();
+    fleet.start_nodes(4, v1);
+    fleet.wait_for_nodes();
+    let publisher = fleet.publisher();
+    let first = fleet
+        .release(&publisher, v1, Plan::all_at_once())
+        .expect("release 1");
+
+    // It loads and passes every check; its first call panics, on probation: the canary's
+    // runtime rolls it back, the node says it failed, and the rollout stops.
+    match fleet.release(&publisher, panics, waves()) {
+        Err(FleetError::RolloutAborted {
+            wave,
+            reason,
+            rollback_release,
+            ..
+        }) => {
+            assert_eq!((wave, rollback_release), (1, Some(3)), "{reason}");
+            assert!(reason.starts_with("node node-00 failed:"), "{reason}");
+            assert!(reason.contains("add fails on purpose"), "{reason}");
+        }
+        other => panic!("the rollout went on: {other:?}"),
+    }
+    let statuses = fleet.wait_for(4, "every node on the rollback", |s| {
+        s.release == 3 && s.phase == Phase::Healthy
+    });
+    for status in &statuses {
+        assert_eq!(status.sha256, first.sha256, "{status:?}");
+    }
+
+    // The canary's artifact holds what serves again: restarted, it runs v1.
+    fleet.nodes[0].kill();
+    let mut node = Node {
+        name: "node-00".into(),
+        artifact: fleet.nodes[0].artifact.clone(),
+        child: None,
+        stdin: None,
+    };
+    node.spawn(&fleet);
+    assert_eq!(sha256_of(&node.artifact), first.sha256);
+    let pid = node.child.as_ref().map(Child::id);
+    fleet.wait_for(4, "the restarted canary on release 3", |s| {
+        s.node != "node-00" || (Some(s.pid) == pid && s.release == 3 && s.sha256 == first.sha256)
+    });
+}
+
+#[test]
 fn a_node_killed_during_a_rollout_catches_up_when_it_comes_back() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
@@ -646,12 +653,9 @@ fn a_node_killed_during_a_rollout_catches_up_when_it_comes_back() {
         .runtime
         .block_on(publisher.publish(MODULE, v2, waves()))
         .expect("publish v2");
-    // The rollout runs on its own thread; node-03 (last wave) dies once the canary took it.
-    let rollout = spawn_rollout(&fleet);
-    fleet.wait_for(4, "the canary on release 2", |s| {
-        s.node != "node-00" || s.release == second.release
-    });
+    // node-03 (in the last wave) dies as the rollout starts; it was alive when it began.
     fleet.nodes[3].kill();
+    let rollout = spawn_rollout(&fleet);
     let report = rollout
         .join()
         .expect("the rollout thread")
@@ -676,6 +680,8 @@ fn a_rollout_survives_its_server_restarting() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
     let (mut server, mut fleet) = single_server();
+    // A probation of some seconds: the outage comes while the canary wave is on it.
+    fleet.probation = 3000;
     fleet.start_nodes(4, v1);
     fleet.wait_for_nodes();
     let publisher = fleet.publisher();
@@ -687,8 +693,8 @@ fn a_rollout_survives_its_server_restarting() {
         .block_on(publisher.publish(MODULE, v2, waves()))
         .expect("publish v2");
     let rollout = spawn_rollout(&fleet);
-    fleet.wait_for(4, "the canary on release 2", |s| {
-        s.node != "node-00" || s.release == second.release
+    fleet.wait_for(4, "the canary on release 2, on probation", |s| {
+        s.node != "node-00" || (s.release == second.release && s.phase == Phase::Probation)
     });
     server.stop();
     std::thread::sleep(Duration::from_millis(500)); // the outage, not a synchronisation
@@ -698,6 +704,7 @@ fn a_rollout_survives_its_server_restarting() {
         .expect("the rollout thread")
         .expect("the rollout completes");
     assert!(report.gone.is_empty(), "{report}");
+    assert_eq!(report.waves.len(), 3, "{report}");
     fleet.wait_for(4, "every node on release 2", |s| {
         s.release == second.release && s.phase == Phase::Healthy
     });
@@ -711,6 +718,8 @@ fn a_rollout_survives_a_three_server_cluster_losing_one() {
     let mut servers = NatsServer::cluster(dir.path());
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     let mut fleet = Fleet::new(dir, urls.join(","));
+    // A probation of some seconds: the server goes while the canary wave is on it.
+    fleet.probation = 3000;
     // Three copies of the buckets, made before the nodes come.
     let publisher = {
         let key = SigningKey::from_file(&fleet.secret, None).expect("key");
@@ -729,16 +738,17 @@ fn a_rollout_survives_a_three_server_cluster_losing_one() {
         .block_on(publisher.publish(MODULE, v2, waves()))
         .expect("publish v2");
     let rollout = spawn_rollout(&fleet);
-    fleet.wait_for(4, "the canary on release 2", |s| {
-        s.node != "node-00" || s.release == second.release
+    fleet.wait_for(4, "the canary on release 2, on probation", |s| {
+        s.node != "node-00" || (s.release == second.release && s.phase == Phase::Probation)
     });
     servers[1].stop();
     let report = rollout
         .join()
         .expect("the rollout thread")
         .expect("the rollout completes");
+    assert_eq!(report.waves.len(), 3, "{report}");
     // Nodes whose server died reconnect to another; their writes wait while the cluster
-    // elects new stream leaders, so the rollout may count them gone: they catch up below.
+    // elects new stream leaders (a node silent for long counts as gone and catches up).
     eprint!("{report}");
     fleet.wait_for(4, "every node on release 2", |s| {
         s.release == second.release && s.phase == Phase::Healthy
@@ -792,25 +802,27 @@ fn trusted_keys_read_minisign_files_and_refuse_other_keys() {
     );
 }
 
-/// The counter fixture's `v1` and `v2` built with the release profile, beside the debug
-/// variants.
-fn release_builds() -> hotreload::harness::BuiltVariants {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-release");
-    hotreload::harness::VariantBuilder::new(root.join("fixtures/counter"), &work)
-        .lockfile(root.join("../Cargo.lock"))
+/// The benchmarks' module (`bench/module`, the module of the project's benchmark: about
+/// 1.5 MB as a release build), builds `b1` and `b2` (they differ in what `build()` returns),
+/// with the release or the debug profile.
+fn bench_builds(release: bool) -> hotreload::harness::BuiltVariants {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-bench");
+    let profile = if release { "release" } else { "debug" };
+    hotreload::harness::VariantBuilder::new(root.join("bench/module"), work.join(profile))
+        .lockfile(root.join("Cargo.lock"))
         .target_dir(work.join("target"))
-        .release(true)
-        .variant("v1", |v| v)
-        .variant("v2", |v| {
+        .release(release)
+        .variant("b1", |v| v)
+        .variant("b2", |v| {
             v.edit(
                 "src/lib.rs",
-                "const FACTOR: i64 = 1;",
-                "const FACTOR: i64 = 2;",
+                "const BUILD: u64 = 1;",
+                "const BUILD: u64 = 2;",
             )
         })
         .build()
-        .unwrap_or_else(|err| panic!("building the release variants failed: {err}"))
+        .unwrap_or_else(|err| panic!("building the benchmark module failed: {err}"))
 }
 
 /// Percentile `p` (0 to 100) of `values` by nearest rank.
@@ -822,7 +834,7 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 /// Publish to every node serving, and rollback to every node serving, for 10 nodes: a
-/// release build and a debug build of the counter module, `HOTRELOAD_FLEET_RELEASES` of each
+/// release build and a debug build of the benchmarks' module, `HOTRELOAD_FLEET_RELEASES` of each
 /// (20 unless set). Each release uploads its build (the previous upload of the same bytes is
 /// deleted first, so the content-addressed store cannot skip it) and every node downloads
 /// it, checks it and reloads it; each rollback takes the nodes back to the build they kept.
@@ -834,14 +846,15 @@ fn fleet_figures() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
-    let release_built = release_builds();
-    let debug_built = variants!();
     let mut figures = serde_json::Map::new();
-    for (profile, built) in [("release", &release_built), ("debug", debug_built)] {
-        let (a, b) = (built.artifact("v1"), built.artifact("v2"));
+    for (profile, release) in [("release", true), ("debug", false)] {
+        let built = bench_builds(release);
+        let (a, b) = (built.artifact("b1"), built.artifact("b2"));
         let size = std::fs::metadata(b).expect("the build").len();
         let (_server, mut fleet) = single_server();
         fleet.probation = 0;
+        fleet.kind = "bench";
+        fleet.module = "bench_state";
         fleet.start_nodes(10, a);
         fleet.wait_for_nodes();
         let publisher = fleet.publisher();
@@ -851,7 +864,7 @@ fn fleet_figures() {
         let raw = RawStore::open(&fleet);
         let (mut publish_ms, mut rollback_ms) = (Vec::new(), Vec::new());
         for _ in 0..releases {
-            raw.delete_object(&format!("{MODULE}.{}", sha256_of(b)));
+            raw.delete_object(&format!("{}.{}", fleet.module, sha256_of(b)));
             let started = Instant::now();
             let release = fleet
                 .release(&publisher, b, Plan::all_at_once())
@@ -861,11 +874,11 @@ fn fleet_figures() {
             let started = Instant::now();
             let back = fleet
                 .runtime
-                .block_on(publisher.rollback(MODULE))
+                .block_on(publisher.rollback(fleet.module))
                 .expect("a rollback");
             let nodes = fleet
                 .runtime
-                .block_on(publisher.wait_for_release(MODULE, &back, DEADLINE))
+                .block_on(publisher.wait_for_release(fleet.module, &back, DEADLINE))
                 .expect("every node back");
             rollback_ms.push(started.elapsed().as_secs_f64() * 1e3);
             assert_eq!(nodes.len(), 10);

@@ -1,9 +1,12 @@
-//! A node of the fleet tests and benchmark: the counter module registered at an artifact
-//! path (its first build already there), attached to a fleet, called every millisecond as a
-//! service would be, until its standard input closes or it is killed.
+//! A node of the fleet tests and benchmark: a hot module registered at an artifact path (its
+//! first build already there), attached to a fleet, called every millisecond as a service
+//! would be, until its standard input closes or it is killed.
 //!
-//! `fleet_node <servers> <bucket> <node> <public key> <artifact> <heartbeat ms> <probation calls>`
-//! (probation 0: none). It prints `ready` once attached.
+//! `fleet_node <counter|bench> <servers> <bucket> <node> <public key> <artifact> <heartbeat ms>
+//! <probation calls>` (probation 0: none): `counter` hosts the counter fixture, `bench` the
+//! benchmarks' module (`bench/module`). It keeps the release numbers it decided in
+//! `fleet-memory.json` beside the artifact, and prints `ready` once attached.
+//! `RUST_LOG=hotreload_fleet=debug` shows what the node does, on its standard error.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -12,17 +15,40 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use bench_module::BenchState;
 use counter::Counter;
-use hotreload::{HotReloader, ModuleOptions, Probation, hot_fn};
+use hotreload::{HotModule, HotReloader, Module, ModuleOptions, Probation, hot_fn};
 use hotreload_fleet::{FleetConfig, FleetNode, NodeOptions, TrustedKeys};
 
 fn main() -> ExitCode {
-    // `RUST_LOG=hotreload_fleet=debug` shows what the node does, on its standard error.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let [kind, rest @ ..] = args.as_slice() else {
+        return usage();
+    };
+    match kind.as_str() {
+        "counter" => serve::<Counter>(rest, |counter| {
+            let _ = hot_fn!(counter.add(1));
+        }),
+        "bench" => serve::<BenchState>(rest, |bench| {
+            let _ = hot_fn!(bench.add(1, 2));
+        }),
+        _ => usage(),
+    }
+}
+
+fn usage() -> ExitCode {
+    eprintln!(
+        "usage: fleet_node <counter|bench> <servers> <bucket> <node> <public key> <artifact> <heartbeat ms> <probation calls>"
+    );
+    ExitCode::FAILURE
+}
+
+/// Registers module `T`, attaches to the fleet, and runs `call` every millisecond.
+fn serve<T: HotModule>(args: &[String], call: impl Fn(&Module<T>)) -> ExitCode {
     let [
         servers,
         bucket,
@@ -31,12 +57,9 @@ fn main() -> ExitCode {
         artifact,
         heartbeat,
         probation,
-    ] = args.as_slice()
+    ] = args
     else {
-        eprintln!(
-            "usage: fleet_node <servers> <bucket> <node> <public key> <artifact> <heartbeat ms> <probation calls>"
-        );
-        return ExitCode::FAILURE;
+        return usage();
     };
     let heartbeat = Duration::from_millis(heartbeat.parse().expect("heartbeat in ms"));
     let probation: u64 = probation.parse().expect("probation calls");
@@ -45,8 +68,8 @@ fn main() -> ExitCode {
         options = options.probation(Probation::calls(probation));
     }
     let reloader = Arc::new(HotReloader::new());
-    let counter = match reloader.register_with::<Counter>(options) {
-        Ok(counter) => counter,
+    let module = match reloader.register_with::<T>(options) {
+        Ok(module) => module,
         Err(err) => {
             eprintln!("fleet_node {node}: {err}");
             return ExitCode::FAILURE;
@@ -56,7 +79,11 @@ fn main() -> ExitCode {
         .with_file(public)
         .expect("the trusted public key");
     let config = FleetConfig::new(servers.as_str(), bucket.as_str());
-    let options = NodeOptions::new(config, node.as_str(), trusted).heartbeat(heartbeat);
+    // The release numbers it decided, kept beside its artifact across restarts.
+    let memory = PathBuf::from(artifact).with_file_name("fleet-memory.json");
+    let options = NodeOptions::new(config, node.as_str(), trusted)
+        .heartbeat(heartbeat)
+        .remember_in(memory);
     let fleet = match FleetNode::attach(reloader.clone(), options) {
         Ok(fleet) => fleet,
         Err(err) => {
@@ -75,7 +102,7 @@ fn main() -> ExitCode {
         }
     });
     while !closed.load(Ordering::Acquire) {
-        let _ = hot_fn!(counter.add(1));
+        call(&module);
         std::thread::sleep(Duration::from_millis(1));
     }
     fleet.detach();
