@@ -496,7 +496,6 @@ fn a_restarted_node_remembers_the_newest_release_it_took() {
 /// bucket but without the signing key could.
 struct RawStore {
     runtime: tokio::runtime::Runtime,
-    client: async_nats::Client,
     kv: async_nats::jetstream::kv::Store,
 }
 
@@ -506,32 +505,16 @@ impl RawStore {
             .enable_all()
             .build()
             .expect("a runtime");
-        let (client, kv) = runtime.block_on(async {
+        let kv = runtime.block_on(async {
             let client = async_nats::connect(fleet.servers.as_str())
                 .await
                 .expect("connect");
-            let kv = async_nats::jetstream::new(client.clone())
+            async_nats::jetstream::new(client)
                 .get_key_value(BUCKET)
                 .await
-                .expect("the fleet's bucket");
-            (client, kv)
+                .expect("the fleet's bucket")
         });
-        RawStore {
-            runtime,
-            client,
-            kv,
-        }
-    }
-
-    /// Deletes a build from the Object Store, if it is there.
-    fn delete_object(&self, name: &str) {
-        self.runtime.block_on(async {
-            let store = async_nats::jetstream::new(self.client.clone())
-                .get_object_store(BUCKET)
-                .await
-                .expect("the fleet's object store");
-            let _ = store.delete(name).await;
-        });
+        RawStore { runtime, kv }
     }
 
     fn put<T: serde::Serialize>(&self, key: &str, record: &T) {
@@ -834,11 +817,10 @@ fn percentile(values: &[f64], p: f64) -> f64 {
 }
 
 /// Publish to every node serving, and rollback to every node serving, for 10 nodes: a
-/// release build and a debug build of the benchmarks' module, `HOTRELOAD_FLEET_RELEASES` of each
-/// (20 unless set). Each release uploads its build (the previous upload of the same bytes is
-/// deleted first, so the content-addressed store cannot skip it) and every node downloads
-/// it, checks it and reloads it; each rollback takes the nodes back to the build they kept.
-/// Prints the figures and writes them to `target/hotreload-bench/fleet.json`.
+/// release build and a debug build of the benchmarks' module, `HOTRELOAD_FLEET_RELEASES` of
+/// each (20 unless set). Each release uploads its build and every node downloads it, checks
+/// it and reloads it; each rollback takes the nodes back to the build they kept. Prints the
+/// figures and writes them to `target/hotreload-bench/fleet.json`.
 #[test]
 #[ignore = "a benchmark: run with --ignored --nocapture"]
 fn fleet_figures() {
@@ -861,10 +843,8 @@ fn fleet_figures() {
         fleet
             .release(&publisher, a, Plan::all_at_once())
             .expect("the first release");
-        let raw = RawStore::open(&fleet);
         let (mut publish_ms, mut rollback_ms) = (Vec::new(), Vec::new());
         for _ in 0..releases {
-            raw.delete_object(&format!("{}.{}", fleet.module, sha256_of(b)));
             let started = Instant::now();
             let release = fleet
                 .release(&publisher, b, Plan::all_at_once())
