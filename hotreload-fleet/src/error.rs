@@ -84,6 +84,18 @@ pub enum FleetError {
         /// The release serving now.
         release: u64,
     },
+    /// A rollback was asked while the current release is itself a rollback.
+    #[error(
+        "module {module}: release {release} is a rollback of release {from} already; publish a build to go on"
+    )]
+    AlreadyRolledBack {
+        /// The module.
+        module: String,
+        /// The rollback release serving.
+        release: u64,
+        /// The release it rolled back.
+        from: u64,
+    },
     /// The rollout stopped: a node refused the release or failed its probation, or a wave
     /// did not become healthy in time. The fleet was rolled back by release
     /// `rollback_release` (`None`: the release replaced nothing, so there was nothing to go

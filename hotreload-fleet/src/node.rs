@@ -201,6 +201,9 @@ struct Tracked {
     last_rollback: Option<String>,
     /// When a local rollback was first seen without its event.
     rollback_seen: Option<Instant>,
+    /// The build taken is on probation: the artifact path holds the one before until it
+    /// passes.
+    artifact_pending: bool,
 }
 
 struct Taken {
@@ -225,6 +228,7 @@ impl Tracked {
             admission: None,
             last_rollback: None,
             rollback_seen: None,
+            artifact_pending: false,
         }
     }
 
@@ -389,7 +393,12 @@ impl Run {
         let Some(release) = tracked.record.clone() else {
             return;
         };
-        if tracked.phase == Phase::Refused && tracked.attempted == Some(release.release) {
+        // Refused already and not the number it serves (the genuine record of which is what
+        // clears a refusal of a copy of it, below): nothing new to say.
+        if tracked.phase == Phase::Refused
+            && tracked.attempted == Some(release.release)
+            && release.release != tracked.decided
+        {
             return;
         }
         // Unsigned or not for this module: refused, and its number means nothing (a forged
@@ -449,8 +458,9 @@ impl Run {
             return;
         };
         match outcome {
-            Ok(()) => {
+            Ok(installed @ (Installed::Build | Installed::OnProbation)) => {
                 tracing::info!(module, release = release.release, "release taken");
+                tracked.artifact_pending = installed == Installed::OnProbation;
                 let changed = tracked.sha256 != release.sha256;
                 tracked.taken = changed.then_some(Taken {
                     release: release.release,
@@ -462,6 +472,19 @@ impl Run {
                 tracked.release = release.release;
                 tracked.sha256 = release.sha256;
                 tracked.last_rollback = None;
+                tracked.rollback_seen = None;
+                tracked.phase = Phase::Healthy;
+                tracked.attempted = None;
+                tracked.reason = None;
+            }
+            Ok(Installed::NumberOnly) => {
+                tracing::info!(
+                    module,
+                    release = release.release,
+                    "rollback of a release it never served: number noted"
+                );
+                tracked.decided = release.release;
+                tracked.release = release.release;
                 tracked.phase = Phase::Healthy;
                 tracked.attempted = None;
                 tracked.reason = None;
@@ -477,7 +500,7 @@ impl Run {
     /// Makes the release's build serve: already serving, kept for rollback, or downloaded,
     /// checked and reloaded. A failed reload puts the serving build back at the artifact
     /// path, so that a restart loads what served.
-    async fn install(&mut self, module: &str, release: &Release) -> Result<(), Failure> {
+    async fn install(&mut self, module: &str, release: &Release) -> Result<Installed, Failure> {
         let reloader = self.reloader.clone();
         let transient = |err: hotreload::HotError| Failure::Transient(err.to_string());
         let serving = reloader
@@ -486,7 +509,13 @@ impl Run {
             .map(|v| v.sha256)
             .unwrap_or_default();
         if serving == release.sha256 {
-            return Ok(());
+            return Ok(Installed::Build);
+        }
+        if let Kind::Rollback { from } = release.kind
+            && self.tracked(module).is_some_and(|t| t.release != from)
+        {
+            // It never took (or already left) the release rolled back: nothing to undo.
+            return Ok(Installed::NumberOnly);
         }
         if matches!(release.kind, Kind::Rollback { .. }) {
             let kept = reloader
@@ -499,7 +528,7 @@ impl Run {
                 if let Err(err) = restore_artifact(&reloader, module) {
                     tracing::warn!(module, %err, "the serving build is not back at the artifact path");
                 }
-                return Ok(());
+                return Ok(Installed::Build);
             }
         }
         let store = self
@@ -508,10 +537,12 @@ impl Run {
             .ok_or(Failure::Transient("not connected".to_owned()))?;
         let bytes = match store.download(&release.object, release.size).await {
             Ok(bytes) => bytes,
-            Err(Missing::NotThere(reason)) => {
+            Err(Missing::WrongSize(reason)) => {
                 return Err(Failure::Refused(format!("download: {reason}")));
             }
-            Err(Missing::Unreachable(reason)) => return Err(Failure::Transient(reason)),
+            Err(Missing::Absent(reason) | Missing::Unreachable(reason)) => {
+                return Err(Failure::Transient(format!("download: {reason}")));
+            }
         };
         let digest = hex(&Sha256::digest(&bytes));
         if digest != release.sha256 {
@@ -521,11 +552,23 @@ impl Run {
             )));
         }
         let artifact = artifact_of(&reloader, module).map_err(Failure::Transient)?;
+        // What the artifact holds now (the serving build): back there while the new one is on
+        // probation, so that a process that dies of it restarts on what served.
+        let serving_bytes = std::fs::read(&artifact).ok();
         put_in_place(&artifact, &bytes)
             .map_err(|err| Failure::Transient(format!("writing {}: {err}", artifact.display())))?;
         let outcome = reloader.reload_module(module);
         let refused = match outcome {
-            Ok(report) if report.to.sha256 == release.sha256 => return Ok(()),
+            Ok(report) if report.to.sha256 == release.sha256 => {
+                let on_probation = on_probation(&reloader, module, report.to.generation);
+                if let (true, Some(serving_bytes)) = (on_probation, serving_bytes) {
+                    put_in_place(&artifact, &serving_bytes).map_err(|err| {
+                        Failure::Transient(format!("writing {}: {err}", artifact.display()))
+                    })?;
+                    return Ok(Installed::OnProbation);
+                }
+                return Ok(Installed::Build);
+            }
             Ok(report) => {
                 // The artifact file changed between our write and the reload's copy of it.
                 let _ = reloader.rollback(module);
@@ -534,7 +577,22 @@ impl Run {
                     report.to.sha256, release.sha256
                 )
             }
-            Err(err) => format!("reload: {err}"),
+            Err(err) => {
+                let _ = restore_artifact(&reloader, module);
+                return Err(match err {
+                    // The moment, not the build: tried again at the next look.
+                    hotreload::HotError::Busy { .. }
+                    | hotreload::HotError::TransactionRunning { .. }
+                    | hotreload::HotError::CanaryRunning { .. }
+                    | hotreload::HotError::Vetoed { .. }
+                    | hotreload::HotError::Shadow { .. }
+                    | hotreload::HotError::ShadowDir { .. }
+                    | hotreload::HotError::ReadArtifact { .. } => {
+                        Failure::Transient(format!("reload: {err}"))
+                    }
+                    err => Failure::Refused(format!("reload: {err}")),
+                });
+            }
         };
         if let Err(err) = restore_artifact(&reloader, module) {
             tracing::warn!(module, %err, "the serving build is not back at the artifact path");
@@ -575,6 +633,7 @@ impl Run {
                             .unwrap_or_else(|| ROLLED_BACK.to_owned()),
                     );
                     tracked.release = taken.before_release;
+                    tracked.artifact_pending = false;
                     if let Err(err) = restore_artifact(&reloader, module) {
                         tracing::warn!(module, %err, "the serving build is not back at the artifact path");
                     }
@@ -590,18 +649,21 @@ impl Run {
             tracked.rollback_seen = None;
         }
         if matches!(tracked.phase, Phase::Healthy | Phase::Probation) {
-            let on_probation = reloader.status().ok().is_some_and(|status| {
-                status.modules.iter().any(|m| {
-                    m.name == module
-                        && m.probation
-                            .is_some_and(|p| p.generation == serving.generation)
-                })
-            });
+            let on_probation = on_probation(&reloader, module, serving.generation);
             tracked.phase = if on_probation {
                 Phase::Probation
             } else {
                 Phase::Healthy
             };
+            if tracked.phase == Phase::Healthy && tracked.artifact_pending {
+                // Through its probation: the build goes to the artifact path for good.
+                match restore_artifact(&reloader, module) {
+                    Ok(()) => tracked.artifact_pending = false,
+                    Err(err) => {
+                        tracing::warn!(module, %err, "the build is not at the artifact path")
+                    }
+                }
+            }
         }
     }
 
@@ -691,6 +753,27 @@ const EVENT_GRACE: Duration = Duration::from_secs(1);
 
 /// What a local rollback says when its event never told why.
 const ROLLED_BACK: &str = "rolled back by the runtime";
+
+/// How a release was installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Installed {
+    /// Its build serves (and is at the artifact path).
+    Build,
+    /// Its build serves, on probation; the artifact path holds the build before it.
+    OnProbation,
+    /// A rollback of a release this node never served: only its number is taken.
+    NumberOnly,
+}
+
+/// Whether load `generation` of `module` is on probation.
+fn on_probation(reloader: &HotReloader, module: &str, generation: u64) -> bool {
+    reloader.status().ok().is_some_and(|status| {
+        status
+            .modules
+            .iter()
+            .any(|m| m.name == module && m.probation.is_some_and(|p| p.generation == generation))
+    })
+}
 
 /// Why a node did not take a release.
 enum Failure {

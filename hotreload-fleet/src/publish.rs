@@ -118,6 +118,15 @@ impl Publisher {
 
     /// The rollback record that undoes `current`.
     pub(crate) fn rollback_record(&self, current: &Release) -> Result<Release, FleetError> {
+        if let Kind::Rollback { from } = current.kind {
+            // Its `previous` is the release it undid: rolling it back would bring that build
+            // back to every node at once, with no canary. Publish it again instead.
+            return Err(FleetError::AlreadyRolledBack {
+                module: current.module.clone(),
+                release: current.release,
+                from,
+            });
+        }
         let target = current
             .previous
             .clone()

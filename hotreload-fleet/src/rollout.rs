@@ -76,8 +76,10 @@ impl Publisher {
     /// replaced, waits for the nodes that took the release to go back, and returns
     /// [`FleetError::RolloutAborted`].
     ///
-    /// The nodes are those whose status for the module is fresh (written within three
-    /// heartbeats) when it starts, in name order.
+    /// The nodes are those whose status for the module is fresh
+    /// ([`NodeStatus::is_fresh`]) when it starts, in name order. A canary that stops
+    /// answering, a member restarted during its wave, or a whole wave gone stops it too; a
+    /// later member that stops answering is reported gone and catches up when it returns.
     pub async fn rollout(&self, module: &str) -> Result<RolloutReport, FleetError> {
         let release = self
             .release(module)
@@ -137,7 +139,12 @@ impl Publisher {
                 .await?;
             let wave_members = Members {
                 nodes: &members,
+                new_from: admitted,
                 canary: report.waves.is_empty(),
+                pids: members
+                    .iter()
+                    .filter_map(|name| Some((name.clone(), statuses.nodes.get(name)?.pid)))
+                    .collect(),
             };
             match self
                 .settle(&mut statuses, &release, Some(wave_members), timeout)
@@ -205,10 +212,23 @@ impl Publisher {
                 None => statuses.alive().map(|s| s.node.clone()).collect(),
             };
             let canary = members.as_ref().is_some_and(|wave| wave.canary);
-            let count = names.len();
+            let fresh: Vec<String> = members
+                .as_ref()
+                .map(|wave| wave.nodes[wave.new_from..].to_vec())
+                .unwrap_or_default();
             let mut waiting = Vec::new();
             let mut gone = Vec::new();
             for name in names {
+                let restarted = members.as_ref().and_then(|wave| {
+                    let before = *wave.pids.get(&name)?;
+                    let now = statuses.nodes.get(&name)?.pid;
+                    (before != now).then_some((before, now))
+                });
+                if let Some((before, now)) = restarted {
+                    return Err(format!(
+                        "node {name} restarted while its wave ran (process {before}, now {now})"
+                    ));
+                }
                 match statuses.nodes.get(&name) {
                     Some(status) if !status.is_fresh() && canary => {
                         return Err(format!(
@@ -218,7 +238,10 @@ impl Publisher {
                     }
                     Some(status) if !status.is_fresh() => gone.push(name),
                     Some(status)
-                        if status.release == release.release && status.phase == Phase::Healthy => {}
+                        if status.release == release.release
+                            && status.phase == Phase::Healthy
+                            && (status.sha256 == release.sha256
+                                || matches!(release.kind, Kind::Rollback { .. })) => {}
                     Some(status)
                         if matches!(status.phase, Phase::Refused | Phase::Failed)
                             && status.attempted == Some(release.release) =>
@@ -232,10 +255,10 @@ impl Publisher {
                     _ => waiting.push(name),
                 }
             }
-            if members.is_some() && count > 0 && gone.len() == count {
+            if !fresh.is_empty() && fresh.iter().all(|name| gone.contains(name)) {
                 return Err(format!(
                     "every node of the wave stopped answering: {}",
-                    gone.join(", ")
+                    fresh.join(", ")
                 ));
             }
             if waiting.is_empty() {
@@ -318,9 +341,15 @@ impl Publisher {
 
 /// The members of a wave being waited for.
 struct Members<'a> {
+    /// Every node admitted so far.
     nodes: &'a [String],
+    /// Where this wave's own nodes start in `nodes`.
+    new_from: usize,
     /// The first wave: a member that stops answering fails it.
     canary: bool,
+    /// Each member's process when the wave was admitted: a member restarted meanwhile (a
+    /// supervisor bringing back a process the build killed) fails the wave.
+    pids: BTreeMap<String, u32>,
 }
 
 /// The nodes' statuses for one module, kept current by a watch.

@@ -193,19 +193,21 @@ impl Store {
     }
 
     /// Downloads object `name`, which must be `size` bytes long (it is not read otherwise).
-    /// A missing or mis-sized object fails at once; other failures (a server restarting)
-    /// are retried.
+    /// A mis-sized or missing object fails at once; other failures (a server restarting)
+    /// are retried, then reported as unreachable.
     pub(crate) async fn download(&self, name: &str, size: u64) -> Result<Vec<u8>, Missing> {
         let what = || format!("download {name}");
         retrying(&self.servers, what(), || async {
             let mut object = match self.objects.get(name).await {
+                // Not there, or not yet on the server that answered (a follower of a
+                // cluster): the caller asks again later, without holding anything up.
                 Err(err) if err.kind() == object_store::GetErrorKind::NotFound => {
-                    return Ok(Err(Missing::NotThere(err.to_string())));
+                    return Ok(Err(Missing::Absent(err.to_string())));
                 }
                 found => found?,
             };
             if object.info.size as u64 != size {
-                return Ok(Err(Missing::NotThere(format!(
+                return Ok(Err(Missing::WrongSize(format!(
                     "object {name} is {} bytes, the release says {size}",
                     object.info.size
                 ))));
@@ -249,8 +251,10 @@ where
 /// Why a build could not be downloaded.
 #[derive(Debug)]
 pub(crate) enum Missing {
-    /// The object is not there, or not the size the release says: asking again will not help.
-    NotThere(String),
+    /// The object is not the size the release says: asking again will not help.
+    WrongSize(String),
+    /// No such object (yet).
+    Absent(String),
     /// The server did not answer in time.
     Unreachable(String),
 }

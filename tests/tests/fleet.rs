@@ -528,7 +528,11 @@ impl RawStore {
 #[test]
 fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
     let built = variants!();
-    let (v1, bad) = (built.artifact("v1"), built.artifact("bad_signature"));
+    let (v1, v2, bad) = (
+        built.artifact("v1"),
+        built.artifact("v2"),
+        built.artifact("bad_signature"),
+    );
     let (_server, mut fleet) = single_server();
     fleet.start_nodes(10, v1);
     fleet.wait_for_nodes();
@@ -536,6 +540,11 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
     let first = fleet
         .release(&publisher, v1, Plan::all_at_once())
         .expect("release 1");
+    // Release 2 is published and never rolled out: no node runs it.
+    fleet
+        .runtime
+        .block_on(publisher.publish(MODULE, v2, waves()))
+        .expect("publish v2");
 
     match fleet.release(&publisher, bad, waves()) {
         Err(FleetError::RolloutAborted {
@@ -547,7 +556,7 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
         }) => {
             assert_eq!(
                 (wave, release, rollback_release),
-                (1, 2, Some(3)),
+                (1, 3, Some(4)),
                 "{reason}"
             );
             assert!(
@@ -561,12 +570,24 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
         }
         other => panic!("the rollout went on: {other:?}"),
     }
-    // The canary refused it; nobody else was admitted; the rollback record (release 3, the
-    // build of release 1) is what every node now serves, v1 all along.
-    let statuses = fleet.wait_for(10, "every node on the rollback", |s| s.release == 3);
+    // The canary refused it; nobody else was admitted. The rollback record (release 4, back
+    // to release 2's build) only concerns nodes that took release 3: none did, so every node
+    // notes the number and keeps v1, and release 2 reaches nobody without a rollout.
+    let statuses = fleet.wait_for(10, "every node on the rollback", |s| s.release == 4);
     for status in &statuses {
         assert_eq!(status.sha256, first.sha256, "{status:?}");
         assert_eq!(status.phase, Phase::Healthy, "{status:?}");
+    }
+    // The refused build is not left at the canary's artifact path.
+    assert_eq!(sha256_of(&fleet.nodes[0].artifact), first.sha256);
+    // A rollback of a rollback would bring back what was rolled back, to all at once.
+    match fleet.runtime.block_on(publisher.rollback(MODULE)) {
+        Err(FleetError::AlreadyRolledBack {
+            release: 4,
+            from: 3,
+            ..
+        }) => {}
+        other => panic!("a rollback of the rollback: {other:?}"),
     }
 }
 
@@ -606,6 +627,7 @@ fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() 
 
     // The canary's artifact holds what serves again: restarted, it runs v1.
     fleet.nodes[0].kill();
+    assert_eq!(sha256_of(&fleet.nodes[0].artifact), first.sha256);
     let mut node = Node {
         name: "node-00".into(),
         artifact: fleet.nodes[0].artifact.clone(),
@@ -613,7 +635,6 @@ fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() 
         stdin: None,
     };
     node.spawn(&fleet);
-    assert_eq!(sha256_of(&node.artifact), first.sha256);
     let pid = node.child.as_ref().map(Child::id);
     fleet.wait_for(4, "the restarted canary on release 3", |s| {
         s.node != "node-00" || (Some(s.pid) == pid && s.release == 3 && s.sha256 == first.sha256)
