@@ -148,6 +148,7 @@ impl FleetNode {
                     tracked,
                     store: None,
                     remembered,
+                    board: Arc::new(Board::default()),
                 };
                 runtime.block_on(run.run(stopped, events_rx));
             })
@@ -251,6 +252,8 @@ struct Run {
     store: Option<Store>,
     /// What the memory file holds.
     remembered: BTreeMap<String, u64>,
+    /// The statuses the heartbeat task writes.
+    board: Arc<Board>,
 }
 
 /// How often a node re-reads its modules' records even with its watches up: a watch lost
@@ -268,6 +271,14 @@ impl Run {
             _ = &mut stopped => return,
         };
         self.store = Some(store.clone());
+        // Statuses go out from a task of their own: the loop below may wait on the server
+        // (a watch reopened, a download) while heartbeats must go on.
+        let beating = tokio::spawn(beat(
+            store.clone(),
+            self.board.clone(),
+            self.options.heartbeat,
+        ));
+        let _stop_beating = AbortOnDrop(beating);
         let mut releases = None;
         let mut admissions = None;
         let mut beat = tokio::time::interval(self.options.heartbeat);
@@ -670,9 +681,6 @@ impl Run {
     async fn write_status(&mut self, module: &str) {
         let node = self.options.node.clone();
         let heartbeat_ms = self.options.heartbeat.as_millis() as u64;
-        let Some(store) = self.store.clone() else {
-            return;
-        };
         let Some(tracked) = self.tracked(module) else {
             return;
         };
@@ -690,9 +698,7 @@ impl Run {
         };
         // On disk before the fleet hears of it.
         self.remember();
-        if let Err(err) = store.put(&record::status_key(module, &node), &status).await {
-            tracing::warn!(%err, "status not written");
-        }
+        self.board.post(status);
     }
 
     /// Writes the decided release numbers to the memory file, if they changed.
@@ -712,6 +718,74 @@ impl Run {
         match put_in_place(path, &json) {
             Ok(()) => self.remembered = decided,
             Err(err) => tracing::warn!(%err, path = %path.display(), "release numbers not kept"),
+        }
+    }
+}
+
+/// The statuses a node reports, and a bell for the heartbeat task when one changed.
+#[derive(Default)]
+struct Board {
+    statuses: std::sync::Mutex<BTreeMap<String, NodeStatus>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Board {
+    /// Puts `status` up; the heartbeat task writes it at once if it says something new.
+    fn post(&self, status: NodeStatus) {
+        let mut statuses = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let new = statuses.get(&status.module).is_none_or(|old| {
+            NodeStatus {
+                written_unix_ms: status.written_unix_ms,
+                ..old.clone()
+            } != status
+        });
+        statuses.insert(status.module.clone(), status);
+        if new {
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes every status on the board at each heartbeat and whenever one changed, stamped with
+/// the time of writing; the only writer of the node's status keys, so they never go back in
+/// time. A write that does not go through within a heartbeat (or a second) is given up:
+/// the next beat writes the newest.
+async fn beat(store: Store, board: Arc<Board>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let patience = every.max(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = board.changed.notified() => {}
+        }
+        let statuses: Vec<NodeStatus> = board
+            .statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for mut status in statuses {
+            status.written_unix_ms = record::unix_ms();
+            let key = record::status_key(&status.module, &status.node);
+            match tokio::time::timeout(patience, store.put_once(&key, &status)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::debug!(%err, "status not written"),
+                Err(_) => tracing::debug!(key, "status write timed out"),
+            }
         }
     }
 }

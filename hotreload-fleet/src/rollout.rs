@@ -216,9 +216,28 @@ impl Publisher {
                 .as_ref()
                 .map(|wave| wave.nodes[wave.new_from..].to_vec())
                 .unwrap_or_default();
+            // The watch may lag (it too reconnects when a server goes): a node looks silent
+            // only if its status key, read now, says so.
+            let mut unread = Vec::new();
+            for name in &names {
+                if statuses.nodes.get(name).is_some_and(|s| !s.is_fresh()) {
+                    let key = crate::record::status_key(&release.module, name);
+                    match self.store.get::<NodeStatus>(&key).await {
+                        Ok(Some((status, _))) => {
+                            statuses.nodes.insert(name.clone(), status);
+                        }
+                        Ok(None) | Err(_) => unread.push(name.clone()),
+                    }
+                }
+            }
             let mut waiting = Vec::new();
             let mut gone = Vec::new();
             for name in names {
+                if unread.contains(&name) {
+                    // Not to be judged on what could not be read.
+                    waiting.push(name);
+                    continue;
+                }
                 let restarted = members.as_ref().and_then(|wave| {
                     let before = *wave.pids.get(&name)?;
                     let now = statuses.nodes.get(&name)?.pid;

@@ -120,6 +120,17 @@ impl Store {
         .await
     }
 
+    /// Writes `record` at `key` once, without retrying (a heartbeat: the next one follows).
+    pub(crate) async fn put_once<T: Serialize>(
+        &self,
+        key: &str,
+        record: &T,
+    ) -> Result<(), async_nats::Error> {
+        let bytes = serde_json::to_vec(record).expect("records serialise");
+        self.kv.put(key, bytes.into()).await?;
+        Ok(())
+    }
+
     /// Writes `record` at `key` only if the key's revision is still `revision` (0: only if
     /// there is no record). `Ok(false)`: someone wrote it meanwhile.
     pub(crate) async fn put_if<T: Serialize>(
@@ -287,7 +298,10 @@ async fn open_kv(
         num_replicas: config.replicas,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        // Reads go to the stream's leader: with direct gets, any replica of a cluster answers,
+        // and one that lags returns a record older than the write just acknowledged (a
+        // rollout not finding the release it was asked to roll out).
+        allow_direct: false,
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     })
