@@ -46,8 +46,9 @@ pub(crate) struct KeygenArgs {
     public: PathBuf,
 }
 
+/// A module of a fleet, and the key to sign for it.
 #[derive(clap::Args)]
-pub(crate) struct PublishArgs {
+pub(crate) struct ModuleArgs {
     #[command(flatten)]
     fleet: FleetArgs,
     #[command(flatten)]
@@ -55,6 +56,18 @@ pub(crate) struct PublishArgs {
     /// The module (its `#[hot_module]` name).
     #[arg(long)]
     module: String,
+}
+
+impl ModuleArgs {
+    async fn publisher(&self) -> Result<Publisher, FleetError> {
+        Publisher::connect(&self.fleet.config(), self.key.load()?).await
+    }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PublishArgs {
+    #[command(flatten)]
+    target: ModuleArgs,
     /// The built library.
     build: PathBuf,
     /// The rollout's waves, in order: a node count (`1`) or a share (`50%`).
@@ -68,26 +81,13 @@ pub(crate) struct PublishArgs {
     rollout: bool,
 }
 
-#[derive(clap::Args)]
-pub(crate) struct RolloutArgs {
-    #[command(flatten)]
-    fleet: FleetArgs,
-    #[command(flatten)]
-    key: KeyArgs,
-    /// The module whose current release to roll out.
-    #[arg(long)]
-    module: String,
-}
+/// `rollout`: the module's current release.
+pub(crate) type RolloutArgs = ModuleArgs;
 
 #[derive(clap::Args)]
 pub(crate) struct RollbackArgs {
     #[command(flatten)]
-    fleet: FleetArgs,
-    #[command(flatten)]
-    key: KeyArgs,
-    /// The module to roll back.
-    #[arg(long)]
-    module: String,
+    target: ModuleArgs,
     /// How long to wait for every live node to serve the rollback, in seconds (0: do not).
     #[arg(long, default_value_t = 60)]
     wait: u64,
@@ -182,15 +182,16 @@ pub(crate) fn keygen(args: KeygenArgs) -> ExitCode {
 
 pub(crate) fn publish(args: PublishArgs) -> ExitCode {
     block_on(async move {
-        let publisher = Publisher::connect(&args.fleet.config(), args.key.load()?).await?;
+        let publisher = args.target.publisher().await?;
+        let module = &args.target.module;
         let plan = Plan {
             waves: args.waves.clone(),
             wave_timeout_secs: args.wave_timeout,
         };
-        let release = publisher.publish(&args.module, &args.build, plan).await?;
+        let release = publisher.publish(module, &args.build, plan).await?;
         print_release(&release);
         if args.rollout {
-            print!("{}", publisher.rollout(&args.module).await?);
+            print!("{}", publisher.rollout(module).await?);
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -198,7 +199,7 @@ pub(crate) fn publish(args: PublishArgs) -> ExitCode {
 
 pub(crate) fn rollout(args: RolloutArgs) -> ExitCode {
     block_on(async move {
-        let publisher = Publisher::connect(&args.fleet.config(), args.key.load()?).await?;
+        let publisher = args.publisher().await?;
         print!("{}", publisher.rollout(&args.module).await?);
         Ok(ExitCode::SUCCESS)
     })
@@ -206,12 +207,13 @@ pub(crate) fn rollout(args: RolloutArgs) -> ExitCode {
 
 pub(crate) fn rollback(args: RollbackArgs) -> ExitCode {
     block_on(async move {
-        let publisher = Publisher::connect(&args.fleet.config(), args.key.load()?).await?;
-        let release = publisher.rollback(&args.module).await?;
+        let publisher = args.target.publisher().await?;
+        let module = &args.target.module;
+        let release = publisher.rollback(module).await?;
         print_release(&release);
         if args.wait > 0 {
             let nodes = publisher
-                .wait_for_release(&args.module, &release, Duration::from_secs(args.wait))
+                .wait_for_release(module, &release, Duration::from_secs(args.wait))
                 .await?;
             println!("{} node(s) serve release {}", nodes.len(), release.release);
         }

@@ -294,11 +294,11 @@ impl Run {
             tokio::select! {
                 _ = &mut stopped => return,
                 entry = next(&mut releases) => match entry {
-                    Some(entry) => self.seen_release(entry).await,
+                    Some(entry) => self.seen(entry).await,
                     None => releases = None,
                 },
                 entry = next(&mut admissions) => match entry {
-                    Some(entry) => self.seen_admission(entry).await,
+                    Some(entry) => self.seen(entry).await,
                     None => admissions = None,
                 },
                 Some((module, rolled_back)) = events.recv() => {
@@ -338,36 +338,27 @@ impl Run {
         self.tracked.iter_mut().find(|t| t.module == module)
     }
 
-    async fn seen_release(&mut self, entry: kv::Entry) {
-        let Some(module) = entry.key.strip_prefix("release.").map(str::to_owned) else {
+    /// Takes in a release or admission record from a watch, and decides on it.
+    async fn seen(&mut self, entry: kv::Entry) {
+        let (module, release) = if let Some(module) = entry.key.strip_prefix("release.") {
+            (module, true)
+        } else if let Some(module) = entry.key.strip_prefix("admit.") {
+            (module, false)
+        } else {
             return;
         };
+        let module = module.to_owned();
         let Some(tracked) = self.tracked(&module) else {
             return;
         };
-        match decode::<Release>(&entry.key, &entry.value) {
-            Ok(release) => tracked.record = Some(release),
-            Err(err) => {
-                tracing::warn!(%err, "undecodable release record");
-                return;
-            }
-        }
-        self.consider(&module).await;
-    }
-
-    async fn seen_admission(&mut self, entry: kv::Entry) {
-        let Some(module) = entry.key.strip_prefix("admit.").map(str::to_owned) else {
-            return;
+        let decoded = if release {
+            decode::<Release>(&entry.key, &entry.value).map(|r| tracked.record = Some(r))
+        } else {
+            decode::<Admission>(&entry.key, &entry.value).map(|a| tracked.admission = Some(a))
         };
-        let Some(tracked) = self.tracked(&module) else {
+        if let Err(err) = decoded {
+            tracing::warn!(%err, "undecodable record");
             return;
-        };
-        match decode::<Admission>(&entry.key, &entry.value) {
-            Ok(admission) => tracked.admission = Some(admission),
-            Err(err) => {
-                tracing::warn!(%err, "undecodable admission record");
-                return;
-            }
         }
         self.consider(&module).await;
     }

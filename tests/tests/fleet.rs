@@ -198,6 +198,18 @@ impl Fleet {
         }
     }
 
+    /// Starts node `index` again (after [`Node::kill`]) on the build at its artifact path.
+    fn restart(&self, index: usize) -> Node {
+        let mut node = Node {
+            name: self.nodes[index].name.clone(),
+            artifact: self.nodes[index].artifact.clone(),
+            child: None,
+            stdin: None,
+        };
+        node.spawn(self);
+        node
+    }
+
     /// Waits until every node has reported once.
     fn wait_for_nodes(&self) {
         let count = self.nodes.len();
@@ -237,6 +249,14 @@ fn waves() -> Plan {
     }
 }
 
+/// A server and `nodes` nodes on `build`, every one reporting.
+fn started(nodes: usize, build: &Path) -> (NatsServer, Fleet) {
+    let (server, mut fleet) = single_server();
+    fleet.start_nodes(nodes, build);
+    fleet.wait_for_nodes();
+    (server, fleet)
+}
+
 fn single_server() -> (NatsServer, Fleet) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let server = NatsServer::start(dir.path());
@@ -248,9 +268,7 @@ fn single_server() -> (NatsServer, Fleet) {
 fn ten_nodes_take_a_release_in_waves_and_a_rollback_by_hand() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(10, v1);
-    fleet.wait_for_nodes();
+    let (_server, fleet) = started(10, v1);
     let publisher = fleet.publisher();
 
     // Release 1 is the build the nodes run: they note its number without reloading.
@@ -304,9 +322,7 @@ fn ten_nodes_take_a_release_in_waves_and_a_rollback_by_hand() {
 fn a_release_signed_by_an_untrusted_key_is_refused_by_every_node() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(10, v1);
-    fleet.wait_for_nodes();
+    let (_server, fleet) = started(10, v1);
     let other_secret = fleet.dir.path().join("other.key");
     generate_keys(&other_secret, &fleet.dir.path().join("other.pub")).expect("another key pair");
     let stranger = fleet.publisher_with(&other_secret);
@@ -357,9 +373,7 @@ fn a_release_signed_by_an_untrusted_key_is_refused_by_every_node() {
 fn records_written_without_the_key_and_replayed_records_are_refused() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(3, v1);
-    fleet.wait_for_nodes();
+    let (_server, fleet) = started(3, v1);
     let publisher = fleet.publisher();
     let first = fleet
         .release(&publisher, v1, Plan::all_at_once())
@@ -446,9 +460,7 @@ fn records_written_without_the_key_and_replayed_records_are_refused() {
 fn a_restarted_node_remembers_the_newest_release_it_took() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(2, v1);
-    fleet.wait_for_nodes();
+    let (_server, mut fleet) = started(2, v1);
     let publisher = fleet.publisher();
     let first = fleet
         .release(&publisher, v1, Plan::all_at_once())
@@ -472,14 +484,7 @@ fn a_restarted_node_remembers_the_newest_release_it_took() {
             nodes: None,
         },
     );
-    let fleet = &mut fleet;
-    let mut node = Node {
-        name: "node-00".into(),
-        artifact: fleet.nodes[0].artifact.clone(),
-        child: None,
-        stdin: None,
-    };
-    node.spawn(fleet);
+    let _node = fleet.restart(0);
     let statuses = fleet.wait_for(2, "node-00 refusing the older record", |s| {
         s.node != "node-00" || (s.phase == Phase::Refused && s.attempted == Some(1))
     });
@@ -533,9 +538,7 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
         built.artifact("v2"),
         built.artifact("bad_signature"),
     );
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(10, v1);
-    fleet.wait_for_nodes();
+    let (_server, fleet) = started(10, v1);
     let publisher = fleet.publisher();
     let first = fleet
         .release(&publisher, v1, Plan::all_at_once())
@@ -595,9 +598,7 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
 fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() {
     let built = variants!();
     let (v1, panics) = (built.artifact("v1"), built.artifact("add_panics"));
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(4, v1);
-    fleet.wait_for_nodes();
+    let (_server, mut fleet) = started(4, v1);
     let publisher = fleet.publisher();
     let first = fleet
         .release(&publisher, v1, Plan::all_at_once())
@@ -628,13 +629,7 @@ fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() 
     // The canary's artifact holds what serves again: restarted, it runs v1.
     fleet.nodes[0].kill();
     assert_eq!(sha256_of(&fleet.nodes[0].artifact), first.sha256);
-    let mut node = Node {
-        name: "node-00".into(),
-        artifact: fleet.nodes[0].artifact.clone(),
-        child: None,
-        stdin: None,
-    };
-    node.spawn(&fleet);
+    let node = fleet.restart(0);
     let pid = node.child.as_ref().map(Child::id);
     fleet.wait_for(4, "the restarted canary on release 3", |s| {
         s.node != "node-00" || (Some(s.pid) == pid && s.release == 3 && s.sha256 == first.sha256)
@@ -645,9 +640,7 @@ fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() 
 fn a_node_killed_during_a_rollout_catches_up_when_it_comes_back() {
     let built = variants!();
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
-    let (_server, mut fleet) = single_server();
-    fleet.start_nodes(4, v1);
-    fleet.wait_for_nodes();
+    let (_server, mut fleet) = started(4, v1);
     let publisher = fleet.publisher();
     fleet
         .release(&publisher, v1, Plan::all_at_once())
@@ -667,13 +660,7 @@ fn a_node_killed_during_a_rollout_catches_up_when_it_comes_back() {
     assert_eq!(report.gone, ["node-03"], "{report}");
 
     // Back, on the build it had: it catches up with release 2.
-    let mut node = Node {
-        name: "node-03".into(),
-        artifact: fleet.nodes[3].artifact.clone(),
-        child: None,
-        stdin: None,
-    };
-    node.spawn(&fleet);
+    let _node = fleet.restart(3);
     fleet.wait_for(4, "every node on release 2, node-03 included", |s| {
         s.release == second.release && s.phase == Phase::Healthy && s.sha256 == sha256_of(v2)
     });
