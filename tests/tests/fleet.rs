@@ -216,6 +216,12 @@ impl Fleet {
         self.wait_for(count, "every node reporting", |_| true);
     }
 
+    /// Publishes `build` and rolls it out to every node at once; a failure fails the test.
+    fn released(&self, publisher: &Publisher, build: &Path) -> Release {
+        self.release(publisher, build, Plan::all_at_once())
+            .unwrap_or_else(|err| panic!("releasing {}: {err}", build.display()))
+    }
+
     /// Publishes `build` and rolls it out.
     fn release(
         &self,
@@ -272,9 +278,7 @@ fn ten_nodes_take_a_release_in_waves_and_a_rollback_by_hand() {
     let publisher = fleet.publisher();
 
     // Release 1 is the build the nodes run: they note its number without reloading.
-    let first = fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
+    let first = fleet.released(&publisher, v1);
     fleet.wait_for(10, "every node on release 1", |s| {
         s.release == first.release && s.sha256 == sha256_of(v1) && s.phase == Phase::Healthy
     });
@@ -360,9 +364,7 @@ fn a_release_signed_by_an_untrusted_key_is_refused_by_every_node() {
         Err(FleetError::Untrusted { release: 1, .. }) => {}
         other => panic!("a rollback built on the stranger's record: {other:?}"),
     }
-    let release = fleet
-        .release(&publisher, v2, Plan::all_at_once())
-        .expect("the real release");
+    let release = fleet.released(&publisher, v2);
     assert_eq!((release.release, release.previous), (2, None));
     fleet.wait_for(10, "every node on release 2", |s| {
         s.release == 2 && s.phase == Phase::Healthy && s.sha256 == sha256_of(v2)
@@ -375,12 +377,8 @@ fn records_written_without_the_key_and_replayed_records_are_refused() {
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
     let (_server, fleet) = started(3, v1);
     let publisher = fleet.publisher();
-    let first = fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
-    let second = fleet
-        .release(&publisher, v2, Plan::all_at_once())
-        .expect("release 2");
+    let first = fleet.released(&publisher, v1);
+    let second = fleet.released(&publisher, v2);
     fleet.wait_for(3, "every node on release 2", |s| {
         s.release == second.release
     });
@@ -462,12 +460,8 @@ fn a_restarted_node_remembers_the_newest_release_it_took() {
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
     let (_server, mut fleet) = started(2, v1);
     let publisher = fleet.publisher();
-    let first = fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
-    let second = fleet
-        .release(&publisher, v2, Plan::all_at_once())
-        .expect("release 2");
+    let first = fleet.released(&publisher, v1);
+    let second = fleet.released(&publisher, v2);
     fleet.wait_for(2, "both nodes on release 2", |s| {
         s.release == second.release
     });
@@ -540,9 +534,7 @@ fn a_build_that_fails_verification_stops_the_rollout_at_the_canary_wave() {
     );
     let (_server, fleet) = started(10, v1);
     let publisher = fleet.publisher();
-    let first = fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
+    let first = fleet.released(&publisher, v1);
     // Release 2 is published and never rolled out: no node runs it.
     fleet
         .runtime
@@ -600,9 +592,7 @@ fn a_build_that_fails_its_probation_stops_the_rollout_and_the_fleet_goes_back() 
     let (v1, panics) = (built.artifact("v1"), built.artifact("add_panics"));
     let (_server, mut fleet) = started(4, v1);
     let publisher = fleet.publisher();
-    let first = fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
+    let first = fleet.released(&publisher, v1);
 
     // It loads and passes every check; its first call panics, on probation: the canary's
     // runtime rolls it back, the node says it failed, and the rollout stops.
@@ -642,9 +632,7 @@ fn a_node_killed_during_a_rollout_catches_up_when_it_comes_back() {
     let (v1, v2) = (built.artifact("v1"), built.artifact("v2"));
     let (_server, mut fleet) = started(4, v1);
     let publisher = fleet.publisher();
-    fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
+    fleet.released(&publisher, v1);
 
     let second = fleet
         .runtime
@@ -676,9 +664,7 @@ fn a_rollout_survives_its_server_restarting() {
     fleet.start_nodes(4, v1);
     fleet.wait_for_nodes();
     let publisher = fleet.publisher();
-    fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
+    fleet.released(&publisher, v1);
     let second = fleet
         .runtime
         .block_on(publisher.publish(MODULE, v2, waves()))
@@ -721,9 +707,7 @@ fn a_rollout_survives_a_three_server_cluster_losing_one() {
     };
     fleet.start_nodes(4, v1);
     fleet.wait_for_nodes();
-    fleet
-        .release(&publisher, v1, Plan::all_at_once())
-        .expect("release 1");
+    fleet.released(&publisher, v1);
     let second = fleet
         .runtime
         .block_on(publisher.publish(MODULE, v2, waves()))
@@ -848,15 +832,11 @@ fn fleet_figures() {
         fleet.start_nodes(10, a);
         fleet.wait_for_nodes();
         let publisher = fleet.publisher();
-        fleet
-            .release(&publisher, a, Plan::all_at_once())
-            .expect("the first release");
+        fleet.released(&publisher, a);
         let (mut publish_ms, mut rollback_ms) = (Vec::new(), Vec::new());
         for _ in 0..releases {
             let started = Instant::now();
-            let release = fleet
-                .release(&publisher, b, Plan::all_at_once())
-                .expect("a release");
+            let release = fleet.released(&publisher, b);
             publish_ms.push(started.elapsed().as_secs_f64() * 1e3);
             assert_eq!(release.size, size);
             let started = Instant::now();
